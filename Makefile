@@ -1,0 +1,42 @@
+# The one entry point for developers and CI. Every target installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning
+
+.PHONY: install setup lint test test-fast cov demo bench clean
+
+install setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,lint,all]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check callosum_like tests examples
+	$(BIN)/ruff format --check callosum_like tests examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	$(PYTEST) -q
+
+test-fast: $(STAMP)
+	$(PYTEST) -q -x
+
+cov: $(STAMP)
+	$(BIN)/python -m coverage run -m pytest -q -W error::ResourceWarning
+	$(BIN)/python -m coverage report
+	PYTHONASYNCIODEBUG=1 $(PYTEST) -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(BIN)/python -m callosum_like demo
+
+bench: $(STAMP)
+	$(BIN)/python -m callosum_like bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -1,0 +1,296 @@
+"""The serving side: from an incoming ``Call`` to exactly one reply.
+
+Theory of operation: the Peer hands every decoded ``Call`` to ``Dispatcher.call`` and every
+``Cancel`` to ``Dispatcher.cancel``. The dispatcher
+
+* looks the method up (unknown -> ``Error(METHOD_NOT_FOUND)`` at once);
+* applies the method's ordering per ``(calling link, order_key)`` with the pure bookkeeping
+  of ``ordering`` (``order_key=None`` runs unordered);
+* runs handlers as jobs of one aiojobs ``Scheduler(limit=max_concurrency)``, so at most
+  ``max_concurrency`` run at once and the rest wait in arrival order;
+* bounds what waits: past ``max_pending`` requests held (running or waiting) a new request
+  is answered ``Error(OVERLOADED)`` at once instead of queued;
+* turns the outcome into one reply: ``Result``, ``Failure`` (handler raised, with its
+  traceback), ``Error(INTERNAL)`` (undecodable body, unencodable result) or ``Cancelled``
+  (execute timeout, caller's Cancel, or we are closing).
+
+Invariant: every accepted call is answered exactly once while its link lives; ``drop_link``
+forgets a dead link's calls without answering (nobody is there to hear), and ``aclose``
+answers everything still held with ``Cancelled``.
+
+Only ``peer`` calls this module. Replies leave through the ``send`` callback it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Final
+
+import aiojobs
+
+from .errors import ErrorCode, ProtocolError
+from .ordering import Ordering, ReplyReorder, SerialQueue
+from .request import Handler, Request
+from .wire import messages as m
+from .wire.codec import pack_body, unpack_body
+
+__all__ = ["Dispatcher", "Registration", "CLOSE_TIMEOUT"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a handler gets to react to cancellation when the peer closes, before aiojobs
+#: gives up on it (and logs it).
+CLOSE_TIMEOUT: Final = 5.0
+
+Reply = m.Result | m.Failure | m.Error | m.Cancelled
+SendReply = Callable[[Hashable, Reply], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A registered handler and the ordering that overrides the peer's default, if any."""
+
+    handler: Handler
+    ordering: Ordering | None
+
+
+@dataclass(eq=False, slots=True)
+class _Inbound:
+    """One call being served: from arrival to its reply."""
+
+    link: Hashable
+    call: m.Call
+    peer_id: str
+    registration: Registration
+    ordering: Ordering
+    ticket: int = -1
+    job: aiojobs.Job[None] | None = None
+    answered: bool = False
+    silent: bool = False  # its link is gone: do the bookkeeping, send nothing
+
+    @property
+    def order_key(self) -> Hashable:
+        return (self.link, self.call.order_key)
+
+
+class Dispatcher:
+    """Runs handlers for one Peer.
+
+    Args:
+        send: Sends a reply to a link; must not raise for a link that is gone.
+        default_ordering: The Peer's ordering for methods registered without one.
+        max_concurrency: Handlers running at once.
+        max_pending: Requests held at once (running plus waiting) before new ones are refused.
+        execute_timeout: Seconds a handler may run before it is cancelled, or ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        send: SendReply,
+        default_ordering: Ordering,
+        max_concurrency: int,
+        max_pending: int,
+        execute_timeout: float | None,
+    ) -> None:
+        self._send = send
+        self._default_ordering = default_ordering
+        self._max_concurrency = max_concurrency
+        self._max_pending = max_pending
+        self._execute_timeout = execute_timeout
+        self._handlers: dict[str, Registration] = {}
+        self._inflight: dict[tuple[Hashable, int], _Inbound] = {}
+        self._reorder: ReplyReorder[m.Result | m.Failure | m.Error | m.Cancelled] = ReplyReorder()
+        self._serial: SerialQueue[_Inbound] = SerialQueue()
+        self._scheduler: aiojobs.Scheduler | None = None
+        self._closing = False
+
+    # -- registry -----------------------------------------------------------------------------
+
+    def register(self, name: str, handler: Handler, ordering: Ordering | None) -> None:
+        """Register ``handler`` under ``name``, replacing any previous one."""
+        self._handlers[name] = Registration(handler, ordering)
+
+    def unregister(self, name: str) -> None:
+        """Remove the handler of ``name``. Raises ``KeyError`` when there is none."""
+        del self._handlers[name]
+
+    @property
+    def running(self) -> int:
+        """Requests held: running, or waiting for a slot or for their order key."""
+        return len(self._inflight)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the scheduler; needs a running loop."""
+        self._scheduler = aiojobs.Scheduler(
+            limit=self._max_concurrency,
+            pending_limit=self._max_pending + 1,
+            close_timeout=CLOSE_TIMEOUT,
+        )
+
+    async def aclose(self) -> None:
+        """Cancel every handler and answer every held request with ``Cancelled``."""
+        self._closing = True
+        held = list(self._inflight.values())
+        if self._scheduler is not None:
+            await self._scheduler.close()
+        for inbound in held:
+            await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="peer closing"))
+        self._inflight.clear()
+
+    async def drop_link(self, link: Hashable) -> None:
+        """The link is gone: cancel its handlers, and send nothing."""
+        dropped = [i for i in self._inflight.values() if i.link == link]
+        for inbound in dropped:
+            inbound.silent = True
+        for inbound in dropped:  # waiting ones first, so no running one starts its successor
+            if inbound.job is None:
+                self._serial.discard(inbound.order_key, inbound)
+                self._forget(inbound)
+        for inbound in dropped:
+            if inbound.job is not None:
+                await self._stop(inbound, "link lost")
+
+    async def _stop(self, inbound: _Inbound, reason: str) -> None:
+        """Cancel a scheduled request; answer it if its job never got to (pending in aiojobs)."""
+        assert inbound.job is not None
+        await inbound.job.close()
+        await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason=reason))
+
+    # -- calls --------------------------------------------------------------------------------
+
+    async def call(self, link: Hashable, peer_id: str, call: m.Call) -> None:
+        """Accept one call from ``link``. Returns once it is scheduled, not when it is done."""
+        registration = self._handlers.get(call.method)
+        if registration is None:
+            reply = m.Error(
+                id=call.id,
+                code=ErrorCode.METHOD_NOT_FOUND,
+                message=f"no handler for method {call.method!r}",
+            )
+            await self._send(link, reply)
+            return
+        if (link, call.id) in self._inflight:
+            raise ProtocolError(f"call id {call.id} is already in flight")
+        if self._closing:
+            await self._send(link, m.Cancelled(id=call.id, reason="peer closing"))
+            return
+        if len(self._inflight) >= self._max_pending:
+            msg = f"{len(self._inflight)} requests already held (max_pending)"
+            await self._send(link, m.Error(id=call.id, code=ErrorCode.OVERLOADED, message=msg))
+            return
+        ordering = registration.ordering or self._default_ordering
+        if call.order_key is None:
+            ordering = Ordering.UNORDERED
+        inbound = _Inbound(link, call, peer_id, registration, ordering)
+        self._inflight[link, call.id] = inbound
+        await self._admit(inbound)
+
+    async def _admit(self, inbound: _Inbound) -> None:
+        if inbound.ordering is Ordering.ORDERED:
+            inbound.ticket = self._reorder.arrive(inbound.order_key)
+        elif inbound.ordering is Ordering.SERIALIZED and not self._serial.arrive(
+            inbound.order_key, inbound
+        ):
+            return  # waits for the running request of its key
+        await self._spawn(inbound)
+
+    async def _spawn(self, inbound: _Inbound) -> None:
+        assert self._scheduler is not None
+        inbound.job = await self._scheduler.spawn(self._run(inbound))
+
+    async def cancel(self, link: Hashable, call_id: int) -> None:
+        """The caller abandoned ``call_id``: stop it and answer ``Cancelled``."""
+        inbound = self._inflight.get((link, call_id))
+        if inbound is None:
+            return  # already answered; the caller will discard that answer
+        if inbound.job is None:  # waiting for its key in a SerialQueue
+            self._serial.discard(inbound.order_key, inbound)
+            await self._answer(inbound, m.Cancelled(id=call_id, reason="cancelled by the caller"))
+            return
+        await self._stop(inbound, "cancelled by the caller")
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def _run(self, inbound: _Inbound) -> None:
+        call = inbound.call
+        try:
+            reply = await self._execute(inbound)
+        except asyncio.CancelledError:
+            if not self._closing:
+                await self._answer(inbound, m.Cancelled(id=call.id, reason="cancelled"))
+            raise
+        await self._answer(inbound, reply)
+
+    async def _execute(self, inbound: _Inbound) -> Reply:
+        call = inbound.call
+        try:
+            body = unpack_body(call.body)
+        except ProtocolError as exc:
+            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
+        request = Request(
+            method=call.method,
+            body=body,
+            peer_id=inbound.peer_id,
+            order_key=call.order_key,
+            headers=call.headers or {},
+        )
+        timeout = _earliest(self._execute_timeout, call.timeout)
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                result = await inbound.registration.handler(request)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return m.Cancelled(id=call.id, reason=f"execute timeout of {timeout} s passed")
+            return m.Failure.from_exception(call.id, exc)
+        except Exception as exc:
+            return m.Failure.from_exception(call.id, exc)
+        try:
+            return m.Result(id=call.id, body=pack_body(result))
+        except TypeError as exc:
+            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
+
+    async def _answer(self, inbound: _Inbound, reply: Reply) -> None:
+        """Send ``reply`` in the order the request's ordering demands; free its key."""
+        if inbound.answered:
+            return
+        inbound.answered = True
+        self._forget(inbound)
+        released: list[Reply] = [reply]
+        if inbound.ordering is Ordering.ORDERED:
+            held = None if isinstance(reply, m.Cancelled) else reply
+            released = self._reorder.complete(inbound.order_key, inbound.ticket, held)
+            if held is None:
+                released.insert(0, reply)
+        if not inbound.silent:
+            for item in released:
+                await self._send(inbound.link, item)
+        if inbound.ordering is Ordering.SERIALIZED:
+            await self._next_serial(inbound)
+
+    async def _next_serial(self, inbound: _Inbound) -> None:
+        if self._closing:
+            return
+        nxt = self._serial.finish(inbound.order_key)
+        if nxt is not None:
+            await self._spawn(nxt)
+
+    def _forget(self, inbound: _Inbound) -> None:
+        self._inflight.pop((inbound.link, inbound.call.id), None)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def is_stream_handler(handler: Callable[..., object]) -> bool:
+    """Whether ``handler`` is an async generator function (a stream handler)."""
+    return inspect.isasyncgenfunction(handler)

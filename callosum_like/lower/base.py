@@ -1,0 +1,222 @@
+"""The transport contract: what the Peer needs from any way of moving messages.
+
+Theory of operation: a ``Transport`` makes ``Connection`` objects, either by binding (many
+remotes may connect) or by connecting (exactly one remote). A connection moves *messages*
+(lists of frames), never bytes: framing is the transport's job. Remotes are named by an
+opaque ``bytes`` key that the transport chooses (a ZeroMQ routing id, a TCP connection
+number); the Peer maps keys to identities.
+
+A connection has four verbs:
+
+* ``send(frames, to=key)`` — queue one message for one remote;
+* ``receive()`` — the next ``TransportEvent``: a message (``Received``), or a notification
+  that a remote appeared (``Connected``), went away (``Disconnected``), or refused our
+  credentials (``AuthFailed``);
+* ``disconnect(key)`` — forget one remote (and drop its connection where there is one);
+* ``aclose()`` — stop everything and release every socket and task.
+
+The conformance suite in ``tests/transports/conformance.py`` is the executable form of this
+contract; every transport passes it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+from ..addresses import Address
+from ..errors import PeerClosedError
+
+if TYPE_CHECKING:
+    from ..auth import AbstractClientAuthenticator, AbstractServerAuthenticator
+
+__all__ = [
+    "Frame",
+    "Received",
+    "Connected",
+    "Disconnected",
+    "AuthFailed",
+    "TransportEvent",
+    "Connection",
+    "Transport",
+    "EventQueue",
+    "RECEIVE_QUEUE_SIZE",
+]
+
+Frame: TypeAlias = bytes | bytearray | memoryview
+
+#: Messages a connection may hold between its socket readers and ``receive()``. When it is
+#: full the readers stop reading, so the kernel's (or ZeroMQ's) buffers push back on senders.
+RECEIVE_QUEUE_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message from remote ``peer``.
+
+    Attributes:
+        peer: The transport's key for the sender.
+        frames: The message's frames.
+        user_id: The authenticated user id of the sender (ZeroMQ CURVE), else ``None``.
+    """
+
+    peer: bytes
+    frames: list[bytes]
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """Remote ``peer`` appeared. It precedes every ``Received`` from that key."""
+
+    peer: bytes
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """Remote ``peer`` is gone; nothing more will arrive from it under this key."""
+
+    peer: bytes
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailed:
+    """The remote refused our credentials, or its keys were not the expected ones."""
+
+    reason: str
+
+
+TransportEvent: TypeAlias = Received | Connected | Disconnected | AuthFailed
+
+
+class Connection(abc.ABC):
+    """One bound or connected endpoint of a transport."""
+
+    #: Whether this endpoint was bound (serves many remotes) or connected (one remote).
+    bound: bool
+    #: Whether a bound endpoint reports ``Disconnected`` when a remote goes away. ZeroMQ's
+    #: ROUTER cannot (libzmq does not tell which routing id a dropped pipe had); the Peer's
+    #: heartbeat and the remote's Goodbye cover that case.
+    reports_disconnects: bool = True
+
+    @property
+    @abc.abstractmethod
+    def local_address(self) -> str:
+        """The address actually bound or connected to (with the real port for port 0)."""
+
+    @abc.abstractmethod
+    async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
+        """Queue one message for one remote.
+
+        Args:
+            frames: The frames of the message (not modified, not retained after return
+                unless the transport documents zero-copy).
+            to: The remote's key; ignored by a connected endpoint, which has one remote.
+
+        Raises:
+            PeerDisconnectedError: ``to`` is not (or no longer) a connected remote.
+            PeerClosedError: The connection was closed.
+
+        Cancellation: the message is either queued whole or not at all.
+        """
+
+    @abc.abstractmethod
+    async def receive(self) -> TransportEvent:
+        """Wait for the next event.
+
+        Raises:
+            PeerClosedError: The connection was closed (also wakes a pending ``receive``).
+
+        Cancellation: no event is lost; the next call returns it.
+        """
+
+    @abc.abstractmethod
+    async def disconnect(self, peer: bytes) -> None:
+        """Forget remote ``peer``, closing its connection where it has one of its own.
+
+        Unknown keys are ignored. No ``Disconnected`` event is produced for it.
+        """
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close every socket and stop every task of this connection. Idempotent.
+
+        Cancellation: resources are released even when the caller is cancelled.
+        """
+
+
+class Transport(abc.ABC):
+    """Makes connections. Instances are cheap and carry options only."""
+
+    @abc.abstractmethod
+    async def bind(
+        self,
+        address: Address,
+        *,
+        max_frame_size: int,
+        authenticator: AbstractServerAuthenticator | None = None,
+    ) -> Connection:
+        """Listen at ``address`` for any number of remotes.
+
+        Raises:
+            OSError: The address cannot be bound.
+            ValueError: The address or the authenticator does not suit this transport.
+        """
+
+    @abc.abstractmethod
+    async def connect(
+        self,
+        address: Address,
+        *,
+        max_frame_size: int,
+        authenticator: AbstractClientAuthenticator | None = None,
+    ) -> Connection:
+        """Connect to one remote at ``address``.
+
+        Raises:
+            OSError: The connection cannot be made (where the transport can tell at once).
+            ValueError: The address or the authenticator does not suit this transport.
+        """
+
+
+class EventQueue:
+    """The bounded queue between a connection's socket readers and its ``receive()``.
+
+    ``close()`` discards what is queued and makes every current and future ``get()`` raise
+    ``PeerClosedError``.
+    """
+
+    def __init__(self, maxsize: int = RECEIVE_QUEUE_SIZE) -> None:
+        self._queue: asyncio.Queue[TransportEvent | None] = asyncio.Queue(maxsize)
+        self._closed = False
+
+    async def put(self, event: TransportEvent) -> None:
+        """Queue ``event``, waiting while the queue is full; dropped once closed."""
+        if not self._closed:
+            await self._queue.put(event)
+
+    async def get(self) -> TransportEvent:
+        """The next event.
+
+        Raises:
+            PeerClosedError: The queue was closed.
+        """
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)  # wake the next getter too
+            raise PeerClosedError("connection closed")
+        return event
+
+    def close(self) -> None:
+        """Discard queued events and wake every getter with ``PeerClosedError``."""
+        if self._closed:
+            return
+        self._closed = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)

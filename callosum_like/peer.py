@@ -1,0 +1,774 @@
+"""The Peer: one endpoint that serves and invokes over one transport connection.
+
+Theory of operation: this is the only module where a transport, the sans-IO session, the
+codec and the dispatcher meet.
+
+* ``__aenter__`` binds or connects the transport, starts the scheduler and two loops (receive
+  and heartbeat) in one ``asyncio.TaskGroup``, and on the connecting side performs the
+  handshake (``Hello`` -> ``Welcome``) before returning.
+* Every remote is a ``Link``: its transport key, its ``Session`` (link and call states,
+  liveness) and the futures of the calls we made on it. On the bound side links are
+  registered under the remote's identity once its ``Hello`` arrives (the authenticated user
+  id wins over the claimed one); a new link with a taken identity replaces the old one.
+* The receive loop handles each transport event inside its own ``try``: a bad message costs
+  that message (dropped, logged, counted), never the loop.
+* Replies resolve the caller's future with the reply *message*; the caller's own task unpacks
+  the body, so the receive loop does no per-body work.
+* When a link ends, every call pending on it fails (``PeerDisconnectedError``) and its
+  handlers are cancelled; when we close, pending calls fail with ``PeerClosedError``, our
+  running handlers answer ``Cancelled``, and every remote gets a ``Goodbye``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+from .addresses import AddressLike, TCPAddress, parse_address
+from .dispatch import Dispatcher, Reply
+from .errors import (
+    AuthenticationError,
+    MessageTooLargeError,
+    PeerClosedError,
+    PeerDisconnectedError,
+    ProtocolError,
+    RPCCancelledError,
+    RPCInternalError,
+    RPCTimeoutError,
+    RPCUserError,
+    UnknownPeerError,
+    error_for_code,
+)
+from .lower.base import AuthFailed, Connected, Connection, Disconnected, Received, Transport
+from .lower.tcp import TCPTransport
+from .lower.zeromq import ZeroMQTransport
+from .ordering import Ordering
+from .request import Body, Handler, Headers
+from .session import CallInput, LinkInput, Session
+from .stats import Counters, PeerStatistics
+from .wire import messages as m
+from .wire.codec import MAX_HEADER_SIZE, OversizeBodyError, decode, encode, pack_body, unpack_body
+
+if TYPE_CHECKING:
+    from .auth import AbstractClientAuthenticator, AbstractServerAuthenticator
+
+__all__ = ["Peer", "Link"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds ``__aenter__`` of a connecting peer waits for the bound side's Welcome.
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+#: Requests a peer holds (running plus waiting) before it refuses new ones as overloaded.
+DEFAULT_MAX_PENDING: Final = 10_000
+_DEALER_KEY: Final = b""
+
+
+@dataclass(eq=False)
+class Link:
+    """One remote peer as this peer sees it."""
+
+    key: bytes
+    session: Session
+    user_id: str | None = None
+    pending: dict[int, asyncio.Future[m.Message]] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """The remote's identity once the handshake is done."""
+        return self.session.remote_identity
+
+
+class Peer:
+    """A bidirectional RPC endpoint; see the contract in the README and docs/guide.md.
+
+    Args:
+        bind: Address to listen at (many remotes may connect). Exactly one of ``bind`` and
+            ``connect``. A ``str`` is a ZeroMQ endpoint.
+        connect: Address to connect to (one remote).
+        transport: A ``Transport`` instance or class; by default chosen by the address type.
+        authenticator: A server authenticator (bound side) or client authenticator
+            (connecting side) to turn on ZeroMQ CURVE.
+        identity: Our name. A connecting peer is known by it on the bound side.
+        ordering: The default ``Ordering`` for handlers registered without one.
+        max_concurrency: Handlers running at once; further requests wait their turn.
+        max_pending: Requests held at once (running plus waiting) before new ones are
+            refused with ``OverloadedError``.
+        invoke_timeout: Default seconds ``invoke`` waits, or ``None`` for no limit.
+        execute_timeout: Seconds a handler may run before it is cancelled, or ``None``.
+        compress: Snappy-compress large bodies we send.
+        max_body_size: Largest body in bytes we send or accept.
+        heartbeat_interval: Seconds between pings on an idle link.
+        heartbeat_timeout: Seconds of silence after which a remote is considered gone.
+        connect_timeout: Seconds ``__aenter__`` of a connecting peer waits for the handshake,
+            or ``None`` to wait for ever.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: An argument has a wrong value (both or neither of ``bind``/``connect``,
+            a negative timeout, ...).
+    """
+
+    def __repr__(self) -> str:
+        side = "bind" if self._bound else "connect"
+        return f"<Peer {self._identity!r} {side}={self._address} {self._state}>"
+
+    def __init__(
+        self,
+        *,
+        bind: AddressLike | None = None,
+        connect: AddressLike | None = None,
+        transport: Transport | type[Transport] | None = None,
+        authenticator: AbstractServerAuthenticator | AbstractClientAuthenticator | None = None,
+        identity: str | None = None,
+        ordering: Ordering = Ordering.UNORDERED,
+        max_concurrency: int = 100,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        invoke_timeout: float | None = None,
+        execute_timeout: float | None = None,
+        compress: bool = True,
+        max_body_size: int = 64 * 2**20,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 15.0,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        if (bind is None) == (connect is None):
+            raise ValueError("exactly one of bind and connect must be given")
+        self._bound = bind is not None
+        self._address = parse_address(
+            bind if self._bound else connect, argument="bind" if self._bound else "connect"
+        )
+        self._transport = _make_transport(transport, self._address)
+        self._authenticator = _check_authenticator(authenticator, bound=self._bound)
+        if identity is not None and (not isinstance(identity, str) or not identity):
+            raise TypeError("identity must be a non-empty str")
+        self._identity = identity or f"peer-{secrets.token_hex(4)}"
+        if not isinstance(ordering, Ordering):
+            raise TypeError(f"ordering must be an Ordering, not {type(ordering).__name__}")
+        _check_count("max_concurrency", max_concurrency)
+        _check_count("max_pending", max_pending)
+        _check_count("max_body_size", max_body_size)
+        self._invoke_timeout = _check_timeout("invoke_timeout", invoke_timeout)
+        self._execute_timeout = _check_timeout("execute_timeout", execute_timeout)
+        self._connect_timeout = _check_timeout("connect_timeout", connect_timeout)
+        self._heartbeat_interval = _check_positive("heartbeat_interval", heartbeat_interval)
+        self._heartbeat_timeout = _check_positive("heartbeat_timeout", heartbeat_timeout)
+        if heartbeat_timeout <= heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        self._compress = bool(compress)
+        self._max_body_size = max_body_size
+        self._dispatcher = Dispatcher(
+            send=self._send_reply,
+            default_ordering=ordering,
+            max_concurrency=max_concurrency,
+            max_pending=max_pending,
+            execute_timeout=self._execute_timeout,
+        )
+        self._counters = Counters()
+        self._links: dict[bytes, Link] = {}  # by transport key
+        self._by_identity: dict[str, Link] = {}  # open links, bound side
+        self._peer_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._connection: Connection | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._welcomed: asyncio.Future[None] | None = None
+        self._state = "new"
+
+    # -- public surface -------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> str:
+        """Our identity (as assigned by the bound side, once connected)."""
+        return self._identity
+
+    @property
+    def address(self) -> str:
+        """The address bound or connected to; for port 0, the real port.
+
+        Raises:
+            RuntimeError: The peer is not open.
+        """
+        if self._connection is None:
+            raise RuntimeError("the peer is not open")
+        return self._connection.local_address
+
+    @property
+    def peers(self) -> frozenset[str]:
+        """Identities of the connected remotes with a completed handshake."""
+        if self._bound:
+            return frozenset(self._by_identity)
+        link = self._links.get(_DEALER_KEY)
+        return frozenset({link.identity}) if link and link.session.is_open else frozenset()
+
+    def handle_function(
+        self, name: str, handler: Handler, *, ordering: Ordering | None = None
+    ) -> None:
+        """Serve ``name`` with ``handler`` (an ``async def`` taking a ``Request``).
+
+        Args:
+            name: The method name callers invoke.
+            handler: The coroutine function; its return value (any msgpack value) is the reply.
+            ordering: Overrides the peer's default ordering for this method.
+
+        Raises:
+            TypeError: ``name`` is not a str, ``handler`` not an async function, or
+                ``ordering`` not an ``Ordering``.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError("name must be a non-empty str")
+        if not callable(handler):
+            raise TypeError("handler must be an async function taking a Request")
+        if ordering is not None and not isinstance(ordering, Ordering):
+            raise TypeError(f"ordering must be an Ordering or None, not {type(ordering).__name__}")
+        self._dispatcher.register(name, handler, ordering)
+
+    def unhandle_function(self, name: str) -> None:
+        """Stop serving ``name``; later calls get ``MethodNotFoundError``.
+
+        Raises:
+            KeyError: No handler is registered under ``name``.
+        """
+        try:
+            self._dispatcher.unregister(name)
+        except KeyError:
+            raise KeyError(f"no handler is registered under {name!r}") from None
+
+    async def invoke(
+        self,
+        method: str,
+        body: Body = None,
+        *,
+        order_key: str | None = None,
+        to: str | None = None,
+        timeout: float | None = None,
+        headers: Headers | None = None,
+    ) -> Body:
+        """Call ``method`` on the remote and return its handler's return value.
+
+        Args:
+            method: The remote method name.
+            body: Any msgpack value.
+            order_key: Calls with the same key are ordered by the remote's ordering.
+            to: On the bound side, the identity of the remote to call.
+            timeout: Seconds to wait (default ``invoke_timeout``); then the remote handler is
+                cancelled and ``TimeoutError`` raised.
+            headers: Per-call metadata, readable by the handler as ``request.headers``.
+
+        Returns:
+            The remote handler's return value.
+
+        Raises:
+            RPCUserError: The handler raised (with the remote traceback).
+            MethodNotFoundError: The remote has no such method.
+            RPCInternalError: The remote framework failed on the call.
+            OverloadedError: The remote refused the call: it holds too many.
+            RPCTimeoutError: The timeout passed (also a ``TimeoutError``).
+            RPCCancelledError: The remote cancelled the call.
+            PeerDisconnectedError: The remote went away.
+            PeerClosedError: This peer is (or got) closed.
+            MessageTooLargeError: ``body`` exceeds ``max_body_size`` (nothing was sent).
+            UnknownPeerError: ``to`` names no connected remote.
+            TypeError, ValueError: Misused arguments; ``body`` not msgpack-serializable.
+
+        Cancellation: cancelling the caller cancels the remote handler.
+        """
+        call_timeout = self._invoke_timeout if timeout is None else timeout
+        call_timeout = _check_timeout("timeout", call_timeout)
+        _check_call_args(method, order_key, headers)
+        link = self._route(to)
+        packed = pack_body(body)
+        self._check_size(link, len(packed))
+        call_id = link.session.start_call()
+        msg = m.Call(
+            id=call_id,
+            method=method,
+            body=packed,
+            order_key=order_key,
+            headers=dict(headers) if headers else None,
+            timeout=call_timeout,
+        )
+        reply = await self._await_reply(link, msg, call_timeout)
+        return _outcome(reply)
+
+    async def wait_for_peer(self, identity: str, timeout: float | None = None) -> None:
+        """Wait until a remote named ``identity`` has connected (returns at once if it is).
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+            PeerClosedError: This peer closed meanwhile.
+        """
+        self._check_open()
+        timeout = _check_timeout("timeout", timeout)
+        if identity in self.peers:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._peer_waiters.setdefault(identity, []).append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        finally:
+            waiters = self._peer_waiters.get(identity, [])
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+            if not waiters:
+                self._peer_waiters.pop(identity, None)
+
+    def statistics(self) -> PeerStatistics:
+        """A snapshot of this peer's counters."""
+        return self._counters.snapshot(
+            calls_in_flight=sum(len(link.pending) for link in self._links.values()),
+            requests_in_flight=self._dispatcher.running,
+            connected_peers=len(self.peers),
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise RuntimeError("a Peer can be opened only once")
+        self._state = "opening"
+        try:
+            await self._open()
+        except BaseException:
+            await self.aclose()
+            raise
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _open(self) -> None:
+        max_frame = self._max_body_size + MAX_HEADER_SIZE
+        self._dispatcher.start()
+        if self._bound:
+            self._connection = await self._transport.bind(
+                self._address, max_frame_size=max_frame, authenticator=self._authenticator  # type: ignore[arg-type]
+            )
+        else:
+            self._welcomed = asyncio.get_running_loop().create_future()
+            self._connection = await self._transport.connect(
+                self._address, max_frame_size=max_frame, authenticator=self._authenticator  # type: ignore[arg-type]
+            )
+        self._loops = [
+            asyncio.create_task(self._receive_loop(), name=f"{self!r} receive"),
+            asyncio.create_task(self._heartbeat_loop(), name=f"{self!r} heartbeat"),
+        ]
+        if self._welcomed is not None:
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    await self._welcomed
+            except TimeoutError:
+                raise RPCTimeoutError(
+                    f"no handshake from {self._address} within connect_timeout "
+                    f"{self._connect_timeout} s"
+                ) from None
+
+    async def aclose(self) -> None:
+        """Close: fail our pending calls, cancel our handlers, say goodbye, release everything.
+
+        Idempotent. Cancellation: everything is released even when the caller is cancelled.
+        """
+        if self._state in ("closing", "closed"):
+            return
+        self._state = "closing"
+        await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        closed = PeerClosedError("the peer was closed")
+        for link in self._links.values():
+            self._fail_pending(link, closed)
+        await self._dispatcher.aclose()
+        for link in list(self._links.values()):
+            if link.session.is_open:
+                with contextlib.suppress(Exception):
+                    await self._send(link, m.Goodbye(reason="closing"))
+        for waiters in self._peer_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(PeerClosedError("the peer was closed"))
+        if self._welcomed is not None and not self._welcomed.done():
+            self._welcomed.cancel()
+        tasks = [*self._loops, *self._background]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._connection is not None:
+            await self._connection.aclose()
+        self._links.clear()
+        self._by_identity.clear()
+        self._state = "closed"
+
+    # -- calls we make --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise PeerClosedError(
+                "the peer is closed" if self._state in ("closing", "closed") else "the peer is not open; use 'async with'"
+            )
+
+    def _route(self, to: str | None) -> Link:
+        self._check_open()
+        if to is not None and not isinstance(to, str):
+            raise TypeError(f"to must be a str or None, not {type(to).__name__}")
+        if not self._bound:
+            link = self._links.get(_DEALER_KEY)
+            if link is None or not link.session.is_open:
+                raise PeerDisconnectedError("not connected to the remote")
+            return link
+        if to is None:
+            if len(self._by_identity) != 1:
+                raise UnknownPeerError(
+                    f"to=None needs exactly one connected peer, there are {len(self._by_identity)}"
+                )
+            return next(iter(self._by_identity.values()))
+        try:
+            return self._by_identity[to]
+        except KeyError:
+            raise UnknownPeerError(f"no connected peer is named {to!r}") from None
+
+    def _check_size(self, link: Link, size: int) -> None:
+        limit = min(self._max_body_size, link.session.remote_max_body_size)
+        if size > limit:
+            raise MessageTooLargeError(f"body of {size} bytes exceeds max_body_size {limit}")
+
+    async def _await_reply(self, link: Link, msg: m.Call, timeout: float | None) -> m.Message:
+        future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
+        link.pending[msg.id] = future
+        self._counters.calls_out += 1
+        try:
+            await self._send(link, msg)
+            async with asyncio.timeout(timeout) as deadline:
+                return await future
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self._abandon(link, msg.id)
+            self._counters.count_error("timeout")
+            raise RPCTimeoutError(f"{msg.method!r} took longer than {timeout} s") from None
+        except asyncio.CancelledError:
+            self._abandon(link, msg.id)
+            raise
+        finally:
+            link.pending.pop(msg.id, None)
+
+    def _abandon(self, link: Link, call_id: int) -> None:
+        """The caller gave up on ``call_id``: tell the remote to stop it (in the background)."""
+        if link.session.call_input(call_id, CallInput.ABANDON) is not None:
+            self._spawn_background(self._send_quietly(link, m.Cancel(id=call_id)))
+
+    def _spawn_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_quietly(self, link: Link, msg: m.Message) -> None:
+        with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
+            await self._send(link, msg)
+
+    async def _send(self, link: Link, msg: m.Message) -> None:
+        if self._connection is None:
+            raise PeerClosedError("the peer is not open")
+        frames = encode(msg, compress=self._compress)
+        self._counters.bytes_out += sum(len(f) for f in frames)
+        await self._connection.send(frames, to=link.key)
+
+    async def _send_reply(self, key: Hashable, reply: Reply) -> None:
+        link = self._links.get(key)  # type: ignore[call-overload]
+        if link is None or not link.session.is_open:
+            return
+        with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
+            try:
+                await self._send(link, reply)
+            except TypeError:  # cannot happen for our own messages; keep the invariant visible
+                log.exception("could not encode %r", reply)
+
+    # -- the receive loop -----------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._connection is not None
+        receive = self._connection.receive
+        while True:
+            try:
+                event = await receive()
+            except PeerClosedError:
+                return
+            try:
+                await self._on_event(event)
+            except ProtocolError as exc:
+                self._drop(f"protocol violation: {exc}")
+            except Exception:
+                log.exception("error while handling %r; the message is dropped", event)
+                self._counters.dropped_messages += 1
+
+    def _drop(self, reason: str) -> None:
+        self._counters.dropped_messages += 1
+        log.warning("dropped a message: %s", reason)
+
+    async def _on_event(self, event: Received | Connected | Disconnected | AuthFailed) -> None:
+        if type(event) is Received:
+            await self._on_received(event)
+        elif type(event) is Connected:
+            await self._on_connected(event)
+        elif type(event) is Disconnected:
+            await self._link_lost(event.peer, LinkInput.LOST, event.reason)
+        elif type(event) is AuthFailed:
+            self._on_auth_failed(event)
+
+    async def _on_connected(self, event: Connected) -> None:
+        now = asyncio.get_running_loop().time()
+        old = self._links.get(event.peer)
+        if old is not None:
+            await self._link_lost(event.peer, LinkInput.LOST, "reconnected")
+        session = Session(
+            heartbeat_interval=self._heartbeat_interval,
+            heartbeat_timeout=self._heartbeat_timeout,
+            now=now,
+        )
+        link = Link(event.peer, session, event.user_id)
+        self._links[event.peer] = link
+        if not self._bound:
+            await self._send(link, m.Hello(identity=self._identity, max_body_size=self._max_body_size))
+
+    def _on_auth_failed(self, event: AuthFailed) -> None:
+        log.warning("authentication failed: %s", event.reason)
+        if self._welcomed is not None and not self._welcomed.done():
+            self._welcomed.set_exception(AuthenticationError(event.reason))
+
+    async def _on_received(self, event: Received) -> None:
+        self._counters.bytes_in += sum(len(f) for f in event.frames)
+        link = self._links.get(event.peer)
+        if link is None:
+            self._drop("message from an unknown remote")
+            return
+        try:
+            msg = decode(event.frames, max_body_size=self._max_body_size)
+        except OversizeBodyError as exc:
+            await self._refuse_oversize(link, exc)
+            return
+        link.session.receive(msg, asyncio.get_running_loop().time())
+        handler = self._HANDLERS[type(msg)]
+        await handler(self, link, msg)
+
+    async def _refuse_oversize(self, link: Link, exc: OversizeBodyError) -> None:
+        self._drop(f"body of {exc.size} bytes exceeds max_body_size {self._max_body_size}")
+        if isinstance(exc.message, m.Call) and link.session.is_open:
+            code = MessageTooLargeError.code
+            text = f"body of {exc.size} bytes exceeds the remote's max_body_size"
+            await self._send(link, m.Error(id=exc.message.id, code=code, message=text))
+        elif isinstance(exc.message, m.Result):
+            future = link.pending.get(exc.message.id)
+            link.session.call_input(exc.message.id, CallInput.REPLY)
+            if future is not None and not future.done():
+                future.set_exception(
+                    MessageTooLargeError(f"the reply of {exc.size} bytes exceeds max_body_size")
+                )
+
+    # -- one handler per message kind -------------------------------------------------------------
+
+    async def _on_hello(self, link: Link, msg: m.Hello) -> None:
+        if not self._bound:
+            raise ProtocolError("Hello sent to a connecting peer")
+        identity = link.user_id or msg.identity
+        link.session.handshake(identity, msg.max_body_size)
+        previous = self._by_identity.get(identity)
+        if previous is not None and previous is not link:
+            log.warning("%r connected again; the older link is dropped", identity)
+            await self._send_quietly(previous, m.Goodbye(reason="replaced by a newer connection"))
+            await self._link_lost(previous.key, LinkInput.LOST, "replaced by a newer connection")
+            await self._connection.disconnect(previous.key)  # type: ignore[union-attr]
+        self._by_identity[identity] = link
+        welcome = m.Welcome(identity=self._identity, assigned=identity, max_body_size=self._max_body_size)
+        await self._send(link, welcome)
+        for waiter in self._peer_waiters.pop(identity, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
+        if self._bound:
+            raise ProtocolError("Welcome sent to a bound peer")
+        link.session.handshake(msg.identity, msg.max_body_size)
+        self._identity = msg.assigned
+        if self._welcomed is not None and not self._welcomed.done():
+            self._welcomed.set_result(None)
+
+    async def _on_call(self, link: Link, msg: m.Call) -> None:
+        self._counters.calls_in += 1
+        await self._dispatcher.call(link.key, link.identity, msg)
+
+    async def _on_cancel(self, link: Link, msg: m.Cancel) -> None:
+        await self._dispatcher.cancel(link.key, msg.id)
+
+    async def _on_reply(self, link: Link, msg: m.Message) -> None:
+        call_id: int = msg.id  # type: ignore[union-attr]
+        if link.session.call_input(call_id, CallInput.REPLY) is None:
+            self._drop(f"reply to unknown call {call_id}")
+            return
+        future = link.pending.get(call_id)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def _on_ping(self, link: Link, msg: m.Ping) -> None:
+        await self._send(link, m.Pong())
+
+    async def _on_pong(self, link: Link, msg: m.Pong) -> None:
+        """Liveness was recorded by ``session.receive``; nothing else to do."""
+
+    async def _on_goodbye(self, link: Link, msg: m.Goodbye) -> None:
+        await self._link_lost(link.key, LinkInput.GOODBYE, f"the remote closed ({msg.reason})")
+        await self._connection.disconnect(link.key)  # type: ignore[union-attr]
+
+    async def _on_stream_message(self, link: Link, msg: m.Message) -> None:
+        self._drop(f"{type(msg).__name__}: streams are not enabled on this peer")
+
+    _HANDLERS: Final[dict[type, Any]] = {
+        m.Hello: _on_hello,
+        m.Welcome: _on_welcome,
+        m.Call: _on_call,
+        m.Cancel: _on_cancel,
+        m.Result: _on_reply,
+        m.Failure: _on_reply,
+        m.Error: _on_reply,
+        m.Cancelled: _on_reply,
+        m.Ping: _on_ping,
+        m.Pong: _on_pong,
+        m.Goodbye: _on_goodbye,
+        m.StreamItem: _on_stream_message,
+        m.StreamEnd: _on_stream_message,
+        m.Credit: _on_stream_message,
+    }
+
+    # -- links ending -----------------------------------------------------------------------------
+
+    async def _link_lost(self, key: bytes, why: LinkInput, reason: str) -> None:
+        link = self._links.pop(key, None)
+        if link is None:
+            return
+        with contextlib.suppress(ProtocolError):
+            link.session.transition(why)
+        if self._by_identity.get(link.identity) is link:
+            del self._by_identity[link.identity]
+        self._fail_pending(link, PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}"))
+        link.session.forget_calls()
+        await self._dispatcher.drop_link(key)
+        if self._welcomed is not None and not self._welcomed.done():
+            self._welcomed.set_exception(PeerDisconnectedError(reason))
+
+    def _fail_pending(self, link: Link, error: Exception) -> None:
+        for future in link.pending.values():
+            if not future.done():
+                future.set_exception(error)
+                self._counters.count_error(type(error).__name__)
+
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = min(self._heartbeat_interval, self._heartbeat_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for link in list(self._links.values()):
+                try:
+                    await self._heartbeat(link, now)
+                except Exception:
+                    log.exception("heartbeat of %r failed", link.identity)
+
+    async def _heartbeat(self, link: Link, now: float) -> None:
+        if link.session.expired(now):
+            log.warning("%r went silent for %s s", link.identity or link.key, self._heartbeat_timeout)
+            await self._link_lost(link.key, LinkInput.EXPIRE, "heartbeat lost")
+            await self._connection.disconnect(link.key)  # type: ignore[union-attr]
+        elif link.session.is_open and link.session.ping_due(now):
+            await self._send_quietly(link, m.Ping())
+
+
+def _outcome(reply: m.Message) -> Body:
+    """Turn a reply message into the value ``invoke`` returns or the error it raises."""
+    if type(reply) is m.Result:
+        try:
+            return unpack_body(reply.body)
+        except ProtocolError as exc:
+            raise RPCInternalError(f"undecodable result: {exc}") from None
+    if type(reply) is m.Failure:
+        raise RPCUserError(reply.name, reply.repr, reply.traceback)
+    if type(reply) is m.Error:
+        raise error_for_code(reply.code, reply.message)
+    if type(reply) is m.Cancelled:
+        raise RPCCancelledError(reply.reason or "the remote cancelled the call")
+    raise AssertionError(f"not a reply: {reply!r}")
+
+
+def _make_transport(transport: object, address: object) -> Transport:
+    if transport is None:
+        return TCPTransport() if isinstance(address, TCPAddress) else ZeroMQTransport()
+    if isinstance(transport, type) and issubclass(transport, Transport):
+        return transport()
+    if isinstance(transport, Transport):
+        return transport
+    raise TypeError(f"transport must be a Transport instance or class, not {transport!r}")
+
+
+def _check_authenticator(authenticator: Any, *, bound: bool) -> Any:
+    if authenticator is None:
+        return None
+    from .auth import AbstractClientAuthenticator, AbstractServerAuthenticator
+
+    expected = AbstractServerAuthenticator if bound else AbstractClientAuthenticator
+    if not isinstance(authenticator, expected):
+        raise TypeError(
+            f"authenticator of a {'bound' if bound else 'connecting'} peer must be an "
+            f"{expected.__name__}, not {type(authenticator).__name__}"
+        )
+    return authenticator
+
+
+def _check_count(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def _check_timeout(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    seconds = _check_seconds(name, value)
+    if not seconds >= 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return seconds
+
+
+def _check_positive(name: str, value: object) -> float:
+    seconds = _check_seconds(name, value)
+    if not seconds > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return seconds
+
+
+def _check_seconds(name: str, value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    return float(value)
+
+
+def _check_call_args(method: object, order_key: object, headers: Mapping[Any, Any] | None) -> None:
+    if not isinstance(method, str) or not method:
+        raise TypeError("method must be a non-empty str")
+    if order_key is not None and not isinstance(order_key, str):
+        raise TypeError(f"order_key must be a str or None, not {type(order_key).__name__}")
+    if headers is None:
+        return
+    if not isinstance(headers, Mapping):
+        raise TypeError("headers must be a mapping of str to str or bytes")
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str | bytes):
+            raise TypeError(f"headers[{key!r}] must map a str to a str or bytes")

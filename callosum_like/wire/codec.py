@@ -1,0 +1,263 @@
+"""Message <-> frames, with no I/O.
+
+Theory of operation: every message is one *header* frame, plus one *body* frame for the
+kinds that carry an application body (``Call``, ``Result``, ``StreamItem``). The header is a
+msgpack array ``[version, kind, flags, field...]`` with the fields in the order the message
+class declares them (``body`` excluded). The body frame is the packed msgpack body, snappy
+compressed when flag bit 0 is set. docs/PROTOCOL.md is the normative description.
+
+``decode`` is the only door from the network into the protocol: whatever the bytes, it returns
+a well-typed message or raises ``ProtocolError`` (and only that). Every size it accepts is
+bounded: the header by ``MAX_HEADER_SIZE``, the body (compressed and decompressed) by the
+caller's ``max_body_size``. A body over that limit raises ``OversizeBodyError``, which still
+carries the header so that the caller of an oversize call can be told.
+
+Callers: ``session``/``peer`` (encode/decode), ``dispatch`` (pack/unpack bodies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Final, TypeAlias
+
+import cramjam
+import msgpack
+
+from ..errors import ProtocolError
+from . import messages as m
+
+__all__ = [
+    "Frame",
+    "MAX_HEADER_SIZE",
+    "COMPRESS_THRESHOLD",
+    "FLAG_COMPRESSED",
+    "OversizeBodyError",
+    "encode",
+    "decode",
+    "pack_body",
+    "unpack_body",
+]
+
+#: What the codec accepts as a frame: transports hand over bytes or zero-copy views.
+Frame: TypeAlias = bytes | bytearray | memoryview
+
+#: Headers hold names, ids and at most a traceback (which we truncate to a quarter of this);
+#: a megabyte is far beyond any legitimate header and bounds what garbage can make us parse.
+MAX_HEADER_SIZE: Final = 1 << 20
+#: Longest traceback text we send, so that a Failure header stays well under MAX_HEADER_SIZE.
+MAX_TRACEBACK_CHARS: Final = MAX_HEADER_SIZE // 4
+#: Bodies at least this large are snappy-compressed when compression is on. Below it, the
+#: call overhead of compressing costs more than the bytes it saves on loopback and LANs.
+COMPRESS_THRESHOLD: Final = 4096
+FLAG_COMPRESSED: Final = 0x01
+
+_KNOWN_FLAGS: Final = FLAG_COMPRESSED
+
+_OptStr = (str, type(None))
+_OptNum = (float, int, type(None))
+_Int = (int,)
+_Str = (str,)
+_Bool = (bool,)
+_OptDict = (dict, type(None))
+
+# Per class: the header fields in order, with the types each may hold on the wire.
+_FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "identity": _Str,
+    "assigned": _Str,
+    "max_body_size": _Int,
+    "id": _Int,
+    "method": _Str,
+    "order_key": _OptStr,
+    "headers": _OptDict,
+    "timeout": _OptNum,
+    "stream": _Bool,
+    "name": _Str,
+    "repr": _Str,
+    "traceback": _Str,
+    "code": _Int,
+    "message": _Str,
+    "reason": _Str,
+    "amount": _Int,
+}
+_CLASSES: Final[tuple[type[m.Message], ...]] = (
+    m.Hello,
+    m.Welcome,
+    m.Call,
+    m.Result,
+    m.Failure,
+    m.Error,
+    m.Cancel,
+    m.Cancelled,
+    m.Ping,
+    m.Pong,
+    m.Goodbye,
+    m.StreamItem,
+    m.StreamEnd,
+    m.Credit,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Layout:
+    cls: type[m.Message]
+    fields: tuple[str, ...]
+    types: tuple[tuple[type, ...], ...]
+    has_body: bool
+
+
+def _layout(cls: type[m.Message]) -> _Layout:
+    names = [f.name for f in dataclasses.fields(cls)]
+    header = tuple(n for n in names if n != "body")
+    return _Layout(cls, header, tuple(_FIELD_TYPES[n] for n in header), "body" in names)
+
+
+_BY_KIND: Final[dict[int, _Layout]] = {int(c.KIND): _layout(c) for c in _CLASSES}
+_BY_CLASS: Final[dict[type, _Layout]] = {lay.cls: lay for lay in _BY_KIND.values()}
+
+
+class OversizeBodyError(ProtocolError):
+    """A body frame (or its decompressed size) exceeds ``max_body_size``.
+
+    Args:
+        message: The decoded message with an empty body, so the caller can be answered.
+        size: The size that was refused, in bytes.
+    """
+
+    def __init__(self, message: m.Message, size: int) -> None:
+        super().__init__(message, size)
+        self.message = message
+        self.size = size
+
+
+def pack_body(value: Any) -> bytes:
+    """Pack an application body.
+
+    Raises:
+        TypeError: ``value`` holds something msgpack cannot represent.
+    """
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"body is not msgpack-serializable: {exc}") from None
+
+
+def unpack_body(data: Frame) -> Any:
+    """Unpack an application body.
+
+    Raises:
+        ProtocolError: ``data`` is not exactly one msgpack value.
+    """
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable body: {exc!r}") from None
+
+
+def encode(msg: m.Message, *, compress: bool = False) -> list[bytes]:
+    """Turn a message into frames.
+
+    Args:
+        msg: Any message of ``wire.messages``.
+        compress: Snappy-compress a body of ``COMPRESS_THRESHOLD`` bytes or more, when that
+            makes it smaller.
+
+    Returns:
+        ``[header]`` or ``[header, body]``.
+    """
+    layout = _BY_CLASS[type(msg)]
+    flags = 0
+    header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), flags]
+    header.extend(getattr(msg, name) for name in layout.fields)
+    if not layout.has_body:
+        return [msgpack.packb(header)]
+    body: bytes = msg.body  # type: ignore[union-attr]
+    if compress and len(body) >= COMPRESS_THRESHOLD:
+        packed = bytes(cramjam.snappy.compress_raw(body))
+        if len(packed) < len(body):
+            header[2] = FLAG_COMPRESSED
+            body = packed
+    return [msgpack.packb(header), body]
+
+
+def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
+    """Turn frames read off the network into a message.
+
+    Args:
+        frames: The frames of one transport message.
+        max_body_size: The largest body accepted, before and after decompression.
+
+    Returns:
+        The message, with every field of the type its class declares.
+
+    Raises:
+        OversizeBodyError: The body is over ``max_body_size``.
+        ProtocolError: Anything else is wrong: frame count, header, version, kind, field types,
+            compression.
+    """
+    if not 1 <= len(frames) <= 2:
+        raise ProtocolError(f"expected 1 or 2 frames, got {len(frames)}")
+    head = _decode_header(frames[0])
+    layout = _BY_KIND.get(head[1]) if len(head) > 1 and type(head[1]) is int else None
+    if layout is None:
+        raise ProtocolError(f"unknown message kind {head[1:2]!r}")
+    flags = head[2] if len(head) > 2 else None
+    if type(flags) is not int or flags & ~_KNOWN_FLAGS:
+        raise ProtocolError(f"bad flags {flags!r}")
+    values = _check_fields(layout, head[3:])
+    if layout.has_body != (len(frames) == 2):
+        raise ProtocolError(f"{layout.cls.__name__} with {len(frames)} frames")
+    if not layout.has_body:
+        return layout.cls(**values)
+    values["body"] = b""
+    try:
+        values["body"] = _decode_body(frames[1], flags, max_body_size)
+    except OversizeBodyError as exc:
+        raise OversizeBodyError(layout.cls(**values), exc.size) from None
+    return layout.cls(**values)
+
+
+def _decode_header(frame: Frame) -> list[Any]:
+    if len(frame) > MAX_HEADER_SIZE:
+        raise ProtocolError(f"header of {len(frame)} bytes exceeds {MAX_HEADER_SIZE}")
+    try:
+        head = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable header: {exc!r}") from None
+    if type(head) is not list or not head:
+        raise ProtocolError("header is not a non-empty array")
+    if head[0] != m.PROTOCOL_VERSION or type(head[0]) is not int:
+        raise ProtocolError(f"unsupported protocol version {head[0]!r}")
+    return head
+
+
+def _check_fields(layout: _Layout, raw: list[Any]) -> dict[str, Any]:
+    if len(raw) != len(layout.fields):
+        raise ProtocolError(f"{layout.cls.__name__} needs {len(layout.fields)} fields")
+    for name, value, types in zip(layout.fields, raw, layout.types, strict=True):
+        if type(value) not in types:
+            raise ProtocolError(f"{layout.cls.__name__}.{name} has type {type(value).__name__}")
+    values = dict(zip(layout.fields, raw, strict=True))
+    headers = values.get("headers")
+    if headers is not None and not all(
+        type(k) is str and type(v) in (str, bytes) for k, v in headers.items()
+    ):
+        raise ProtocolError("headers must map str to str or bytes")
+    return values
+
+
+def _decode_body(frame: Frame, flags: int, max_body_size: int) -> bytes:
+    if len(frame) > max_body_size:
+        raise OversizeBodyError(m.Ping(), len(frame))
+    if not flags & FLAG_COMPRESSED:
+        return bytes(frame)
+    try:
+        size = cramjam.snappy.decompress_raw_len(frame)
+    except Exception as exc:
+        raise ProtocolError(f"bad compressed body: {exc!r}") from None
+    if size > max_body_size:
+        raise OversizeBodyError(m.Ping(), size)
+    try:
+        return bytes(cramjam.snappy.decompress_raw(frame))
+    except Exception as exc:
+        raise ProtocolError(f"bad compressed body: {exc!r}") from None

@@ -1,0 +1,254 @@
+"""The messages of the callosum_like wire protocol, one frozen class per kind.
+
+Theory of operation: these are plain values. They know nothing of sockets, of msgpack
+framing or of futures. ``wire.codec`` turns them into frames and back; ``session`` and the
+Peer act on them. A message that carries an application body keeps it as ``body: bytes``,
+already msgpack-packed, so that a body is packed exactly once on the way out and unpacked
+exactly once on the way in (at the point of use). See docs/PROTOCOL.md for the frame layout.
+
+Don't subclass these: the codec dispatches on the exact class.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback as tb
+from dataclasses import dataclass
+from typing import ClassVar, Final, TypeAlias
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MessageKind",
+    "Hello",
+    "Welcome",
+    "Call",
+    "Result",
+    "Failure",
+    "Error",
+    "Cancel",
+    "Cancelled",
+    "Ping",
+    "Pong",
+    "Goodbye",
+    "StreamItem",
+    "StreamEnd",
+    "Credit",
+    "Message",
+    "CallReply",
+    "EMPTY_BODY",
+]
+
+#: Bumped on any incompatible change of the frame layout; a peer drops other versions.
+PROTOCOL_VERSION: Final = 1
+
+#: ``msgpack.packb(None)``: the body of a call made with ``body=None``.
+EMPTY_BODY: Final = b"\xc0"
+
+
+class MessageKind(enum.IntEnum):
+    """The wire code of each message kind (second element of every header)."""
+
+    HELLO = 1
+    WELCOME = 2
+    CALL = 3
+    RESULT = 4
+    FAILURE = 5
+    ERROR = 6
+    CANCEL = 7
+    CANCELLED = 8
+    PING = 9
+    PONG = 10
+    GOODBYE = 11
+    STREAM_ITEM = 12
+    STREAM_END = 13
+    CREDIT = 14
+
+
+_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+@_frozen
+class Hello:
+    """First message of the connecting side: who it is and what it accepts.
+
+    Attributes:
+        identity: The name the connecting peer asks to be known by.
+        max_body_size: The largest body this side accepts, in bytes.
+    """
+
+    KIND: ClassVar = MessageKind.HELLO
+    identity: str
+    max_body_size: int
+
+
+@_frozen
+class Welcome:
+    """The bound side's answer to ``Hello``; the link is open once it arrives.
+
+    Attributes:
+        identity: The bound peer's own identity.
+        assigned: The identity the bound side registered the caller under (the authenticated
+            user id under CURVE, else the identity from ``Hello``).
+        max_body_size: The largest body the bound side accepts, in bytes.
+    """
+
+    KIND: ClassVar = MessageKind.WELCOME
+    identity: str
+    assigned: str
+    max_body_size: int
+
+
+@_frozen
+class Call:
+    """A request to run ``method``; the reply names the same ``id``.
+
+    Attributes:
+        id: The caller's sequence number for this call, unique among its pending calls.
+        method: The method name.
+        body: The packed msgpack body.
+        order_key: Requests with the same key from the same caller are ordered.
+        headers: Per-call metadata, or ``None``.
+        timeout: Seconds the caller will wait; the callee cancels the handler after it.
+        stream: The caller expects a stream of ``StreamItem`` and a ``StreamEnd``.
+    """
+
+    KIND: ClassVar = MessageKind.CALL
+    id: int
+    method: str
+    body: bytes = EMPTY_BODY
+    order_key: str | None = None
+    headers: dict[str, str | bytes] | None = None
+    timeout: float | None = None
+    stream: bool = False
+
+
+@_frozen
+class Result:
+    """The handler's return value for call ``id``."""
+
+    KIND: ClassVar = MessageKind.RESULT
+    id: int
+    body: bytes = EMPTY_BODY
+
+
+@_frozen
+class Failure:
+    """The handler for call ``id`` raised; carries what the caller needs to report it.
+
+    Attributes:
+        id: The call id.
+        name: Qualified class name of the exception.
+        repr: ``repr()`` of the exception.
+        traceback: The formatted traceback.
+    """
+
+    KIND: ClassVar = MessageKind.FAILURE
+    id: int
+    name: str
+    repr: str
+    traceback: str
+
+    @classmethod
+    def from_exception(cls, id: int, exc: BaseException) -> Failure:  # noqa: A002
+        """Describe ``exc`` (with its traceback) as the failure of call ``id``."""
+        kind = type(exc)
+        name = kind.__qualname__
+        if kind.__module__ not in ("builtins", "__main__"):
+            name = f"{kind.__module__}.{name}"
+        text = "".join(tb.format_exception(exc))
+        return cls(id=id, name=name, repr=repr(exc), traceback=text)
+
+
+@_frozen
+class Error:
+    """The framework, not the handler, failed call ``id``; ``code`` is an ``ErrorCode``."""
+
+    KIND: ClassVar = MessageKind.ERROR
+    id: int
+    code: int
+    message: str
+
+
+@_frozen
+class Cancel:
+    """The caller gave up on call ``id`` (timeout or cancellation): stop the handler."""
+
+    KIND: ClassVar = MessageKind.CANCEL
+    id: int
+
+
+@_frozen
+class Cancelled:
+    """The callee cancelled call ``id`` (its execute timeout, or it is closing)."""
+
+    KIND: ClassVar = MessageKind.CANCELLED
+    id: int
+    reason: str = ""
+
+
+@_frozen
+class Ping:
+    """Heartbeat request; the other side answers ``Pong``. Any message proves liveness."""
+
+    KIND: ClassVar = MessageKind.PING
+
+
+@_frozen
+class Pong:
+    """Heartbeat answer."""
+
+    KIND: ClassVar = MessageKind.PONG
+
+
+@_frozen
+class Goodbye:
+    """The sender is closing the link on purpose; fail what is pending at once."""
+
+    KIND: ClassVar = MessageKind.GOODBYE
+    reason: str = ""
+
+
+@_frozen
+class StreamItem:
+    """One item yielded by the stream handler of call ``id``."""
+
+    KIND: ClassVar = MessageKind.STREAM_ITEM
+    id: int
+    body: bytes = EMPTY_BODY
+
+
+@_frozen
+class StreamEnd:
+    """The stream handler of call ``id`` finished without error."""
+
+    KIND: ClassVar = MessageKind.STREAM_END
+    id: int
+
+
+@_frozen
+class Credit:
+    """The consumer of stream ``id`` can take ``amount`` more items."""
+
+    KIND: ClassVar = MessageKind.CREDIT
+    id: int
+    amount: int
+
+
+Message: TypeAlias = (
+    Hello
+    | Welcome
+    | Call
+    | Result
+    | Failure
+    | Error
+    | Cancel
+    | Cancelled
+    | Ping
+    | Pong
+    | Goodbye
+    | StreamItem
+    | StreamEnd
+    | Credit
+)
+#: The messages that settle a pending call.
+CallReply: TypeAlias = Result | Failure | Error | Cancelled

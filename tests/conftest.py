@@ -1,0 +1,89 @@
+"""Shared fixtures: transports by name, peer pairs that always close, free ports.
+
+Every network test runs on 127.0.0.1 with ports chosen by the OS (port 0), never fixed ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+import callosum_like as cl
+
+#: The transports every Peer-level test runs against.
+TRANSPORTS = ["zeromq", "tcp"]
+
+PairFactory = Callable[..., Awaitable[tuple[cl.Peer, cl.Peer]]]
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for tests that need a number before binding)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bind_address(kind: str) -> Any:
+    if kind == "zeromq":
+        return "tcp://127.0.0.1:0"
+    if kind == "tcp":
+        return cl.TCPAddress("127.0.0.1", 0)
+    raise ValueError(kind)
+
+
+def connect_address(server: cl.Peer) -> Any:
+    """Where a client reaches ``server`` (which was bound to port 0)."""
+    address = server.address
+    if address.startswith(("tcp://", "ipc://", "inproc://")):
+        return address
+    host, port = address.rsplit(":", 1)
+    return cl.TCPAddress(host, int(port))
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest_asyncio.fixture
+async def peers() -> AsyncIterator[contextlib.AsyncExitStack]:
+    """An exit stack that closes every peer entered on it, even when the test fails."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield stack
+
+
+@pytest_asyncio.fixture
+async def make_pair(transport_kind: str, peers: contextlib.AsyncExitStack) -> PairFactory:
+    """Factory: ``server, client = await make_pair(server_kwargs..., client=dict(...))``."""
+
+    async def factory(
+        *, client: dict[str, Any] | None = None, **server_kwargs: Any
+    ) -> tuple[cl.Peer, cl.Peer]:
+        server_kwargs.setdefault("identity", "server")
+        server = await peers.enter_async_context(
+            cl.Peer(bind=bind_address(transport_kind), **server_kwargs)
+        )
+        client_kwargs = {"identity": "agent-1", **(client or {})}
+        peer = await peers.enter_async_context(
+            cl.Peer(connect=connect_address(server), **client_kwargs)
+        )
+        return server, peer
+
+    return factory
+
+
+@pytest_asyncio.fixture
+async def connect_client(
+    peers: contextlib.AsyncExitStack,
+) -> Callable[..., Awaitable[cl.Peer]]:
+    """Factory: another client of an existing server, closed at the end of the test."""
+
+    async def factory(server: cl.Peer, **kwargs: Any) -> cl.Peer:
+        return await peers.enter_async_context(cl.Peer(connect=connect_address(server), **kwargs))
+
+    return factory

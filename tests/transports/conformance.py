@@ -1,0 +1,224 @@
+"""The transport conformance suite: the executable form of ``lower/base.py``'s contract.
+
+A transport's test module subclasses ``TransportConformance`` and provides ``transport()``,
+``bind_address()`` and ``connect_address(server)``. Every test here then runs against it.
+Capabilities a transport may lack are declared on the connection (``reports_disconnects``)
+or by the subclass (``client_reports_disconnects``), and the tests check whichever applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from callosum_like.errors import PeerClosedError, PeerDisconnectedError
+from callosum_like.lower.base import Connected, Connection, Disconnected, Received, Transport
+
+MAX_FRAME = 32 * 2**20
+WAIT = 5.0
+
+
+async def next_event(conn: Connection, kind: type | None = None) -> Any:
+    """The next event (of ``kind``, skipping others), within ``WAIT`` seconds."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            event = await conn.receive()
+            if kind is None or isinstance(event, kind):
+                return event
+
+
+async def nothing_arrives(conn: Connection, within: float = 0.3) -> bool:
+    try:
+        async with asyncio.timeout(within):
+            await conn.receive()
+    except TimeoutError:
+        return True
+    return False
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+class TransportConformance:
+    client_reports_disconnects = True
+
+    @pytest.fixture(autouse=True)
+    def _reset_seen(self) -> None:
+        self.seen: set[bytes] = set()
+
+    def transport(self) -> Transport:
+        raise NotImplementedError
+
+    def bind_address(self) -> Any:
+        raise NotImplementedError
+
+    def connect_address(self, server: Connection) -> Any:
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def pair(self, clients: int = 1) -> AsyncIterator[tuple[Connection, list[Connection]]]:
+        transport = self.transport()
+        server = await transport.bind(self.bind_address(), max_frame_size=MAX_FRAME)
+        conns: list[Connection] = []
+        try:
+            for _ in range(clients):
+                conns.append(
+                    await transport.connect(self.connect_address(server), max_frame_size=MAX_FRAME)
+                )
+            yield server, conns
+        finally:
+            for conn in conns:
+                await conn.aclose()
+            await server.aclose()
+
+    async def hello(self, server: Connection, client: Connection) -> bytes:
+        """Make ``client`` known to ``server``; return its key on the server.
+
+        Checks that the server saw ``Connected`` for the key before its first ``Received``.
+        """
+        await client.send([b"hello"])
+        while True:
+            event = await next_event(server)
+            if isinstance(event, Connected):
+                self.seen.add(event.peer)
+            elif isinstance(event, Received):
+                assert event.peer in self.seen
+                assert event.frames == [b"hello"]
+                return event.peer
+
+    async def test_connected_precedes_received(self) -> None:
+        async with self.pair() as (server, [client]):
+            assert server.bound and not client.bound
+            await self.hello(server, client)
+
+    async def test_reply_reaches_the_client(self) -> None:
+        async with self.pair() as (server, [client]):
+            key = await self.hello(server, client)
+            assert isinstance(await next_event(client), Connected)
+            await server.send([b"a", b"b"], to=key)
+            received = await next_event(client, Received)
+            assert received.frames == [b"a", b"b"]
+
+    async def test_many_clients_have_distinct_keys_and_get_their_own_replies(self) -> None:
+        async with self.pair(clients=3) as (server, clients):
+            keys = [await self.hello(server, c) for c in clients]
+            assert len(set(keys)) == 3
+            for i, key in enumerate(keys):
+                await server.send([str(i).encode()], to=key)
+            for i, client in enumerate(clients):
+                received = await next_event(client, Received)
+                assert received.frames == [str(i).encode()]
+
+    @pytest.mark.parametrize(
+        "frames",
+        [[b""], [b"\x00" * 7, b""], [b"x", b"y", b"z"], [bytes(range(256)) * 3]],
+    )
+    async def test_frames_arrive_as_sent(self, frames: list[bytes]) -> None:
+        async with self.pair() as (server, [client]):
+            await self.hello(server, client)
+            await client.send(frames)
+            assert (await next_event(server, Received)).frames == frames
+
+    async def test_large_frames_round_trip(self) -> None:
+        big = bytes(range(256)) * (8 * 2**20 // 256)
+        async with self.pair() as (server, [client]):
+            key = await self.hello(server, client)
+            await client.send([b"h", big])
+            assert (await next_event(server, Received)).frames == [b"h", big]
+            await server.send([big], to=key)
+            assert (await next_event(client, Received)).frames == [big]
+
+    async def test_order_is_preserved(self) -> None:
+        async with self.pair() as (server, [client]):
+            await self.hello(server, client)
+            for i in range(500):
+                await client.send([i.to_bytes(4, "big")])
+            got = [
+                int.from_bytes((await next_event(server, Received)).frames[0], "big")
+                for _ in range(500)
+            ]
+            assert got == list(range(500))
+
+    async def test_send_to_an_unknown_key_raises(self) -> None:
+        async with self.pair() as (server, [_client]):
+            with pytest.raises(PeerDisconnectedError):
+                await server.send([b"x"], to=b"nobody")
+
+    async def test_disconnect_forgets_the_key(self) -> None:
+        async with self.pair() as (server, [client]):
+            key = await self.hello(server, client)
+            await server.disconnect(key)
+            await server.disconnect(key)  # unknown keys are ignored
+            with pytest.raises(PeerDisconnectedError):
+                await server.send([b"x"], to=key)
+
+    async def test_closed_connection_refuses_everything(self) -> None:
+        async with self.pair() as (server, [client]):
+            await client.aclose()
+            await client.aclose()  # idempotent
+            with pytest.raises(PeerClosedError):
+                await client.send([b"x"])
+            with pytest.raises(PeerClosedError):
+                await client.receive()
+
+    async def test_aclose_wakes_a_pending_receive(self) -> None:
+        async with self.pair(clients=0) as (server, _):
+            waiter = asyncio.create_task(server.receive())
+            await asyncio.sleep(0.05)
+            await server.aclose()
+            with pytest.raises(PeerClosedError):
+                await asyncio.wait_for(waiter, WAIT)
+
+    async def test_cancelled_receive_loses_nothing(self) -> None:
+        async with self.pair() as (server, [client]):
+            await self.hello(server, client)
+            waiter = asyncio.create_task(server.receive())
+            await asyncio.sleep(0.05)
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+            await client.send([b"after"])
+            assert (await next_event(server, Received)).frames == [b"after"]
+
+    async def test_client_going_away_is_reported_when_supported(self) -> None:
+        async with self.pair() as (server, [client]):
+            key = await self.hello(server, client)
+            await client.aclose()
+            if server.reports_disconnects:
+                gone = await next_event(server, Disconnected)
+                assert gone.peer == key
+            else:
+                assert await nothing_arrives(server)
+
+    async def test_server_going_away_is_reported_to_the_client(self) -> None:
+        async with self.pair() as (server, [client]):
+            await self.hello(server, client)
+            assert isinstance(await next_event(client), Connected)
+            await server.aclose()
+            if self.client_reports_disconnects:
+                assert isinstance(await next_event(client, Disconnected), Disconnected)
+            else:
+                assert await nothing_arrives(client)
+
+    async def test_oversize_frame_is_not_delivered(self) -> None:
+        transport = self.transport()
+        server = await transport.bind(self.bind_address(), max_frame_size=1024)
+        try:
+            bad = await transport.connect(self.connect_address(server), max_frame_size=1 << 20)
+            good = await transport.connect(self.connect_address(server), max_frame_size=1 << 20)
+            try:
+                await bad.send([b"y" * 4096])
+                await good.send([b"fine"])
+                while True:
+                    event = await next_event(server)
+                    if isinstance(event, Received):
+                        break
+                assert event.frames == [b"fine"]
+            finally:
+                await bad.aclose()
+                await good.aclose()
+        finally:
+            await server.aclose()
