@@ -42,7 +42,9 @@ class ZeroMQAddress:
         if not isinstance(self.uri, str):
             raise TypeError(f"uri must be a str, not {type(self.uri).__name__}")
         if not self.uri.startswith(_ZMQ_SCHEMES) or self.uri.endswith("//"):
-            raise ValueError(f"uri must be a tcp://, ipc:// or inproc:// endpoint, got {self.uri!r}")
+            raise ValueError(
+                f"uri must be a tcp://, ipc:// or inproc:// endpoint, got {self.uri!r}"
+            )
 
     def __str__(self) -> str:
         return self.uri

@@ -293,7 +293,11 @@ class Peer:
             timeout=call_timeout,
         )
         reply = await self._await_reply(link, msg, call_timeout)
-        return _outcome(reply)
+        try:
+            return _outcome(reply)
+        except Exception as exc:
+            self._counters.count_error(type(exc).__name__)
+            raise
 
     async def wait_for_peer(self, identity: str, timeout: float | None = None) -> None:
         """Wait until a remote named ``identity`` has connected (returns at once if it is).
@@ -353,12 +357,16 @@ class Peer:
         self._dispatcher.start()
         if self._bound:
             self._connection = await self._transport.bind(
-                self._address, max_frame_size=max_frame, authenticator=self._authenticator  # type: ignore[arg-type]
+                self._address,
+                max_frame_size=max_frame,
+                authenticator=self._authenticator,
             )
         else:
             self._welcomed = asyncio.get_running_loop().create_future()
             self._connection = await self._transport.connect(
-                self._address, max_frame_size=max_frame, authenticator=self._authenticator  # type: ignore[arg-type]
+                self._address,
+                max_frame_size=max_frame,
+                authenticator=self._authenticator,
             )
         self._loops = [
             asyncio.create_task(self._receive_loop(), name=f"{self!r} receive"),
@@ -414,7 +422,9 @@ class Peer:
     def _check_open(self) -> None:
         if self._state != "open":
             raise PeerClosedError(
-                "the peer is closed" if self._state in ("closing", "closed") else "the peer is not open; use 'async with'"
+                "the peer is closed"
+                if self._state in ("closing", "closed")
+                else "the peer is not open; use 'async with'"
             )
 
     def _route(self, to: str | None) -> Link:
@@ -454,10 +464,11 @@ class Peer:
             if not deadline.expired():
                 raise
             self._abandon(link, msg.id)
-            self._counters.count_error("timeout")
+            self._counters.count_error(RPCTimeoutError.__name__)
             raise RPCTimeoutError(f"{msg.method!r} took longer than {timeout} s") from None
         except asyncio.CancelledError:
             self._abandon(link, msg.id)
+            self._counters.count_error("CancelledError")
             raise
         finally:
             link.pending.pop(msg.id, None)
@@ -538,7 +549,9 @@ class Peer:
         link = Link(event.peer, session, event.user_id)
         self._links[event.peer] = link
         if not self._bound:
-            await self._send(link, m.Hello(identity=self._identity, max_body_size=self._max_body_size))
+            await self._send(
+                link, m.Hello(identity=self._identity, max_body_size=self._max_body_size)
+            )
 
     def _on_auth_failed(self, event: AuthFailed) -> None:
         log.warning("authentication failed: %s", event.reason)
@@ -588,7 +601,9 @@ class Peer:
             await self._link_lost(previous.key, LinkInput.LOST, "replaced by a newer connection")
             await self._connection.disconnect(previous.key)  # type: ignore[union-attr]
         self._by_identity[identity] = link
-        welcome = m.Welcome(identity=self._identity, assigned=identity, max_body_size=self._max_body_size)
+        welcome = m.Welcome(
+            identity=self._identity, assigned=identity, max_body_size=self._max_body_size
+        )
         await self._send(link, welcome)
         for waiter in self._peer_waiters.pop(identity, []):
             if not waiter.done():
@@ -684,7 +699,9 @@ class Peer:
 
     async def _heartbeat(self, link: Link, now: float) -> None:
         if link.session.expired(now):
-            log.warning("%r went silent for %s s", link.identity or link.key, self._heartbeat_timeout)
+            log.warning(
+                "%r went silent for %s s", link.identity or link.key, self._heartbeat_timeout
+            )
             await self._link_lost(link.key, LinkInput.EXPIRE, "heartbeat lost")
             await self._connection.disconnect(link.key)  # type: ignore[union-attr]
         elif link.session.is_open and link.session.ping_due(now):

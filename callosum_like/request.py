@@ -47,10 +47,14 @@ class Request:
 class Handler(Protocol):
     """An ``async def`` that answers one request with one msgpack value."""
 
-    def __call__(self, request: Request, /) -> Awaitable[Body]: ...
+    def __call__(self, request: Request, /) -> Awaitable[Body]:
+        """Answer ``request``; the awaited value is the reply body."""
+        ...
 
 
 class StreamHandler(Protocol):
     """An async generator that answers one request with a stream of msgpack values."""
 
-    def __call__(self, request: Request, /) -> AsyncIterator[Body]: ...
+    def __call__(self, request: Request, /) -> AsyncIterator[Body]:
+        """Answer ``request`` with the items it yields, in order."""
+        ...

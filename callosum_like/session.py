@@ -1,4 +1,4 @@
-"""Sans-IO state of one link (one remote peer): link states, call states, heartbeats.
+r"""Sans-IO state of one link (one remote peer): link states, call states, heartbeats.
 
 Theory of operation: the Peer keeps one ``Session`` per remote. A session owns no tasks,
 sockets or futures; the Peer feeds it what happened (a decoded message, a call it sent, the
@@ -148,7 +148,9 @@ class Session:
         try:
             self.state = LINK_TRANSITIONS[self.state, event]
         except KeyError:
-            raise ProtocolError(f"{event.value} not allowed in link state {self.state.value}")
+            raise ProtocolError(
+                f"{event.value} not allowed in link state {self.state.value}"
+            ) from None
         return self.state
 
     def receive(self, msg: m.Message, now: float) -> None:
@@ -158,7 +160,9 @@ class Session:
             ProtocolError: The link does not accept this kind of message in its state.
         """
         if msg.KIND not in ACCEPTS[self.state]:
-            raise ProtocolError(f"{type(msg).__name__} not allowed in link state {self.state.value}")
+            raise ProtocolError(
+                f"{type(msg).__name__} not allowed in link state {self.state.value}"
+            )
         self._heard = now
 
     def handshake(self, identity: str, max_body_size: int) -> None:
@@ -207,7 +211,9 @@ class Session:
         try:
             new = CALL_TRANSITIONS[state, event]
         except KeyError:
-            raise ProtocolError(f"{event.value} not allowed for call in state {state.value}")
+            raise ProtocolError(
+                f"{event.value} not allowed for call in state {state.value}"
+            ) from None
         if new is CallState.DONE:
             del self._calls[call_id]
         else:

@@ -22,7 +22,7 @@ import itertools
 import logging
 import ssl
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..addresses import Address, TCPAddress
 from ..errors import PeerClosedError, PeerDisconnectedError, ProtocolError
@@ -47,9 +47,10 @@ class _Stream:
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[Any] | None = None
 
     async def send(self, frames: Sequence[Frame]) -> None:
+        """See ``Connection.send``."""
         writer = self.writer
         if writer.is_closing():
             raise PeerDisconnectedError("the TCP connection is closed")
@@ -75,6 +76,7 @@ class _TCPConnection(Connection):
 
     @property
     def local_address(self) -> str:
+        """See ``Connection.local_address``."""
         return self._address
 
     async def _pump(self, key: bytes, reader: asyncio.StreamReader, stream: _Stream) -> None:
@@ -97,9 +99,11 @@ class _TCPConnection(Connection):
                 await self._events.put(Disconnected(key, reason))
 
     async def receive(self) -> Received | Connected | Disconnected:
+        """See ``Connection.receive``."""
         return await self._events.get()  # type: ignore[return-value]
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
+        """See ``Connection.send``."""
         if self._closed:
             raise PeerClosedError("connection closed")
         stream = self._streams.get(to if self.bound else b"")  # type: ignore[arg-type]
@@ -108,11 +112,13 @@ class _TCPConnection(Connection):
         await stream.send(frames)
 
     async def disconnect(self, peer: bytes) -> None:
+        """See ``Connection.disconnect``."""
         stream = self._streams.pop(peer, None)
         if stream is not None:
             stream.close()
 
     async def aclose(self) -> None:
+        """See ``Connection.aclose``."""
         if self._closed:
             return
         self._closed = True
@@ -151,11 +157,12 @@ class _TCPServer(_TCPConnection):
             return
         key = next(self._numbers).to_bytes(8, "big")
         stream = _Stream(writer)
-        stream.task = asyncio.current_task()  # type: ignore[assignment]
+        stream.task = asyncio.current_task()
         self._streams[key] = stream
         await self._pump(key, reader, stream)
 
     async def aclose(self) -> None:
+        """See ``Connection.aclose``."""
         if self._server is not None and not self._closed:
             self._server.close()
         await super().aclose()
@@ -205,6 +212,7 @@ class TCPTransport(Transport):
         max_frame_size: int,
         authenticator: AbstractServerAuthenticator | None = None,
     ) -> Connection:
+        """See ``Transport.bind``."""
         addr = _tcp_address(address, authenticator)
         conn = _TCPServer(max_frame_size)
         await conn.start(addr.host, addr.port, self._ssl)
@@ -217,6 +225,7 @@ class TCPTransport(Transport):
         max_frame_size: int,
         authenticator: AbstractClientAuthenticator | None = None,
     ) -> Connection:
+        """See ``Transport.connect``."""
         addr = _tcp_address(address, authenticator)
         conn = _TCPClient(max_frame_size)
         await conn.start(addr.host, addr.port, self._ssl, self._server_hostname)

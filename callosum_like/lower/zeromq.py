@@ -61,7 +61,7 @@ _MONITOR_EVENTS: Final = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
-_AUTH_FAILURES: Final = {
+_AUTH_FAILURES: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused our key",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security handshake failed (protocol error)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "security handshake failed (wrong server key?)",
@@ -94,6 +94,7 @@ class _ZeroMQConnection(Connection):
 
     @property
     def local_address(self) -> str:
+        """See ``Connection.local_address``."""
         return self._endpoint
 
     def _oversize(self, parts: list[bytes]) -> bool:
@@ -108,6 +109,7 @@ class _ZeroMQConnection(Connection):
             self._tasks.append(asyncio.create_task(coro))  # type: ignore[arg-type]
 
     async def receive(self) -> Received | Connected | Disconnected | AuthFailed:
+        """See ``Connection.receive``."""
         return await self._events.get()
 
     async def _send_multipart(self, frames: Sequence[Frame]) -> None:
@@ -123,6 +125,7 @@ class _ZeroMQConnection(Connection):
             raise
 
     async def aclose(self) -> None:
+        """See ``Connection.aclose``."""
         if self._closed:
             return
         self._closed = True
@@ -174,14 +177,17 @@ class _Router(_ZeroMQConnection):
         if not self._authenticated:
             return None, await self._sock.recv_multipart()
         frames = await self._sock.recv_multipart(copy=False)
-        return frames[-1].get("User-Id"), [f.bytes for f in frames]
+        user_id = frames[-1].get("User-Id")
+        return str(user_id) if user_id else None, [f.bytes for f in frames]
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
+        """See ``Connection.send``."""
         if to is None or to not in self._known:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
         await self._send_multipart([to, *frames])
 
     async def disconnect(self, peer: bytes) -> None:
+        """See ``Connection.disconnect``."""
         self._known.discard(peer)
 
 
@@ -231,6 +237,7 @@ class _Dealer(_ZeroMQConnection):
             await self._events.put(AuthFailed(_AUTH_FAILURES[kind]))
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
+        """See ``Connection.send``."""
         await self._send_multipart(frames)
 
     async def disconnect(self, peer: bytes) -> None:
@@ -271,6 +278,7 @@ class ZeroMQTransport(Transport):
         max_frame_size: int,
         authenticator: AbstractServerAuthenticator | None = None,
     ) -> Connection:
+        """See ``Transport.bind``."""
         uri = _zmq_uri(address)
         sock = self._socket(zmq.ROUTER, max_frame_size)
         zap_domain = None
@@ -300,6 +308,7 @@ class ZeroMQTransport(Transport):
         max_frame_size: int,
         authenticator: AbstractClientAuthenticator | None = None,
     ) -> Connection:
+        """See ``Transport.connect``."""
         uri = _zmq_uri(address)
         sock = self._socket(zmq.DEALER, max_frame_size)
         try:

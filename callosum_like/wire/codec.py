@@ -137,7 +137,8 @@ def pack_body(value: Any) -> bytes:
         TypeError: ``value`` holds something msgpack cannot represent.
     """
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+        return packed
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"body is not msgpack-serializable: {exc}") from None
 

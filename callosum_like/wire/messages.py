@@ -64,10 +64,9 @@ class MessageKind(enum.IntEnum):
     CREDIT = 14
 
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
     """First message of the connecting side: who it is and what it accepts.
 
@@ -81,7 +80,7 @@ class Hello:
     max_body_size: int
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Welcome:
     """The bound side's answer to ``Hello``; the link is open once it arrives.
 
@@ -98,7 +97,7 @@ class Welcome:
     max_body_size: int
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Call:
     """A request to run ``method``; the reply names the same ``id``.
 
@@ -122,7 +121,7 @@ class Call:
     stream: bool = False
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
     """The handler's return value for call ``id``."""
 
@@ -131,7 +130,7 @@ class Result:
     body: bytes = EMPTY_BODY
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Failure:
     """The handler for call ``id`` raised; carries what the caller needs to report it.
 
@@ -159,7 +158,7 @@ class Failure:
         return cls(id=id, name=name, repr=repr(exc), traceback=text)
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Error:
     """The framework, not the handler, failed call ``id``; ``code`` is an ``ErrorCode``."""
 
@@ -169,7 +168,7 @@ class Error:
     message: str
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cancel:
     """The caller gave up on call ``id`` (timeout or cancellation): stop the handler."""
 
@@ -177,7 +176,7 @@ class Cancel:
     id: int
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cancelled:
     """The callee cancelled call ``id`` (its execute timeout, or it is closing)."""
 
@@ -186,21 +185,21 @@ class Cancelled:
     reason: str = ""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ping:
     """Heartbeat request; the other side answers ``Pong``. Any message proves liveness."""
 
     KIND: ClassVar = MessageKind.PING
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Pong:
     """Heartbeat answer."""
 
     KIND: ClassVar = MessageKind.PONG
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Goodbye:
     """The sender is closing the link on purpose; fail what is pending at once."""
 
@@ -208,7 +207,7 @@ class Goodbye:
     reason: str = ""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StreamItem:
     """One item yielded by the stream handler of call ``id``."""
 
@@ -217,7 +216,7 @@ class StreamItem:
     body: bytes = EMPTY_BODY
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StreamEnd:
     """The stream handler of call ``id`` finished without error."""
 
@@ -225,7 +224,7 @@ class StreamEnd:
     id: int
 
 
-@_frozen
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Credit:
     """The consumer of stream ``id`` can take ``amount`` more items."""
 

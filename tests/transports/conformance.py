@@ -91,7 +91,8 @@ class TransportConformance:
 
     async def test_connected_precedes_received(self) -> None:
         async with self.pair() as (server, [client]):
-            assert server.bound and not client.bound
+            assert server.bound
+            assert not client.bound
             await self.hello(server, client)
 
     async def test_reply_reaches_the_client(self) -> None:
@@ -156,7 +157,7 @@ class TransportConformance:
                 await server.send([b"x"], to=key)
 
     async def test_closed_connection_refuses_everything(self) -> None:
-        async with self.pair() as (server, [client]):
+        async with self.pair() as (_server, [client]):
             await client.aclose()
             await client.aclose()  # idempotent
             with pytest.raises(PeerClosedError):

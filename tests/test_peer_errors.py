@@ -1,0 +1,236 @@
+"""The contract's error table, row by row, over real sockets on both transports."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import callosum_like as cl
+
+from .conftest import PairFactory
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
+
+
+class Blocker:
+    """A handler that blocks until cancelled, and says when it started and was cancelled."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def __call__(self, request: cl.Request) -> Any:
+        self.started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+async def within(event: asyncio.Event, seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        await event.wait()
+
+
+async def test_handler_exception_arrives_with_remote_traceback(make_pair: PairFactory) -> None:
+    server, client = await make_pair()
+
+    async def failing_handler(request: cl.Request) -> Any:
+        raise KeyError("missing thing")
+
+    server.handle_function("fail", failing_handler)
+    with pytest.raises(cl.RPCUserError) as info:
+        await client.invoke("fail")
+    err = info.value
+    assert isinstance(err, cl.RemoteError)
+    assert isinstance(err, cl.RPCError)
+    assert err.name == "KeyError"
+    assert err.repr == "KeyError('missing thing')"
+    assert "failing_handler" in err.traceback
+    assert "Traceback" in err.traceback
+    assert "failing_handler" in str(err)
+
+
+async def test_custom_exception_names_its_module(make_pair: PairFactory) -> None:
+    server, client = await make_pair()
+
+    class AppError(Exception):
+        pass
+
+    async def handler(request: cl.Request) -> Any:
+        raise AppError("x")
+
+    server.handle_function("fail", handler)
+    with pytest.raises(cl.RPCUserError) as info:
+        await client.invoke("fail")
+    assert info.value.name.endswith("AppError")
+
+
+async def test_unknown_method(make_pair: PairFactory) -> None:
+    _, client = await make_pair()
+    with pytest.raises(cl.MethodNotFoundError) as info:
+        await client.invoke("no.such.method")
+    assert isinstance(info.value, cl.RemoteError)
+    assert "no.such.method" in str(info.value)
+
+
+async def test_unserializable_result_is_an_internal_error(make_pair: PairFactory) -> None:
+    server, client = await make_pair()
+
+    async def handler(request: cl.Request) -> Any:
+        return {1, 2, 3}  # a set is not a msgpack value
+
+    server.handle_function("bad", handler)
+    with pytest.raises(cl.RPCInternalError, match="result"):
+        await client.invoke("bad")
+    server.handle_function("ok", lambda r: asyncio.sleep(0, "fine"))
+    assert await client.invoke("ok") == "fine"
+
+
+async def test_unserializable_body_is_refused_before_sending(make_pair: PairFactory) -> None:
+    _, client = await make_pair()
+    before = client.statistics().bytes_out
+    with pytest.raises(TypeError, match="msgpack"):
+        await client.invoke("x", object())
+    assert client.statistics().bytes_out == before
+
+
+@pytest.mark.parametrize("where", ["argument", "default"])
+async def test_timeout_raises_and_cancels_the_remote_handler(
+    make_pair: PairFactory, where: str
+) -> None:
+    client_opts = {"invoke_timeout": 0.2} if where == "default" else {}
+    server, client = await make_pair(client=client_opts)
+    blocker = Blocker()
+    server.handle_function("block", blocker)
+    with pytest.raises(TimeoutError) as info:
+        await client.invoke("block", timeout=0.2 if where == "argument" else None)
+    assert isinstance(info.value, cl.RPCError)
+    await within(blocker.cancelled)
+    assert client.statistics().calls_in_flight == 0
+
+
+async def test_caller_cancellation_cancels_the_remote_handler(make_pair: PairFactory) -> None:
+    server, client = await make_pair()
+    blocker = Blocker()
+    server.handle_function("block", blocker)
+    call = asyncio.create_task(client.invoke("block"))
+    await within(blocker.started)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await within(blocker.cancelled)
+
+
+async def test_cancellation_crosses_the_wire_the_other_way(make_pair: PairFactory) -> None:
+    server, client = await make_pair()
+    blocker = Blocker()
+    client.handle_function("block", blocker)
+    call = asyncio.create_task(server.invoke("block", to="agent-1"))
+    await within(blocker.started)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await within(blocker.cancelled)
+
+
+async def test_execute_timeout_cancels_on_the_remote(make_pair: PairFactory) -> None:
+    server, client = await make_pair(execute_timeout=0.2)
+    blocker = Blocker()
+    server.handle_function("block", blocker)
+    with pytest.raises(cl.RPCCancelledError, match="execute timeout"):
+        await client.invoke("block")
+    assert blocker.cancelled.is_set()
+
+
+async def test_handler_raising_timeout_error_is_a_user_error(make_pair: PairFactory) -> None:
+    server, client = await make_pair(execute_timeout=30)
+
+    async def handler(request: cl.Request) -> Any:
+        raise TimeoutError("the database timed out")
+
+    server.handle_function("t", handler)
+    with pytest.raises(cl.RPCUserError) as info:
+        await client.invoke("t")
+    assert info.value.name == "TimeoutError"
+
+
+async def test_remote_closing_cancels_running_calls(make_pair: PairFactory) -> None:
+    server, client = await make_pair()
+    blocker = Blocker()
+    server.handle_function("block", blocker)
+    call = asyncio.create_task(client.invoke("block"))
+    await within(blocker.started)
+    await server.aclose()
+    with pytest.raises(cl.RPCCancelledError):
+        await asyncio.wait_for(call, 5)
+    assert blocker.cancelled.is_set()
+
+
+async def test_closing_fails_our_pending_calls_and_later_invokes(make_pair: PairFactory) -> None:
+    server, client = await make_pair()
+    blocker = Blocker()
+    server.handle_function("block", blocker)
+    call = asyncio.create_task(client.invoke("block"))
+    await within(blocker.started)
+    await client.aclose()
+    with pytest.raises(cl.PeerClosedError):
+        await call
+    with pytest.raises(cl.PeerClosedError):
+        await client.invoke("block")
+    await within(blocker.cancelled)  # the server heard our Goodbye
+
+
+async def test_invoke_before_open_is_refused() -> None:
+    peer = cl.Peer(bind="tcp://127.0.0.1:0")
+    with pytest.raises(cl.PeerClosedError, match="not open"):
+        await peer.invoke("x")
+
+
+async def test_body_over_max_body_size_is_refused_before_sending(make_pair: PairFactory) -> None:
+    server, client = await make_pair(client={"max_body_size": 1000})
+    server.handle_function("echo", lambda r: asyncio.sleep(0, r.body))
+    before = client.statistics().bytes_out
+    with pytest.raises(cl.MessageTooLargeError):
+        await client.invoke("echo", b"x" * 2000)
+    assert client.statistics().bytes_out == before
+    assert await client.invoke("echo", b"x" * 10) == b"x" * 10
+
+
+async def test_the_remotes_smaller_limit_is_honoured(make_pair: PairFactory) -> None:
+    server, client = await make_pair(client={"max_body_size": 1000})
+    client.handle_function("echo", lambda r: asyncio.sleep(0, r.body))
+    with pytest.raises(cl.MessageTooLargeError):
+        await server.invoke("echo", b"x" * 2000)  # the client announced 1000 in its Hello
+
+
+async def test_a_result_over_the_callers_limit_fails_that_call_only(
+    make_pair: PairFactory,
+) -> None:
+    server, client = await make_pair(client={"max_body_size": 10_000, "compress": False})
+
+    async def big(request: cl.Request) -> Any:
+        return b"x" * 20_000
+
+    server.handle_function("big", big)
+    server.handle_function("small", lambda r: asyncio.sleep(0, 1))
+    with pytest.raises(cl.MessageTooLargeError):
+        await client.invoke("big")
+    assert await client.invoke("small") == 1
+    assert client.statistics().dropped_messages == 1
+
+
+async def test_overload_is_refused_at_once(make_pair: PairFactory) -> None:
+    server, client = await make_pair(max_concurrency=1, max_pending=2)
+    blocker = Blocker()
+    server.handle_function("block", blocker)
+    held = [asyncio.create_task(client.invoke("block")) for _ in range(2)]
+    await within(blocker.started)
+    with pytest.raises(cl.OverloadedError):
+        await client.invoke("block")
+    for task in held:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
