@@ -549,9 +549,10 @@ class Peer:
         link = Link(event.peer, session, event.user_id)
         self._links[event.peer] = link
         if not self._bound:
-            await self._send(
-                link, m.Hello(identity=self._identity, max_body_size=self._max_body_size)
-            )
+            # In the background: a ZeroMQ DEALER holds the send until its security handshake
+            # completes, and the receive loop must stay free to hear that it failed.
+            hello = m.Hello(identity=self._identity, max_body_size=self._max_body_size)
+            self._spawn_background(self._send_quietly(link, hello))
 
     def _on_auth_failed(self, event: AuthFailed) -> None:
         log.warning("authentication failed: %s", event.reason)
