@@ -66,7 +66,8 @@ async def test_unknown_client_key_is_refused_and_runs_nothing(peers: Any) -> Non
             connect=server.address, authenticator=client_auth(stranger), connect_timeout=5
         ):
             pass
-    assert ran == [] and server.peers == frozenset()
+    assert ran == []
+    assert server.peers == frozenset()
 
 
 async def test_wrong_server_key_is_refused(peers: Any) -> None:

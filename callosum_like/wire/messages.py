@@ -64,8 +64,6 @@ class MessageKind(enum.IntEnum):
     CREDIT = 14
 
 
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
     """First message of the connecting side: who it is and what it accepts.
