@@ -12,7 +12,11 @@ Theory of operation: the Peer hands every decoded ``Call`` to ``Dispatcher.call`
   is answered ``Error(OVERLOADED)`` at once instead of queued;
 * turns the outcome into one reply: ``Result``, ``Failure`` (handler raised, with its
   traceback), ``Error(INTERNAL)`` (undecodable body, unencodable result) or ``Cancelled``
-  (execute timeout, caller's Cancel, or we are closing).
+  (execute timeout, caller's Cancel, or we are closing);
+* runs a stream handler (an async generator) for a stream call: each yielded item goes out
+  as a ``StreamItem`` once the consumer has granted credit (``STREAM_WINDOW`` at the start,
+  more with each ``Credit``), so a slow consumer stops the generator; ``StreamEnd`` is the
+  stream's reply when the generator finishes.
 
 Invariant: every accepted call is answered exactly once while its link lives; ``drop_link``
 forgets a dead link's calls without answering (nobody is there to hear), and ``aclose``
@@ -26,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import aiojobs
 
@@ -46,8 +50,11 @@ log = logging.getLogger(__name__)
 #: gives up on it (and logs it).
 CLOSE_TIMEOUT: Final = 5.0
 
-Reply = m.Result | m.Failure | m.Error | m.Cancelled
-SendReply = Callable[[Hashable, Reply], Awaitable[None]]
+Reply = m.Result | m.Failure | m.Error | m.Cancelled | m.StreamEnd
+
+#: Credit a consumer may hold at once; more is capped, so a hostile Credit cannot overflow.
+MAX_CREDIT: Final = 1 << 20
+SendReply = Callable[[Hashable, m.Message], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +63,25 @@ class Registration:
 
     handler: Handler
     ordering: Ordering | None
+    stream: bool = False
+
+
+class _Credit:
+    """How many stream items the consumer can take now."""
+
+    def __init__(self, initial: int) -> None:
+        self.available = initial
+        self._granted = asyncio.Event()
+
+    def grant(self, amount: int) -> None:
+        self.available = min(self.available + amount, MAX_CREDIT)
+        self._granted.set()
+
+    async def take(self) -> None:
+        while self.available <= 0:
+            self._granted.clear()
+            await self._granted.wait()
+        self.available -= 1
 
 
 @dataclass(eq=False, slots=True)
@@ -71,6 +97,7 @@ class _Inbound:
     job: aiojobs.Job[None] | None = None
     answered: bool = False
     silent: bool = False  # its link is gone: do the bookkeeping, send nothing
+    credit: _Credit | None = None  # stream calls only
 
     @property
     def order_key(self) -> Hashable:
@@ -104,7 +131,7 @@ class Dispatcher:
         self._execute_timeout = execute_timeout
         self._handlers: dict[str, Registration] = {}
         self._inflight: dict[tuple[Hashable, int], _Inbound] = {}
-        self._reorder: ReplyReorder[m.Result | m.Failure | m.Error | m.Cancelled] = ReplyReorder()
+        self._reorder: ReplyReorder[Reply] = ReplyReorder()
         self._serial: SerialQueue[_Inbound] = SerialQueue()
         self._scheduler: aiojobs.Scheduler | None = None
         self._closing = False
@@ -113,7 +140,7 @@ class Dispatcher:
 
     def register(self, name: str, handler: Handler, ordering: Ordering | None) -> None:
         """Register ``handler`` under ``name``, replacing any previous one."""
-        self._handlers[name] = Registration(handler, ordering)
+        self._handlers[name] = Registration(handler, ordering, is_stream_handler(handler))
 
     def unregister(self, name: str) -> None:
         """Remove the handler of ``name``. Raises ``KeyError`` when there is none."""
@@ -189,6 +216,8 @@ class Dispatcher:
         if call.order_key is None:
             ordering = Ordering.UNORDERED
         inbound = _Inbound(link, call, peer_id, registration, ordering)
+        if call.stream:
+            inbound.credit = _Credit(m.STREAM_WINDOW)
         self._inflight[link, call.id] = inbound
         await self._admit(inbound)
 
@@ -204,6 +233,13 @@ class Dispatcher:
     async def _spawn(self, inbound: _Inbound) -> None:
         assert self._scheduler is not None
         inbound.job = await self._scheduler.spawn(self._run(inbound))
+
+    def credit(self, link: Hashable, call_id: int, amount: int) -> None:
+        """The consumer of stream ``call_id`` can take ``amount`` more items."""
+        inbound = self._inflight.get((link, call_id))
+        if inbound is None or inbound.credit is None or amount < 1:
+            return  # the stream ended meanwhile, or a meaningless grant
+        inbound.credit.grant(amount)
 
     async def cancel(self, link: Hashable, call_id: int) -> None:
         """The caller abandoned ``call_id``: stop it and answer ``Cancelled``."""
@@ -230,6 +266,10 @@ class Dispatcher:
 
     async def _execute(self, inbound: _Inbound) -> Reply:
         call = inbound.call
+        if call.stream != inbound.registration.stream:
+            kind = "a stream: use Peer.stream()" if not call.stream else "not a stream"
+            msg = f"method {call.method!r} is {kind}"
+            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
         try:
             body = unpack_body(call.body)
         except ProtocolError as exc:
@@ -244,17 +284,38 @@ class Dispatcher:
         timeout = _earliest(self._execute_timeout, call.timeout)
         try:
             async with asyncio.timeout(timeout) as deadline:
+                if call.stream:
+                    return await self._produce(inbound, request)
                 result = await inbound.registration.handler(request)
         except TimeoutError as exc:
             if deadline.expired():
                 return m.Cancelled(id=call.id, reason=f"execute timeout of {timeout} s passed")
             return m.Failure.from_exception(call.id, exc)
+        except _UnencodableItem as exc:
+            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"stream item: {exc}")
         except Exception as exc:
             return m.Failure.from_exception(call.id, exc)
         try:
             return m.Result(id=call.id, body=pack_body(result))
         except TypeError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
+
+    async def _produce(self, inbound: _Inbound, request: Request) -> Reply:
+        """Run a stream handler, sending each item as the consumer's credit allows."""
+        assert inbound.credit is not None
+        items: AsyncGenerator[Any, None] = inbound.registration.handler(request)  # type: ignore[assignment]
+        try:
+            async for item in items:
+                try:
+                    packed = pack_body(item)
+                except TypeError as exc:
+                    raise _UnencodableItem(str(exc)) from None
+                await inbound.credit.take()
+                if not inbound.silent:
+                    await self._send(inbound.link, m.StreamItem(id=inbound.call.id, body=packed))
+        finally:
+            await items.aclose()
+        return m.StreamEnd(id=inbound.call.id)
 
     async def _answer(self, inbound: _Inbound, reply: Reply) -> None:
         """Send ``reply`` in the order the request's ordering demands; free its key."""
@@ -283,6 +344,10 @@ class Dispatcher:
 
     def _forget(self, inbound: _Inbound) -> None:
         self._inflight.pop((inbound.link, inbound.call.id), None)
+
+
+class _UnencodableItem(Exception):
+    """A stream handler yielded something msgpack cannot carry."""
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

@@ -25,13 +25,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Hashable, Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from .addresses import AddressLike, TCPAddress, parse_address
-from .dispatch import Dispatcher, Reply
+from .dispatch import Dispatcher
 from .errors import (
     AuthenticationError,
     MessageTooLargeError,
@@ -52,6 +52,7 @@ from .ordering import Ordering
 from .request import Body, Handler, Headers
 from .session import CallInput, LinkInput, Session
 from .stats import Counters, PeerStatistics
+from .streams import StreamInbox
 from .wire import messages as m
 from .wire.codec import MAX_HEADER_SIZE, OversizeBodyError, decode, encode, pack_body, unpack_body
 
@@ -77,6 +78,7 @@ class Link:
     session: Session
     user_id: str | None = None
     pending: dict[int, asyncio.Future[m.Message]] = field(default_factory=dict)
+    streams: dict[int, StreamInbox] = field(default_factory=dict)
 
     @property
     def identity(self) -> str:
@@ -299,6 +301,91 @@ class Peer:
             self._counters.count_error(type(exc).__name__)
             raise
 
+    async def stream(
+        self,
+        method: str,
+        body: Body = None,
+        *,
+        order_key: str | None = None,
+        to: str | None = None,
+        timeout: float | None = None,
+        headers: Headers | None = None,
+    ) -> AsyncIterator[Body]:
+        """Call a stream handler (an async generator) and iterate over what it yields.
+
+        Use it as ``async for item in peer.stream(...)``. Flow control: the remote generator
+        runs at most ``STREAM_WINDOW`` items ahead of this consumer. Leaving the loop early
+        (``break``, an exception, cancellation) cancels the remote generator.
+
+        Args:
+            method: The remote method name (registered with an async generator handler).
+            body: Any msgpack value.
+            order_key: As for ``invoke``; the stream's end is ordered like a reply.
+            to: As for ``invoke``.
+            timeout: Seconds for the whole stream (default ``invoke_timeout``); counted only
+                while this iterator waits for the next item.
+            headers: As for ``invoke``.
+
+        Yields:
+            Each item the remote generator yields, in order.
+
+        Raises:
+            The errors of ``invoke``; ``RPCInternalError`` when the method is not a stream.
+        """
+        call_timeout = self._invoke_timeout if timeout is None else timeout
+        call_timeout = _check_timeout("timeout", call_timeout)
+        _check_call_args(method, order_key, headers)
+        link = self._route(to)
+        packed = pack_body(body)
+        self._check_size(link, len(packed))
+        call_id = link.session.start_call()
+        msg = m.Call(
+            id=call_id,
+            method=method,
+            body=packed,
+            order_key=order_key,
+            headers=dict(headers) if headers else None,
+            timeout=call_timeout,
+            stream=True,
+        )
+        inbox = StreamInbox(m.STREAM_WINDOW)
+        link.streams[call_id] = inbox
+        self._counters.calls_out += 1
+        deadline = (
+            None if call_timeout is None else asyncio.get_running_loop().time() + call_timeout
+        )
+        finished = False
+        try:
+            await self._send(link, msg)
+            while True:
+                reply = await self._next_item(inbox, deadline, method)
+                if type(reply) is m.StreamEnd:
+                    finished = True
+                    return
+                if type(reply) is not m.StreamItem:
+                    finished = True
+                    _outcome(reply)  # raises the remote's error
+                    raise RPCInternalError(f"{type(reply).__name__} in a stream")
+                yield unpack_body(reply.body)
+                if inbox.consumed():
+                    self._spawn_background(self._send_quietly(link, inbox.credit_message(call_id)))
+        finally:
+            link.streams.pop(call_id, None)
+            if not finished:
+                self._abandon(link, call_id)
+
+    async def _next_item(
+        self, inbox: StreamInbox, deadline: float | None, method: str
+    ) -> m.Message:
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                return await inbox.get()
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            self._counters.count_error(RPCTimeoutError.__name__)
+            raise RPCTimeoutError(f"stream {method!r} passed its timeout") from None
+
     async def wait_for_peer(self, identity: str, timeout: float | None = None) -> None:
         """Wait until a remote named ``identity`` has connected (returns at once if it is).
 
@@ -494,7 +581,7 @@ class Peer:
         self._counters.bytes_out += sum(len(f) for f in frames)
         await self._connection.send(frames, to=link.key)
 
-    async def _send_reply(self, key: Hashable, reply: Reply) -> None:
+    async def _send_reply(self, key: Hashable, reply: m.Message) -> None:
         link = self._links.get(key)  # type: ignore[call-overload]
         if link is None or not link.session.is_open:
             return
@@ -630,9 +717,23 @@ class Peer:
         if link.session.call_input(call_id, CallInput.REPLY) is None:
             self._drop(f"reply to unknown call {call_id}")
             return
+        inbox = link.streams.get(call_id)
+        if inbox is not None:
+            inbox.put(msg)
+            return
         future = link.pending.get(call_id)
         if future is not None and not future.done():
             future.set_result(msg)
+
+    async def _on_stream_item(self, link: Link, msg: m.StreamItem) -> None:
+        inbox = link.streams.get(msg.id)
+        if inbox is None:
+            self._drop(f"stream item for unknown stream {msg.id}")
+        elif not inbox.put(msg):
+            self._drop(f"stream {msg.id} sent past its credit")
+
+    async def _on_credit(self, link: Link, msg: m.Credit) -> None:
+        self._dispatcher.credit(link.key, msg.id, msg.amount)
 
     async def _on_ping(self, link: Link, msg: m.Ping) -> None:
         await self._send(link, m.Pong())
@@ -643,9 +744,6 @@ class Peer:
     async def _on_goodbye(self, link: Link, msg: m.Goodbye) -> None:
         await self._link_lost(link.key, LinkInput.GOODBYE, f"the remote closed ({msg.reason})")
         await self._connection.disconnect(link.key)  # type: ignore[union-attr]
-
-    async def _on_stream_message(self, link: Link, msg: m.Message) -> None:
-        self._drop(f"{type(msg).__name__}: streams are not enabled on this peer")
 
     _HANDLERS: Final[dict[type, Any]] = {
         m.Hello: _on_hello,
@@ -659,9 +757,9 @@ class Peer:
         m.Ping: _on_ping,
         m.Pong: _on_pong,
         m.Goodbye: _on_goodbye,
-        m.StreamItem: _on_stream_message,
-        m.StreamEnd: _on_stream_message,
-        m.Credit: _on_stream_message,
+        m.StreamItem: _on_stream_item,
+        m.StreamEnd: _on_reply,
+        m.Credit: _on_credit,
     }
 
     # -- links ending -----------------------------------------------------------------------------
@@ -681,6 +779,8 @@ class Peer:
             self._welcomed.set_exception(PeerDisconnectedError(reason))
 
     def _fail_pending(self, link: Link, error: Exception) -> None:
+        for inbox in link.streams.values():
+            inbox.fail(error)
         for future in link.pending.values():
             if not future.done():
                 future.set_exception(error)

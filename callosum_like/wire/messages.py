@@ -36,10 +36,15 @@ __all__ = [
     "Message",
     "CallReply",
     "EMPTY_BODY",
+    "STREAM_WINDOW",
 ]
 
 #: Bumped on any incompatible change of the frame layout; a peer drops other versions.
 PROTOCOL_VERSION: Final = 1
+
+#: Stream items a producer may send before the consumer's first ``Credit``; the consumer
+#: grants more as it takes items, so at most this many are ever in flight or buffered.
+STREAM_WINDOW: Final = 16
 
 #: ``msgpack.packb(None)``: the body of a call made with ``body=None``.
 EMPTY_BODY: Final = b"\xc0"
@@ -247,5 +252,5 @@ Message: TypeAlias = (
     | StreamEnd
     | Credit
 )
-#: The messages that settle a pending call.
-CallReply: TypeAlias = Result | Failure | Error | Cancelled
+#: The messages that settle a pending call (``StreamEnd`` settles a stream call).
+CallReply: TypeAlias = Result | Failure | Error | Cancelled | StreamEnd
