@@ -105,7 +105,7 @@ class Peer:
         execute_timeout: Seconds a handler may run before it is cancelled, or ``None``.
         compress: Snappy-compress large bodies we send.
         max_body_size: Largest body in bytes we send or accept.
-        heartbeat_interval: Seconds between pings on an idle link.
+        heartbeat_interval: Seconds between pings on every link.
         heartbeat_timeout: Seconds of silence after which a remote is considered gone.
         connect_timeout: Seconds ``__aenter__`` of a connecting peer waits for the handshake,
             or ``None`` to wait for ever.
@@ -544,7 +544,11 @@ class Peer:
         link.pending[msg.id] = future
         self._counters.calls_out += 1
         try:
-            await self._send(link, msg)
+            try:
+                await self._send(link, msg)
+            except BaseException:
+                link.session.call_input(msg.id, CallInput.REPLY)  # it never left: forget it
+                raise
             async with asyncio.timeout(timeout) as deadline:
                 return await future
         except TimeoutError:
@@ -585,6 +589,14 @@ class Peer:
         link = self._links.get(key)  # type: ignore[call-overload]
         if link is None or not link.session.is_open:
             return
+        if type(reply) is m.Result:
+            # The caller refuses a body over its max_body_size, and its transport drops the
+            # whole link for a frame over max_body_size + MAX_HEADER_SIZE: answer the error
+            # instead, so an oversize result costs only its own call.
+            limit = min(self._max_body_size, link.session.remote_max_body_size)
+            if len(reply.body) > limit:
+                text = f"result of {len(reply.body)} bytes exceeds max_body_size {limit}"
+                reply = m.Error(id=reply.id, code=MessageTooLargeError.code, message=text)
         with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
             try:
                 await self._send(link, reply)
@@ -680,6 +692,8 @@ class Peer:
     async def _on_hello(self, link: Link, msg: m.Hello) -> None:
         if not self._bound:
             raise ProtocolError("Hello sent to a connecting peer")
+        if not msg.identity or msg.max_body_size < 1:
+            raise ProtocolError(f"bad Hello: {msg!r}")
         identity = link.user_id or msg.identity
         link.session.handshake(identity, msg.max_body_size)
         previous = self._by_identity.get(identity)
@@ -700,6 +714,8 @@ class Peer:
     async def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
         if self._bound:
             raise ProtocolError("Welcome sent to a bound peer")
+        if not msg.assigned or msg.max_body_size < 1:
+            raise ProtocolError(f"bad Welcome: {msg!r}")
         link.session.handshake(msg.identity, msg.max_body_size)
         self._identity = msg.assigned
         if self._welcomed is not None and not self._welcomed.done():

@@ -45,8 +45,6 @@ Frame: TypeAlias = bytes | bytearray | memoryview
 #: Headers hold names, ids and at most a traceback (which we truncate to a quarter of this);
 #: a megabyte is far beyond any legitimate header and bounds what garbage can make us parse.
 MAX_HEADER_SIZE: Final = 1 << 20
-#: Longest traceback text we send, so that a Failure header stays well under MAX_HEADER_SIZE.
-MAX_TRACEBACK_CHARS: Final = MAX_HEADER_SIZE // 4
 #: Bodies at least this large are snappy-compressed when compression is on. Below it, the
 #: call overhead of compressing costs more than the bytes it saves on loopback and LANs.
 COMPRESS_THRESHOLD: Final = 4096
@@ -239,6 +237,9 @@ def _check_fields(layout: _Layout, raw: list[Any]) -> dict[str, Any]:
         if type(value) not in types:
             raise ProtocolError(f"{layout.cls.__name__}.{name} has type {type(value).__name__}")
     values = dict(zip(layout.fields, raw, strict=True))
+    timeout = values.get("timeout")
+    if timeout is not None and not timeout >= 0:  # ``not >=`` also refuses NaN
+        raise ProtocolError(f"timeout must be non-negative seconds, got {timeout!r}")
     headers = values.get("headers")
     if headers is not None and not all(
         type(k) is str and type(v) in (str, bytes) for k, v in headers.items()

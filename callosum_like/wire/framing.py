@@ -26,6 +26,8 @@ MAX_FRAMES: Final = 16
 
 _COUNT = struct.Struct("!H")
 _LENGTH = struct.Struct("!I")
+#: The largest length a u32 prefix can state: frames must be under 4 GiB.
+_MAX_LENGTH: Final = 2**32 - 1
 
 
 def encode_message(frames: Sequence[bytes | bytearray | memoryview]) -> list[bytes | memoryview]:
@@ -40,6 +42,8 @@ def encode_message(frames: Sequence[bytes | bytearray | memoryview]) -> list[byt
         raise ValueError(f"a message has 1..{MAX_FRAMES} frames, got {len(frames)}")
     out: list[bytes | memoryview] = [_COUNT.pack(len(frames))]
     for frame in frames:
+        if len(frame) > _MAX_LENGTH:
+            raise ValueError(f"a frame must be under 4 GiB, got {len(frame)} bytes")
         out.append(_LENGTH.pack(len(frame)))
         out.append(frame if isinstance(frame, bytes | memoryview) else bytes(frame))
     return out

@@ -37,6 +37,7 @@ __all__ = [
     "CallReply",
     "EMPTY_BODY",
     "STREAM_WINDOW",
+    "MAX_FAILURE_TEXT",
 ]
 
 #: Bumped on any incompatible change of the frame layout; a peer drops other versions.
@@ -48,6 +49,19 @@ STREAM_WINDOW: Final = 16
 
 #: ``msgpack.packb(None)``: the body of a call made with ``body=None``.
 EMPTY_BODY: Final = b"\xc0"
+
+#: Longest ``repr`` and ``traceback`` text a ``Failure`` carries, in characters. At up to 4
+#: UTF-8 bytes a character, both together stay under half of ``codec.MAX_HEADER_SIZE``
+#: (1 MiB), so a handler that raises with a huge message still gets its reply through.
+MAX_FAILURE_TEXT: Final = 64 * 1024
+
+
+def _clip(text: str) -> str:
+    """Keep the head and the tail of ``text`` (outer frames, innermost frame and message)."""
+    if len(text) <= MAX_FAILURE_TEXT:
+        return text
+    half = MAX_FAILURE_TEXT // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
 
 
 class MessageKind(enum.IntEnum):
@@ -158,7 +172,7 @@ class Failure:
         if kind.__module__ not in ("builtins", "__main__"):
             name = f"{kind.__module__}.{name}"
         text = "".join(tb.format_exception(exc))
-        return cls(id=id, name=name, repr=repr(exc), traceback=text)
+        return cls(id=id, name=name, repr=_clip(repr(exc)), traceback=_clip(text))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

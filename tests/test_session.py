@@ -1,0 +1,345 @@
+"""The sans-IO session: its state tables, pair by pair, and heartbeats on an injected clock.
+
+Every ``(state, input)`` pair of ``LINK_TRANSITIONS`` and ``CALL_TRANSITIONS`` is tried: a pair
+in the table moves to the table's state, a pair missing from it raises ``ProtocolError`` and
+changes nothing. A hypothesis walk then checks long sequences against the tables.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from callosum_like.errors import ProtocolError
+from callosum_like.session import (
+    ACCEPTS,
+    CALL_TRANSITIONS,
+    LINK_TRANSITIONS,
+    CallInput,
+    CallState,
+    LinkInput,
+    LinkState,
+    Session,
+)
+from callosum_like.wire import messages as m
+
+pytestmark = pytest.mark.timeout(30)
+
+INTERVAL = 5.0
+TIMEOUT = 15.0
+T0 = 1000.0
+
+#: One message of every kind.
+MESSAGES: dict[m.MessageKind, m.Message] = {
+    msg.KIND: msg
+    for msg in (
+        m.Hello(identity="agent-1", max_body_size=1024),
+        m.Welcome(identity="server", assigned="agent-1", max_body_size=1024),
+        m.Call(id=1, method="echo"),
+        m.Result(id=1),
+        m.Failure(id=1, name="ValueError", repr="ValueError()", traceback=""),
+        m.Error(id=1, code=1, message=""),
+        m.Cancel(id=1),
+        m.Cancelled(id=1),
+        m.Ping(),
+        m.Pong(),
+        m.Goodbye(),
+        m.StreamItem(id=1),
+        m.StreamEnd(id=1),
+        m.Credit(id=1, amount=1),
+    )
+}
+
+
+def new_session(now: float = T0) -> Session:
+    return Session(heartbeat_interval=INTERVAL, heartbeat_timeout=TIMEOUT, now=now)
+
+
+def path_to(target: LinkState) -> list[LinkInput]:
+    """The shortest sequence of inputs that takes a new link to ``target`` (BFS on the table)."""
+    queue: deque[tuple[LinkState, list[LinkInput]]] = deque([(LinkState.CONNECTING, [])])
+    seen = {LinkState.CONNECTING}
+    while queue:
+        state, path = queue.popleft()
+        if state is target:
+            return path
+        for (source, event), nxt in LINK_TRANSITIONS.items():
+            if source is state and nxt not in seen:
+                seen.add(nxt)
+                queue.append((nxt, [*path, event]))
+    raise AssertionError(f"{target} is unreachable")
+
+
+def session_in(state: LinkState, now: float = T0) -> Session:
+    session = new_session(now)
+    for event in path_to(state):
+        session.transition(event)
+    assert session.state is state
+    return session
+
+
+def session_with_call_in(state: CallState) -> tuple[Session, int]:
+    session = session_in(LinkState.OPEN)
+    call_id = session.start_call()
+    if state is CallState.CANCELLING:
+        session.call_input(call_id, CallInput.ABANDON)
+    elif state is CallState.DONE:
+        session.call_input(call_id, CallInput.REPLY)
+    return session, call_id
+
+
+# -- the link table -----------------------------------------------------------------------------
+
+
+def test_every_link_state_is_reachable_and_closed_and_broken_are_final() -> None:
+    for state in LinkState:
+        path_to(state)
+    sources = {source for source, _ in LINK_TRANSITIONS}
+    assert LinkState.CLOSED not in sources
+    assert LinkState.BROKEN not in sources
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    list(itertools.product(LinkState, LinkInput)),
+    ids=lambda v: v.value,
+)
+def test_every_link_pair(state: LinkState, event: LinkInput) -> None:
+    session = session_in(state)
+    expected = LINK_TRANSITIONS.get((state, event))
+    if expected is None:
+        with pytest.raises(ProtocolError):
+            session.transition(event)
+        assert session.state is state
+    else:
+        assert session.transition(event) is expected
+        assert session.state is expected
+    assert session.is_open == (session.state is LinkState.OPEN)
+
+
+@given(events=st.lists(st.sampled_from(LinkInput), max_size=20))
+def test_link_walks_follow_the_table(events: list[LinkInput]) -> None:
+    session = new_session()
+    state = LinkState.CONNECTING
+    for event in events:
+        expected = LINK_TRANSITIONS.get((state, event))
+        if expected is None:
+            with pytest.raises(ProtocolError):
+                session.transition(event)
+        else:
+            assert session.transition(event) is expected
+            state = expected
+        assert session.state is state
+
+
+def test_handshake_opens_and_records_the_remote() -> None:
+    session = new_session()
+    assert not session.is_open
+    session.handshake("server", 4096)
+    assert session.is_open
+    assert (session.remote_identity, session.remote_max_body_size) == ("server", 4096)
+
+
+@pytest.mark.parametrize("state", [s for s in LinkState if s is not LinkState.CONNECTING])
+def test_handshake_only_once_and_only_while_connecting(state: LinkState) -> None:
+    session = session_in(state)
+    before = (session.remote_identity, session.remote_max_body_size)
+    with pytest.raises(ProtocolError):
+        session.handshake("intruder", 1)
+    assert session.state is state
+    assert (session.remote_identity, session.remote_max_body_size) == before
+
+
+# -- what each state accepts --------------------------------------------------------------------
+
+
+def test_accepts_table() -> None:
+    handshake = {m.MessageKind.HELLO, m.MessageKind.WELCOME}
+    traffic = set(m.MessageKind) - handshake
+    assert set(ACCEPTS) == set(LinkState)
+    assert ACCEPTS[LinkState.CONNECTING] == handshake | {m.MessageKind.GOODBYE}
+    assert ACCEPTS[LinkState.OPEN] == traffic
+    assert ACCEPTS[LinkState.CLOSING] == traffic
+    assert ACCEPTS[LinkState.CLOSED] == frozenset()
+    assert ACCEPTS[LinkState.BROKEN] == frozenset()
+    assert set(MESSAGES) == set(m.MessageKind)
+
+
+@pytest.mark.parametrize(
+    ("state", "kind"),
+    list(itertools.product(LinkState, m.MessageKind)),
+    ids=lambda v: v.value if isinstance(v, LinkState) else v.name,
+)
+def test_every_state_accepts_exactly_its_kinds(state: LinkState, kind: m.MessageKind) -> None:
+    session = session_in(state, now=T0)
+    late = T0 + TIMEOUT - 1
+    if kind in ACCEPTS[state]:
+        session.receive(MESSAGES[kind], late)
+        assert not session.expired(T0 + TIMEOUT)  # it counted as life
+    else:
+        with pytest.raises(ProtocolError):
+            session.receive(MESSAGES[kind], late)
+        assert session.expired(T0 + TIMEOUT)  # a refused message is no sign of life
+    assert session.state is state  # receive checks; the Peer decides the transitions
+
+
+# -- heartbeat ----------------------------------------------------------------------------------
+
+
+def test_ping_is_due_every_interval() -> None:
+    session = new_session(T0)
+    assert not session.ping_due(T0)
+    assert not session.ping_due(T0 + INTERVAL - 0.001)
+    assert session.ping_due(T0 + INTERVAL)
+    assert not session.ping_due(T0 + INTERVAL)  # recorded as sent
+    assert not session.ping_due(T0 + 2 * INTERVAL - 0.001)
+    assert session.ping_due(T0 + 2 * INTERVAL + 3)
+    assert not session.ping_due(T0 + 3 * INTERVAL)  # counted from the last ping
+    assert session.ping_due(T0 + 3 * INTERVAL + 3)
+
+
+def test_expiry_counts_from_the_last_message_heard() -> None:
+    session = session_in(LinkState.OPEN, now=T0)
+    assert not session.expired(T0 + TIMEOUT - 0.001)
+    assert session.expired(T0 + TIMEOUT)
+    session.receive(m.Pong(), T0 + 10)
+    assert not session.expired(T0 + TIMEOUT)
+    assert not session.expired(T0 + 10 + TIMEOUT - 0.001)
+    assert session.expired(T0 + 10 + TIMEOUT)
+    session.receive(m.Call(id=9, method="x"), T0 + 20)  # any message is life, not just Pong
+    assert not session.expired(T0 + 10 + TIMEOUT)
+
+
+def test_a_link_that_never_completes_its_handshake_expires() -> None:
+    session = new_session(T0)
+    assert session.expired(T0 + TIMEOUT)
+    session.transition(LinkInput.EXPIRE)
+    assert session.state is LinkState.BROKEN
+
+
+def test_sending_pings_does_not_keep_a_link_alive() -> None:
+    session = session_in(LinkState.OPEN, now=T0)
+    assert session.ping_due(T0 + INTERVAL)
+    assert session.ping_due(T0 + 2 * INTERVAL)
+    assert session.expired(T0 + 3 * INTERVAL)
+
+
+@given(
+    interval=st.floats(0.01, 100),
+    factor=st.floats(1.01, 10),
+    steps=st.lists(st.tuples(st.floats(0, 50), st.booleans()), max_size=30),
+)
+def test_heartbeat_matches_a_model(
+    interval: float, factor: float, steps: list[tuple[float, bool]]
+) -> None:
+    timeout = interval * factor
+    now = T0
+    session = Session(heartbeat_interval=interval, heartbeat_timeout=timeout, now=now)
+    session.handshake("server", 1)
+    heard = pinged = now
+    for dt, hears in steps:
+        now += dt
+        if hears:
+            session.receive(m.Pong(), now)
+            heard = now
+        assert session.expired(now) == (now - heard >= timeout)
+        due = now - pinged >= interval
+        assert session.ping_due(now) == due
+        if due:
+            pinged = now
+
+
+# -- calls --------------------------------------------------------------------------------------
+
+
+def test_call_table_is_sent_cancelling_done() -> None:
+    assert CALL_TRANSITIONS == {
+        (CallState.SENT, CallInput.REPLY): CallState.DONE,
+        (CallState.SENT, CallInput.ABANDON): CallState.CANCELLING,
+        (CallState.CANCELLING, CallInput.REPLY): CallState.DONE,
+    }
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    list(itertools.product(CallState, CallInput)),
+    ids=lambda v: v.value,
+)
+def test_every_call_pair(state: CallState, event: CallInput) -> None:
+    session, call_id = session_with_call_in(state)
+    expected = CALL_TRANSITIONS.get((state, event))
+    if state is CallState.DONE:
+        # A finished call is forgotten: anything about it now is a late or unknown reply.
+        assert expected is None
+        assert session.call_input(call_id, event) is None
+        assert session.calls_in_flight == 0
+    elif expected is None:
+        with pytest.raises(ProtocolError):
+            session.call_input(call_id, event)
+        assert session.calls_in_flight == 1
+        assert session.call_input(call_id, CallInput.REPLY) is CallState.DONE  # state kept
+    else:
+        assert session.call_input(call_id, event) is expected
+        assert session.calls_in_flight == (0 if expected is CallState.DONE else 1)
+
+
+@given(events=st.lists(st.sampled_from(CallInput), max_size=6))
+def test_call_walks_follow_the_table(events: list[CallInput]) -> None:
+    session = session_in(LinkState.OPEN)
+    call_id = session.start_call()
+    state: CallState | None = CallState.SENT
+    for event in events:
+        if state is None:
+            assert session.call_input(call_id, event) is None
+            continue
+        expected = CALL_TRANSITIONS.get((state, event))
+        if expected is None:
+            with pytest.raises(ProtocolError):
+                session.call_input(call_id, event)
+        else:
+            assert session.call_input(call_id, event) is expected
+            state = None if expected is CallState.DONE else expected
+        assert session.calls_in_flight == (0 if state is None else 1)
+
+
+def test_a_late_reply_to_an_abandoned_call_is_recognised_once() -> None:
+    session = session_in(LinkState.OPEN)
+    call_id = session.start_call()
+    assert session.call_input(call_id, CallInput.ABANDON) is CallState.CANCELLING
+    assert session.calls_in_flight == 1
+    assert session.call_input(call_id, CallInput.REPLY) is CallState.DONE
+    assert session.call_input(call_id, CallInput.REPLY) is None  # a second reply is unknown
+
+
+def test_unknown_call_ids_give_none() -> None:
+    session = session_in(LinkState.OPEN)
+    assert session.call_input(12345, CallInput.REPLY) is None
+    assert session.call_input(12345, CallInput.ABANDON) is None
+
+
+def test_call_ids_are_unique_and_never_reused() -> None:
+    session = session_in(LinkState.OPEN)
+    first = [session.start_call() for _ in range(1000)]
+    assert len(set(first)) == 1000
+    assert all(type(i) is int and i > 0 for i in first)
+    assert session.calls_in_flight == 1000
+    for call_id in first[:500]:
+        session.call_input(call_id, CallInput.REPLY)
+    assert session.forget_calls() == first[500:]
+    later = [session.start_call() for _ in range(10)]
+    assert not set(later) & set(first)
+
+
+def test_forget_calls_returns_sent_and_cancelling_calls_and_drops_them() -> None:
+    session = session_in(LinkState.OPEN)
+    sent, cancelling, done = session.start_call(), session.start_call(), session.start_call()
+    session.call_input(cancelling, CallInput.ABANDON)
+    session.call_input(done, CallInput.REPLY)
+    assert sorted(session.forget_calls()) == sorted([sent, cancelling])
+    assert session.calls_in_flight == 0
+    assert session.forget_calls() == []
+    assert session.call_input(sent, CallInput.REPLY) is None

@@ -1,0 +1,207 @@
+"""Stream framing on bytes alone: round trips, any chunking, and limits before the bytes.
+
+Like h11's ``tests/test_io.py``, every stream is also fed one byte at a time; the decoder must
+produce each message exactly when its last byte arrives, whatever the chunking.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from callosum_like.errors import ProtocolError
+from callosum_like.wire import messages as m
+from callosum_like.wire.codec import decode, encode, pack_body
+from callosum_like.wire.framing import MAX_FRAMES, FrameDecoder, encode_message
+
+pytestmark = pytest.mark.timeout(30)
+
+MAX_FRAME = 256
+
+FRAMES = st.lists(st.binary(max_size=MAX_FRAME), min_size=1, max_size=MAX_FRAMES)
+STREAMS = st.lists(FRAMES, max_size=6)
+
+
+def wire(messages: Iterable[Sequence[bytes]]) -> bytes:
+    return b"".join(b"".join(encode_message(frames)) for frames in messages)
+
+
+def largest_message(max_frame_size: int) -> int:
+    """Bytes of the largest message the decoder can be asked to hold."""
+    return 2 + MAX_FRAMES * (4 + max_frame_size)
+
+
+def feed_chunks(decoder: FrameDecoder, chunks: Iterable[bytes]) -> list[list[bytes]]:
+    """Feed every chunk; between feeds at most one incomplete message may be held."""
+    out: list[list[bytes]] = []
+    for chunk in chunks:
+        out.extend(decoder.feed(chunk))
+        assert decoder.buffered < largest_message(MAX_FRAME)
+    return out
+
+
+def test_layout_is_count_then_length_prefixed_frames() -> None:
+    data = b"".join(encode_message([b"ab", b"", bytearray(b"c")]))
+    assert data == b"\x00\x03" + b"\x00\x00\x00\x02ab" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x01c"
+
+
+def test_encode_message_does_not_copy_bytes_or_memoryviews() -> None:
+    body = b"x" * 1000
+    view = memoryview(body)
+    parts = encode_message([body, view])
+    assert parts[2] is body
+    assert parts[4] is view
+
+
+@given(messages=STREAMS)
+def test_round_trip(messages: list[list[bytes]]) -> None:
+    decoder = FrameDecoder(MAX_FRAME)
+    assert decoder.feed(wire(messages)) == messages
+    assert decoder.buffered == 0
+
+
+@given(messages=STREAMS)
+def test_one_byte_at_a_time(messages: list[list[bytes]]) -> None:
+    """Each message comes out exactly when its last byte goes in, and not before."""
+    decoder = FrameDecoder(MAX_FRAME)
+    ends: set[int] = set()
+    pos = 0
+    for frames in messages:
+        pos += len(wire([frames]))
+        ends.add(pos)
+    data = wire(messages)
+    out: list[list[bytes]] = []
+    for i in range(len(data)):
+        got = decoder.feed(data[i : i + 1])
+        assert len(got) == (1 if i + 1 in ends else 0)
+        out.extend(got)
+        assert decoder.buffered < largest_message(MAX_FRAME)
+        if i + 1 in ends:
+            assert decoder.buffered == 0
+    assert out == messages
+
+
+@given(messages=STREAMS, data=st.data())
+def test_any_chunking_gives_the_same_messages(
+    messages: list[list[bytes]], data: st.DataObject
+) -> None:
+    stream = wire(messages)
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=20)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    kinds = data.draw(st.lists(st.sampled_from([bytes, bytearray, memoryview]), min_size=1))
+    typed = [kinds[i % len(kinds)](chunk) for i, chunk in enumerate(chunks)]
+    decoder = FrameDecoder(MAX_FRAME)
+    assert feed_chunks(decoder, typed) == messages
+    assert decoder.buffered == 0
+
+
+@given(
+    msgs=st.lists(
+        st.builds(
+            m.Call, id=st.integers(0, 2**64 - 1), method=st.text(), body=st.binary().map(pack_body)
+        ),
+        max_size=5,
+    ),
+    step=st.integers(1, 50),
+)
+def test_codec_messages_survive_framing(msgs: list[m.Call], step: int) -> None:
+    stream = b"".join(b"".join(encode_message(encode(msg))) for msg in msgs)
+    decoder = FrameDecoder(1 << 20)
+    out: list[list[bytes]] = []
+    for i in range(0, len(stream), step):
+        out.extend(decoder.feed(stream[i : i + step]))
+    assert [decode(frames, max_body_size=1 << 20) for frames in out] == msgs
+
+
+def test_frame_of_exactly_the_limit_is_accepted() -> None:
+    decoder = FrameDecoder(MAX_FRAME)
+    frames = [b"x" * MAX_FRAME] * MAX_FRAMES
+    assert decoder.feed(wire([frames])) == [frames]
+
+
+def test_oversize_frame_is_refused_from_its_length_prefix_alone() -> None:
+    decoder = FrameDecoder(MAX_FRAME)
+    assert decoder.feed(struct.pack("!H", 1)) == []
+    assert decoder.feed(struct.pack("!I", MAX_FRAME + 1)[:3]) == []
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.feed(struct.pack("!I", MAX_FRAME + 1)[3:])
+
+
+@pytest.mark.parametrize("length", [MAX_FRAME + 1, 2**31, 2**32 - 1])
+def test_oversize_later_frame_is_refused_before_its_bytes(length: int) -> None:
+    decoder = FrameDecoder(MAX_FRAME)
+    head = struct.pack("!HI", 2, 3) + b"abc"
+    assert decoder.feed(head) == []
+    with pytest.raises(ProtocolError):
+        decoder.feed(struct.pack("!I", length))
+
+
+@pytest.mark.parametrize("count", [0, MAX_FRAMES + 1, 0xFFFF])
+def test_bad_frame_count_is_refused_from_the_count_alone(count: int) -> None:
+    decoder = FrameDecoder(MAX_FRAME)
+    prefix = struct.pack("!H", count)
+    assert decoder.feed(prefix[:1]) == []
+    with pytest.raises(ProtocolError, match="frame count"):
+        decoder.feed(prefix[1:])
+
+
+def test_bad_count_after_a_good_message_is_refused() -> None:
+    decoder = FrameDecoder(MAX_FRAME)
+    assert decoder.feed(wire([[b"ok"]])) == [[b"ok"]]
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\x00\x00")
+
+
+def test_a_slow_hostile_stream_stays_bounded() -> None:
+    """A maximal message fed one byte at a time never holds more than that message."""
+    decoder = FrameDecoder(MAX_FRAME)
+    data = wire([[b"y" * MAX_FRAME] * MAX_FRAMES])
+    assert len(data) == largest_message(MAX_FRAME)
+    peak = 0
+    for i in range(len(data) - 1):
+        assert decoder.feed(data[i : i + 1]) == []
+        peak = max(peak, decoder.buffered)
+    assert peak < largest_message(MAX_FRAME)
+    assert decoder.feed(data[-1:]) == [[b"y" * MAX_FRAME] * MAX_FRAMES]
+    assert decoder.buffered == 0
+
+
+def test_many_messages_in_one_chunk_leave_nothing_buffered() -> None:
+    decoder = FrameDecoder(MAX_FRAME)
+    messages = [[i.to_bytes(2, "big")] for i in range(1000)]
+    assert decoder.feed(wire(messages) + b"\x00") == messages
+    assert decoder.buffered == 1
+
+
+@pytest.mark.parametrize("count", [0, MAX_FRAMES + 1])
+def test_encode_message_refuses_bad_frame_counts(count: int) -> None:
+    with pytest.raises(ValueError, match="frames"):
+        encode_message([b"x"] * count)
+
+
+@pytest.mark.parametrize("count", [1, MAX_FRAMES])
+def test_encode_message_accepts_1_to_max_frames(count: int) -> None:
+    decoder = FrameDecoder(MAX_FRAME)
+    assert decoder.feed(wire([[b"x"] * count])) == [[b"x"] * count]
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_decoder_needs_a_positive_limit(size: int) -> None:
+    with pytest.raises(ValueError, match="max_frame_size"):
+        FrameDecoder(size)
+
+
+class _FourGiB(bytes):
+    """A bytes object that reports 4 GiB, so the check needs no 4 GiB of memory."""
+
+    def __len__(self) -> int:
+        return 2**32
+
+
+def test_encode_message_refuses_a_frame_of_4_gib() -> None:
+    with pytest.raises(ValueError, match="frame"):
+        encode_message([_FourGiB(b"x")])
