@@ -64,7 +64,7 @@ __all__ = ["Peer", "Link"]
 log = logging.getLogger(__name__)
 
 #: Seconds ``__aenter__`` of a connecting peer waits for the bound side's Welcome.
-DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: Requests a peer holds (running plus waiting) before it refuses new ones as overloaded.
 DEFAULT_MAX_PENDING: Final = 10_000
 _DEALER_KEY: Final = b""
