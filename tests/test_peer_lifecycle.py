@@ -382,6 +382,20 @@ async def test_connect_to_nothing_times_out_cleanly() -> None:
     with pytest.raises(TimeoutError, match="connect_timeout"):
         async with cl.Peer(connect=f"tcp://127.0.0.1:{free_port()}", connect_timeout=0.3):
             pass
-    with pytest.raises(ConnectionRefusedError):
+    with pytest.raises(cl.PeerDisconnectedError, match="cannot connect") as info:
         async with cl.Peer(connect=cl.TCPAddress("127.0.0.1", free_port())):
             pass
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+@pytest.mark.asyncio
+async def test_tcp_server_closing_under_a_connected_client_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = cl.Peer(bind=cl.TCPAddress("127.0.0.1", 0))
+    await server.__aenter__()
+    async with cl.Peer(connect=connect_address(server)):
+        await server.aclose()
+        await asyncio.sleep(0.1)
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert errors == []

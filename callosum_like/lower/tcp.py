@@ -157,9 +157,10 @@ class _TCPServer(_TCPConnection):
             return
         key = next(self._numbers).to_bytes(8, "big")
         stream = _Stream(writer)
-        stream.task = asyncio.current_task()
         self._streams[key] = stream
-        await self._pump(key, reader, stream)
+        # Our own task, not asyncio's callback task: closing cancels it, and 3.11's
+        # start_server logs an error when its callback task ends cancelled.
+        stream.task = asyncio.create_task(self._pump(key, reader, stream))
 
     async def aclose(self) -> None:
         """See ``Connection.aclose``."""
@@ -177,9 +178,17 @@ class _TCPClient(_TCPConnection):
     async def start(
         self, host: str, port: int, ssl_context: ssl.SSLContext | None, server_hostname: str | None
     ) -> None:
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=ssl_context, server_hostname=server_hostname if ssl_context else None
-        )
+        try:
+            reader, writer = await asyncio.open_connection(
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=server_hostname if ssl_context else None,
+            )
+        except ssl.SSLError:
+            raise  # a certificate problem is clearer as itself
+        except OSError as exc:
+            raise PeerDisconnectedError(f"cannot connect to {host}:{port}: {exc}") from exc
         self._address = f"{host}:{port}"
         stream = _Stream(writer)
         self._streams[b""] = stream

@@ -1,0 +1,514 @@
+"""The end-to-end demo behind ``python -m callosum_like demo``, and its child processes.
+
+Theory of operation: ``run_demo`` is the narrator's stage manager. It starts a *server*
+process (``python -m callosum_like demo-server``), which binds 127.0.0.1 port 0 and prints
+``READY <address>``, then a *client* process (``demo-client --connect <address>``), which
+connects and tells the story: calls to the server, the server calling back into the client
+while it serves the client's call, the three orderings side by side, and errors crossing the
+wire. Both children's output is relayed line by line with a label.
+
+Shutdown is explicit and bounded: the client exits when its story is told; the server exits
+when its stdin reaches end-of-file, which is how ``ChildProcess`` asks a child to stop (so a
+server whose parent died stops too). A child that does not stop within ``STOP_TIMEOUT`` is
+terminated, then killed; every child is waited for, so none is left behind.
+
+``ChildProcess`` and ``connect_address`` are reused by ``python -m callosum_like bench``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Final, Self
+
+from .addresses import AddressLike, TCPAddress
+from .errors import MethodNotFoundError, RPCUserError
+from .ordering import Ordering
+from .peer import Peer
+from .request import Body, Request
+
+__all__ = [
+    "TRANSPORTS",
+    "DEMO_TIMEOUT",
+    "ChildProcess",
+    "bind_address",
+    "connect_address",
+    "wait_for_stdin_eof",
+    "ignore_sigint",
+    "run_demo",
+    "serve_demo",
+    "run_demo_client",
+]
+
+#: The transports the demo and the benchmark can use, by command-line name.
+TRANSPORTS: Final = ("zeromq", "tcp")
+#: Seconds the whole demo may take; it normally needs two or three.
+DEMO_TIMEOUT: Final = 20.0
+#: Seconds a child process gets to print its ``READY`` line (interpreter start plus bind).
+READY_TIMEOUT: Final = 10.0
+#: Seconds a child gets to exit after it was asked to stop, before it is terminated.
+STOP_TIMEOUT: Final = 5.0
+#: Seconds a terminated child gets before it is killed.
+KILL_TIMEOUT: Final = 2.0
+#: Seconds any single call of the demo may take; every call is far quicker.
+CALL_TIMEOUT: Final = 5.0
+
+#: The ordering burst: (call number, seconds its handler sleeps). Sent at once, one order key.
+BURST: Final = ((1, 0.20), (2, 0.05), (3, 0.15), (4, 0.10))
+ORDERINGS: Final = (Ordering.UNORDERED, Ordering.ORDERED, Ordering.SERIALIZED)
+
+
+# --- addresses ------------------------------------------------------------------------------
+
+
+def bind_address(transport: str) -> AddressLike:
+    """A 127.0.0.1 address with port 0 (a free port) for ``transport`` (``zeromq``/``tcp``)."""
+    if transport == "tcp":
+        return TCPAddress("127.0.0.1", 0)
+    return "tcp://127.0.0.1:0"
+
+
+def connect_address(transport: str, address: str) -> AddressLike:
+    """Turn the ``address`` a bound peer reported back into something to connect to.
+
+    Args:
+        transport: ``zeromq`` or ``tcp``.
+        address: ``Peer.address`` of the bound side (``tcp://HOST:PORT`` or ``HOST:PORT``).
+    """
+    if transport == "tcp":
+        host, port = address.rsplit(":", 1)
+        return TCPAddress(host, int(port))
+    return address
+
+
+# --- child processes --------------------------------------------------------------------------
+
+
+class ChildProcess:
+    """A ``python -m callosum_like SUBCOMMAND`` in its own process, as an async context manager.
+
+    Leaving the ``async with`` closes the child's stdin; a child that still runs is given
+    ``STOP_TIMEOUT`` seconds to exit (when it stops on end-of-file), then terminated, and
+    finally killed. The child is always reaped.
+
+    Args:
+        label: Prefix of the child's relayed output lines.
+        argv: The subcommand and its arguments.
+        relay: Print the child's output lines (stdout and stderr, merged) with ``label``.
+        stops_on_eof: The child exits by itself once its stdin closes.
+    """
+
+    def __init__(
+        self, label: str, argv: Sequence[str], *, relay: bool = True, stops_on_eof: bool = True
+    ) -> None:
+        self.label = label
+        self._argv = [sys.executable, "-u", "-m", "callosum_like", *argv]
+        self._relay = relay
+        self._stops_on_eof = stops_on_eof
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        assert self._process is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit status, or ``None`` while it runs."""
+        assert self._process is not None
+        return self._process.returncode
+
+    async def __aenter__(self) -> Self:
+        self._process = await asyncio.create_subprocess_exec(
+            *self._argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.shield(self._stop())
+
+    async def ready(self, timeout: float = READY_TIMEOUT) -> str:
+        """Wait for the child's ``READY <address>`` line and return the address.
+
+        Lines before it are relayed. Afterwards the rest of the output is relayed in the
+        background until the child exits.
+
+        Raises:
+            TimeoutError: No ``READY`` line within ``timeout`` seconds.
+            RuntimeError: The child exited without one.
+        """
+        assert self._process is not None
+        assert self._process.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self._process.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"{self.label} exited before it was ready")
+                text = line.decode(errors="replace").rstrip()
+                if text.startswith("READY "):
+                    break
+                self._print(text)
+        self.start_relay()
+        return text.removeprefix("READY ")
+
+    def start_relay(self) -> None:
+        """Relay the child's output in the background (idempotent)."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_output())
+
+    async def wait(self, timeout: float) -> int:
+        """Wait for the child to exit by itself and return its status.
+
+        Raises:
+            TimeoutError: It is still running after ``timeout`` seconds.
+        """
+        assert self._process is not None
+        async with asyncio.timeout(timeout):
+            status = await self._process.wait()
+            if self._reader is not None:
+                await self._reader
+        return status
+
+    async def _read_output(self) -> None:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        while line := await self._process.stdout.readline():
+            self._print(line.decode(errors="replace").rstrip())
+
+    def _print(self, text: str) -> None:
+        if self._relay:
+            print(f"{self.label} | {text}".rstrip(), flush=True)
+
+    async def _exited(self, timeout: float) -> bool:
+        assert self._process is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._process.wait()
+        return self._process.returncode is not None
+
+    async def _stop(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        self.start_relay()  # drain the pipe, so the child never blocks writing to it
+        if process.stdin is not None:
+            process.stdin.close()
+            with contextlib.suppress(ConnectionError):
+                await process.stdin.wait_closed()
+        if not await self._exited(STOP_TIMEOUT if self._stops_on_eof else 0):
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            if not await self._exited(KILL_TIMEOUT):
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        assert self._reader is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(KILL_TIMEOUT):
+                await self._reader
+
+
+async def wait_for_stdin_eof() -> None:
+    """Return once our stdin reaches end-of-file: the parent's request to stop."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    try:
+        while await reader.read(4096):
+            pass
+    finally:
+        transport.close()
+
+
+def ignore_sigint() -> None:
+    """Leave Ctrl-C to the parent, which stops its children in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# --- the stage manager --------------------------------------------------------------------------
+
+
+async def run_demo(transport: str = "zeromq", timeout: float = DEMO_TIMEOUT) -> int:
+    """Run the demo: a server process, a client process, and their relayed output.
+
+    Returns:
+        0 when both processes exited 0, else 1.
+    """
+    name = {"zeromq": "ZeroMQ", "tcp": "plain TCP"}[transport]
+    print(f"callosum_like demo: a server process and a client process on 127.0.0.1 ({name})")
+    print()
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            server_status, client_status = await _run_children(transport)
+    except TimeoutError:
+        print(f"demo: did not finish within {timeout} s", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - started
+    print()
+    print(
+        f"demo finished in {elapsed:.1f} s: server exited {server_status}, "
+        f"client exited {client_status}"
+    )
+    return 0 if server_status == client_status == 0 else 1
+
+
+async def _run_children(transport: str) -> tuple[int | None, int | None]:
+    async with ChildProcess("server", ["demo-server", "--transport", transport]) as server:
+        address = await server.ready()
+        argv = ["demo-client", "--transport", transport, "--connect", address]
+        async with ChildProcess("client", argv, stops_on_eof=False) as client:
+            client.start_relay()
+            await client.wait(DEMO_TIMEOUT)
+    return server.returncode, client.returncode
+
+
+# --- the server process ------------------------------------------------------------------------
+
+
+class DemoService:
+    """The server process's handlers, and what they remember for the client to ask about."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.work_log: dict[str, list[tuple[str, int]]] = {}
+        self.nap_cancelled = asyncio.Event()
+
+    def register(self) -> None:
+        """Register every handler of the demo on the peer."""
+        peer = self.peer
+        peer.handle_function("echo", self.echo)
+        peer.handle_function("whoami", self.whoami)
+        peer.handle_function("sum_of_squares", self.sum_of_squares)
+        peer.handle_function("divide", self.divide)
+        peer.handle_function("nap", self.nap)
+        peer.handle_function("nap.was_cancelled", self.nap_was_cancelled)
+        peer.handle_function("work.log", self.work_log_of)
+        for ordering in ORDERINGS:
+            peer.handle_function(f"work.{ordering.value}", self.work, ordering=ordering)
+
+    async def echo(self, request: Request) -> Body:
+        """Return the body as it came."""
+        return request.body
+
+    async def whoami(self, request: Request) -> Body:
+        """Say who served the call, for whom, and with which headers."""
+        return {"pid": os.getpid(), "peer_id": request.peer_id, "headers": dict(request.headers)}
+
+    async def sum_of_squares(self, request: Request) -> Body:
+        """Sum the squares of the numbers, asking the *caller* to square each one."""
+        total = 0
+        for number in request.body:
+            total += await self.peer.invoke("square", number, to=request.peer_id)
+        return total
+
+    async def divide(self, request: Request) -> Body:
+        """Divide; dividing by zero raises, and the caller gets the traceback."""
+        dividend, divisor = request.body
+        return dividend / divisor
+
+    async def nap(self, request: Request) -> Body:
+        """Sleep for the given seconds; remember being cancelled."""
+        try:
+            await asyncio.sleep(request.body)
+        except asyncio.CancelledError:
+            self.nap_cancelled.set()
+            raise
+        return "rested"
+
+    async def nap_was_cancelled(self, request: Request) -> Body:
+        """Whether a ``nap`` was cancelled (waits briefly: the Cancel may still be on its way)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.nap_cancelled.wait()
+        return self.nap_cancelled.is_set()
+
+    async def work(self, request: Request) -> Body:
+        """Sleep as long as the body says, logging when the handler starts and finishes."""
+        number, seconds = request.body
+        log = self.work_log.setdefault(request.method, [])
+        log.append(("start", number))
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            log.append(("finish", number))
+        return number
+
+    async def work_log_of(self, request: Request) -> Body:
+        """Return and forget the start/finish log of one ``work.*`` method."""
+        return self.work_log.pop(request.body, [])
+
+
+async def serve_demo(transport: str) -> int:
+    """The server process: serve the demo until stdin closes."""
+    ignore_sigint()
+    async with Peer(
+        bind=bind_address(transport), identity="demo-server", invoke_timeout=CALL_TIMEOUT
+    ) as server:
+        DemoService(server).register()
+        print(f"READY {server.address}", flush=True)
+        print(f"listening on {server.address} (pid {os.getpid()})", flush=True)
+        await wait_for_stdin_eof()
+        stats = server.statistics()
+        print("asked to stop: closing", flush=True)
+    print(
+        f"closed cleanly after {stats.calls_in} calls in and {stats.calls_out} calls out",
+        flush=True,
+    )
+    return 0
+
+
+# --- the client process -----------------------------------------------------------------------
+
+
+async def run_demo_client(transport: str, address: str) -> int:
+    """The client process: connect and tell the story."""
+    ignore_sigint()
+    async with Peer(
+        connect=connect_address(transport, address),
+        identity="demo-client",
+        invoke_timeout=CALL_TIMEOUT,
+        connect_timeout=CALL_TIMEOUT,
+    ) as client:
+        client.handle_function("square", _square)
+        _say(f"connected to {address} as {client.identity!r} (pid {os.getpid()})")
+        await _calls_to_the_server(client)
+        await _calls_back(client)
+        await _orderings(client)
+        await _errors(client)
+        stats = client.statistics()
+    _heading("5. Statistics of the client (peer.statistics())")
+    _say(
+        f"   calls out {stats.calls_out}, calls in {stats.calls_in}, "
+        f"bytes out {stats.bytes_out}, bytes in {stats.bytes_in}, "
+        f"dropped messages {stats.dropped_messages}"
+    )
+    return 0
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _heading(text: str) -> None:
+    _say()
+    _say(f"== {text}")
+
+
+async def _square(request: Request) -> Body:
+    number = request.body
+    _say(f"   <- the server calls the client: square({number}) -> {number * number}")
+    return number * number
+
+
+async def _calls_to_the_server(client: Peer) -> None:
+    _heading("1. The client calls the server")
+    body = {"x": [1, 2, b"\x00"]}
+    started = time.perf_counter()
+    reply = await client.invoke("echo", body)
+    took = (time.perf_counter() - started) * 1000
+    _say(f"   echo({body!r}) -> {reply!r}   ({took:.1f} ms)")
+    who = await client.invoke("whoami", headers={"trace-id": "demo-1"})
+    _say(f"   whoami() with headers {{'trace-id': 'demo-1'}} -> {who!r}")
+    _say(
+        f"   (served by the server process, pid {who['pid']}, which knows us as {who['peer_id']!r})"
+    )
+
+
+async def _calls_back(client: Peer) -> None:
+    _heading("2. The server calls the client back while serving the client's call")
+    _say("   -> the client calls sum_of_squares([2, 3, 4]); the server asks the client to square")
+    total = await client.invoke("sum_of_squares", [2, 3, 4])
+    _say(f"   sum_of_squares([2, 3, 4]) -> {total}")
+
+
+async def _burst(client: Peer, ordering: Ordering) -> dict[str, str]:
+    method = f"work.{ordering.value}"
+    replies: list[int] = []
+
+    async def one(number: int, seconds: float) -> None:
+        replies.append(await client.invoke(method, [number, seconds], order_key="k"))
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for number, seconds in BURST:
+            group.create_task(one(number, seconds))
+    took = time.perf_counter() - started
+    log = await client.invoke("work.log", method)
+    running = most = 0
+    for event, _ in log:
+        running += 1 if event == "start" else -1
+        most = max(most, running)
+    return {
+        "started": " ".join(str(n) for event, n in log if event == "start"),
+        "finished": " ".join(str(n) for event, n in log if event == "finish"),
+        "server log": " ".join(f"{event[0]}{n}" for event, n in log),
+        "replies": " ".join(map(str, replies)),
+        "most at once": str(most),
+        "took": f"{took:.2f} s",
+    }
+
+
+async def _orderings(client: Peer) -> None:
+    _heading("3. Orderings: the same burst of 4 calls, all with order_key='k'")
+    sleeps = ", ".join(f"#{n} {int(s * 1000)} ms" for n, s in BURST)
+    _say(f"   sent at once, in order 1 2 3 4; the handler sleeps {sleeps}")
+    columns = [await _burst(client, ordering) for ordering in ORDERINGS]
+    _say()
+    _say(f"   {'':<16}" + "".join(f"{o.name:<22}" for o in ORDERINGS))
+    for row in ("started", "finished", "replies", "most at once", "took"):
+        _say(f"   {row:<16}" + "".join(f"{column[row]:<22}" for column in columns).rstrip())
+    _say()
+    _say("   started/finished: the order the server's handlers began and ended;")
+    _say("   replies: the order the client got the answers.")
+    _say("   the server's log (s = a handler started, f = it finished):")
+    for ordering, column in zip(ORDERINGS, columns, strict=True):
+        _say(f"     {ordering.name:<12}{column['server log']}")
+    _say()
+    _say("   UNORDERED  runs them together and replies as each finishes")
+    _say("   ORDERED    runs them together, but releases the replies in arrival order")
+    _say("   SERIALIZED runs them one at a time, in arrival order")
+
+
+async def _errors(client: Peer) -> None:
+    _heading("4. Errors cross the wire")
+    try:
+        await client.invoke("divide", [1, 0])
+    except RPCUserError as exc:
+        _say("   divide([1, 0]) raised cl.RPCUserError")
+        _say(f"     .name = {exc.name!r}")
+        _say(f"     .repr = {exc.repr!r}")
+        _say("     .traceback, from the server process:")
+        for line in exc.traceback.rstrip().splitlines():
+            _say(f"       {line}")
+    try:
+        await client.invoke("no_such_method")
+    except MethodNotFoundError as exc:
+        _say(f"   no_such_method() raised cl.MethodNotFoundError: {exc}")
+    started = time.perf_counter()
+    try:
+        await client.invoke("nap", 30.0, timeout=0.2)
+    except TimeoutError as exc:
+        took = time.perf_counter() - started
+        kind = f"TimeoutError (cl.{type(exc).__name__})"
+        _say(f"   nap(30.0) with timeout=0.2 raised {kind} after {took:.2f} s")
+    cancelled = await client.invoke("nap.was_cancelled")
+    _say(f"   ... and the server says its nap handler was cancelled: {cancelled}")

@@ -1,0 +1,223 @@
+"""The command line: keygen, demo and bench, in-process where possible, else as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from callosum_like import auth
+from callosum_like.__main__ import main
+
+#: Show every warning (ResourceWarning included) in the child processes' output.
+ENV = {**os.environ, "PYTHONWARNINGS": "default"}
+
+
+def run_cli(
+    *args: str, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "callosum_like", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+        cwd=cwd,
+        check=False,
+    )
+
+
+# --- keygen -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_keygen_writes_both_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "server"
+    assert main(["keygen", str(base)]) == 0
+    out, err = capsys.readouterr()
+    public = out.strip()
+    assert "server.key" in err
+    assert "server.key_secret" in err
+    secret_file = tmp_path / "server.key_secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert (tmp_path / "server.key").is_file()
+    assert "secret-key" not in (tmp_path / "server.key").read_text()
+    assert auth.load_keypair(base).public.decode() == public
+    assert auth.load_public_key(tmp_path / "server.key").decode() == public
+
+
+@pytest.mark.timeout(30)
+def test_keygen_refuses_to_overwrite_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "agent"
+    assert main(["keygen", str(base)]) == 0
+    first = capsys.readouterr().out.strip()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    assert main(["keygen", str(base)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "exists" in err
+    assert "--force" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    assert main(["keygen", "--force", str(base)]) == 0
+    second = capsys.readouterr().out.strip()
+    assert second != first
+    assert auth.load_keypair(base).public.decode() == second
+
+
+@pytest.mark.timeout(30)
+def test_keygen_refuses_when_only_the_public_file_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "x.key").write_text("not mine\n")
+    assert main(["keygen", str(tmp_path / "x")]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "x.key").read_text() == "not mine\n"
+    assert not (tmp_path / "x.key_secret").exists()
+
+
+@pytest.mark.timeout(30)
+def test_keygen_into_a_missing_directory_fails_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keygen", str(tmp_path / "no" / "such" / "dir" / "k")]) == 1
+    assert "keygen:" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_keygen_as_a_module(tmp_path: Path) -> None:
+    result = run_cli("keygen", str(tmp_path / "cli"))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip()) == 40  # a Z85 CURVE public key, and nothing else
+    assert auth.load_keypair(tmp_path / "cli").public.decode() == result.stdout.strip()
+
+
+# --- usage --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_help_lists_the_public_commands_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("keygen", "demo", "bench"):
+        assert command in out
+    assert "demo-server" not in out
+    assert "bench-server" not in out
+
+
+@pytest.mark.timeout(30)
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert "required" in capsys.readouterr().err
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+def _columns(out: str, row: str) -> list[str]:
+    """The UNORDERED, ORDERED and SERIALIZED cells of one row of the demo's orderings table.
+
+    A row is ``"client | "``, 3 spaces, the row name padded to 16, then 3 cells of 22.
+    """
+    prefix = f"client |    {row:<16}"
+    line = next(line for line in out.splitlines() if line.startswith(prefix))
+    cells = line.removeprefix(prefix)
+    return [cells[i : i + 22].strip() for i in (0, 22, 44)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["zeromq", "tcp"])
+def test_demo_runs_end_to_end(transport: str) -> None:
+    started = time.monotonic()
+    result = run_cli("demo", "--transport", transport, timeout=40)
+    took = time.monotonic() - started
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert took < 20
+    assert result.stderr == ""
+    for section in (
+        "== 1. The client calls the server",
+        "== 2. The server calls the client back while serving the client's call",
+        "== 3. Orderings",
+        "== 4. Errors cross the wire",
+        "== 5. Statistics",
+    ):
+        assert f"client | {section}" in out
+    # both directions
+    assert "echo({'x': [1, 2, b'\\x00']}) -> {'x': [1, 2, b'\\x00']}" in out
+    assert "<- the server calls the client: square(3) -> 9" in out
+    assert "sum_of_squares([2, 3, 4]) -> 29" in out
+    # the orderings side by side: UNORDERED, ORDERED, SERIALIZED
+    assert _columns(out, "replies")[1:] == ["1 2 3 4", "1 2 3 4"]
+    assert _columns(out, "finished")[2] == "1 2 3 4"
+    assert _columns(out, "most at once") == ["4", "4", "1"]
+    assert "SERIALIZED  s1 f1 s2 f2 s3 f3 s4 f4" in out
+    # an error with its remote traceback
+    assert "raised cl.RPCUserError" in out
+    assert "client |        ZeroDivisionError: division by zero" in out
+    assert "raised cl.MethodNotFoundError" in out
+    assert "nap handler was cancelled: True" in out
+    # a clean end: nothing but the remote traceback looks like a problem
+    assert out.count("Traceback") == 1
+    assert "Warning" not in out
+    assert "Exception ignored" not in out
+    assert "server | closed cleanly" in out
+    assert "server exited 0, client exited 0" in out
+    pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", out)]
+    assert len(set(pids)) == 2
+    for pid in pids:  # both children were reaped, none left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+# --- bench --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_bench_quick_writes_results(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_cli("bench", "--quick", cwd=tmp_path)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert took < 30
+    table = result.stdout.splitlines()
+    assert any(line.startswith("transport") and "p99" in line for line in table)
+    assert any(line.startswith("zeromq ") for line in table)
+    assert any(line.startswith("tcp ") for line in table)
+
+    report = json.loads((tmp_path / "bench" / "results" / "latest.json").read_text())
+    assert report["quick"] is True
+    assert report["body_bytes"] == 64
+    assert report["in_flight"] == 64
+    assert {"python", "pyzmq", "libzmq", "callosum-like"} <= set(report["versions"])
+    assert {"platform", "machine", "cpu_count"} <= set(report["host"])
+    assert [r["transport"] for r in report["results"]] == ["zeromq", "tcp"]
+    for figures in report["results"]:
+        sequential, concurrent = figures["sequential"], figures["concurrent"]
+        assert sequential["calls"] > 0
+        assert concurrent["calls"] > 0
+        assert 0 < sequential["p50_us"] <= sequential["p99_us"]
+        assert concurrent["in_flight"] == 64
+
+
+@pytest.mark.timeout(60)
+def test_bench_one_transport_to_a_chosen_file(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "tcp.json"
+    result = run_cli("bench", "--quick", "--transport", "tcp", "--output", str(output))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r["transport"] for r in json.loads(output.read_text())["results"]] == ["tcp"]

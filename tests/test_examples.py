@@ -1,0 +1,116 @@
+"""Every script in examples/ runs to completion, as a user would run it, under a timeout."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: Show every warning (ResourceWarning included) on the child's stderr, where we look for it.
+ENV = {**os.environ, "PYTHONWARNINGS": "default"}
+
+
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""  # no warnings, no log noise
+    return result
+
+
+def read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The next line of the process's stdout, or fail after ``timeout`` seconds."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready, f"no output within {timeout} s"
+    return process.stdout.readline()
+
+
+@pytest.mark.timeout(90)
+def test_simple_client_self_contained() -> None:
+    out = run_example("simple-client.py", "--self-contained").stdout
+    assert "started the server in this process on tcp://127.0.0.1:" in out
+    assert "echo -> {'greeting': 'hello', 'numbers': [1, 2, 3], 'raw': b'\\x00\\x01'}" in out
+    assert "add [1, 2, 3.5] -> 6.5" in out
+    assert "add ['one', 2] -> the server raised TypeError(" in out
+    assert "multiply -> MethodNotFoundError" in out
+    assert out.rstrip().endswith("client done")
+
+
+@pytest.mark.timeout(90)
+def test_simple_server_and_client_in_two_processes() -> None:
+    with subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "simple-server.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    ) as server:
+        try:
+            first = read_line(server, timeout=20)
+            match = re.match(r"serving on tcp://127\.0\.0\.1:(\d+) ", first)
+            assert match, first
+            client = run_example("simple-client.py", "--port", match[1])
+            assert "add [1, 2, 3.5] -> 6.5" in client.stdout
+            assert "client done" in client.stdout
+            server.send_signal(signal.SIGTERM)
+            out, err = server.communicate(timeout=20)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.communicate()
+    assert server.returncode == 0, out + err
+    assert err == ""
+    assert "server closed after serving 4 calls" in out
+
+
+@pytest.mark.timeout(90)
+def test_ordering() -> None:
+    lines = {
+        line[:11].strip(): line
+        for line in run_example("ordering.py").stdout.splitlines()
+        if line.startswith(("UNORDERED ", "ORDERED ", "SERIALIZED ", "two keys "))
+    }
+    assert set(lines) == {"UNORDERED", "ORDERED", "SERIALIZED", "two keys"}
+    # Guaranteed by the orderings (timing-independent):
+    assert "replies 1 2 3 4" in lines["ORDERED"]
+    assert "started 1 2 3 4 | finished 1 2 3 4 | replies 1 2 3 4 | at once 1" in lines["SERIALIZED"]
+    # With sleeps 50 ms apart and all calls sent at once, these hold on any sane machine:
+    assert "at once 4" in lines["UNORDERED"]
+    assert "at once 4" in lines["ORDERED"]
+    assert "at once 2" in lines["two keys"]  # each key serialized, the two keys side by side
+
+
+@pytest.mark.timeout(90)
+def test_bidirectional() -> None:
+    out = run_example("bidirectional.py").stdout
+    assert "hub     connected peers: ['worker-1']" in out
+    assert "hub     -> worker-1.status() = {'lookups served': 0}" in out
+    served = out.index("hub     serving translate(['hello', 'world']) for 'worker-1'")
+    called_back = out.index("hub       -> worker-1.lookup('hello') = 'bonjour'")
+    answered = out.index("worker  <- ['bonjour', 'monde']")
+    assert served < called_back < answered  # the callbacks happen inside the worker's call
+    assert "hub     -> worker-1.status() = {'lookups served': 2}" in out
+
+
+@pytest.mark.timeout(30)
+def test_every_example_is_tested_and_documented() -> None:
+    names = sorted(path.name for path in EXAMPLES.glob("*.py"))
+    assert names == ["bidirectional.py", "ordering.py", "simple-client.py", "simple-server.py"]
+    for name in names:
+        text = (EXAMPLES / name).read_text(encoding="utf-8")
+        assert text.startswith('"""'), f"{name} has no docstring"
+        assert f"examples/{name}" in text.split('"""')[1], f"{name} does not say how to run it"
