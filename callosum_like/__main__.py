@@ -134,10 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     # The child processes of demo and bench; not listed in --help.
     demo_server = commands.add_parser("demo-server")
     _transport_option(demo_server)
+    demo_server.add_argument("--keys")
     demo_server.set_defaults(command=_demo_server)
     demo_client = commands.add_parser("demo-client")
     _transport_option(demo_client)
     demo_client.add_argument("--connect", required=True)
+    demo_client.add_argument("--keys")
     demo_client.set_defaults(command=_demo_client)
     bench_server = commands.add_parser("bench-server")
     _transport_option(bench_server)
@@ -175,11 +177,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _demo_server(args: argparse.Namespace) -> int:
-    return asyncio.run(serve_demo(args.transport))
+    return asyncio.run(serve_demo(args.transport, args.keys))
 
 
 def _demo_client(args: argparse.Namespace) -> int:
-    return asyncio.run(run_demo_client(args.transport, args.connect))
+    return asyncio.run(run_demo_client(args.transport, args.connect, args.keys))
 
 
 # --- bench ----------------------------------------------------------------------------------

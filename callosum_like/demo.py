@@ -22,11 +22,13 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Final, Self
 
+from . import auth
 from .addresses import AddressLike, TCPAddress
 from .errors import MethodNotFoundError, RPCUserError
 from .ordering import Ordering
@@ -272,13 +274,42 @@ async def run_demo(transport: str = "zeromq", timeout: float = DEMO_TIMEOUT) -> 
 
 
 async def _run_children(transport: str) -> tuple[int | None, int | None]:
-    async with ChildProcess("server", ["demo-server", "--transport", transport]) as server:
-        address = await server.ready()
-        argv = ["demo-client", "--transport", transport, "--connect", address]
-        async with ChildProcess("client", argv, stops_on_eof=False) as client:
-            client.start_relay()
-            await client.wait(DEMO_TIMEOUT)
+    with tempfile.TemporaryDirectory(prefix="callosum-demo-") as keys:
+        security: list[str] = []
+        if transport == "zeromq":
+            # CURVE on: each side gets its own keypair and knows the other's public key only.
+            auth.save_keypair(auth.generate_keypair(), os.path.join(keys, "server"))
+            auth.save_keypair(auth.generate_keypair(), os.path.join(keys, "client"))
+            security = ["--keys", keys]
+            print(f"CURVE is on: keypairs in {keys} (written as by 'keygen'); the server")
+            print("allows only the client's public key, under the user id 'demo-client'")
+            print()
+        server_argv = ["demo-server", "--transport", transport, *security]
+        async with ChildProcess("server", server_argv) as server:
+            address = await server.ready()
+            argv = ["demo-client", "--transport", transport, "--connect", address, *security]
+            async with ChildProcess("client", argv, stops_on_eof=False) as client:
+                client.start_relay()
+                await client.wait(DEMO_TIMEOUT)
     return server.returncode, client.returncode
+
+
+def server_authenticator(keys: str | None) -> auth.ServerAuthenticator | None:
+    """The demo server's CURVE authenticator, from the keys ``run_demo`` wrote."""
+    if keys is None:
+        return None
+    client_public = auth.load_public_key(os.path.join(keys, "client"))
+    server_keys = auth.load_keypair(os.path.join(keys, "server"))
+    return auth.ServerAuthenticator(server_keys, allowed={client_public: "demo-client"})
+
+
+def client_authenticator(keys: str | None) -> auth.ClientAuthenticator | None:
+    """The demo client's CURVE authenticator, from the keys ``run_demo`` wrote."""
+    if keys is None:
+        return None
+    server_public = auth.load_public_key(os.path.join(keys, "server"))
+    client_keys = auth.load_keypair(os.path.join(keys, "client"))
+    return auth.ClientAuthenticator(client_keys, server_public_key=server_public)
 
 
 # --- the server process ------------------------------------------------------------------------
@@ -357,11 +388,14 @@ class DemoService:
         return self.work_log.pop(request.body, [])
 
 
-async def serve_demo(transport: str) -> int:
-    """The server process: serve the demo until stdin closes."""
+async def serve_demo(transport: str, keys: str | None = None) -> int:
+    """The server process: serve the demo until stdin closes (with CURVE when given keys)."""
     ignore_sigint()
     async with Peer(
-        bind=bind_address(transport), identity="demo-server", invoke_timeout=CALL_TIMEOUT
+        bind=bind_address(transport),
+        identity="demo-server",
+        invoke_timeout=CALL_TIMEOUT,
+        authenticator=server_authenticator(keys),
     ) as server:
         DemoService(server).register()
         print(f"READY {server.address}", flush=True)
@@ -379,17 +413,19 @@ async def serve_demo(transport: str) -> int:
 # --- the client process -----------------------------------------------------------------------
 
 
-async def run_demo_client(transport: str, address: str) -> int:
-    """The client process: connect and tell the story."""
+async def run_demo_client(transport: str, address: str, keys: str | None = None) -> int:
+    """The client process: connect (with CURVE when given keys) and tell the story."""
     ignore_sigint()
     async with Peer(
         connect=connect_address(transport, address),
         identity="demo-client",
         invoke_timeout=CALL_TIMEOUT,
         connect_timeout=CALL_TIMEOUT,
+        authenticator=client_authenticator(keys),
     ) as client:
         client.handle_function("square", _square)
-        _say(f"connected to {address} as {client.identity!r} (pid {os.getpid()})")
+        how = "authenticated and encrypted with CURVE" if keys else "in plaintext"
+        _say(f"connected to {address} as {client.identity!r}, {how} (pid {os.getpid()})")
         await _calls_to_the_server(client)
         await _calls_back(client)
         await _orderings(client)

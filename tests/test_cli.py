@@ -148,6 +148,8 @@ def test_demo_runs_end_to_end(transport: str) -> None:
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert took < 20
+    curve = "authenticated and encrypted with CURVE" in out
+    assert curve is (transport == "zeromq")
     assert result.stderr == ""
     for section in (
         "== 1. The client calls the server",
