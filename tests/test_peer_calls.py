@@ -183,3 +183,33 @@ async def test_many_concurrent_calls(make_pair: PairFactory) -> None:
     server.handle_function("echo", echo)
     results = await asyncio.gather(*(client.invoke("echo", i) for i in range(2000)))
     assert results == list(range(2000))
+
+
+@pytest.mark.parametrize(
+    "bind",
+    [
+        cl.ZeroMQAddress("tcp://127.0.0.1:0"),
+        "ipc://{tmp}/peer.sock",
+        "inproc://peer-test-{n}",
+    ],
+)
+async def test_zeromq_endpoints_and_explicit_addresses(bind: Any, tmp_path: Any) -> None:
+    if isinstance(bind, str):
+        bind = bind.format(tmp=tmp_path, n=id(tmp_path))
+    async with cl.Peer(bind=bind, identity="server") as server:
+        server.handle_function("whoami", whoami)
+        async with cl.Peer(connect=cl.ZeroMQAddress(server.address), identity="a") as client:
+            client.handle_function("whoami", whoami)
+            assert (await client.invoke("whoami"))["peer_id"] == "a"
+            assert (await server.invoke("whoami", to="a"))["peer_id"] == "server"
+
+
+@pytest.mark.parametrize("as_class", [True, False])
+async def test_transport_passed_explicitly(as_class: bool) -> None:
+    transport: Any = cl.TCPTransport if as_class else cl.TCPTransport()
+    async with cl.Peer(bind=cl.TCPAddress("127.0.0.1", 0), transport=transport) as server:
+        server.handle_function("echo", echo)
+        host, port = server.address.rsplit(":", 1)
+        target = cl.TCPAddress(host, int(port))
+        async with cl.Peer(connect=target, transport=transport) as client:
+            assert await client.invoke("echo", "x") == "x"
