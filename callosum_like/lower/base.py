@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -187,18 +188,51 @@ class Transport(abc.ABC):
 class EventQueue:
     """The bounded queue between a connection's socket readers and its ``receive()``.
 
-    ``close()`` discards what is queued and makes every current and future ``get()`` raise
-    ``PeerClosedError``.
+    Producers either ``await put(event)`` (waits while the queue is full) or call
+    ``offer(event)`` from a callback, which always queues and returns False once the queue
+    is full: the producer then stops reading and registers ``when_space(resume)``, called
+    once the consumer has taken the queue down to half. ``close()`` discards what is
+    queued and makes every current and future ``get()`` raise ``PeerClosedError``.
     """
 
     def __init__(self, maxsize: int = RECEIVE_QUEUE_SIZE) -> None:
-        self._queue: asyncio.Queue[TransportEvent | None] = asyncio.Queue(maxsize)
+        self._items: deque[TransportEvent] = deque()
+        self._maxsize = maxsize
+        self._getter: asyncio.Future[None] | None = None
+        self._space: list[Callable[[], object]] = []
         self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, event: TransportEvent) -> bool:
+        """Queue ``event`` now; return whether there is room for more."""
+        if self._closed:
+            return True
+        self._items.append(event)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+        return len(self._items) < self._maxsize
+
+    def when_space(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once the queue has drained to half (at once if it has)."""
+        if len(self._items) <= self._maxsize // 2 or self._closed:
+            callback()
+        else:
+            self._space.append(callback)
 
     async def put(self, event: TransportEvent) -> None:
         """Queue ``event``, waiting while the queue is full; dropped once closed."""
-        if not self._closed:
-            await self._queue.put(event)
+        if not self.offer(event) and not self._closed:
+            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def make_room() -> None:
+                if not room.done():
+                    room.set_result(None)
+
+            self.when_space(make_room)
+            await room
 
     async def get(self) -> TransportEvent:
         """The next event.
@@ -206,10 +240,20 @@ class EventQueue:
         Raises:
             PeerClosedError: The queue was closed.
         """
-        event = await self._queue.get()
-        if event is None:
-            self._queue.put_nowait(None)  # wake the next getter too
-            raise PeerClosedError("connection closed")
+        items = self._items
+        while not items:
+            if self._closed:
+                raise PeerClosedError("connection closed")
+            self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
+        event = items.popleft()
+        if self._space and len(items) <= self._maxsize // 2:
+            callbacks, self._space = self._space, []
+            for callback in callbacks:
+                callback()
         return event
 
     def close(self) -> None:
@@ -217,6 +261,9 @@ class EventQueue:
         if self._closed:
             return
         self._closed = True
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        self._items.clear()
+        if self._getter is not None and not self._getter.done():
+            self._getter.set_result(None)
+        callbacks, self._space = self._space, []
+        for callback in callbacks:
+            callback()

@@ -47,7 +47,7 @@ import logging
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import zmq
 import zmq.asyncio
@@ -538,7 +538,7 @@ async def _ask(
 # --- socket set-up -------------------------------------------------------------------------
 
 
-def _set_key(socket: zmq.asyncio.Socket, option: int, key: bytes, name: str) -> None:
+def _set_key(socket: zmq.Socket[Any], option: int, key: bytes, name: str) -> None:
     try:
         socket.setsockopt(option, key)
     except zmq.ZMQError as exc:
@@ -546,7 +546,7 @@ def _set_key(socket: zmq.asyncio.Socket, option: int, key: bytes, name: str) -> 
 
 
 async def configure_curve_server(
-    socket: zmq.asyncio.Socket, authenticator: AbstractServerAuthenticator
+    socket: zmq.Socket[Any], authenticator: AbstractServerAuthenticator
 ) -> str:
     """Make ``socket`` a CURVE server whose clients ``authenticator`` admits.
 
@@ -581,7 +581,7 @@ async def configure_curve_server(
 
 
 async def configure_curve_client(
-    socket: zmq.asyncio.Socket, authenticator: AbstractClientAuthenticator
+    socket: zmq.Socket[Any], authenticator: AbstractClientAuthenticator
 ) -> None:
     """Make ``socket`` a CURVE client with the keys ``authenticator`` supplies.
 

@@ -2,9 +2,21 @@
 
 Theory of operation:
 
-* One ``zmq.asyncio.Context`` per process (``shared_context()``), not one per peer: each
-  context costs an I/O thread, and one thread moves far more than one process can produce.
-  Sockets are closed with ``linger=0``; the shared context is never terminated by us.
+* One ZeroMQ context per process (``shared_context()``), not one per peer: each context
+  costs an I/O thread, and one thread moves far more than one process can produce. Sockets
+  are closed with ``linger=0``; the shared context is never terminated by us.
+* No future per message. pyzmq's asyncio sockets create and resolve a future for every send
+  and receive, which profiles showed to be most of the per-call cost. Instead a
+  ``_SocketDriver`` owns a plain (non-async) socket of the shared context and watches its
+  ``zmq.FD`` with ``loop.add_reader``. That descriptor is *edge*-triggered and only means
+  "look at ``zmq.EVENTS``"; so after every send or receive the driver re-checks the events
+  (one ``call_soon`` per loop iteration, however many operations) or it could miss work.
+* Receiving: the driver drains up to ``RECV_BATCH`` messages per wakeup into the connection's
+  bounded ``EventQueue``; when that is full it stops reading until the queue drains to half,
+  and ZeroMQ's high-water marks push back on the remote.
+* Sending: a message goes to the socket at once when it can (``NOBLOCK``); otherwise it
+  waits in the driver's queue and leaves on the next ``POLLOUT``. A sender waits only when
+  that queue holds ``SEND_QUEUE_SIZE`` messages.
 * Bound (ROUTER, ``ROUTER_MANDATORY``): each remote is a routing id. The first message from a
   routing id we do not know yields ``Connected`` before its ``Received``. ZeroMQ does not say
   when a remote goes away, so the Peer's heartbeat (or the remote's Goodbye) decides that and
@@ -15,17 +27,17 @@ Theory of operation:
   handshake is refused.
 * CURVE: with an authenticator, the ROUTER is a CURVE server whose ZAP handler calls the
   authenticator (``lower.zap``); each message then carries the authenticated ``User-Id``.
-* One reader task per connection moves messages from the socket into a bounded
-  ``EventQueue``; when it is full the reader stops and ZeroMQ's high-water marks push back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 import zmq.asyncio
@@ -42,6 +54,7 @@ from .base import (
     Frame,
     Received,
     Transport,
+    TransportEvent,
 )
 
 if TYPE_CHECKING:
@@ -53,6 +66,12 @@ log = logging.getLogger(__name__)
 
 #: Messages ZeroMQ queues per pipe before a sender waits (ZeroMQ's own default is 1000).
 HIGH_WATER_MARK: Final = 10_000
+#: Messages taken from a socket per wakeup before yielding to the loop (fairness).
+RECV_BATCH: Final = 256
+#: Messages a driver holds for a socket that cannot take them yet, before senders wait.
+SEND_QUEUE_SIZE: Final = 1024
+_POLLIN: Final = int(zmq.POLLIN)
+_POLLOUT: Final = int(zmq.POLLOUT)
 _DEALER_KEY: Final = b""
 _MONITOR_EVENTS: Final = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -66,11 +85,22 @@ _AUTH_FAILURES: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security handshake failed (protocol error)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "security handshake failed (wrong server key?)",
 }
+_monitor_names = itertools.count()
 
 
 def shared_context() -> zmq.asyncio.Context:
     """The process-wide ZeroMQ context that every ZeroMQ connection uses by default."""
     return zmq.asyncio.Context.instance()
+
+
+#: Frames from this size on are handed to ZeroMQ without a copy; below it a copy is cheaper
+#: than the zmq.Frame that zero-copy needs (pyzmq's own advice).
+ZERO_COPY_THRESHOLD: Final = 64 * 1024
+
+
+def _copy(frames: Sequence[Frame]) -> bool:
+    # The body, when there is one, is the last and the largest frame.
+    return len(frames[-1]) < ZERO_COPY_THRESHOLD
 
 
 def _bind_endpoint(uri: str) -> str:
@@ -80,35 +110,157 @@ def _bind_endpoint(uri: str) -> str:
     return uri
 
 
-class _ZeroMQConnection(Connection):
-    """What the ROUTER and the DEALER side share: the socket, the queue, the tasks."""
+class _SocketDriver:
+    """Moves messages between one non-async ZeroMQ socket and the event loop.
 
-    def __init__(self, sock: zmq.asyncio.Socket, endpoint: str, max_frame_size: int) -> None:
+    Args:
+        sock: The socket; the driver closes it.
+        on_message: Called with each received message; returns False to pause reading.
+        copy: Receive frames as ``bytes`` (True) or as ``zmq.Frame`` (False).
+    """
+
+    def __init__(
+        self,
+        sock: zmq.Socket[Any],
+        on_message: Callable[[list[Any]], bool],
+        *,
+        copy: bool = True,
+    ) -> None:
         self._sock = sock
-        self._max_frame_size = max_frame_size
+        self._fd = sock.FD
+        self._on_message = on_message
+        self._copy = copy
+        self._loop = asyncio.get_running_loop()
+        self._outbox: deque[Sequence[Frame]] = deque()
+        self._space: asyncio.Future[None] | None = None
+        self._reading = True
+        self._scheduled = False
+        self._closed = False
+        self._loop.add_reader(self._fd, self._on_ready)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._closed:
+            self._scheduled = True
+            self._loop.call_soon(self._on_ready)
+
+    def _on_ready(self) -> None:
+        self._scheduled = False
+        if self._closed:
+            return
+        events = int(self._sock.getsockopt(zmq.EVENTS))
+        if events & _POLLOUT and self._outbox:
+            self._flush()
+        if events & _POLLIN and self._reading:
+            self._drain()
+
+    def _drain(self) -> None:
+        recv = self._sock.recv_multipart
+        for _ in range(RECV_BATCH):
+            try:
+                parts = recv(zmq.NOBLOCK, copy=self._copy)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.debug("receive failed: %s", exc)
+                return
+            if not self._on_message(parts):
+                self._reading = False
+                return
+        self._schedule()  # more may be waiting: come back after others had their turn
+
+    def resume_reading(self) -> None:
+        """The consumer made room: read again."""
+        self._reading = True
+        self._schedule()
+
+    def _flush(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            try:
+                self._sock.send_multipart(outbox[0], zmq.NOBLOCK, copy=_copy(outbox[0]))
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:
+                log.warning("dropped a queued message: %s", exc)
+            outbox.popleft()
+        if self._space is not None and len(outbox) < SEND_QUEUE_SIZE // 2:
+            if not self._space.done():
+                self._space.set_result(None)
+            self._space = None
+        self._schedule()
+
+    async def send(self, frames: Sequence[Frame]) -> None:
+        """Send now if the socket can take it, else queue it; wait only if the queue is full.
+
+        Raises:
+            zmq.ZMQError: The socket refused the message (e.g. ``EHOSTUNREACH``).
+            PeerClosedError: The driver was closed.
+        """
+        if self._closed:
+            raise PeerClosedError("connection closed")
+        if not self._outbox:
+            try:
+                self._sock.send_multipart(frames, zmq.NOBLOCK, copy=_copy(frames))
+            except zmq.Again:
+                pass
+            else:
+                self._schedule()  # the send may have eaten the FD's edge: look again
+                return
+        self._outbox.append(frames)
+        self._schedule()
+        while len(self._outbox) >= SEND_QUEUE_SIZE and not self._closed:
+            if self._space is None:
+                self._space = self._loop.create_future()
+            await asyncio.shield(self._space)
+
+    def close(self) -> None:
+        """Stop watching the socket and close it (discarding what was not sent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        if self._space is not None and not self._space.done():
+            self._space.set_result(None)
+        self._sock.close(linger=0)
+
+
+class _ZeroMQConnection(Connection):
+    """What the ROUTER and the DEALER side share: the driver, the queue, the limits."""
+
+    def __init__(self, sock: zmq.Socket[Any], endpoint: str, max_frame_size: int) -> None:
         self._endpoint = endpoint
+        self._max_frame_size = max_frame_size
         self._events = EventQueue()
-        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._zap_domain: str | None = None
+        self._context = sock.context
+        self._driver = _SocketDriver(sock, self._on_message, copy=self._copy_frames)
+
+    _copy_frames = True
 
     @property
     def local_address(self) -> str:
         """See ``Connection.local_address``."""
         return self._endpoint
 
-    def _oversize(self, parts: list[bytes]) -> bool:
+    def _on_message(self, parts: list[Any]) -> bool:
+        raise NotImplementedError
+
+    def _oversize(self, parts: list[Any]) -> bool:
         """MAXMSGSIZE guards the wire; inproc:// bypasses it, so check here too."""
         if any(len(p) > self._max_frame_size for p in parts):
             log.warning("dropped a message with a frame over %d bytes", self._max_frame_size)
             return True
         return False
 
-    def _start(self, *coros: object) -> None:
-        for coro in coros:
-            self._tasks.append(asyncio.create_task(coro))  # type: ignore[arg-type]
+    def _offer(self, event: TransportEvent) -> bool:
+        if self._events.offer(event):
+            return True
+        self._events.when_space(self._driver.resume_reading)
+        return False
 
-    async def receive(self) -> Received | Connected | Disconnected | AuthFailed:
+    async def receive(self) -> TransportEvent:
         """See ``Connection.receive``."""
         return await self._events.get()
 
@@ -116,7 +268,7 @@ class _ZeroMQConnection(Connection):
         if self._closed:
             raise PeerClosedError("connection closed")
         try:
-            await self._sock.send_multipart(frames, copy=False)
+            await self._driver.send(frames)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise PeerDisconnectedError("the remote is not connected") from None
@@ -130,19 +282,14 @@ class _ZeroMQConnection(Connection):
             return
         self._closed = True
         self._events.close()
-        for task in self._tasks:
-            task.cancel()
-        # Shielded so that a cancelled caller still waits for the readers before closing.
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(asyncio.gather(*self._tasks, return_exceptions=True))
         self._close_sockets()
         if self._zap_domain is not None:
             from .zap import ZAPServer
 
-            await ZAPServer.for_context(self._sock.context).unregister(self._zap_domain)
+            await ZAPServer.for_context(self._context).unregister(self._zap_domain)
 
     def _close_sockets(self) -> None:
-        self._sock.close(linger=0)
+        self._driver.close()
 
 
 class _Router(_ZeroMQConnection):
@@ -150,35 +297,25 @@ class _Router(_ZeroMQConnection):
     reports_disconnects = False
 
     def __init__(
-        self, sock: zmq.asyncio.Socket, endpoint: str, max_frame_size: int, *, authenticated: bool
+        self, sock: zmq.Socket[Any], endpoint: str, max_frame_size: int, *, authenticated: bool
     ) -> None:
-        super().__init__(sock, endpoint, max_frame_size)
         self._known: set[bytes] = set()
-        self._authenticated = authenticated
-        self._start(self._read_loop())
+        self._copy_frames = not authenticated  # the User-Id property lives on zmq.Frame
+        super().__init__(sock, endpoint, max_frame_size)
 
-    async def _read_loop(self) -> None:
-        known, events = self._known, self._events
-        while True:
-            try:
-                user_id, parts = await self._recv()
-            except zmq.ZMQError as exc:
-                log.debug("ROUTER reader stops: %s", exc)
-                return
-            if len(parts) < 2 or self._oversize(parts):
-                continue
-            key = parts[0]
-            if key not in known:
-                known.add(key)
-                await events.put(Connected(key, user_id))
-            await events.put(Received(key, parts[1:], user_id))
-
-    async def _recv(self) -> tuple[str | None, list[bytes]]:
-        if not self._authenticated:
-            return None, await self._sock.recv_multipart()
-        frames = await self._sock.recv_multipart(copy=False)
-        user_id = frames[-1].get("User-Id")
-        return str(user_id) if user_id else None, [f.bytes for f in frames]
+    def _on_message(self, parts: list[Any]) -> bool:
+        if len(parts) < 2 or self._oversize(parts):
+            return True
+        user_id = None
+        if not self._copy_frames:
+            value = parts[-1].get("User-Id")
+            user_id = str(value) if value else None
+            parts = [p.bytes for p in parts]
+        key = parts[0]
+        if key not in self._known:
+            self._known.add(key)
+            self._events.offer(Connected(key, user_id))
+        return self._offer(Received(key, parts[1:], user_id))
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
         """See ``Connection.send``."""
@@ -195,46 +332,36 @@ class _Dealer(_ZeroMQConnection):
     bound = False
 
     def __init__(
-        self, sock: zmq.asyncio.Socket, endpoint: str, max_frame_size: int, *, monitored: bool
+        self, sock: zmq.Socket[Any], endpoint: str, max_frame_size: int, *, monitored: bool
     ) -> None:
         super().__init__(sock, endpoint, max_frame_size)
-        self._monitor: zmq.asyncio.Socket | None = None
         self._connected = True
-        self._events_initial = Connected(_DEALER_KEY)
-        coros: list[object] = [self._read_loop()]
+        self._events.offer(Connected(_DEALER_KEY))
+        self._monitor: _SocketDriver | None = None
+        self._monitored = sock if monitored else None
         if monitored:
-            self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
-            coros.append(self._monitor_loop(self._monitor))
-        self._start(*coros)
+            name = f"inproc://callosum-like-monitor-{id(self)}-{next(_monitor_names)}"
+            sock.monitor(name, _MONITOR_EVENTS)
+            pair: zmq.Socket[Any] = zmq.Socket(sock.context, zmq.PAIR)
+            pair.connect(name)
+            self._monitor = _SocketDriver(pair, self._on_monitor_event)
 
-    async def _read_loop(self) -> None:
-        await self._events.put(self._events_initial)
-        while True:
-            try:
-                parts = await self._sock.recv_multipart()
-            except zmq.ZMQError as exc:
-                log.debug("DEALER reader stops: %s", exc)
-                return
-            if not self._oversize(parts):
-                await self._events.put(Received(_DEALER_KEY, parts))
+    def _on_message(self, parts: list[Any]) -> bool:
+        if self._oversize(parts):
+            return True
+        return self._offer(Received(_DEALER_KEY, parts))
 
-    async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
-        while True:
-            try:
-                event = parse_monitor_message(await monitor.recv_multipart())
-            except zmq.ZMQError:
-                return
-            await self._on_monitor_event(event["event"])
-
-    async def _on_monitor_event(self, kind: int) -> None:
+    def _on_monitor_event(self, parts: list[Any]) -> bool:
+        kind = parse_monitor_message(parts)["event"]
         if kind == zmq.EVENT_DISCONNECTED and self._connected:
             self._connected = False
-            await self._events.put(Disconnected(_DEALER_KEY, "connection dropped"))
+            self._events.offer(Disconnected(_DEALER_KEY, "connection dropped"))
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected:
             self._connected = True
-            await self._events.put(Connected(_DEALER_KEY))
+            self._events.offer(Connected(_DEALER_KEY))
         elif kind in _AUTH_FAILURES:
-            await self._events.put(AuthFailed(_AUTH_FAILURES[kind]))
+            self._events.offer(AuthFailed(_AUTH_FAILURES[kind]))
+        return True  # a handful of events: never worth pausing for
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
         """See ``Connection.send``."""
@@ -244,10 +371,11 @@ class _Dealer(_ZeroMQConnection):
         """A connected endpoint keeps its one remote; ZeroMQ reconnects by itself."""
 
     def _close_sockets(self) -> None:
-        if self._monitor is not None:
+        if self._monitored is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self._sock.disable_monitor()
-            self._monitor.close(linger=0)
+                self._monitored.disable_monitor()
+        if self._monitor is not None:
+            self._monitor.close()
         super()._close_sockets()
 
 
@@ -263,8 +391,10 @@ class ZeroMQTransport(Transport):
             raise TypeError("context must be a zmq.asyncio.Context")
         self._context = context
 
-    def _socket(self, kind: int, max_frame_size: int) -> zmq.asyncio.Socket:
-        sock = (self._context or shared_context()).socket(kind)
+    def _socket(self, kind: int, max_frame_size: int) -> zmq.Socket[Any]:
+        # A plain socket of the (asyncio) shared context: the driver does the async part,
+        # and the ZAP handler, bound in that context, sees it.
+        sock: zmq.Socket[Any] = zmq.Socket(self._context or shared_context(), kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame_size)
         sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
