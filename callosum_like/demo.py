@@ -33,6 +33,7 @@ from .addresses import AddressLike, TCPAddress
 from .errors import MethodNotFoundError, RPCUserError
 from .ordering import Ordering
 from .peer import Peer
+from .demo_typed import register_typed, typed_calls
 from .request import Body, Request
 
 __all__ = [
@@ -398,6 +399,7 @@ async def serve_demo(transport: str, keys: str | None = None) -> int:
         authenticator=server_authenticator(keys),
     ) as server:
         DemoService(server).register()
+        register_typed(server)
         print(f"READY {server.address}", flush=True)
         print(f"listening on {server.address} (pid {os.getpid()})", flush=True)
         await wait_for_stdin_eof()
@@ -430,8 +432,10 @@ async def run_demo_client(transport: str, address: str, keys: str | None = None)
         await _calls_back(client)
         await _orderings(client)
         await _errors(client)
+        _heading("5. Typed calls: a Thrift service and a msgpack-schema service, same peers")
+        await typed_calls(client, _say)
         stats = client.statistics()
-    _heading("5. Statistics of the client (peer.statistics())")
+    _heading("6. Statistics of the client (peer.statistics())")
     _say(
         f"   calls out {stats.calls_out}, calls in {stats.calls_in}, "
         f"bytes out {stats.bytes_out}, bytes in {stats.bytes_in}, "

@@ -156,9 +156,14 @@ def test_demo_runs_end_to_end(transport: str) -> None:
         "== 2. The server calls the client back while serving the client's call",
         "== 3. Orderings",
         "== 4. Errors cross the wire",
-        "== 5. Statistics",
+        "== 5. Typed calls",
+        "== 6. Statistics",
     ):
         assert f"client | {section}" in out
+    assert "Thrift  Calculator.divide(7.0, 2.0) -> 3.5" in out
+    assert "raised the IDL's DivideByZero('1.0')" in out
+    assert "Greeting(text='hello agent hello agent', shout=False)" in out
+    assert "refused locally: SchemaError" in out
     # both directions
     assert "echo({'x': [1, 2, b'\\x00']}) -> {'x': [1, 2, b'\\x00']}" in out
     assert "<- the server calls the client: square(3) -> 9" in out

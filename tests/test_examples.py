@@ -109,7 +109,17 @@ def test_bidirectional() -> None:
 @pytest.mark.timeout(30)
 def test_every_example_is_tested_and_documented() -> None:
     names = sorted(path.name for path in EXAMPLES.glob("*.py"))
-    assert names == ["bidirectional.py", "ordering.py", "simple-client.py", "simple-server.py"]
+    # The Thrift and schema examples are run by tests/upper/test_examples.py.
+    assert names == [
+        "bidirectional.py",
+        "ordering.py",
+        "schema_client.py",
+        "schema_server.py",
+        "simple-client.py",
+        "simple-server.py",
+        "thrift_client.py",
+        "thrift_server.py",
+    ]
     for name in names:
         text = (EXAMPLES / name).read_text(encoding="utf-8")
         assert text.startswith('"""'), f"{name} has no docstring"
