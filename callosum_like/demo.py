@@ -30,10 +30,10 @@ from typing import Final, Self
 
 from . import auth
 from .addresses import AddressLike, TCPAddress
+from .demo_typed import register_typed, typed_calls
 from .errors import MethodNotFoundError, RPCUserError
 from .ordering import Ordering
 from .peer import Peer
-from .demo_typed import register_typed, typed_calls
 from .request import Body, Request
 
 __all__ = [
