@@ -279,22 +279,8 @@ class Peer:
 
         Cancellation: cancelling the caller cancels the remote handler.
         """
-        call_timeout = self._invoke_timeout if timeout is None else timeout
-        call_timeout = _check_timeout("timeout", call_timeout)
-        _check_call_args(method, order_key, headers)
-        link = self._route(to)
-        packed = pack_body(body)
-        self._check_size(link, len(packed))
-        call_id = link.session.start_call()
-        msg = m.Call(
-            id=call_id,
-            method=method,
-            body=packed,
-            order_key=order_key,
-            headers=dict(headers) if headers else None,
-            timeout=call_timeout,
-        )
-        reply = await self._await_reply(link, msg, call_timeout)
+        link, msg = self._prepare_call(method, body, order_key, to, timeout, headers, False)
+        reply = await self._await_reply(link, msg, msg.timeout)
         try:
             return _outcome(reply)
         except Exception as exc:
@@ -332,22 +318,8 @@ class Peer:
         Raises:
             The errors of ``invoke``; ``RPCInternalError`` when the method is not a stream.
         """
-        call_timeout = self._invoke_timeout if timeout is None else timeout
-        call_timeout = _check_timeout("timeout", call_timeout)
-        _check_call_args(method, order_key, headers)
-        link = self._route(to)
-        packed = pack_body(body)
-        self._check_size(link, len(packed))
-        call_id = link.session.start_call()
-        msg = m.Call(
-            id=call_id,
-            method=method,
-            body=packed,
-            order_key=order_key,
-            headers=dict(headers) if headers else None,
-            timeout=call_timeout,
-            stream=True,
-        )
+        link, msg = self._prepare_call(method, body, order_key, to, timeout, headers, True)
+        call_id, call_timeout = msg.id, msg.timeout
         inbox = StreamInbox(m.STREAM_WINDOW)
         link.streams[call_id] = inbox
         self._counters.calls_out += 1
@@ -533,6 +505,35 @@ class Peer:
             return self._by_identity[to]
         except KeyError:
             raise UnknownPeerError(f"no connected peer is named {to!r}") from None
+
+    def _prepare_call(
+        self,
+        method: str,
+        body: Body,
+        order_key: str | None,
+        to: str | None,
+        timeout: float | None,
+        headers: Headers | None,
+        stream: bool,
+    ) -> tuple[Link, m.Call]:
+        """Check a call's arguments, pick its link and build its Call (nothing is sent)."""
+        call_timeout = _check_timeout(
+            "timeout", self._invoke_timeout if timeout is None else timeout
+        )
+        _check_call_args(method, order_key, headers)
+        link = self._route(to)
+        packed = pack_body(body)
+        self._check_size(link, len(packed))
+        msg = m.Call(
+            id=link.session.start_call(),
+            method=method,
+            body=packed,
+            order_key=order_key,
+            headers=dict(headers) if headers else None,
+            timeout=call_timeout,
+            stream=stream,
+        )
+        return link, msg
 
     def _check_size(self, link: Link, size: int) -> None:
         limit = min(self._max_body_size, link.session.remote_max_body_size)
