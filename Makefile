@@ -36,6 +36,7 @@ demo: $(STAMP)
 	$(BIN)/python -m callosum_like demo
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m callosum_like bench
 
 clean:

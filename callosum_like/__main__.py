@@ -7,13 +7,12 @@ each returns the process exit status (0 success, 1 failure, 2 usage error from a
   ``PATH.key_secret`` (mode 0600) with ``auth.save_keypair`` and prints the public key on
   stdout, so ``KEY=$(python -m callosum_like keygen server)`` works.
 * ``demo`` runs ``demo.run_demo``: a server process and a client process calling each other.
-* ``bench`` measures 64-byte echo calls against a server in another process, over each
-  transport: sequential calls/s with p50/p99 latency, and calls/s with 64 calls in flight.
-  It prints a table and writes JSON (with versions and host facts) to
-  ``bench/results/latest.json``.
+* ``bench`` runs ``bench.run_bench``: this project over each transport beside callosum 1.0.3,
+  grpc.aio, raw pyzmq and raw asyncio streams, a server and a client process per (system,
+  workload); it prints tables and writes JSON, Markdown and a chart under ``bench/results/``.
 
-``demo-server``, ``demo-client`` and ``bench-server`` are hidden subcommands: the child
-processes of ``demo`` and ``bench``.
+``demo-server``, ``demo-client``, ``bench-server`` and ``bench-client`` are hidden
+subcommands: the child processes of ``demo`` and ``bench``.
 
 This is the top layer: nothing in the package imports it.
 """
@@ -22,49 +21,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import importlib.metadata
-import json
-import math
-import os
-import platform
 import sys
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, Final
-
-import zmq
 
 from .auth import generate_keypair, save_keypair
-from .demo import (
-    TRANSPORTS,
-    ChildProcess,
-    bind_address,
-    connect_address,
-    ignore_sigint,
-    run_demo,
-    run_demo_client,
-    serve_demo,
-    wait_for_stdin_eof,
+from .bench import (
+    add_bench_arguments,
+    add_client_arguments,
+    add_server_arguments,
+    run_bench,
+    run_bench_client,
+    run_bench_server,
 )
-from .peer import Peer
-from .request import Body, Request
+from .demo import TRANSPORTS, run_demo, run_demo_client, serve_demo
 
 __all__ = ["main"]
-
-#: Bytes in each benchmark call's body (and in its reply).
-BENCH_BODY: Final = b"x" * 64
-#: Calls kept in flight by the concurrent measurement.
-BENCH_IN_FLIGHT: Final = 64
-#: Seconds each measurement runs, for a full run and for ``--quick``.
-BENCH_SECONDS: Final = 3.0
-QUICK_SECONDS: Final = 0.5
-#: Calls made before measuring, so connection set-up and first-call costs stay out.
-WARMUP_CALLS: Final = 200
-#: Seconds any single benchmark call may take before the run is declared broken.
-BENCH_CALL_TIMEOUT: Final = 10.0
-DEFAULT_BENCH_OUTPUT: Final = Path("bench/results/latest.json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,30 +77,14 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="measure echo calls against a server in another process",
-        description="Measure 64-byte echo calls against a server process on 127.0.0.1: "
-        f"sequential calls/s with p50/p99 latency, and calls/s with {BENCH_IN_FLIGHT} in "
-        "flight, over each transport.",
+        help="measure this project beside callosum, grpc.aio, raw pyzmq and raw asyncio",
+        description="Run each (system, workload) as a server process and a client process "
+        "on 127.0.0.1: W1 64-byte echo one in flight, W2 64 in flight, W3 1 MiB and 16 MiB "
+        "echoes, W4 small calls beside 16 MiB echoes, W5 a 1 GiB stream. Prints tables; "
+        "writes JSON, Markdown and a PNG chart (see docs/performance.md).",
     )
-    bench.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"measure {QUICK_SECONDS} s instead of {BENCH_SECONDS} s per figure",
-    )
-    bench.add_argument(
-        "--transport",
-        dest="transports",
-        action="append",
-        choices=TRANSPORTS,
-        help="a transport to measure; repeat for several (default: all)",
-    )
-    bench.add_argument(
-        "--output",
-        type=Path,
-        default=DEFAULT_BENCH_OUTPUT,
-        help=f"where to write the JSON results (default: {DEFAULT_BENCH_OUTPUT})",
-    )
-    bench.set_defaults(command=_bench)
+    add_bench_arguments(bench)
+    bench.set_defaults(command=run_bench)
 
     # The child processes of demo and bench; not listed in --help.
     demo_server = commands.add_parser("demo-server")
@@ -143,7 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     demo_client.set_defaults(command=_demo_client)
     bench_server = commands.add_parser("bench-server")
     _transport_option(bench_server)
-    bench_server.set_defaults(command=_bench_server)
+    add_server_arguments(bench_server)
+    bench_server.set_defaults(command=run_bench_server)
+    bench_client = commands.add_parser("bench-client")
+    _transport_option(bench_client)
+    add_client_arguments(bench_client)
+    bench_client.set_defaults(command=run_bench_client)
     return parser
 
 
@@ -182,177 +142,6 @@ def _demo_server(args: argparse.Namespace) -> int:
 
 def _demo_client(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo_client(args.transport, args.connect, args.keys))
-
-
-# --- bench ----------------------------------------------------------------------------------
-
-
-def _bench(args: argparse.Namespace) -> int:
-    seconds = QUICK_SECONDS if args.quick else BENCH_SECONDS
-    transports: list[str] = args.transports or list(TRANSPORTS)
-    mode = "quick, " if args.quick else ""
-    print(
-        f"callosum_like bench ({mode}{seconds} s per figure): {len(BENCH_BODY)}-byte echo calls "
-        "to a server process on 127.0.0.1"
-    )
-    try:
-        results = [asyncio.run(_bench_transport(name, seconds)) for name in transports]
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        print(f"bench: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    _print_table(results)
-    report = {
-        "benchmark": "echo",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
-        "seconds_per_figure": seconds,
-        "body_bytes": len(BENCH_BODY),
-        "in_flight": BENCH_IN_FLIGHT,
-        "versions": _versions(),
-        "host": _host(),
-        "results": results,
-    }
-    output: Path = args.output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {output}")
-    return 0
-
-
-async def _bench_transport(transport: str, seconds: float) -> dict[str, Any]:
-    async with ChildProcess(
-        f"bench-server ({transport})", ["bench-server", "--transport", transport]
-    ) as server:
-        address = await server.ready()
-        async with Peer(
-            connect=connect_address(transport, address),
-            identity="bench-client",
-            invoke_timeout=BENCH_CALL_TIMEOUT,
-        ) as client:
-            for _ in range(WARMUP_CALLS):
-                await client.invoke("echo", BENCH_BODY)
-            sequential = await _sequential(client, seconds)
-            concurrent = await _concurrent(client, seconds)
-    return {"transport": transport, "sequential": sequential, "concurrent": concurrent}
-
-
-async def _sequential(client: Peer, seconds: float) -> dict[str, Any]:
-    """One call at a time for ``seconds``: calls/s and latency percentiles."""
-    latencies: list[float] = []
-    clock = time.perf_counter
-    started = clock()
-    deadline = started + seconds
-    while (sent := clock()) < deadline:
-        await client.invoke("echo", BENCH_BODY)
-        latencies.append(clock() - sent)
-    elapsed = clock() - started
-    latencies.sort()
-    return {
-        "calls": len(latencies),
-        "seconds": round(elapsed, 3),
-        "calls_per_s": round(len(latencies) / elapsed, 1),
-        "p50_us": round(_percentile(latencies, 50) * 1e6, 1),
-        "p99_us": round(_percentile(latencies, 99) * 1e6, 1),
-    }
-
-
-async def _concurrent(client: Peer, seconds: float) -> dict[str, Any]:
-    """``BENCH_IN_FLIGHT`` callers, each calling again as soon as its reply arrives."""
-    calls = 0
-    clock = time.perf_counter
-    deadline = clock() + seconds
-
-    async def caller() -> None:
-        nonlocal calls
-        while clock() < deadline:
-            await client.invoke("echo", BENCH_BODY)
-            calls += 1
-
-    started = clock()
-    async with asyncio.TaskGroup() as group:
-        for _ in range(BENCH_IN_FLIGHT):
-            group.create_task(caller())
-    elapsed = clock() - started
-    return {
-        "in_flight": BENCH_IN_FLIGHT,
-        "calls": calls,
-        "seconds": round(elapsed, 3),
-        "calls_per_s": round(calls / elapsed, 1),
-    }
-
-
-def _percentile(ordered: Sequence[float], percent: float) -> float:
-    """The nearest-rank percentile of an ascending, non-empty sequence."""
-    rank = max(1, math.ceil(percent / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def _print_table(results: Sequence[dict[str, Any]]) -> None:
-    header = (
-        "transport",
-        "sequential calls/s",
-        "p50",
-        "p99",
-        f"{BENCH_IN_FLIGHT} in flight calls/s",
-    )
-    rows = [
-        (
-            r["transport"],
-            f"{r['sequential']['calls_per_s']:,.0f}",
-            f"{r['sequential']['p50_us']:,.0f} us",
-            f"{r['sequential']['p99_us']:,.0f} us",
-            f"{r['concurrent']['calls_per_s']:,.0f}",
-        )
-        for r in results
-    ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    print()
-    for row in (header, *rows):
-        cells = [
-            row[0].ljust(widths[0]),
-            *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)),
-        ]
-        print("   ".join(cells))
-    print()
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "libzmq": zmq.zmq_version()}
-    for dist in ("callosum-like", "pyzmq", "msgpack", "aiojobs", "cramjam"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-    return versions
-
-
-def _host() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "python_implementation": platform.python_implementation(),
-        "event_loop": "asyncio",
-    }
-
-
-def _bench_server(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve_bench(args.transport))
-
-
-async def _serve_bench(transport: str) -> int:
-    """The benchmark's server process: echo until stdin closes."""
-    ignore_sigint()
-
-    async def echo(request: Request) -> Body:
-        return request.body
-
-    async with Peer(bind=bind_address(transport), identity="bench-server") as server:
-        server.handle_function("echo", echo)
-        print(f"READY {server.address}", flush=True)
-        await wait_for_stdin_eof()
-    return 0
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from .lower.base import AuthFailed, Connected, Connection, Disconnected, Receive
 from .lower.tcp import TCPTransport
 from .lower.zeromq import ZeroMQTransport
 from .ordering import Ordering
-from .request import Body, Handler, Headers
+from .request import Body, Handler, Headers, StreamHandler
 from .session import CallInput, LinkInput, Session
 from .stats import Counters, PeerStatistics
 from .streams import StreamInbox
@@ -208,9 +208,13 @@ class Peer:
         return frozenset({link.identity}) if link and link.session.is_open else frozenset()
 
     def handle_function(
-        self, name: str, handler: Handler, *, ordering: Ordering | None = None
+        self,
+        name: str,
+        handler: Handler | StreamHandler,
+        *,
+        ordering: Ordering | None = None,
     ) -> None:
-        """Serve ``name`` with ``handler`` (an ``async def`` taking a ``Request``).
+        """Serve ``name`` with ``handler``: an ``async def`` or an async generator (a stream).
 
         Args:
             name: The method name callers invoke.
@@ -227,7 +231,7 @@ class Peer:
             raise TypeError("handler must be an async function taking a Request")
         if ordering is not None and not isinstance(ordering, Ordering):
             raise TypeError(f"ordering must be an Ordering or None, not {type(ordering).__name__}")
-        self._dispatcher.register(name, handler, ordering)
+        self._dispatcher.register(name, handler, ordering)  # type: ignore[arg-type]
 
     def unhandle_function(self, name: str) -> None:
         """Stop serving ``name``; later calls get ``MethodNotFoundError``.

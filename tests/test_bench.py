@@ -1,0 +1,266 @@
+"""The benchmark: the measuring code in-process, and a quick run as a user starts it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from callosum_like import bench
+from callosum_like.__main__ import main
+
+WORKLOAD_KEYS = ["W1", "W2", "W3-1MiB", "W3-16MiB", "W4", "W5"]
+
+
+class FakeClient:
+    """An in-memory EchoClient: echoes after a trip through the event loop."""
+
+    stream_kind = "stream"
+
+    def __init__(self, *, corrupt: bool = False) -> None:
+        self.corrupt = corrupt
+
+    async def echo(self, body: bytes) -> bench.Payload:
+        await asyncio.sleep(0)
+        return body[::-1] if self.corrupt else body
+
+    async def stream(self, size: int, chunk_size: int) -> AsyncIterator[bench.Payload]:
+        chunk = bytes(chunk_size)
+        for _ in range(size // chunk_size):
+            await asyncio.sleep(0)
+            yield chunk
+
+
+def tiny(key: str) -> bench.Workload:
+    """The quick workload ``key``, shrunk further so it runs in milliseconds in-process."""
+    workload = next(w for w in bench.QUICK_WORKLOADS if w.key == key)
+    return dataclasses.replace(
+        workload,
+        body_size=min(workload.body_size, 4096),
+        calls=min(workload.calls, 50),
+        warmup=min(workload.warmup, 5),
+        big_size=min(workload.big_size, 65536),
+        stream_size=min(workload.stream_size, 8 * 65536),
+        chunk_size=65536,
+    )
+
+
+def probes() -> dict[str, bench.ProcessProbe]:
+    me = bench.ProcessProbe(os.getpid())
+    return {"client": me, "server": me}
+
+
+# --- the measuring code, in-process ---------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("key", WORKLOAD_KEYS)
+async def test_measure_gives_the_figures_of_each_workload(key: str) -> None:
+    workload = tiny(key)
+    metrics = await bench.measure(FakeClient(), workload, probes())
+    assert metrics["seconds"] > 0
+    assert metrics["big_mb_per_s" if workload.kind == "head_of_line" else "mb_per_s"] > 0
+    if workload.kind == "stream":
+        assert metrics["stream_bytes"] == workload.stream_size
+    else:
+        assert 0 < metrics["p50_us"] <= metrics["p99_us"]
+    if workload.kind == "head_of_line":
+        assert metrics["small_calls"] >= 1
+        assert metrics["big_calls"] == workload.big_calls
+    if sys.platform == "linux":
+        assert metrics["cpu_us_per_call"] >= 0
+        assert metrics["peak_rss_mib"] >= 0
+        assert metrics["client_idle_rss_mib"] > 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_a_wrong_echo_fails_the_step() -> None:
+    with pytest.raises(RuntimeError, match="came back"):
+        await bench.measure(FakeClient(corrupt=True), tiny("W1"), probes())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_process_probe_reads_cpu_and_memory() -> None:
+    probe = bench.ProcessProbe(os.getpid())
+    before = probe.cpu_seconds()
+    sum(range(2_000_000))
+    after = probe.cpu_seconds()
+    assert before is not None
+    assert after is not None
+    assert after >= before
+    rss, peak = probe.rss(), probe.peak_rss()
+    assert rss is not None
+    assert peak is not None
+    assert peak >= rss > 0
+    gone = bench.ProcessProbe(2**22 + 1)  # above the kernel's largest pid
+    assert gone.cpu_seconds() is None
+    assert gone.rss() is None
+    assert gone.reset_peak() is False
+
+
+@pytest.mark.timeout(30)
+def test_a_system_without_its_package_or_script_is_skipped() -> None:
+    absent = bench.System(key="x", label="x", requires="no_such_module_here", dists=())
+    assert "not installed" in (absent.missing() or "")
+    no_script = bench.System(
+        key="y", label="y", requires="asyncio", dists=(), script="no_such_peer.py"
+    )
+    assert "not found" in (no_script.missing() or "")
+    assert all(s.missing() is None for s in bench.SYSTEMS if s.key.startswith("like-"))
+
+
+@pytest.mark.timeout(30)
+def test_progress_writes_one_line_per_step_when_not_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = bench.Progress(2, stream=stream)
+    progress.step("first")
+    progress.step("second")
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "1/2 first" in lines[0]
+    assert "2/2 second" in lines[1]
+    silent = io.StringIO()
+    bench.Progress(1, stream=silent, enabled=False).step("x")
+    assert silent.getvalue() == ""
+
+
+# --- python -m callosum_like bench, as a user runs it ---------------------------------------
+
+
+def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "callosum_like", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+        check=False,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_quick_bench_of_our_systems(tmp_path: Path) -> None:
+    output = tmp_path / "results" / "run.json"
+    started = time.monotonic()
+    result = run_bench("--quick", "--systems", "ours", "--output", str(output), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 60
+
+    out = result.stdout
+    for key in WORKLOAD_KEYS:
+        assert f"\n{key}: " in out
+    lines = out.splitlines()
+    assert any(line.startswith("system") and "calls/s" in line and "p99" in line for line in lines)
+    assert sum(line.startswith("callosum_like zeromq ") for line in lines) == len(WORKLOAD_KEYS)
+    assert sum(line.startswith("callosum_like tcp ") for line in lines) == len(WORKLOAD_KEYS)
+    assert "targets (issue 7)" in out
+    assert "chart skipped: no callosum figures" in out
+    assert "12/12 like-tcp W5" in result.stderr  # the progress bar
+    assert "Warning" not in result.stderr
+
+    report = json.loads(output.read_text())
+    assert report["quick"] is True
+    assert report["repeat"] == 1
+    assert report["loop"] in {"uvloop", "asyncio"}
+    assert report["chart"] is None
+    assert {"python", "libzmq", "pyzmq", "callosum-like"} <= set(report["versions"])
+    assert {"cpu_count", "cpu_model", "python", "os"} <= set(report["host"])
+    assert [w["key"] for w in report["workloads"]] == WORKLOAD_KEYS
+    assert [s["key"] for s in report["systems"]] == ["like-zeromq", "like-tcp"]
+    results = {(r["system"], r["workload"]): r for r in report["results"]}
+    assert len(results) == 12
+    for (system, workload), r in results.items():
+        assert r["status"] == "ok", (system, workload, r["reason"])
+        assert r["loop"] == report["loop"]
+        assert len(r["runs"]) == 1
+        assert r["median"] == r["runs"][0]
+    w1 = results[("like-zeromq", "W1")]["median"]
+    assert w1["calls"] == 200
+    assert 0 < w1["p50_us"] <= w1["p99_us"]
+    assert results[("like-tcp", "W5")]["median"]["stream_bytes"] == 32 * 2**20
+    verdicts = {(t["target"], t["system"]): t["met"] for t in report["targets"]}
+    assert verdicts[("W1 calls/s", "like-zeromq")] is None  # no callosum to compare with
+    assert verdicts[("W4 small-call p99", "like-tcp")] in {True, False}
+    assert "| system |" in output.with_suffix(".md").read_text()
+
+
+@pytest.mark.timeout(60)
+def test_bench_filters_and_repeats(tmp_path: Path) -> None:
+    output = tmp_path / "w1.json"
+    result = run_bench(
+        "--quick",
+        "--systems",
+        "like-tcp",
+        "--workloads",
+        "W1",
+        "--repeat",
+        "2",
+        "--no-chart",
+        "--no-progress",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    report = json.loads(output.read_text())
+    [only] = report["results"]
+    assert (only["system"], only["workload"]) == ("like-tcp", "W1")
+    assert len(only["runs"]) == 2
+    assert (
+        only["low"]["calls_per_s"] <= only["median"]["calls_per_s"] <= only["high"]["calls_per_s"]
+    )
+    assert "±" in result.stdout  # the spread of two runs
+    assert "chart skipped (--no-chart)" in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_missing_peer_is_reported_as_skipped_not_as_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    absent = bench.System(
+        key="callosum", label="callosum 1.0.3", requires="no_such_callosum", dists=()
+    )
+    monkeypatch.setattr(bench, "SYSTEMS", (bench.SYSTEMS[1], absent))
+    output = tmp_path / "skip.json"
+    argv = [
+        "bench",
+        "--quick",
+        "--systems",
+        "like-tcp,callosum",
+        "--workloads",
+        "W1",
+        "--no-progress",
+        "--output",
+        str(output),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "skipped: no_such_callosum is not installed" in out
+    assert "chart skipped: no callosum figures" in out
+    report = json.loads(output.read_text())
+    status = {r["system"]: r["status"] for r in report["results"]}
+    assert status == {"like-tcp": "ok", "callosum": "skipped"}
+    [skipped] = [s for s in report["systems"] if s["key"] == "callosum"]
+    assert "not installed" in skipped["skipped"]
+
+
+@pytest.mark.timeout(30)
+def test_an_unknown_system_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_bench("--systems", "nonesuch", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown name 'nonesuch'" in result.stderr
