@@ -768,3 +768,15 @@ def test_a_call_timeout_must_be_non_negative_seconds(timeout: float) -> None:
     head[WIRE_FIELDS[m.MessageKind.CALL].index("timeout") + 3] = timeout
     with pytest.raises(ProtocolError):
         decode(with_header(SAMPLES[m.Call], head), max_body_size=BIG)
+
+
+def test_large_incompressible_body_is_sent_as_is_and_compressible_one_is_compressed() -> None:
+    import os
+
+    random_body = os.urandom(1 << 20)
+    frames = encode(m.Result(id=1, body=random_body), compress=True)
+    assert frames[1] == random_body  # the sample showed it would not shrink
+    text_body = b"all work and no play " * 50_000
+    frames = encode(m.Result(id=1, body=text_body), compress=True)
+    assert len(frames[1]) < len(text_body) // 4
+    assert decode(frames, max_body_size=1 << 21) == m.Result(id=1, body=text_body)
