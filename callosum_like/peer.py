@@ -45,7 +45,15 @@ from .errors import (
     UnknownPeerError,
     error_for_code,
 )
-from .lower.base import AuthFailed, Connected, Connection, Disconnected, Received, Transport
+from .lower.base import (
+    CONNECTED_KEY,
+    AuthFailed,
+    Connected,
+    Connection,
+    Disconnected,
+    Received,
+    Transport,
+)
 from .lower.tcp import TCPTransport
 from .lower.zeromq import ZeroMQTransport
 from .ordering import Ordering
@@ -67,7 +75,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: Requests a peer holds (running plus waiting) before it refuses new ones as overloaded.
 DEFAULT_MAX_PENDING: Final = 10_000
-_DEALER_KEY: Final = b""
 
 
 @dataclass(eq=False)
@@ -204,7 +211,7 @@ class Peer:
         """Identities of the connected remotes with a completed handshake."""
         if self._bound:
             return frozenset(self._by_identity)
-        link = self._links.get(_DEALER_KEY)
+        link = self._links.get(CONNECTED_KEY)
         return frozenset({link.identity}) if link and link.session.is_open else frozenset()
 
     def handle_function(
@@ -495,7 +502,7 @@ class Peer:
         if to is not None and not isinstance(to, str):
             raise TypeError(f"to must be a str or None, not {type(to).__name__}")
         if not self._bound:
-            link = self._links.get(_DEALER_KEY)
+            link = self._links.get(CONNECTED_KEY)
             if link is None or not link.session.is_open:
                 raise PeerDisconnectedError("not connected to the remote")
             return link
@@ -554,10 +561,12 @@ class Peer:
             except BaseException:
                 link.session.call_input(msg.id, CallInput.REPLY)  # it never left: forget it
                 raise
+            if timeout is None:  # no timeout context to enter and leave on every call
+                return await future
             async with asyncio.timeout(timeout) as deadline:
                 return await future
         except TimeoutError:
-            if not deadline.expired():
+            if timeout is None or not deadline.expired():
                 raise
             self._abandon(link, msg.id)
             self._counters.count_error(RPCTimeoutError.__name__)

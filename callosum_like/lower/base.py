@@ -4,7 +4,8 @@ Theory of operation: a ``Transport`` makes ``Connection`` objects, either by bin
 remotes may connect) or by connecting (exactly one remote). A connection moves *messages*
 (lists of frames), never bytes: framing is the transport's job. Remotes are named by an
 opaque ``bytes`` key that the transport chooses (a ZeroMQ routing id, a TCP connection
-number); the Peer maps keys to identities.
+number); a connected endpoint always names its one remote ``CONNECTED_KEY``. The Peer maps
+keys to identities.
 
 A connection has four verbs:
 
@@ -26,7 +27,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from ..addresses import Address
 from ..errors import PeerClosedError
@@ -45,13 +46,17 @@ __all__ = [
     "Transport",
     "EventQueue",
     "RECEIVE_QUEUE_SIZE",
+    "CONNECTED_KEY",
 ]
 
 Frame: TypeAlias = bytes | bytearray | memoryview
 
+#: The key by which a *connected* endpoint names its one remote, in every event it reports.
+CONNECTED_KEY: Final = b""
+
 #: Messages a connection may hold between its socket readers and ``receive()``. When it is
 #: full the readers stop reading, so the kernel's (or ZeroMQ's) buffers push back on senders.
-RECEIVE_QUEUE_SIZE = 1024
+RECEIVE_QUEUE_SIZE: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)

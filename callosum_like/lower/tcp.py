@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any, Final
 from ..addresses import Address, TCPAddress
 from ..errors import PeerClosedError, PeerDisconnectedError, ProtocolError
 from ..wire.framing import FrameDecoder, encode_message
-from .base import Connected, Connection, Disconnected, EventQueue, Frame, Received, Transport
+from .base import (
+    CONNECTED_KEY,
+    Connected,
+    Connection,
+    Disconnected,
+    EventQueue,
+    Frame,
+    Received,
+    Transport,
+)
 
 if TYPE_CHECKING:
     from ..auth import AbstractClientAuthenticator, AbstractServerAuthenticator
@@ -121,7 +130,7 @@ class _TCPConnection(Connection):
         """See ``Connection.send``."""
         if self._closed:
             raise PeerClosedError("connection closed")
-        stream = self._streams.get(to if self.bound else b"")  # type: ignore[arg-type]
+        stream = self._streams.get(to if self.bound else CONNECTED_KEY)  # type: ignore[arg-type]
         if stream is None:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
         await stream.send(frames)
@@ -206,8 +215,8 @@ class _TCPClient(_TCPConnection):
             raise PeerDisconnectedError(f"cannot connect to {host}:{port}: {exc}") from exc
         self._address = f"{host}:{port}"
         stream = _Stream(writer)
-        self._streams[b""] = stream
-        stream.task = asyncio.create_task(self._pump(b"", reader, stream))
+        self._streams[CONNECTED_KEY] = stream
+        stream.task = asyncio.create_task(self._pump(CONNECTED_KEY, reader, stream))
 
 
 class TCPTransport(Transport):

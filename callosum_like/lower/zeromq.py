@@ -46,6 +46,7 @@ from zmq.utils.monitor import parse_monitor_message
 from ..addresses import Address, ZeroMQAddress
 from ..errors import PeerClosedError, PeerDisconnectedError
 from .base import (
+    CONNECTED_KEY,
     AuthFailed,
     Connected,
     Connection,
@@ -72,7 +73,6 @@ RECV_BATCH: Final = 256
 SEND_QUEUE_SIZE: Final = 1024
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
-_DEALER_KEY: Final = b""
 _MONITOR_EVENTS: Final = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
@@ -336,7 +336,7 @@ class _Dealer(_ZeroMQConnection):
     ) -> None:
         super().__init__(sock, endpoint, max_frame_size)
         self._connected = True
-        self._events.offer(Connected(_DEALER_KEY))
+        self._events.offer(Connected(CONNECTED_KEY))
         self._monitor: _SocketDriver | None = None
         self._monitored = sock if monitored else None
         if monitored:
@@ -349,16 +349,16 @@ class _Dealer(_ZeroMQConnection):
     def _on_message(self, parts: list[Any]) -> bool:
         if self._oversize(parts):
             return True
-        return self._offer(Received(_DEALER_KEY, parts))
+        return self._offer(Received(CONNECTED_KEY, parts))
 
     def _on_monitor_event(self, parts: list[Any]) -> bool:
         kind = parse_monitor_message(parts)["event"]
         if kind == zmq.EVENT_DISCONNECTED and self._connected:
             self._connected = False
-            self._events.offer(Disconnected(_DEALER_KEY, "connection dropped"))
+            self._events.offer(Disconnected(CONNECTED_KEY, "connection dropped"))
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected:
             self._connected = True
-            self._events.offer(Connected(_DEALER_KEY))
+            self._events.offer(Connected(CONNECTED_KEY))
         elif kind in _AUTH_FAILURES:
             self._events.offer(AuthFailed(_AUTH_FAILURES[kind]))
         return True  # a handful of events: never worth pausing for

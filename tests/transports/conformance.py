@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from callosum_like.errors import PeerClosedError, PeerDisconnectedError
-from callosum_like.lower.base import Connected, Connection, Disconnected, Received, Transport
+from callosum_like.lower.base import (
+    CONNECTED_KEY,
+    Connected,
+    Connection,
+    Disconnected,
+    Received,
+    Transport,
+)
 
 MAX_FRAME = 32 * 2**20
 WAIT = 5.0
@@ -102,6 +109,7 @@ class TransportConformance:
             await server.send([b"a", b"b"], to=key)
             received = await next_event(client, Received)
             assert received.frames == [b"a", b"b"]
+            assert received.peer == CONNECTED_KEY  # a connected endpoint's one remote
 
     async def test_many_clients_have_distinct_keys_and_get_their_own_replies(self) -> None:
         async with self.pair(clients=3) as (server, clients):
