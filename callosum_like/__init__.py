@@ -22,6 +22,9 @@ from .errors import RPCTimeoutError as RPCTimeoutError
 from .errors import RPCUserError as RPCUserError
 from .errors import SchemaError as SchemaError
 from .errors import UnknownPeerError as UnknownPeerError
+from .events import PeerEvent as PeerEvent
+from .events import PeerEventKind as PeerEventKind
+from .events import PeerEvents as PeerEvents
 from .lower.base import Transport as Transport
 from .lower.tcp import TCPTransport as TCPTransport
 from .lower.zeromq import ZeroMQTransport as ZeroMQTransport
@@ -38,6 +41,9 @@ __all__ = [
     "Request",
     "Ordering",
     "PeerStatistics",
+    "PeerEvent",
+    "PeerEventKind",
+    "PeerEvents",
     # addresses and transports
     "ZeroMQAddress",
     "TCPAddress",

@@ -45,6 +45,14 @@ from .errors import (
     UnknownPeerError,
     error_for_code,
 )
+from .events import (
+    DEFAULT_EVENT_BUFFER,
+    EventHub,
+    EventListener,
+    PeerEvent,
+    PeerEventKind,
+    PeerEvents,
+)
 from .lower.base import (
     CONNECTED_KEY,
     AuthFailed,
@@ -186,6 +194,7 @@ class Peer:
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._welcomed: asyncio.Future[None] | None = None
+        self._events = EventHub()
         self._state = "new"
 
     # -- public surface -------------------------------------------------------------------------
@@ -213,6 +222,38 @@ class Peer:
             return frozenset(self._by_identity)
         link = self._links.get(CONNECTED_KEY)
         return frozenset({link.identity}) if link and link.session.is_open else frozenset()
+
+    def events(self, maxsize: int = DEFAULT_EVENT_BUFFER) -> PeerEvents:
+        """An async iterator of ``PeerEvent``: remotes connecting and going away.
+
+        Use it as ``async with peer.events() as events: async for event in events: ...``.
+        Events from the moment of this call on are kept; a consumer that falls more than
+        ``maxsize`` events behind loses the oldest (counted in ``events.dropped``). The
+        iteration ends when the peer closes.
+
+        Raises:
+            TypeError, ValueError: ``maxsize`` is not a positive int.
+        """
+        _check_count("maxsize", maxsize)
+        return self._events.subscribe(maxsize)
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        """Call ``listener(event)`` for every ``PeerEvent``, from the receive loop.
+
+        The listener must not block; an exception it raises is logged and ignored.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+        """
+        self._events.add(listener)
+
+    def remove_event_listener(self, listener: EventListener) -> None:
+        """Stop calling ``listener``.
+
+        Raises:
+            KeyError: ``listener`` was not added.
+        """
+        self._events.remove(listener)
 
     def handle_function(
         self,
@@ -477,15 +518,27 @@ class Peer:
                     waiter.set_exception(PeerClosedError("the peer was closed"))
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.cancel()
+        await self._stop_tasks()
+        if self._connection is not None:
+            await self._connection.aclose()
+        self._end_links()
+        self._state = "closed"
+
+    async def _stop_tasks(self) -> None:
         tasks = [*self._loops, *self._background]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._connection is not None:
-            await self._connection.aclose()
+
+    def _end_links(self) -> None:
+        for link in self._links.values():
+            if link.session.is_open:
+                self._events.emit(
+                    PeerEvent(PeerEventKind.DISCONNECTED, link.identity, "this peer closed")
+                )
         self._links.clear()
         self._by_identity.clear()
-        self._state = "closed"
+        self._events.close()
 
     # -- calls we make --------------------------------------------------------------------------
 
@@ -724,6 +777,7 @@ class Peer:
         for waiter in self._peer_waiters.pop(identity, []):
             if not waiter.done():
                 waiter.set_result(None)
+        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, identity))
 
     async def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
         if self._bound:
@@ -734,6 +788,7 @@ class Peer:
         self._identity = msg.assigned
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_result(None)
+        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, msg.identity))
 
     async def _on_call(self, link: Link, msg: m.Call) -> None:
         self._counters.calls_in += 1
@@ -798,6 +853,7 @@ class Peer:
         link = self._links.pop(key, None)
         if link is None:
             return
+        was_open = link.session.is_open
         with contextlib.suppress(ProtocolError):
             link.session.transition(why)
         if self._by_identity.get(link.identity) is link:
@@ -807,6 +863,8 @@ class Peer:
         await self._dispatcher.drop_link(key)
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_exception(PeerDisconnectedError(reason))
+        if was_open:
+            self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, link.identity, reason))
 
     def _fail_pending(self, link: Link, error: Exception) -> None:
         for inbox in link.streams.values():

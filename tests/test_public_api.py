@@ -20,7 +20,15 @@ CONTRACT_NAMES = {
     "MessageTooLargeError", "AuthenticationError", "UnknownPeerError", "SchemaError", "auth",
 }  # fmt: skip
 #: What we add beyond the contract, deliberately.
-EXTRA_NAMES = {"PeerStatistics", "Transport", "OverloadedError", "RPCTimeoutError"}
+EXTRA_NAMES = {
+    "PeerStatistics",
+    "Transport",
+    "OverloadedError",
+    "RPCTimeoutError",
+    "PeerEvent",
+    "PeerEventKind",
+    "PeerEvents",
+}
 
 
 def test_all_is_the_contract_plus_documented_extras() -> None:
