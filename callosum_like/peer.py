@@ -439,6 +439,7 @@ class Peer:
             calls_in_flight=sum(len(link.pending) for link in self._links.values()),
             requests_in_flight=self._dispatcher.running,
             connected_peers=len(self.peers),
+            transport_dropped=self._connection.dropped_messages if self._connection else 0,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -59,9 +59,17 @@ class Counters:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def snapshot(
-        self, *, calls_in_flight: int, requests_in_flight: int, connected_peers: int
+        self,
+        *,
+        calls_in_flight: int,
+        requests_in_flight: int,
+        connected_peers: int,
+        transport_dropped: int = 0,
     ) -> PeerStatistics:
-        """Freeze the counters, with the gauges the Peer measures at this moment."""
+        """Freeze the counters, with the gauges the Peer measures at this moment.
+
+        ``transport_dropped`` is what the transport dropped before the Peer saw it.
+        """
         return PeerStatistics(
             calls_out=self.calls_out,
             calls_in=self.calls_in,
@@ -70,6 +78,6 @@ class Counters:
             errors=MappingProxyType(dict(self.errors)),
             bytes_out=self.bytes_out,
             bytes_in=self.bytes_in,
-            dropped_messages=self.dropped_messages,
+            dropped_messages=self.dropped_messages + transport_dropped,
             connected_peers=connected_peers,
         )

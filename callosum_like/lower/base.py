@@ -109,6 +109,9 @@ class Connection(abc.ABC):
     #: ROUTER cannot (libzmq does not tell which routing id a dropped pipe had); the Peer's
     #: heartbeat and the remote's Goodbye cover that case.
     reports_disconnects: bool = True
+    #: Messages this endpoint dropped as garbage (a batch that does not split, an envelope
+    #: it does not know) or over ``max_frame_size``, without closing a connection for them.
+    dropped_messages: int = 0
 
     @property
     @abc.abstractmethod
