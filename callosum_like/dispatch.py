@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import aiojobs
 
+from .deadlines import Deadlines
 from .errors import ErrorCode, ProtocolError
 from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
@@ -98,6 +99,8 @@ class _Inbound:
     answered: bool = False
     silent: bool = False  # its link is gone: do the bookkeeping, send nothing
     credit: _Credit | None = None  # stream calls only
+    task: asyncio.Task[Any] | None = None  # while its handler runs: the task to cancel
+    expired: bool = False  # its execute timeout cancelled it
 
     @property
     def order_key(self) -> Hashable:
@@ -134,6 +137,7 @@ class Dispatcher:
         self._reorder: ReplyReorder[Reply] = ReplyReorder()
         self._serial: SerialQueue[_Inbound] = SerialQueue()
         self._scheduler: aiojobs.Scheduler | None = None
+        self._deadlines = Deadlines()  # execute timeouts
         self._closing = False
 
     # -- registry -----------------------------------------------------------------------------
@@ -167,6 +171,7 @@ class Dispatcher:
         held = list(self._inflight.values())
         if self._scheduler is not None:
             await self._scheduler.close()
+        self._deadlines.clear()
         for inbound in held:
             await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="peer closing"))
         self._inflight.clear()
@@ -265,36 +270,31 @@ class Dispatcher:
         await self._answer(inbound, reply)
 
     async def _execute(self, inbound: _Inbound) -> Reply:
+        request = _request(inbound)
+        if type(request) is not Request:
+            return request  # type: ignore[return-value]
         call = inbound.call
-        if call.stream != inbound.registration.stream:
-            kind = "a stream: use Peer.stream()" if not call.stream else "not a stream"
-            msg = f"method {call.method!r} is {kind}"
-            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
-        try:
-            body = unpack_body(call.body)
-        except ProtocolError as exc:
-            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
-        request = Request(
-            method=call.method,
-            body=body,
-            peer_id=inbound.peer_id,
-            order_key=call.order_key,
-            headers=call.headers or {},
-        )
         timeout = _earliest(self._execute_timeout, call.timeout)
+        deadline = None
+        if timeout is not None:  # one shared timer, not a timeout context per call
+            inbound.task = asyncio.current_task()
+            deadline = self._deadlines.add(timeout, _expire, inbound)
         try:
-            async with asyncio.timeout(timeout) as deadline:
-                if call.stream:
-                    return await self._produce(inbound, request)
-                result = await inbound.registration.handler(request)
-        except TimeoutError as exc:
-            if deadline.expired():
-                return m.Cancelled(id=call.id, reason=f"execute timeout of {timeout} s passed")
-            return m.Failure.from_exception(call.id, exc)
+            if call.stream:
+                return await self._produce(inbound, request)
+            result = await inbound.registration.handler(request)
+        except asyncio.CancelledError:
+            if not inbound.expired or inbound.task.uncancel():  # type: ignore[union-attr]
+                raise  # cancelled for another reason too
+            return m.Cancelled(id=call.id, reason=f"execute timeout of {timeout} s passed")
         except _UnencodableItem as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"stream item: {exc}")
         except Exception as exc:
             return m.Failure.from_exception(call.id, exc)
+        finally:
+            inbound.task = None  # from here on, the deadline can cancel nothing
+            if deadline is not None:
+                self._deadlines.discard(deadline)
         try:
             return m.Result(id=call.id, body=pack_body(result))
         except TypeError as exc:
@@ -348,6 +348,33 @@ class Dispatcher:
 
 class _UnencodableItem(Exception):
     """A stream handler yielded something msgpack cannot carry."""
+
+
+def _request(inbound: _Inbound) -> Request | m.Error:
+    """The handler's ``Request`` for ``inbound``, or the error that answers it instead."""
+    call = inbound.call
+    if call.stream != inbound.registration.stream:
+        kind = "a stream: use Peer.stream()" if not call.stream else "not a stream"
+        msg = f"method {call.method!r} is {kind}"
+        return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
+    try:
+        body = unpack_body(call.body)
+    except ProtocolError as exc:
+        return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
+    return Request(
+        method=call.method,
+        body=body,
+        peer_id=inbound.peer_id,
+        order_key=call.order_key,
+        headers=call.headers or {},
+    )
+
+
+def _expire(inbound: _Inbound) -> None:
+    """The execute timeout of ``inbound`` passed: cancel its handler if it still runs."""
+    if inbound.task is not None:
+        inbound.expired = True
+        inbound.task.cancel()
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

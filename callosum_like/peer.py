@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from .addresses import AddressLike, TCPAddress, parse_address
+from .deadlines import Deadlines
 from .dispatch import Dispatcher
 from .errors import (
     AuthenticationError,
@@ -187,6 +188,7 @@ class Peer:
             execute_timeout=self._execute_timeout,
         )
         self._counters = Counters()
+        self._deadlines = Deadlines()  # the timeouts of our calls
         self._links: dict[bytes, Link] = {}  # by transport key
         self._by_identity: dict[str, Link] = {}  # open links, bound side
         self._peer_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -520,6 +522,7 @@ class Peer:
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.cancel()
         await self._stop_tasks()
+        self._deadlines.clear()
         if self._connection is not None:
             await self._connection.aclose()
         self._end_links()
@@ -609,19 +612,17 @@ class Peer:
         future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
         link.pending[msg.id] = future
         self._counters.calls_out += 1
+        deadline = None
         try:
             try:
                 await self._send(link, msg)
             except BaseException:
                 link.session.call_input(msg.id, CallInput.REPLY)  # it never left: forget it
                 raise
-            if timeout is None:  # no timeout context to enter and leave on every call
-                return await future
-            async with asyncio.timeout(timeout) as deadline:
-                return await future
-        except TimeoutError:
-            if timeout is None or not deadline.expired():
-                raise
+            if timeout is not None:  # one shared timer, not a timeout context per call
+                deadline = self._deadlines.add(timeout, _expire, future)
+            return await future
+        except _Expired:
             self._abandon(link, msg.id)
             self._counters.count_error(RPCTimeoutError.__name__)
             raise RPCTimeoutError(f"{msg.method!r} took longer than {timeout} s") from None
@@ -630,6 +631,8 @@ class Peer:
             self._counters.count_error("CancelledError")
             raise
         finally:
+            if deadline is not None:
+                self._deadlines.discard(deadline)
             link.pending.pop(msg.id, None)
 
     def _abandon(self, link: Link, call_id: int) -> None:
@@ -896,6 +899,15 @@ class Peer:
             await self._connection.disconnect(link.key)  # type: ignore[union-attr]
         elif link.session.is_open and link.session.ping_due(now):
             await self._send_quietly(link, m.Ping())
+
+
+class _Expired(Exception):
+    """A call's timeout passed before its reply came (set on the call's future)."""
+
+
+def _expire(future: asyncio.Future[m.Message]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 def _outcome(reply: m.Message) -> Body:
