@@ -7,9 +7,11 @@ puts ``Connected``, ``Received`` and finally ``Disconnected`` into the endpoint'
 ``EventQueue``; a full queue stops the readers and TCP flow control pushes back on the
 senders. A framing violation (an oversized frame, a bad count) closes that connection only.
 
-Writes go out with ``writelines`` (no copy of large frames); a sender waits for ``drain``
-only once the socket's write buffer is past its high-water mark, so small messages cost no
-extra await.
+Writes: the messages of one loop iteration go out in one ``write`` (or one ``writelines``
+when large frames are among them, which are not copied); a sender waits for ``drain`` only
+once that batch or the socket's write buffer is past its high-water mark, so small messages
+cost no extra await. Reads feed a ``FrameDecoder``, which parses whole messages straight out
+of each chunk read.
 
 An optional ``ssl.SSLContext`` encrypts every connection (server and client side).
 """
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..addresses import Address, TCPAddress
 from ..errors import PeerClosedError, PeerDisconnectedError, ProtocolError
-from ..wire.framing import FrameDecoder, encode_message
+from ..wire.framing import FrameDecoder, FrameEncoder
 from .base import (
     CONNECTED_KEY,
     Connected,
@@ -49,40 +51,51 @@ log = logging.getLogger(__name__)
 READ_SIZE: Final = 256 * 1024
 #: Write-buffer size above which a sender waits for the socket to drain.
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
+#: Frames from this size on are written without a copy; smaller ones are copied into the
+#: batch's one buffer, which costs less than one more item for ``writelines``.
+COPY_LIMIT: Final = 16 * 1024
 
 
 class _Stream:
     """One TCP connection: its writer, its reader task, and its write batch.
 
-    Messages sent within one loop iteration are joined into one ``writelines`` at the end of
-    it (one system call instead of one per message); a lone message leaves on the very next
-    turn of the loop, so batching adds no waiting.
+    Messages sent within one loop iteration go out in one write at the end of it (one
+    system call instead of one per message); a lone message leaves on the very next turn of
+    the loop, so batching adds no waiting. The ``FrameEncoder`` copies small frames into one
+    buffer and passes frames of ``COPY_LIMIT`` bytes or more through without a copy.
     """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.task: asyncio.Task[Any] | None = None
-        self._batch: list[bytes | memoryview] = []
+        self._transport = writer.transport
+        self._batch = FrameEncoder(COPY_LIMIT)
         self._loop = asyncio.get_running_loop()
 
     async def send(self, frames: Sequence[Frame]) -> None:
-        writer = self.writer
-        if writer.is_closing():
+        if self._transport.is_closing():
             raise PeerDisconnectedError("the TCP connection is closed")
-        if not self._batch:
+        batch = self._batch
+        if not batch:
             self._loop.call_soon(self._flush)
-        self._batch.extend(encode_message(frames))
-        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+        batch.add(frames)
+        if len(batch) > WRITE_HIGH_WATER or (
+            self._transport.get_write_buffer_size() > WRITE_HIGH_WATER
+        ):
             self._flush()
             try:
-                await writer.drain()
+                await self.writer.drain()
             except ConnectionError as exc:
                 raise PeerDisconnectedError(f"the TCP connection broke: {exc}") from None
 
     def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        if batch and not self.writer.is_closing():
-            self.writer.writelines(batch)
+        pieces = self._batch.data_to_send()
+        if not pieces or self._transport.is_closing():
+            return
+        if len(pieces) == 1:
+            self._transport.write(pieces[0])
+        else:
+            self._transport.writelines(pieces)
 
     def close(self) -> None:
         self._flush()
@@ -109,9 +122,11 @@ class _TCPConnection(Connection):
         reason = "closed by the remote"
         try:
             await self._events.put(Connected(key))
+            events = self._events
             while data := await reader.read(READ_SIZE):
                 for frames in decoder.feed(data):
-                    await self._events.put(Received(key, frames))
+                    if not events.offer(Received(key, frames)):
+                        await events.wait_space()
         except ProtocolError as exc:
             reason = f"framing error: {exc}"
             log.warning("closing TCP connection %r: %s", key, reason)

@@ -326,7 +326,7 @@ class _ZeroMQConnection(Connection):
     def _on_message(self, parts: list[Any]) -> bool:
         raise NotImplementedError
 
-    def _messages(self, parts: list[bytes]) -> list[list[bytes]]:
+    def _messages(self, parts: list[Frame]) -> list[list[Frame]]:
         """The messages in one ZeroMQ message (routing id removed): one, a batch, or none."""
         if parts[0]:
             return [] if self._oversize(parts) else [parts]
@@ -340,19 +340,19 @@ class _ZeroMQConnection(Connection):
             return [] if self._oversize(parts[2:]) else [parts[2:]]
         return self._drop("a bad envelope")
 
-    def _drop(self, reason: str) -> list[list[bytes]]:
+    def _drop(self, reason: str) -> list[list[Frame]]:
         self.dropped_messages += 1
         log.warning("dropped %s", reason)
         return []
 
-    def _oversize(self, parts: list[bytes]) -> bool:
+    def _oversize(self, parts: Sequence[Frame]) -> bool:
         """Our ``MAXMSGSIZE`` admits whole batches, and inproc:// bypasses it: check here."""
         if any(len(p) > self._max_frame_size for p in parts):
             self._drop(f"a message with a frame over {self._max_frame_size} bytes")
             return True
         return False
 
-    def _offer(self, key: bytes, messages: list[list[bytes]], user_id: str | None) -> bool:
+    def _offer(self, key: bytes, messages: list[list[Frame]], user_id: str | None) -> bool:
         room = True
         for frames in messages:
             room = self._events.offer(Received(key, frames, user_id))
