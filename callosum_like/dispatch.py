@@ -28,6 +28,7 @@ Only ``peer`` calls this module. Replies leave through the ``send`` callback it 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
@@ -53,6 +54,9 @@ CLOSE_TIMEOUT: Final = 5.0
 
 Reply = m.Result | m.Failure | m.Error | m.Cancelled | m.StreamEnd
 
+#: Packed bodies from this size on are dropped from a call as soon as they are unpacked,
+#: so that the packed and the unpacked body are not both held while the handler runs.
+RELEASE_BODY_SIZE: Final = 64 * 1024
 #: Credit a consumer may hold at once; more is capped, so a hostile Credit cannot overflow.
 MAX_CREDIT: Final = 1 << 20
 SendReply = Callable[[Hashable, m.Message], Awaitable[None]]
@@ -260,12 +264,11 @@ class Dispatcher:
     # -- running ------------------------------------------------------------------------------
 
     async def _run(self, inbound: _Inbound) -> None:
-        call = inbound.call
         try:
             reply = await self._execute(inbound)
         except asyncio.CancelledError:
             if not self._closing:
-                await self._answer(inbound, m.Cancelled(id=call.id, reason="cancelled"))
+                await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="cancelled"))
             raise
         await self._answer(inbound, reply)
 
@@ -361,6 +364,8 @@ def _request(inbound: _Inbound) -> Request | m.Error:
         body = unpack_body(call.body)
     except ProtocolError as exc:
         return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
+    if len(call.body) >= RELEASE_BODY_SIZE:  # unpacked: let the packed copy go now
+        inbound.call = dataclasses.replace(call, body=m.EMPTY_BODY)
     return Request(
         method=call.method,
         body=body,

@@ -691,6 +691,7 @@ class Peer:
             except Exception:
                 log.exception("error while handling %r; the message is dropped", event)
                 self._counters.dropped_messages += 1
+            del event  # do not hold its frames (maybe a large body) until the next one
 
     def _drop(self, reason: str) -> None:
         self._counters.dropped_messages += 1

@@ -98,6 +98,7 @@ BATCH_SIZE: Final = 256 * 1024
 BATCH_MARK: Final = b""
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
+_RCVMORE: Final = int(zmq.RCVMORE)
 _MONITOR_EVENTS: Final = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
@@ -121,6 +122,11 @@ def shared_context() -> zmq.asyncio.Context:
 def _copy(frames: Sequence[Frame]) -> bool:
     # The body, when there is one, is the last and the largest frame.
     return len(frames[-1]) < ZERO_COPY_THRESHOLD
+
+
+def _buffer(frame: zmq.Frame) -> Frame:
+    """A small frame as ``bytes``; a large one as a view of ZeroMQ's own buffer (no copy)."""
+    return frame.buffer if len(frame) >= ZERO_COPY_THRESHOLD else frame.bytes
 
 
 def _bind_endpoint(uri: str) -> str:
@@ -148,9 +154,13 @@ class _Batch:
 
 
 def _plain(route: bytes | None, frames: Sequence[Frame]) -> list[Frame]:
-    """One message as its own ZeroMQ message; an empty first frame is escaped (see above)."""
+    """One message as its own ZeroMQ message.
+
+    It is escaped when its first frame is empty, or when its last frame is large: the
+    receiver then takes its frames without a copy (see above).
+    """
     prefix: list[Frame] = [] if route is None else [route]
-    if not frames[0]:
+    if not frames[0] or len(frames[-1]) >= ZERO_COPY_THRESHOLD:
         prefix += [BATCH_MARK, BATCH_MARK]
     return [*prefix, *frames]
 
@@ -161,7 +171,9 @@ class _SocketDriver:
     Args:
         sock: The socket; the driver closes it.
         on_message: Called with each received message; returns False to pause reading.
-        copy: Receive frames as ``bytes`` (True) or as ``zmq.Frame`` (False).
+        copy: Receive frames as ``bytes`` (True; the frames of an escaped message as
+            buffers, without a copy) or as ``zmq.Frame`` (False).
+        routed: The socket is a ROUTER: a routing id precedes each message.
     """
 
     def __init__(
@@ -170,8 +182,10 @@ class _SocketDriver:
         on_message: Callable[[list[Any]], bool],
         *,
         copy: bool = True,
+        routed: bool = False,
     ) -> None:
         self._sock = sock
+        self._escape_at = 1 if routed else 0
         self._fd = sock.FD
         self._on_message = on_message
         self._copy = copy
@@ -206,10 +220,10 @@ class _SocketDriver:
             self._drain()
 
     def _drain(self) -> None:
-        recv = self._sock.recv_multipart
+        recv = self._recv if self._copy else self._recv_frames
         for _ in range(RECV_BATCH):
             try:
-                parts = recv(zmq.NOBLOCK, copy=self._copy)
+                parts = recv()
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -219,6 +233,25 @@ class _SocketDriver:
                 self._reading = False
                 return
         self._schedule()  # more may be waiting: come back after others had their turn
+
+    def _recv(self) -> list[Frame]:
+        """One ZeroMQ message; after an escape (two empty frames) the rest without a copy.
+
+        Raises:
+            zmq.Again: Nothing to receive.
+        """
+        recv, getsockopt = self._sock.recv, self._sock.getsockopt
+        parts: list[Frame] = [recv(zmq.NOBLOCK)]
+        escaped, copy = self._escape_at + 2, True
+        while getsockopt(_RCVMORE):
+            if copy and len(parts) == escaped and not parts[-1] and not parts[-2]:
+                copy = False
+            parts.append(recv(0) if copy else _buffer(recv(0, copy=False)))
+        return parts
+
+    def _recv_frames(self) -> list[Any]:
+        """One ZeroMQ message as ``zmq.Frame`` objects (for their properties)."""
+        return self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
 
     def resume_reading(self) -> None:
         """The consumer made room: read again."""
@@ -314,7 +347,9 @@ class _ZeroMQConnection(Connection):
         self._closed = False
         self._zap_domain: str | None = None
         self._context = sock.context
-        self._driver = _SocketDriver(sock, self._on_message, copy=self._copy_frames)
+        self._driver = _SocketDriver(
+            sock, self._on_message, copy=self._copy_frames, routed=self.bound
+        )
 
     _copy_frames = True
 
@@ -410,7 +445,7 @@ class _Router(_ZeroMQConnection):
         if not self._copy_frames:
             value = parts[-1].get("User-Id")
             user_id = str(value) if value else None
-            parts = [p.bytes for p in parts]
+            parts = [_buffer(p) for p in parts]
         key = parts[0]
         if key not in self._known:
             self._known.add(key)

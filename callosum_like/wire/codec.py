@@ -55,6 +55,10 @@ COMPRESS_PROBE_SIZE: Final = 16 * 1024
 COMPRESS_MIN_GAIN: Final = 0.9
 
 _KNOWN_FLAGS: Final = FLAG_COMPRESSED
+#: ``bytes`` bodies from this size on are packed by ``pack_body`` itself (msgpack's bin 32).
+_DIRECT_BIN: Final = 1 << 16
+_MAX_BIN: Final = 2**32 - 1
+_BIN32: Final = b"\xc6"
 
 _OptStr = (str, type(None))
 _OptNum = (float, int, type(None))
@@ -138,6 +142,10 @@ def pack_body(value: Any) -> bytes:
     Raises:
         TypeError: ``value`` holds something msgpack cannot represent.
     """
+    if type(value) is bytes and _DIRECT_BIN <= len(value) <= _MAX_BIN:
+        # What msgpack writes (bin 32), in one copy: msgpack.packb would copy the bytes
+        # into its own buffer (grown to twice their size) and then copy that buffer out.
+        return _BIN32 + len(value).to_bytes(4, "big") + value
     try:
         packed: bytes = msgpack.packb(value, use_bin_type=True)
         return packed
@@ -205,7 +213,9 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
         max_body_size: The largest body accepted, before and after decompression.
 
     Returns:
-        The message, with every field of the type its class declares.
+        The message, with every field of the type its class declares, except that an
+        uncompressed body is the body frame itself (not copied): ``bytes``, or the
+        ``bytearray``/``memoryview`` a transport received a large frame into.
 
     Raises:
         OversizeBodyError: The body is over ``max_body_size``.
@@ -270,7 +280,7 @@ def _decode_body(frame: Frame, flags: int, max_body_size: int) -> bytes:
     if len(frame) > max_body_size:
         raise OversizeBodyError(m.Ping(), len(frame))
     if not flags & FLAG_COMPRESSED:
-        return bytes(frame)
+        return frame  # type: ignore[return-value]  # a buffer the transport handed over: no copy
     try:
         size = cramjam.snappy.decompress_raw_len(frame)
     except Exception as exc:
