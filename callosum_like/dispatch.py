@@ -228,7 +228,10 @@ class Dispatcher:
         if call.stream:
             inbound.credit = _Credit(m.STREAM_WINDOW)
         self._inflight[link, call.id] = inbound
-        await self._admit(inbound)
+        if ordering is Ordering.UNORDERED:  # the common case: straight to the scheduler
+            inbound.job = await self._scheduler.spawn(self._run(inbound))  # type: ignore[union-attr]
+        else:
+            await self._admit(inbound)
 
     async def _admit(self, inbound: _Inbound) -> None:
         if inbound.ordering is Ordering.ORDERED:

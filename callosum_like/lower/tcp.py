@@ -72,21 +72,26 @@ class _Stream:
         self._batch = FrameEncoder(COPY_LIMIT)
         self._loop = asyncio.get_running_loop()
 
-    async def send(self, frames: Sequence[Frame]) -> None:
+    def queue(self, frames: Sequence[Frame]) -> bool:
+        """Add one message to the batch; return whether the sender must ``drain()`` now."""
         if self._transport.is_closing():
             raise PeerDisconnectedError("the TCP connection is closed")
         batch = self._batch
         if not batch:
             self._loop.call_soon(self._flush)
         batch.add(frames)
-        if len(batch) > WRITE_HIGH_WATER or (
-            self._transport.get_write_buffer_size() > WRITE_HIGH_WATER
-        ):
-            self._flush()
-            try:
-                await self.writer.drain()
-            except ConnectionError as exc:
-                raise PeerDisconnectedError(f"the TCP connection broke: {exc}") from None
+        return (
+            len(batch) > WRITE_HIGH_WATER
+            or self._transport.get_write_buffer_size() > WRITE_HIGH_WATER
+        )
+
+    async def drain(self) -> None:
+        """Write the batch now and wait until the socket's buffer is below its mark."""
+        self._flush()
+        try:
+            await self.writer.drain()
+        except ConnectionError as exc:
+            raise PeerDisconnectedError(f"the TCP connection broke: {exc}") from None
 
     def _flush(self) -> None:
         pieces = self._batch.data_to_send()
@@ -148,7 +153,8 @@ class _TCPConnection(Connection):
         stream = self._streams.get(to if self.bound else CONNECTED_KEY)  # type: ignore[arg-type]
         if stream is None:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
-        await stream.send(frames)
+        if stream.queue(frames):  # no coroutine per message unless the socket pushes back
+            await stream.drain()
 
     async def disconnect(self, peer: bytes) -> None:
         """See ``Connection.disconnect``."""

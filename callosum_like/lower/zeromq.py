@@ -274,16 +274,19 @@ class _SocketDriver:
             self._space = None
         self._schedule()
 
-    async def send(self, frames: Sequence[Frame], route: bytes | None = None) -> None:
+    def send_nowait(self, frames: Sequence[Frame], route: bytes | None = None) -> bool:
         """Send now if nothing is queued and the socket can take it, else batch or queue it.
 
         The first message of a loop iteration leaves at once; the small ones that follow in
-        the same iteration wait for its end and leave together, packed into one batch. A
-        sender waits only when the queue holds ``SEND_QUEUE_SIZE`` ZeroMQ messages.
+        the same iteration wait for its end and leave together, packed into one batch.
 
         Args:
             frames: The message.
             route: The routing id to prefix (ROUTER), or ``None``.
+
+        Returns:
+            Whether the queue holds ``SEND_QUEUE_SIZE`` ZeroMQ messages: then the sender
+            must ``await wait_room()``.
 
         Raises:
             zmq.ZMQError: The socket refused the message (e.g. ``EHOSTUNREACH``).
@@ -299,9 +302,13 @@ class _SocketDriver:
             else:
                 self._holding = True
                 self._schedule()  # ends the batching, and the send may have eaten the FD's edge
-                return
+                return False
         self._enqueue(frames, route)
         self._schedule()
+        return len(self._outbox) >= SEND_QUEUE_SIZE
+
+    async def wait_room(self) -> None:
+        """Wait until the queue is below half of ``SEND_QUEUE_SIZE`` (or the driver closed)."""
         while len(self._outbox) >= SEND_QUEUE_SIZE and not self._closed:
             if self._space is None:
                 self._space = self._loop.create_future()
@@ -403,7 +410,10 @@ class _ZeroMQConnection(Connection):
         if self._closed:
             raise PeerClosedError("connection closed")
         try:
-            await self._driver.send(frames, route)
+            if self._driver.send_nowait(
+                frames, route
+            ):  # no coroutine per message unless it must wait
+                await self._driver.wait_room()
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise PeerDisconnectedError("the remote is not connected") from None
