@@ -7,10 +7,11 @@ puts ``Connected``, ``Received`` and finally ``Disconnected`` into the endpoint'
 ``EventQueue``; a full queue stops the readers and TCP flow control pushes back on the
 senders. A framing violation (an oversized frame, a bad count) closes that connection only.
 
-Writes: the messages of one loop iteration go out in one ``write`` (or one ``writelines``
-when large frames are among them, which are not copied); a sender waits for ``drain`` only
-once that batch or the socket's write buffer is past its high-water mark, so small messages
-cost no extra await. Reads feed a ``FrameDecoder``, which parses whole messages straight out
+Writes: the first message of a loop iteration is written at once; the rest of the
+iteration's messages go out together in one ``write`` at its end (one ``writelines`` when
+large frames are among them, which are not copied). A sender waits for ``drain`` only once
+that batch or the socket's write buffer is past its high-water mark, so small messages cost
+no extra await. Reads feed a ``FrameDecoder``, which parses whole messages straight out
 of each chunk read.
 
 An optional ``ssl.SSLContext`` encrypts every connection (server and client side).
@@ -59,10 +60,11 @@ COPY_LIMIT: Final = 16 * 1024
 class _Stream:
     """One TCP connection: its writer, its reader task, and its write batch.
 
-    Messages sent within one loop iteration go out in one write at the end of it (one
-    system call instead of one per message); a lone message leaves on the very next turn of
-    the loop, so batching adds no waiting. The ``FrameEncoder`` copies small frames into one
-    buffer and passes frames of ``COPY_LIMIT`` bytes or more through without a copy.
+    The first message of a loop iteration is written at once, so a lone message waits for
+    nothing; the messages sent after it in the same iteration go out together in one write
+    at the end of it (one system call instead of one per message). The ``FrameEncoder``
+    copies small frames into one buffer and passes frames of ``COPY_LIMIT`` bytes or more
+    through without a copy.
     """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
@@ -70,6 +72,7 @@ class _Stream:
         self.task: asyncio.Task[Any] | None = None
         self._transport = writer.transport
         self._batch = FrameEncoder(COPY_LIMIT)
+        self._holding = False  # a message was written this iteration: batch the rest
         self._loop = asyncio.get_running_loop()
 
     def queue(self, frames: Sequence[Frame]) -> bool:
@@ -77,13 +80,20 @@ class _Stream:
         if self._transport.is_closing():
             raise PeerDisconnectedError("the TCP connection is closed")
         batch = self._batch
-        if not batch:
-            self._loop.call_soon(self._flush)
         batch.add(frames)
+        if not self._holding:  # the first message of this loop iteration leaves at once
+            self._holding = True
+            self._loop.call_soon(self._release)
+            self._flush()
         return (
             len(batch) > WRITE_HIGH_WATER
             or self._transport.get_write_buffer_size() > WRITE_HIGH_WATER
         )
+
+    def _release(self) -> None:
+        """The loop iteration ended: write what was sent after its first message."""
+        self._holding = False
+        self._flush()
 
     async def drain(self) -> None:
         """Write the batch now and wait until the socket's buffer is below its mark."""
