@@ -99,6 +99,9 @@ BATCH_MARK: Final = b""
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
 _RCVMORE: Final = int(zmq.RCVMORE)
+_EVENTS: Final = int(zmq.EVENTS)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_MORE: Final = int(zmq.SNDMORE) | _NOBLOCK
 _MONITOR_EVENTS: Final = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
@@ -185,6 +188,10 @@ class _SocketDriver:
         routed: bool = False,
     ) -> None:
         self._sock = sock
+        # Below pyzmq's sugar (which adds routing_id and group, and converts flag enums).
+        self._send: Callable[[zmq.Socket[Any], Frame, int, bool], object]
+        self._send = zmq.backend.Socket.send  # type: ignore[assignment]
+        self._get: Callable[[int], int] = sock.get  # type: ignore[assignment]
         self._escape_at = 1 if routed else 0
         self._fd = sock.FD
         self._on_message = on_message
@@ -213,7 +220,7 @@ class _SocketDriver:
         if self._batches:
             for route in list(self._batches):
                 self._seal(route)
-        events = int(self._sock.getsockopt(zmq.EVENTS))
+        events = self._get(_EVENTS)
         if events & _POLLOUT and self._outbox:
             self._flush()
         if events & _POLLIN and self._reading:
@@ -232,6 +239,8 @@ class _SocketDriver:
             if not self._on_message(parts):
                 self._reading = False
                 return
+            if not self._get(_EVENTS) & _POLLIN:  # cheaper than the zmq.Again of one more recv
+                return
         self._schedule()  # more may be waiting: come back after others had their turn
 
     def _recv(self) -> list[Frame]:
@@ -240,10 +249,10 @@ class _SocketDriver:
         Raises:
             zmq.Again: Nothing to receive.
         """
-        recv, getsockopt = self._sock.recv, self._sock.getsockopt
-        parts: list[Frame] = [recv(zmq.NOBLOCK)]
+        recv, get = self._sock.recv, self._get
+        parts: list[Frame] = [recv(_NOBLOCK)]
         escaped, copy = self._escape_at + 2, True
-        while getsockopt(_RCVMORE):
+        while get(_RCVMORE):
             if copy and len(parts) == escaped and not parts[-1] and not parts[-2]:
                 copy = False
             parts.append(recv(0) if copy else _buffer(recv(0, copy=False)))
@@ -262,7 +271,7 @@ class _SocketDriver:
         outbox = self._outbox
         while outbox:
             try:
-                self._sock.send_multipart(outbox[0], zmq.NOBLOCK, copy=_copy(outbox[0]))
+                self._send_parts(outbox[0])
             except zmq.Again:
                 break
             except zmq.ZMQError as exc:
@@ -296,7 +305,7 @@ class _SocketDriver:
             raise PeerClosedError("connection closed")
         if not (self._holding or self._outbox or self._batches):
             try:
-                self._sock.send_multipart(_plain(route, frames), zmq.NOBLOCK, copy=_copy(frames))
+                self._send_parts(_plain(route, frames))
             except zmq.Again:
                 pass
             else:
@@ -313,6 +322,17 @@ class _SocketDriver:
             if self._space is None:
                 self._space = self._loop.create_future()
             await asyncio.shield(self._space)
+
+    def _send_parts(self, parts: Sequence[Frame]) -> None:
+        """Send one ZeroMQ message without blocking (all of it, or ``zmq.Again``).
+
+        pyzmq's ``send_multipart`` costs 2.4 us for two small frames, mostly flag enums and
+        checks; this loop over the backend's ``send`` with int flags costs 0.6 us.
+        """
+        send, sock, copy = self._send, self._sock, _copy(parts)
+        for part in parts[:-1]:
+            send(sock, part, _MORE, copy)
+        send(sock, parts[-1], _NOBLOCK, copy)
 
     def _enqueue(self, frames: Sequence[Frame], route: bytes | None) -> None:
         batch = self._batches.get(route)
