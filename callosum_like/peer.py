@@ -28,7 +28,7 @@ import secrets
 from collections.abc import AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 from .addresses import AddressLike, TCPAddress, parse_address
 from .dispatch import Dispatcher
@@ -69,8 +69,19 @@ from .request import Body, Handler, Headers, StreamHandler
 from .session import CallInput, LinkInput, Session
 from .stats import Counters, PeerStatistics
 from .streams import StreamInbox
+from .transfers import DEFAULT_CHUNK_SIZE, OutgoingTransfers, Reassembly, TransferStopped
 from .wire import messages as m
-from .wire.codec import MAX_HEADER_SIZE, OversizeBodyError, decode, encode, pack_body, unpack_body
+from .wire.codec import (
+    MAX_HEADER_SIZE,
+    ChunkedHead,
+    Frame,
+    OversizeBodyError,
+    decode,
+    encode,
+    encode_head,
+    pack_body,
+    unpack_body,
+)
 
 if TYPE_CHECKING:
     from .auth import AbstractClientAuthenticator, AbstractServerAuthenticator
@@ -91,9 +102,14 @@ class Link:
 
     key: bytes
     session: Session
+    incoming: Reassembly
     user_id: str | None = None
     pending: dict[int, asyncio.Future[m.Message]] = field(default_factory=dict)
     streams: dict[int, StreamInbox] = field(default_factory=dict)
+    outgoing: OutgoingTransfers = field(default_factory=OutgoingTransfers)
+    #: Order keys of calls whose chunked body is being sent, and when that is done: a later
+    #: call with the same key waits, so that the remote sees the calls in the order made.
+    bulk_keys: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     @property
     def identity(self) -> str:
@@ -120,6 +136,8 @@ class Peer:
         execute_timeout: Seconds a handler may run before it is cancelled, or ``None``.
         compress: Snappy-compress large bodies we send.
         max_body_size: Largest body in bytes we send or accept.
+        chunk_size: Bodies larger than this many bytes travel in chunks of this size, with
+            other messages interleaved between them.
         heartbeat_interval: Seconds between pings on every link.
         heartbeat_timeout: Seconds of silence after which a remote is considered gone.
         connect_timeout: Seconds ``__aenter__`` of a connecting peer waits for the handshake,
@@ -150,6 +168,7 @@ class Peer:
         execute_timeout: float | None = None,
         compress: bool = True,
         max_body_size: int = 64 * 2**20,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 15.0,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -170,6 +189,8 @@ class Peer:
         _check_count("max_concurrency", max_concurrency)
         _check_count("max_pending", max_pending)
         _check_count("max_body_size", max_body_size)
+        _check_count("chunk_size", chunk_size)
+        self._chunk_size = chunk_size
         self._invoke_timeout = _check_timeout("invoke_timeout", invoke_timeout)
         self._execute_timeout = _check_timeout("execute_timeout", execute_timeout)
         self._connect_timeout = _check_timeout("connect_timeout", connect_timeout)
@@ -507,6 +528,7 @@ class Peer:
         closed = PeerClosedError("the peer was closed")
         for link in self._links.values():
             self._fail_pending(link, closed)
+            link.outgoing.fail(closed)
         await self._dispatcher.aclose()
         for link in list(self._links.values()):
             if link.session.is_open:
@@ -609,15 +631,11 @@ class Peer:
         link.pending[msg.id] = future
         self._counters.calls_out += 1
         try:
-            try:
-                await self._send(link, msg)
-            except BaseException:
-                link.session.call_input(msg.id, CallInput.REPLY)  # it never left: forget it
-                raise
             if timeout is None:  # no timeout context to enter and leave on every call
-                return await future
+                return await self._send_and_wait(link, msg, future)
+            # The timeout covers sending too: a chunked body may take a while to go out.
             async with asyncio.timeout(timeout) as deadline:
-                return await future
+                return await self._send_and_wait(link, msg, future)
         except TimeoutError:
             if timeout is None or not deadline.expired():
                 raise
@@ -630,6 +648,18 @@ class Peer:
             raise
         finally:
             link.pending.pop(msg.id, None)
+
+    async def _send_and_wait(
+        self, link: Link, msg: m.Call, future: asyncio.Future[m.Message]
+    ) -> m.Message:
+        try:
+            await self._send(link, msg)
+        except BaseException:
+            link.session.call_input(msg.id, CallInput.REPLY)  # it never left whole: forget it
+            if future.done() and not future.cancelled():
+                future.exception()  # the link failed it too; the send's error is the one raised
+            raise
+        return await future
 
     def _abandon(self, link: Link, call_id: int) -> None:
         """The caller gave up on ``call_id``: tell the remote to stop it (in the background)."""
@@ -648,9 +678,48 @@ class Peer:
     async def _send(self, link: Link, msg: m.Message) -> None:
         if self._connection is None:
             raise PeerClosedError("the peer is not open")
-        frames = encode(msg, compress=self._compress)
+        kind = type(msg)
+        if kind in _BODY_KINDS:
+            if len(msg.body) > self._chunk_size:  # type: ignore[union-attr]
+                await self._send_chunked(link, msg)
+                return
+            if link.bulk_keys and kind is m.Call:
+                await _after_bulk(link, msg.order_key)  # type: ignore[union-attr]
+        await self._send_frames(link, encode(msg, compress=self._compress))
+
+    async def _send_frames(self, link: Link, frames: list[Frame]) -> None:
+        assert self._connection is not None
         self._counters.bytes_out += sum(len(f) for f in frames)
         await self._connection.send(frames, to=link.key)
+
+    async def _send_chunked(self, link: Link, msg: m.Message) -> None:
+        """Send ``msg`` as a head and chunks, a window of chunks ahead of the receiver."""
+        order_key = msg.order_key if type(msg) is m.Call else None
+        done: asyncio.Future[None] | None = None
+        if order_key is not None:
+            await _after_bulk(link, order_key)
+            done = link.bulk_keys[order_key] = asyncio.get_running_loop().create_future()
+        transfer = await link.outgoing.open()
+        finished = False
+        try:
+            await self._send_frames(link, encode_head(msg, transfer))
+            body = memoryview(msg.body)  # type: ignore[union-attr]
+            step = self._chunk_size
+            for start in range(0, len(body), step):
+                await link.outgoing.take(transfer)
+                part = cast(bytes, body[start : start + step])  # a view: no copy
+                chunk = m.Chunk(transfer=transfer, body=part)
+                await self._send_frames(link, encode(chunk, compress=self._compress))
+            finished = True
+        except TransferStopped:
+            log.info("the remote refused the body of %s", type(msg).__name__)
+        finally:
+            link.outgoing.close(transfer)
+            if not finished and link.session.is_open:
+                self._spawn_background(self._send_quietly(link, m.ChunkAbort(transfer=transfer)))
+            if done is not None:
+                del link.bulk_keys[order_key]  # type: ignore[arg-type]
+                done.set_result(None)
 
     async def _send_reply(self, key: Hashable, reply: m.Message) -> None:
         link = self._links.get(key)  # type: ignore[call-overload]
@@ -712,7 +781,7 @@ class Peer:
             heartbeat_timeout=self._heartbeat_timeout,
             now=now,
         )
-        link = Link(event.peer, session, event.user_id)
+        link = Link(event.peer, session, Reassembly(self._max_body_size), event.user_id)
         self._links[event.peer] = link
         if not self._bound:
             # In the background: a ZeroMQ DEALER holds the send until its security handshake
@@ -736,9 +805,42 @@ class Peer:
         except OversizeBodyError as exc:
             await self._refuse_oversize(link, exc)
             return
-        link.session.receive(msg, asyncio.get_running_loop().time())
+        if type(msg) is ChunkedHead:
+            link.session.receive(msg.message, asyncio.get_running_loop().time())
+            await self._on_chunked_head(link, msg)
+            return
+        link.session.receive(msg, asyncio.get_running_loop().time())  # type: ignore[arg-type]
         handler = self._HANDLERS[type(msg)]
         await handler(self, link, msg)
+
+    async def _on_chunked_head(self, link: Link, head: ChunkedHead) -> None:
+        try:
+            link.incoming.begin(head)
+        except OversizeBodyError as exc:
+            stop = m.ChunkStop(transfer=head.transfer, reason="body exceeds max_body_size")
+            await self._send(link, stop)
+            await self._refuse_oversize(link, exc)
+
+    async def _on_chunk(self, link: Link, msg: m.Chunk) -> None:
+        try:
+            whole = link.incoming.feed(msg)
+        except ProtocolError:
+            await self._send(link, m.ChunkStop(transfer=msg.transfer, reason="bad chunk"))
+            raise
+        if link.incoming.expects(msg.transfer):  # the last chunk needs no ack
+            await self._send(link, m.ChunkAck(transfer=msg.transfer, amount=1))
+        if whole is not None:
+            await self._HANDLERS[type(whole)](self, link, whole)
+
+    async def _on_chunk_ack(self, link: Link, msg: m.ChunkAck) -> None:
+        if not link.outgoing.ack(msg.transfer, msg.amount):
+            self._drop(f"ack of {msg.amount} for transfer {msg.transfer}, which we never sent")
+
+    async def _on_chunk_stop(self, link: Link, msg: m.ChunkStop) -> None:
+        link.outgoing.stop(msg.transfer)  # a transfer that just finished needs nothing
+
+    async def _on_chunk_abort(self, link: Link, msg: m.ChunkAbort) -> None:
+        link.incoming.abort(msg.transfer)  # one we never saw (its head failed) needs nothing
 
     async def _refuse_oversize(self, link: Link, exc: OversizeBodyError) -> None:
         self._drop(f"body of {exc.size} bytes exceeds max_body_size {self._max_body_size}")
@@ -845,6 +947,10 @@ class Peer:
         m.StreamItem: _on_stream_item,
         m.StreamEnd: _on_reply,
         m.Credit: _on_credit,
+        m.Chunk: _on_chunk,
+        m.ChunkAck: _on_chunk_ack,
+        m.ChunkStop: _on_chunk_stop,
+        m.ChunkAbort: _on_chunk_abort,
     }
 
     # -- links ending -----------------------------------------------------------------------------
@@ -858,7 +964,9 @@ class Peer:
             link.session.transition(why)
         if self._by_identity.get(link.identity) is link:
             del self._by_identity[link.identity]
-        self._fail_pending(link, PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}"))
+        lost = PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}")
+        self._fail_pending(link, lost)
+        link.outgoing.fail(lost)
         link.session.forget_calls()
         await self._dispatcher.drop_link(key)
         if self._welcomed is not None and not self._welcomed.done():
@@ -895,6 +1003,16 @@ class Peer:
             await self._connection.disconnect(link.key)  # type: ignore[union-attr]
         elif link.session.is_open and link.session.ping_due(now):
             await self._send_quietly(link, m.Ping())
+
+
+#: The message kinds that carry a body, and so may travel in chunks.
+_BODY_KINDS: Final = frozenset({m.Call, m.Result, m.StreamItem})
+
+
+async def _after_bulk(link: Link, order_key: str | None) -> None:
+    """Wait until no chunked call with ``order_key`` is being sent on ``link``."""
+    while order_key is not None and (pending := link.bulk_keys.get(order_key)) is not None:
+        await asyncio.shield(pending)
 
 
 def _outcome(reply: m.Message) -> Body:

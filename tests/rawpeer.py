@@ -13,7 +13,7 @@ from callosum_like.lower.base import Connection, Received
 from callosum_like.lower.tcp import TCPTransport
 from callosum_like.lower.zeromq import ZeroMQTransport
 from callosum_like.wire import messages as m
-from callosum_like.wire.codec import decode, encode
+from callosum_like.wire.codec import ChunkedHead, decode, encode
 
 from .conftest import connect_address
 
@@ -39,6 +39,11 @@ class RawClient:
         await self.conn.send(frames)
 
     async def receive(self, timeout: float = 5.0) -> m.Message:
+        msg = await self.receive_any(timeout)
+        assert not isinstance(msg, ChunkedHead), msg
+        return msg
+
+    async def receive_any(self, timeout: float = 5.0) -> m.Message | ChunkedHead:
         async with asyncio.timeout(timeout):
             while True:
                 event = await self.conn.receive()

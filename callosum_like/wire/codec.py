@@ -32,8 +32,11 @@ __all__ = [
     "MAX_HEADER_SIZE",
     "COMPRESS_THRESHOLD",
     "FLAG_COMPRESSED",
+    "FLAG_CHUNKED",
     "OversizeBodyError",
+    "ChunkedHead",
     "encode",
+    "encode_head",
     "decode",
     "pack_body",
     "unpack_body",
@@ -49,12 +52,15 @@ MAX_HEADER_SIZE: Final = 1 << 20
 #: call overhead of compressing costs more than the bytes it saves on loopback and LANs.
 COMPRESS_THRESHOLD: Final = 4096
 FLAG_COMPRESSED: Final = 0x01
+#: The message's body follows as ``Chunk`` messages; its header ends with two extra fields,
+#: the transfer id and the body's size (see ``ChunkedHead``).
+FLAG_CHUNKED: Final = 0x02
 #: Bytes of a large body compressed as a sample to decide whether compressing it pays.
 COMPRESS_PROBE_SIZE: Final = 16 * 1024
 #: The sample must shrink to this fraction of its size, or the body is sent as it is.
 COMPRESS_MIN_GAIN: Final = 0.9
 
-_KNOWN_FLAGS: Final = FLAG_COMPRESSED
+_KNOWN_FLAGS: Final = FLAG_COMPRESSED | FLAG_CHUNKED
 
 _OptStr = (str, type(None))
 _OptNum = (float, int, type(None))
@@ -81,6 +87,7 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "message": _Str,
     "reason": _Str,
     "amount": _Int,
+    "transfer": _Int,
 }
 _CLASSES: Final[tuple[type[m.Message], ...]] = (
     m.Hello,
@@ -97,6 +104,10 @@ _CLASSES: Final[tuple[type[m.Message], ...]] = (
     m.StreamItem,
     m.StreamEnd,
     m.Credit,
+    m.Chunk,
+    m.ChunkAck,
+    m.ChunkAbort,
+    m.ChunkStop,
 )
 
 
@@ -116,6 +127,21 @@ def _layout(cls: type[m.Message]) -> _Layout:
 
 _BY_KIND: Final[dict[int, _Layout]] = {int(c.KIND): _layout(c) for c in _CLASSES}
 _BY_CLASS: Final[dict[type, _Layout]] = {lay.cls: lay for lay in _BY_KIND.values()}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkedHead:
+    """The head of a message whose body travels as ``Chunk`` messages of ``transfer``.
+
+    Attributes:
+        message: The message, with an empty body.
+        transfer: The sender's id of the transfer; its ``Chunk`` messages name it.
+        size: The size of the whole (packed, uncompressed) body in bytes.
+    """
+
+    message: m.Message
+    transfer: int
+    size: int
 
 
 class OversizeBodyError(ProtocolError):
@@ -157,7 +183,7 @@ def unpack_body(data: Frame) -> Any:
         raise ProtocolError(f"undecodable body: {exc!r}") from None
 
 
-def encode(msg: m.Message, *, compress: bool = False) -> list[bytes]:
+def encode(msg: m.Message, *, compress: bool = False) -> list[Frame]:
     """Turn a message into frames.
 
     Args:
@@ -174,7 +200,7 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[bytes]:
     header.extend(getattr(msg, name) for name in layout.fields)
     if not layout.has_body:
         return [msgpack.packb(header)]
-    body: bytes = msg.body  # type: ignore[union-attr]
+    body: Frame = msg.body  # type: ignore[union-attr]
     if compress and len(body) >= COMPRESS_THRESHOLD:
         packed = _compress(body)
         if packed is not None:
@@ -183,7 +209,23 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[bytes]:
     return [msgpack.packb(header), body]
 
 
-def _compress(body: bytes) -> bytes | None:
+def encode_head(msg: m.Message, transfer: int) -> list[Frame]:
+    """The one frame that announces ``msg`` with its body to follow as chunks of ``transfer``.
+
+    Args:
+        msg: A message that carries a body (``Call``, ``Result``, ``StreamItem``).
+        transfer: The id its ``Chunk`` messages will carry.
+    """
+    layout = _BY_CLASS[type(msg)]
+    if not layout.has_body or layout.cls is m.Chunk:
+        raise TypeError(f"{type(msg).__name__} has no body to chunk")
+    header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), FLAG_CHUNKED]
+    header.extend(getattr(msg, name) for name in layout.fields)
+    header.extend((transfer, len(msg.body)))  # type: ignore[union-attr]
+    return [msgpack.packb(header)]
+
+
+def _compress(body: Frame) -> bytes | None:
     """Snappy-compress ``body``, or None when that would not make it smaller.
 
     A large body is judged by a sample first: compressing megabytes of already compressed
@@ -197,7 +239,7 @@ def _compress(body: bytes) -> bytes | None:
     return packed if len(packed) < len(body) else None
 
 
-def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
+def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message | ChunkedHead:
     """Turn frames read off the network into a message.
 
     Args:
@@ -205,7 +247,8 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
         max_body_size: The largest body accepted, before and after decompression.
 
     Returns:
-        The message, with every field of the type its class declares.
+        The message, with every field of the type its class declares; or, for the head of a
+        chunked body, a ``ChunkedHead`` (whose size the caller checks as the chunks come).
 
     Raises:
         OversizeBodyError: The body is over ``max_body_size``.
@@ -221,6 +264,8 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
     flags = head[2] if len(head) > 2 else None
     if type(flags) is not int or flags & ~_KNOWN_FLAGS:
         raise ProtocolError(f"bad flags {flags!r}")
+    if flags & FLAG_CHUNKED:
+        return _decode_chunked_head(layout, head, flags, len(frames))
     values = _check_fields(layout, head[3:])
     if layout.has_body != (len(frames) == 2):
         raise ProtocolError(f"{layout.cls.__name__} with {len(frames)} frames")
@@ -232,6 +277,17 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
     except OversizeBodyError as exc:
         raise OversizeBodyError(layout.cls(**values), exc.size) from None
     return layout.cls(**values)
+
+
+def _decode_chunked_head(layout: _Layout, head: list[Any], flags: int, count: int) -> ChunkedHead:
+    if not layout.has_body or layout.cls is m.Chunk or flags != FLAG_CHUNKED or count != 1:
+        raise ProtocolError(f"bad chunked {layout.cls.__name__} (flags {flags}, {count} frames)")
+    *fields, transfer, size = head[3:] or [None]
+    if type(transfer) is not int or type(size) is not int or size < 0:
+        raise ProtocolError(f"bad chunked head: transfer {transfer!r}, size {size!r}")
+    values = _check_fields(layout, fields)
+    values["body"] = b""
+    return ChunkedHead(layout.cls(**values), transfer, size)
 
 
 def _decode_header(frame: Frame) -> list[Any]:

@@ -33,6 +33,10 @@ __all__ = [
     "StreamItem",
     "StreamEnd",
     "Credit",
+    "Chunk",
+    "ChunkAck",
+    "ChunkAbort",
+    "ChunkStop",
     "Message",
     "CallReply",
     "EMPTY_BODY",
@@ -81,6 +85,11 @@ class MessageKind(enum.IntEnum):
     STREAM_ITEM = 12
     STREAM_END = 13
     CREDIT = 14
+    # 15-19 are kept for routing messages; 20-23 carry chunked bodies.
+    CHUNK = 20
+    CHUNK_ACK = 21
+    CHUNK_ABORT = 22
+    CHUNK_STOP = 23
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,6 +259,44 @@ class Credit:
     amount: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chunk:
+    """The next part of the body of chunked ``transfer`` (see ``codec.ChunkedHead``).
+
+    The transfer is complete when its parts add up to the size its head announced.
+    """
+
+    KIND: ClassVar = MessageKind.CHUNK
+    transfer: int
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkAck:
+    """From the receiver of ``transfer``: it took ``amount`` more chunks; send as many more."""
+
+    KIND: ClassVar = MessageKind.CHUNK_ACK
+    transfer: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkAbort:
+    """From the sender of ``transfer``: no more chunks will come; forget what arrived."""
+
+    KIND: ClassVar = MessageKind.CHUNK_ABORT
+    transfer: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkStop:
+    """From the receiver of ``transfer``: it refused the body (too large); stop sending."""
+
+    KIND: ClassVar = MessageKind.CHUNK_STOP
+    transfer: int
+    reason: str = ""
+
+
 Message: TypeAlias = (
     Hello
     | Welcome
@@ -265,6 +312,10 @@ Message: TypeAlias = (
     | StreamItem
     | StreamEnd
     | Credit
+    | Chunk
+    | ChunkAck
+    | ChunkAbort
+    | ChunkStop
 )
 #: The messages that settle a pending call (``StreamEnd`` settles a stream call).
 CallReply: TypeAlias = Result | Failure | Error | Cancelled | StreamEnd

@@ -24,6 +24,7 @@ from callosum_like.wire.codec import (
     COMPRESS_THRESHOLD,
     FLAG_COMPRESSED,
     MAX_HEADER_SIZE,
+    ChunkedHead,
     OversizeBodyError,
     decode,
     encode,
@@ -53,6 +54,10 @@ CLASSES: dict[m.MessageKind, type[Any]] = {
         m.StreamItem,
         m.StreamEnd,
         m.Credit,
+        m.Chunk,
+        m.ChunkAck,
+        m.ChunkAbort,
+        m.ChunkStop,
     )
 }
 BODY_CLASSES = [m.Call, m.Result, m.StreamItem]
@@ -74,6 +79,10 @@ WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
     m.MessageKind.STREAM_ITEM: ("id",),
     m.MessageKind.STREAM_END: ("id",),
     m.MessageKind.CREDIT: ("id", "amount"),
+    m.MessageKind.CHUNK: ("transfer",),
+    m.MessageKind.CHUNK_ACK: ("transfer", "amount"),
+    m.MessageKind.CHUNK_ABORT: ("transfer",),
+    m.MessageKind.CHUNK_STOP: ("transfer", "reason"),
 }
 
 SAMPLES: dict[type[Any], m.Message] = {
@@ -99,6 +108,10 @@ SAMPLES: dict[type[Any], m.Message] = {
     m.StreamItem: m.StreamItem(id=42, body=pack_body("item")),
     m.StreamEnd: m.StreamEnd(id=42),
     m.Credit: m.Credit(id=42, amount=8),
+    m.Chunk: m.Chunk(transfer=7, body=b"\x00" * 100),
+    m.ChunkAck: m.ChunkAck(transfer=7, amount=1),
+    m.ChunkAbort: m.ChunkAbort(transfer=7),
+    m.ChunkStop: m.ChunkStop(transfer=7, reason="too large"),
 }
 
 # -- strategies -------------------------------------------------------------------------------
@@ -145,6 +158,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "id": INT64,
     "code": INT64,
     "amount": INT64,
+    "transfer": INT64,
     "order_key": st.none() | TEXT,
     "headers": st.none() | st.dictionaries(TEXT, TEXT | st.binary(max_size=20), max_size=4),
     # Timeouts are non-negative seconds (``invoke`` refuses others); inf means no limit.
@@ -212,7 +226,7 @@ _STR = (str,)
 DECLARED: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(["identity", "assigned", "method", "name", "repr", "traceback"], _STR),
     **dict.fromkeys(["message", "reason"], _STR),
-    **dict.fromkeys(["max_body_size", "id", "code", "amount"], (int,)),
+    **dict.fromkeys(["max_body_size", "id", "code", "amount", "transfer"], (int,)),
     "order_key": (str, type(None)),
     "headers": (dict, type(None)),
     "timeout": (float, int, type(None)),
@@ -221,7 +235,13 @@ DECLARED: dict[str, tuple[type, ...]] = {
 }
 
 
-def assert_well_typed(msg: m.Message) -> None:
+def assert_well_typed(msg: m.Message | ChunkedHead) -> None:
+    if isinstance(msg, ChunkedHead):
+        assert type(msg.transfer) is int
+        assert type(msg.size) is int
+        assert msg.size >= 0
+        assert type(msg.message) in BODY_CLASSES
+        msg = msg.message
     assert type(msg) in CLASSES.values()
     for f in dataclasses.fields(msg):
         value = getattr(msg, f.name)
@@ -232,7 +252,9 @@ def assert_well_typed(msg: m.Message) -> None:
         assert type(value) in (str, bytes)
 
 
-def decode_outcome(frames: list[Any], max_body_size: int = BIG) -> m.Message | Exception:
+def decode_outcome(
+    frames: list[Any], max_body_size: int = BIG
+) -> m.Message | ChunkedHead | Exception:
     """Decode, returning the exception instead of raising it."""
     try:
         return decode(frames, max_body_size=max_body_size)
@@ -276,6 +298,10 @@ def test_kind_codes_and_version_are_pinned() -> None:
         ("STREAM_ITEM", 12),
         ("STREAM_END", 13),
         ("CREDIT", 14),
+        ("CHUNK", 20),
+        ("CHUNK_ACK", 21),
+        ("CHUNK_ABORT", 22),
+        ("CHUNK_STOP", 23),
     ]
 
 
@@ -292,7 +318,7 @@ def test_header_is_version_kind_flags_then_fields_in_order(cls: type[Any]) -> No
         0,
         *(getattr(msg, name) for name in WIRE_FIELDS[cls.KIND]),
     ]
-    assert len(frames) == (2 if cls in BODY_CLASSES else 1)
+    assert len(frames) == (2 if cls in [*BODY_CLASSES, m.Chunk] else 1)
 
 
 def test_call_bytes_are_pinned() -> None:
@@ -561,7 +587,7 @@ _BAD_INT = ["1", 1.0, None, True, False, b"\x01", [1], {}]
 _BAD_STR = [b"x", 1, 1.5, None, True, ["x"], {}]
 #: Values of the wrong type for each field (bool is not an int on the wire).
 WRONG_VALUES: dict[str, list[Any]] = {
-    **dict.fromkeys(["max_body_size", "id", "code", "amount"], _BAD_INT),
+    **dict.fromkeys(["max_body_size", "id", "code", "amount", "transfer"], _BAD_INT),
     **dict.fromkeys(["identity", "assigned", "method", "name", "repr", "traceback"], _BAD_STR),
     **dict.fromkeys(["message", "reason"], _BAD_STR),
     "order_key": [b"x", 1, True, ["x"], {}],
