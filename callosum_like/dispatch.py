@@ -39,6 +39,7 @@ import aiojobs
 from .errors import ErrorCode, ProtocolError
 from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
+from .streams import CreditWindow, StreamInbox, UploadBody
 from .wire import messages as m
 from .wire.codec import pack_body, unpack_body
 
@@ -52,8 +53,6 @@ CLOSE_TIMEOUT: Final = 5.0
 
 Reply = m.Result | m.Failure | m.Error | m.Cancelled | m.StreamEnd
 
-#: Credit a consumer may hold at once; more is capped, so a hostile Credit cannot overflow.
-MAX_CREDIT: Final = 1 << 20
 SendReply = Callable[[Hashable, m.Message], Awaitable[None]]
 
 
@@ -64,24 +63,6 @@ class Registration:
     handler: Handler
     ordering: Ordering | None
     stream: bool = False
-
-
-class _Credit:
-    """How many stream items the consumer can take now."""
-
-    def __init__(self, initial: int) -> None:
-        self.available = initial
-        self._granted = asyncio.Event()
-
-    def grant(self, amount: int) -> None:
-        self.available = min(self.available + amount, MAX_CREDIT)
-        self._granted.set()
-
-    async def take(self) -> None:
-        while self.available <= 0:
-            self._granted.clear()
-            await self._granted.wait()
-        self.available -= 1
 
 
 @dataclass(eq=False, slots=True)
@@ -97,7 +78,8 @@ class _Inbound:
     job: aiojobs.Job[None] | None = None
     answered: bool = False
     silent: bool = False  # its link is gone: do the bookkeeping, send nothing
-    credit: _Credit | None = None  # stream calls only
+    credit: CreditWindow | None = None  # stream calls only
+    upload: StreamInbox | None = None  # calls with a streamed body only
 
     @property
     def order_key(self) -> Hashable:
@@ -217,7 +199,9 @@ class Dispatcher:
             ordering = Ordering.UNORDERED
         inbound = _Inbound(link, call, peer_id, registration, ordering)
         if call.stream:
-            inbound.credit = _Credit(m.STREAM_WINDOW)
+            inbound.credit = CreditWindow(m.STREAM_WINDOW)
+        if call.upload:
+            inbound.upload = StreamInbox(m.STREAM_WINDOW, m.UploadCredit)
         self._inflight[link, call.id] = inbound
         await self._admit(inbound)
 
@@ -240,6 +224,19 @@ class Dispatcher:
         if inbound is None or inbound.credit is None or amount < 1:
             return  # the stream ended meanwhile, or a meaningless grant
         inbound.credit.grant(amount)
+
+    def upload(self, link: Hashable, msg: m.UploadItem | m.UploadEnd) -> bool | None:
+        """An item (or the end) of the streamed body of call ``msg.id``.
+
+        Returns:
+            True when queued for the handler; False when it exceeds the credit granted or
+            follows the end; None when the call is over (items in flight after the handler
+            returned are expected, and ignored).
+        """
+        inbound = self._inflight.get((link, msg.id))
+        if inbound is None or inbound.upload is None:
+            return None
+        return inbound.upload.put(msg)
 
     async def cancel(self, link: Hashable, call_id: int) -> None:
         """The caller abandoned ``call_id``: stop it and answer ``Cancelled``."""
@@ -271,7 +268,7 @@ class Dispatcher:
             msg = f"method {call.method!r} is {kind}"
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
         try:
-            body = unpack_body(call.body)
+            body = self._body_of(inbound)
         except ProtocolError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
         request = Request(
@@ -299,6 +296,17 @@ class Dispatcher:
             return m.Result(id=call.id, body=pack_body(result))
         except TypeError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
+
+    def _body_of(self, inbound: _Inbound) -> Any:
+        if inbound.upload is None:
+            return unpack_body(inbound.call.body)
+        link = inbound.link
+
+        async def send_credit(msg: m.Message) -> None:
+            if not inbound.silent:
+                await self._send(link, msg)
+
+        return UploadBody(inbound.call.id, inbound.upload, send_credit, unpack_body)
 
     async def _produce(self, inbound: _Inbound, request: Request) -> Reply:
         """Run a stream handler, sending each item as the consumer's credit allows."""

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Hashable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, cast
@@ -68,7 +68,7 @@ from .ordering import Ordering
 from .request import Body, Handler, Headers, StreamHandler
 from .session import CallInput, LinkInput, Session
 from .stats import Counters, PeerStatistics
-from .streams import StreamInbox
+from .streams import CreditWindow, StreamInbox
 from .transfers import DEFAULT_CHUNK_SIZE, OutgoingTransfers, Reassembly, TransferStopped
 from .wire import messages as m
 from .wire.codec import (
@@ -106,6 +106,7 @@ class Link:
     user_id: str | None = None
     pending: dict[int, asyncio.Future[m.Message]] = field(default_factory=dict)
     streams: dict[int, StreamInbox] = field(default_factory=dict)
+    uploads: dict[int, CreditWindow] = field(default_factory=dict)  # our streamed bodies
     outgoing: OutgoingTransfers = field(default_factory=OutgoingTransfers)
     #: Order keys of calls whose chunked body is being sent, and when that is done: a later
     #: call with the same key waits, so that the remote sees the calls in the order made.
@@ -148,6 +149,10 @@ class Peer:
         ValueError: An argument has a wrong value (both or neither of ``bind``/``connect``,
             a negative timeout, ...).
     """
+
+    #: Items of a streamed body (``invoke`` of an async iterable) that may run ahead of the
+    #: handler reading them.
+    UPLOAD_WINDOW: Final = m.STREAM_WINDOW
 
     def __repr__(self) -> str:
         side = "bind" if self._bound else "connect"
@@ -327,7 +332,9 @@ class Peer:
 
         Args:
             method: The remote method name.
-            body: Any msgpack value.
+            body: Any msgpack value; or an async iterable of msgpack values, streamed to
+                the handler (which reads ``request.body`` with ``async for``) with flow
+                control: at most a window of items runs ahead of the handler.
             order_key: Calls with the same key are ordered by the remote's ordering.
             to: On the bound side, the identity of the remote to call.
             timeout: Seconds to wait (default ``invoke_timeout``); then the remote handler is
@@ -346,14 +353,27 @@ class Peer:
             RPCCancelledError: The remote cancelled the call.
             PeerDisconnectedError: The remote went away.
             PeerClosedError: This peer is (or got) closed.
-            MessageTooLargeError: ``body`` exceeds ``max_body_size`` (nothing was sent).
+            MessageTooLargeError: ``body`` (or an item of a streamed body) exceeds
+                ``max_body_size``.
+            Exception: Whatever a streamed body's iterator raised (the remote handler is
+                cancelled).
             UnknownPeerError: ``to`` names no connected remote.
             TypeError, ValueError: Misused arguments; ``body`` not msgpack-serializable.
 
         Cancellation: cancelling the caller cancels the remote handler.
         """
-        link, msg = self._prepare_call(method, body, order_key, to, timeout, headers, False)
-        reply = await self._await_reply(link, msg, msg.timeout)
+        upload = body if isinstance(body, AsyncIterable) else None
+        link, msg = self._prepare_call(
+            method,
+            None if upload is not None else body,
+            order_key,
+            to,
+            timeout,
+            headers,
+            False,
+            upload,
+        )
+        reply = await self._await_reply(link, msg, msg.timeout, upload)
         try:
             return _outcome(reply)
         except Exception as exc:
@@ -601,6 +621,7 @@ class Peer:
         timeout: float | None,
         headers: Headers | None,
         stream: bool,
+        upload: AsyncIterable[Body] | None = None,
     ) -> tuple[Link, m.Call]:
         """Check a call's arguments, pick its link and build its Call (nothing is sent)."""
         call_timeout = _check_timeout(
@@ -618,6 +639,7 @@ class Peer:
             headers=dict(headers) if headers else None,
             timeout=call_timeout,
             stream=stream,
+            upload=upload is not None,
         )
         return link, msg
 
@@ -626,16 +648,22 @@ class Peer:
         if size > limit:
             raise MessageTooLargeError(f"body of {size} bytes exceeds max_body_size {limit}")
 
-    async def _await_reply(self, link: Link, msg: m.Call, timeout: float | None) -> m.Message:
+    async def _await_reply(
+        self,
+        link: Link,
+        msg: m.Call,
+        timeout: float | None,
+        upload: AsyncIterable[Body] | None = None,
+    ) -> m.Message:
         future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
         link.pending[msg.id] = future
         self._counters.calls_out += 1
         try:
             if timeout is None:  # no timeout context to enter and leave on every call
-                return await self._send_and_wait(link, msg, future)
+                return await self._send_and_wait(link, msg, future, upload)
             # The timeout covers sending too: a chunked body may take a while to go out.
             async with asyncio.timeout(timeout) as deadline:
-                return await self._send_and_wait(link, msg, future)
+                return await self._send_and_wait(link, msg, future, upload)
         except TimeoutError:
             if timeout is None or not deadline.expired():
                 raise
@@ -650,7 +678,11 @@ class Peer:
             link.pending.pop(msg.id, None)
 
     async def _send_and_wait(
-        self, link: Link, msg: m.Call, future: asyncio.Future[m.Message]
+        self,
+        link: Link,
+        msg: m.Call,
+        future: asyncio.Future[m.Message],
+        upload: AsyncIterable[Body] | None = None,
     ) -> m.Message:
         try:
             await self._send(link, msg)
@@ -659,7 +691,41 @@ class Peer:
             if future.done() and not future.cancelled():
                 future.exception()  # the link failed it too; the send's error is the one raised
             raise
-        return await future
+        if upload is None:
+            return await future
+        return await self._upload_and_wait(link, msg.id, future, upload)
+
+    async def _upload_and_wait(
+        self,
+        link: Link,
+        call_id: int,
+        future: asyncio.Future[m.Message],
+        upload: AsyncIterable[Body],
+    ) -> m.Message:
+        """Stream ``upload`` as the body of call ``call_id`` until it ends or a reply comes."""
+        link.uploads[call_id] = CreditWindow(self.UPLOAD_WINDOW)
+        pump = asyncio.ensure_future(self._pump_upload(link, call_id, upload))
+        try:
+            await asyncio.wait((future, pump), return_when=asyncio.FIRST_COMPLETED)
+            if not future.done() and (error := pump.exception()) is not None:
+                self._abandon(link, call_id)  # our iterator failed: stop the handler
+                raise error
+            return await future  # the handler may answer before it read everything
+        finally:
+            link.uploads.pop(call_id, None)
+            if not pump.done():
+                pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+
+    async def _pump_upload(self, link: Link, call_id: int, items: AsyncIterable[Body]) -> None:
+        window = link.uploads[call_id]
+        async for item in items:
+            packed = pack_body(item)
+            self._check_size(link, len(packed))
+            await window.take()
+            await self._send(link, m.UploadItem(id=call_id, body=packed))
+        await self._send(link, m.UploadEnd(id=call_id))
 
     def _abandon(self, link: Link, call_id: int) -> None:
         """The caller gave up on ``call_id``: tell the remote to stop it (in the background)."""
@@ -922,6 +988,15 @@ class Peer:
     async def _on_credit(self, link: Link, msg: m.Credit) -> None:
         self._dispatcher.credit(link.key, msg.id, msg.amount)
 
+    async def _on_upload(self, link: Link, msg: m.UploadItem | m.UploadEnd) -> None:
+        if self._dispatcher.upload(link.key, msg) is False:
+            self._drop(f"upload item for call {msg.id} past its credit or its end")
+
+    async def _on_upload_credit(self, link: Link, msg: m.UploadCredit) -> None:
+        window = link.uploads.get(msg.id)
+        if window is not None and msg.amount >= 1:  # else the upload ended meanwhile
+            window.grant(msg.amount)
+
     async def _on_ping(self, link: Link, msg: m.Ping) -> None:
         await self._send(link, m.Pong())
 
@@ -951,6 +1026,9 @@ class Peer:
         m.ChunkAck: _on_chunk_ack,
         m.ChunkStop: _on_chunk_stop,
         m.ChunkAbort: _on_chunk_abort,
+        m.UploadItem: _on_upload,
+        m.UploadEnd: _on_upload,
+        m.UploadCredit: _on_upload_credit,
     }
 
     # -- links ending -----------------------------------------------------------------------------
@@ -1006,7 +1084,7 @@ class Peer:
 
 
 #: The message kinds that carry a body, and so may travel in chunks.
-_BODY_KINDS: Final = frozenset({m.Call, m.Result, m.StreamItem})
+_BODY_KINDS: Final = frozenset({m.Call, m.Result, m.StreamItem, m.UploadItem})
 
 
 async def _after_bulk(link: Link, order_key: str | None) -> None:

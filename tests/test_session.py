@@ -55,6 +55,9 @@ MESSAGES: dict[m.MessageKind, m.Message] = {
         m.ChunkAck(transfer=1, amount=1),
         m.ChunkAbort(transfer=1),
         m.ChunkStop(transfer=1),
+        m.UploadItem(id=1),
+        m.UploadEnd(id=1),
+        m.UploadCredit(id=1, amount=1),
     )
 }
 

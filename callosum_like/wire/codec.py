@@ -80,6 +80,7 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "headers": _OptDict,
     "timeout": _OptNum,
     "stream": _Bool,
+    "upload": _Bool,
     "name": _Str,
     "repr": _Str,
     "traceback": _Str,
@@ -108,6 +109,9 @@ _CLASSES: Final[tuple[type[m.Message], ...]] = (
     m.ChunkAck,
     m.ChunkAbort,
     m.ChunkStop,
+    m.UploadItem,
+    m.UploadEnd,
+    m.UploadCredit,
 )
 
 

@@ -37,6 +37,9 @@ __all__ = [
     "ChunkAck",
     "ChunkAbort",
     "ChunkStop",
+    "UploadItem",
+    "UploadEnd",
+    "UploadCredit",
     "Message",
     "CallReply",
     "EMPTY_BODY",
@@ -90,6 +93,10 @@ class MessageKind(enum.IntEnum):
     CHUNK_ACK = 21
     CHUNK_ABORT = 22
     CHUNK_STOP = 23
+    # 24-26: the body of a call streamed from the caller (``invoke`` of an async iterable).
+    UPLOAD_ITEM = 24
+    UPLOAD_END = 25
+    UPLOAD_CREDIT = 26
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,6 +142,8 @@ class Call:
         headers: Per-call metadata, or ``None``.
         timeout: Seconds the caller will wait; the callee cancels the handler after it.
         stream: The caller expects a stream of ``StreamItem`` and a ``StreamEnd``.
+        upload: The body follows as ``UploadItem`` messages and an ``UploadEnd``; the
+            handler reads them as an async iterator (``body`` is empty).
     """
 
     KIND: ClassVar = MessageKind.CALL
@@ -145,6 +154,7 @@ class Call:
     headers: dict[str, str | bytes] | None = None
     timeout: float | None = None
     stream: bool = False
+    upload: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -297,6 +307,32 @@ class ChunkStop:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadItem:
+    """From the caller: the next item of the streamed body of its call ``id``."""
+
+    KIND: ClassVar = MessageKind.UPLOAD_ITEM
+    id: int
+    body: bytes = EMPTY_BODY
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadEnd:
+    """From the caller: the streamed body of its call ``id`` is complete."""
+
+    KIND: ClassVar = MessageKind.UPLOAD_END
+    id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadCredit:
+    """From the callee: the handler of call ``id`` took ``amount`` more uploaded items."""
+
+    KIND: ClassVar = MessageKind.UPLOAD_CREDIT
+    id: int
+    amount: int
+
+
 Message: TypeAlias = (
     Hello
     | Welcome
@@ -316,6 +352,9 @@ Message: TypeAlias = (
     | ChunkAck
     | ChunkAbort
     | ChunkStop
+    | UploadItem
+    | UploadEnd
+    | UploadCredit
 )
 #: The messages that settle a pending call (``StreamEnd`` settles a stream call).
 CallReply: TypeAlias = Result | Failure | Error | Cancelled | StreamEnd

@@ -58,16 +58,19 @@ CLASSES: dict[m.MessageKind, type[Any]] = {
         m.ChunkAck,
         m.ChunkAbort,
         m.ChunkStop,
+        m.UploadItem,
+        m.UploadEnd,
+        m.UploadCredit,
     )
 }
-BODY_CLASSES = [m.Call, m.Result, m.StreamItem]
+BODY_CLASSES = [m.Call, m.Result, m.StreamItem, m.UploadItem]
 
 #: The header fields of each kind, in wire order (docs/PROTOCOL.md). Pinned here so that
 #: reordering a dataclass, which silently changes the wire format, fails a test.
 WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
     m.MessageKind.HELLO: ("identity", "max_body_size"),
     m.MessageKind.WELCOME: ("identity", "assigned", "max_body_size"),
-    m.MessageKind.CALL: ("id", "method", "order_key", "headers", "timeout", "stream"),
+    m.MessageKind.CALL: ("id", "method", "order_key", "headers", "timeout", "stream", "upload"),
     m.MessageKind.RESULT: ("id",),
     m.MessageKind.FAILURE: ("id", "name", "repr", "traceback"),
     m.MessageKind.ERROR: ("id", "code", "message"),
@@ -83,6 +86,9 @@ WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
     m.MessageKind.CHUNK_ACK: ("transfer", "amount"),
     m.MessageKind.CHUNK_ABORT: ("transfer",),
     m.MessageKind.CHUNK_STOP: ("transfer", "reason"),
+    m.MessageKind.UPLOAD_ITEM: ("id",),
+    m.MessageKind.UPLOAD_END: ("id",),
+    m.MessageKind.UPLOAD_CREDIT: ("id", "amount"),
 }
 
 SAMPLES: dict[type[Any], m.Message] = {
@@ -112,6 +118,9 @@ SAMPLES: dict[type[Any], m.Message] = {
     m.ChunkAck: m.ChunkAck(transfer=7, amount=1),
     m.ChunkAbort: m.ChunkAbort(transfer=7),
     m.ChunkStop: m.ChunkStop(transfer=7, reason="too large"),
+    m.UploadItem: m.UploadItem(id=42, body=pack_body("part")),
+    m.UploadEnd: m.UploadEnd(id=42),
+    m.UploadCredit: m.UploadCredit(id=42, amount=8),
 }
 
 # -- strategies -------------------------------------------------------------------------------
@@ -164,6 +173,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     # Timeouts are non-negative seconds (``invoke`` refuses others); inf means no limit.
     "timeout": st.none() | st.floats(min_value=0.0),
     "stream": st.booleans(),
+    "upload": st.booleans(),
     "body": BODIES,
 }
 
@@ -190,7 +200,7 @@ def with_header(msg: m.Message, head: list[Any]) -> list[bytes]:
     return [msgpack.packb(head), *encode(msg)[1:]]
 
 
-BodyMessage = m.Call | m.Result | m.StreamItem
+BodyMessage = m.Call | m.Result | m.StreamItem | m.UploadItem
 
 
 def sample_with_body(cls: type[Any], body: bytes) -> BodyMessage:
@@ -231,6 +241,7 @@ DECLARED: dict[str, tuple[type, ...]] = {
     "headers": (dict, type(None)),
     "timeout": (float, int, type(None)),
     "stream": (bool,),
+    "upload": (bool,),
     "body": (bytes,),
 }
 
@@ -302,6 +313,9 @@ def test_kind_codes_and_version_are_pinned() -> None:
         ("CHUNK_ACK", 21),
         ("CHUNK_ABORT", 22),
         ("CHUNK_STOP", 23),
+        ("UPLOAD_ITEM", 24),
+        ("UPLOAD_END", 25),
+        ("UPLOAD_CREDIT", 26),
     ]
 
 
@@ -325,7 +339,7 @@ def test_call_bytes_are_pinned() -> None:
     """The worked example of docs/PROTOCOL.md."""
     call = m.Call(id=1, method="echo", body=pack_body({"x": [1, 2, b"\x00"]}), order_key="k")
     header, body = encode(call)
-    assert header.hex(" ") == "99 01 03 00 01 a4 65 63 68 6f a1 6b c0 c0 c2"
+    assert header.hex(" ") == "9a 01 03 00 01 a4 65 63 68 6f a1 6b c0 c0 c2 c2"
     assert body.hex(" ") == "81 a1 78 93 01 02 c4 01 00"
 
 
@@ -594,6 +608,7 @@ WRONG_VALUES: dict[str, list[Any]] = {
     "headers": [[], "x", 1, True, {1: "a"}, {"a": 1}, {"a": None}, {b"a": "x"}, {"a": ["x"]}],
     "timeout": ["1", True, False, b"1", [1.0], {}],
     "stream": [1, 0, None, "true", 1.0, []],
+    "upload": [1, 0, None, "true", 1.0, []],
 }
 
 FIELD_CASES = [
