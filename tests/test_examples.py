@@ -106,12 +106,23 @@ def test_bidirectional() -> None:
     assert "hub     -> worker-1.status() = {'lookups served': 2}" in out
 
 
+@pytest.mark.timeout(90)
+def test_file_transfer() -> None:
+    out = run_example("file_transfer.py", "--size", "8").stdout
+    lines = out.replace("\r", "\n").splitlines()
+    assert any(line.startswith("upload   [#########################] 100%") for line in lines)
+    assert any(line.startswith("download 8.0 MiB in ") for line in lines)
+    assert "checksums match: " in out
+    assert re.search(r"\d+ small calls during the transfers", out)
+
+
 @pytest.mark.timeout(30)
 def test_every_example_is_tested_and_documented() -> None:
     names = sorted(path.name for path in EXAMPLES.glob("*.py"))
     # The Thrift and schema examples are run by tests/upper/test_examples.py.
     assert names == [
         "bidirectional.py",
+        "file_transfer.py",
         "ordering.py",
         "schema_client.py",
         "schema_server.py",
