@@ -195,3 +195,26 @@ async def test_killed_and_restarted_server_is_reconnected(transport_kind: str) -
         for server in (first, second):
             if server is not None and server.proc.poll() is None:
                 server.kill()
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_hung_is_found_again_after_the_heartbeat_gave_up(
+    transport_kind: str,
+) -> None:
+    """SIGSTOP: the connection stays up but nothing answers; only the heartbeat can tell."""
+    server = ServerProcess(transport_kind)
+    try:
+        address = await server.address()
+        target = address if transport_kind == "zeromq" else same_address("tcp", address)
+        async with cl.Peer(connect=target, identity="agent-1", **FAST_HEARTBEAT) as client:
+            client.handle_function("double", double)
+            async with client.events() as events:
+                server.proc.send_signal(signal.SIGSTOP)
+                event = await next_event(events)
+                assert (event.kind, event.reason) == (DISCONNECTED, "heartbeat lost")
+                server.proc.send_signal(signal.SIGCONT)
+                assert (await next_event(events)).kind is CONNECTED
+            assert await client.invoke("call_back", 4) == 8
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        server.kill()

@@ -81,7 +81,8 @@ DEFAULT_RECONNECT_MAX_INTERVAL: Final = 2.0
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
 _MONITOR_EVENTS: Final = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -344,6 +345,7 @@ class _Dealer(_ZeroMQConnection):
     ) -> None:
         super().__init__(sock, endpoint, max_frame_size)
         self._connected = True
+        self._fd: int | None = None  # of the current TCP/IPC connection, from the monitor
         self.reconnects = monitored  # inproc:// reports nothing to reconnect on
         self._events.offer(Connected(CONNECTED_KEY))
         self._monitor: _SocketDriver | None = None
@@ -361,8 +363,13 @@ class _Dealer(_ZeroMQConnection):
         return self._offer(Received(CONNECTED_KEY, parts))
 
     def _on_monitor_event(self, parts: list[Any]) -> bool:
-        kind = parse_monitor_message(parts)["event"]
-        if kind == zmq.EVENT_DISCONNECTED and self._connected:
+        event = parse_monitor_message(parts)
+        kind = event["event"]
+        if kind == zmq.EVENT_CONNECTED:
+            self._fd = event["value"]
+        elif kind == zmq.EVENT_DISCONNECTED and self._connected:
+            if self._fd is not None and event["value"] != self._fd:
+                return True  # a connection that ``disconnect`` already replaced
             self._connected = False
             self._events.offer(Disconnected(CONNECTED_KEY, "connection dropped"))
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected:
@@ -377,7 +384,22 @@ class _Dealer(_ZeroMQConnection):
         await self._send_multipart(frames)
 
     async def disconnect(self, peer: bytes) -> None:
-        """A connected endpoint keeps its one remote; ZeroMQ reconnects by itself."""
+        """Drop the current connection and make a new one (``Connected`` once it is up).
+
+        The Peer calls this when the remote went silent or said Goodbye: the connection may
+        look alive to ZeroMQ (a hung remote, a network that drops packets silently), and
+        only a new one proves the remote is back. ZeroMQ reports no event for a connection
+        we drop ourselves.
+        """
+        if not self.reconnects or self._closed:
+            return
+        self._connected = False
+        self._fd = None
+        sock = self._monitored
+        assert sock is not None
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disconnect(self._endpoint)
+        sock.connect(self._endpoint)
 
     def _close_sockets(self) -> None:
         if self._monitored is not None:
