@@ -36,9 +36,10 @@ from typing import Any, Final
 
 import aiojobs
 
-from .errors import ErrorCode, ProtocolError
+from .errors import ErrorCode, ProtocolError, error_for_code
 from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
+from .stats import Counters, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox, UploadBody
 from .wire import messages as m
 from .wire.codec import pack_body, unpack_body
@@ -80,6 +81,7 @@ class _Inbound:
     silent: bool = False  # its link is gone: do the bookkeeping, send nothing
     credit: CreditWindow | None = None  # stream calls only
     upload: StreamInbox | None = None  # calls with a streamed body only
+    started: float | None = None  # for the RPC log, when it is on
 
     @property
     def order_key(self) -> Hashable:
@@ -95,6 +97,7 @@ class Dispatcher:
         max_concurrency: Handlers running at once.
         max_pending: Requests held at once (running plus waiting) before new ones are refused.
         execute_timeout: Seconds a handler may run before it is cancelled, or ``None``.
+        counters: Where refused and failed requests are counted.
     """
 
     def __init__(
@@ -105,8 +108,10 @@ class Dispatcher:
         max_concurrency: int,
         max_pending: int,
         execute_timeout: float | None,
+        counters: Counters | None = None,
     ) -> None:
         self._send = send
+        self._counters = counters or Counters()
         self._default_ordering = default_ordering
         self._max_concurrency = max_concurrency
         self._max_pending = max_pending
@@ -132,6 +137,11 @@ class Dispatcher:
     def running(self) -> int:
         """Requests held: running, or waiting for a slot or for their order key."""
         return len(self._inflight)
+
+    @property
+    def active(self) -> int:
+        """Handlers running now (at most ``max_concurrency``)."""
+        return 0 if self._scheduler is None else min(self._scheduler.active_count, self.running)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -178,32 +188,41 @@ class Dispatcher:
         """Accept one call from ``link``. Returns once it is scheduled, not when it is done."""
         registration = self._handlers.get(call.method)
         if registration is None:
-            reply = m.Error(
-                id=call.id,
-                code=ErrorCode.METHOD_NOT_FOUND,
-                message=f"no handler for method {call.method!r}",
-            )
-            await self._send(link, reply)
+            text = f"no handler for method {call.method!r}"
+            await self._refuse(link, peer_id, call, ErrorCode.METHOD_NOT_FOUND, text)
             return
         if (link, call.id) in self._inflight:
             raise ProtocolError(f"call id {call.id} is already in flight")
         if self._closing:
             await self._send(link, m.Cancelled(id=call.id, reason="peer closing"))
+            self._counters.count_request_error("RPCCancelledError")
             return
         if len(self._inflight) >= self._max_pending:
-            msg = f"{len(self._inflight)} requests already held (max_pending)"
-            await self._send(link, m.Error(id=call.id, code=ErrorCode.OVERLOADED, message=msg))
+            self._counters.requests_refused += 1
+            text = f"{len(self._inflight)} requests already held (max_pending)"
+            await self._refuse(link, peer_id, call, ErrorCode.OVERLOADED, text)
             return
         ordering = registration.ordering or self._default_ordering
         if call.order_key is None:
             ordering = Ordering.UNORDERED
-        inbound = _Inbound(link, call, peer_id, registration, ordering)
+        inbound = _Inbound(link, call, peer_id, registration, ordering, started=rpc_started())
         if call.stream:
             inbound.credit = CreditWindow(m.STREAM_WINDOW)
         if call.upload:
             inbound.upload = StreamInbox(m.STREAM_WINDOW, m.UploadCredit)
         self._inflight[link, call.id] = inbound
         await self._admit(inbound)
+
+    async def _refuse(
+        self, link: Hashable, peer_id: str, call: m.Call, code: ErrorCode, text: str
+    ) -> None:
+        """Answer ``call`` with an error at once, without running anything."""
+        started = rpc_started()
+        await self._send(link, m.Error(id=call.id, code=code, message=text))
+        kind = _error_name(code)
+        self._counters.count_request_error(kind)
+        if started is not None:
+            log_rpc("served", call.method, peer_id, started, kind)
 
     async def _admit(self, inbound: _Inbound) -> None:
         if inbound.ordering is Ordering.ORDERED:
@@ -338,6 +357,11 @@ class Dispatcher:
             if held is None:
                 released.insert(0, reply)
         if not inbound.silent:
+            outcome = _outcome_name(reply)
+            if outcome != "ok":
+                self._counters.count_request_error(outcome)
+            if inbound.started is not None:
+                log_rpc("served", inbound.call.method, inbound.peer_id, inbound.started, outcome)
             for item in released:
                 await self._send(inbound.link, item)
         if inbound.ordering is Ordering.SERIALIZED:
@@ -352,6 +376,23 @@ class Dispatcher:
 
     def _forget(self, inbound: _Inbound) -> None:
         self._inflight.pop((inbound.link, inbound.call.id), None)
+
+
+def _error_name(code: int) -> str:
+    """The name of the error class a caller gets for the wire ``code``."""
+    return type(error_for_code(code, "")).__name__
+
+
+def _outcome_name(reply: Reply) -> str:
+    """``"ok"`` or the name of the error class the caller gets for ``reply``."""
+    kind = type(reply)
+    if kind is m.Result or kind is m.StreamEnd:
+        return "ok"
+    if kind is m.Failure:
+        return "RPCUserError"
+    if kind is m.Cancelled:
+        return "RPCCancelledError"
+    return _error_name(reply.code)  # type: ignore[union-attr]
 
 
 class _UnencodableItem(Exception):

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -67,7 +68,7 @@ from .lower.zeromq import ZeroMQTransport
 from .ordering import Ordering
 from .request import Body, Handler, Headers, StreamHandler
 from .session import CallInput, LinkInput, Session
-from .stats import Counters, PeerStatistics
+from .stats import Counters, Gauges, PeerStatistics, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox
 from .transfers import DEFAULT_CHUNK_SIZE, OutgoingTransfers, Reassembly, TransferStopped
 from .wire import messages as m
@@ -94,6 +95,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: Requests a peer holds (running plus waiting) before it refuses new ones as overloaded.
 DEFAULT_MAX_PENDING: Final = 10_000
+#: The Goodbye reason a bound peer gives a link whose identity a newer connection took.
+REPLACED: Final = "replaced by a newer connection"
 
 
 @dataclass(eq=False)
@@ -205,14 +208,15 @@ class Peer:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
         self._compress = bool(compress)
         self._max_body_size = max_body_size
+        self._counters = Counters()
         self._dispatcher = Dispatcher(
             send=self._send_reply,
             default_ordering=ordering,
             max_concurrency=max_concurrency,
             max_pending=max_pending,
             execute_timeout=self._execute_timeout,
+            counters=self._counters,
         )
-        self._counters = Counters()
         self._links: dict[bytes, Link] = {}  # by transport key
         self._by_identity: dict[str, Link] = {}  # open links, bound side
         self._peer_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -475,12 +479,16 @@ class Peer:
                 self._peer_waiters.pop(identity, None)
 
     def statistics(self) -> PeerStatistics:
-        """A snapshot of this peer's counters."""
-        return self._counters.snapshot(
-            calls_in_flight=sum(len(link.pending) for link in self._links.values()),
-            requests_in_flight=self._dispatcher.running,
+        """A snapshot of this peer's counters and gauges (see ``PeerStatistics``)."""
+        running = self._dispatcher.active
+        gauges = Gauges(
+            calls_in_flight=sum(len(lk.pending) + len(lk.streams) for lk in self._links.values()),
+            requests_running=running,
+            requests_queued=self._dispatcher.running - running,
             connected_peers=len(self.peers),
+            transport_dropped=self._connection.dropped if self._connection else 0,
         )
+        return self._counters.snapshot(gauges)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -658,6 +666,7 @@ class Peer:
         future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
         link.pending[msg.id] = future
         self._counters.calls_out += 1
+        started = rpc_started()
         try:
             if timeout is None:  # no timeout context to enter and leave on every call
                 return await self._send_and_wait(link, msg, future, upload)
@@ -676,6 +685,8 @@ class Peer:
             raise
         finally:
             link.pending.pop(msg.id, None)
+            if started is not None:
+                log_rpc("invoked", msg.method, link.identity, started, _call_outcome(future))
 
     async def _send_and_wait(
         self,
@@ -934,18 +945,15 @@ class Peer:
         previous = self._by_identity.get(identity)
         if previous is not None and previous is not link:
             log.warning("%r connected again; the older link is dropped", identity)
-            await self._send_quietly(previous, m.Goodbye(reason="replaced by a newer connection"))
-            await self._link_lost(previous.key, LinkInput.LOST, "replaced by a newer connection")
+            await self._send_quietly(previous, m.Goodbye(reason=REPLACED))
+            await self._link_lost(previous.key, LinkInput.LOST, REPLACED)
             await self._connection.disconnect(previous.key)  # type: ignore[union-attr]
         self._by_identity[identity] = link
         welcome = m.Welcome(
             identity=self._identity, assigned=identity, max_body_size=self._max_body_size
         )
         await self._send(link, welcome)
-        for waiter in self._peer_waiters.pop(identity, []):
-            if not waiter.done():
-                waiter.set_result(None)
-        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, identity))
+        self._link_opened(identity)
 
     async def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
         if self._bound:
@@ -956,7 +964,17 @@ class Peer:
         self._identity = msg.assigned
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_result(None)
-        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, msg.identity))
+        else:
+            self._counters.reconnects += 1
+            log.info("reconnected to %r", msg.identity)
+        self._link_opened(msg.identity)
+
+    def _link_opened(self, identity: str) -> None:
+        """A handshake completed: wake ``wait_for_peer`` and tell the listeners."""
+        for waiter in self._peer_waiters.pop(identity, []):
+            if not waiter.done():
+                waiter.set_result(None)
+        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, identity))
 
     async def _on_call(self, link: Link, msg: m.Call) -> None:
         self._counters.calls_in += 1
@@ -1005,7 +1023,14 @@ class Peer:
 
     async def _on_goodbye(self, link: Link, msg: m.Goodbye) -> None:
         await self._link_lost(link.key, LinkInput.GOODBYE, f"the remote closed ({msg.reason})")
-        await self._connection.disconnect(link.key)  # type: ignore[union-attr]
+        assert self._connection is not None
+        if not self._bound and msg.reason == REPLACED:
+            # Another live peer took our identity. Reconnecting would replace it in turn,
+            # and the two would take turns for ever: this link stays down.
+            log.warning("a newer connection took identity %r; not reconnecting", self._identity)
+            await self._connection.aclose()
+            return
+        await self._connection.disconnect(link.key)
 
     _HANDLERS: Final[dict[type, Any]] = {
         m.Hello: _on_hello,
@@ -1050,6 +1075,7 @@ class Peer:
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_exception(PeerDisconnectedError(reason))
         if was_open:
+            self._counters.disconnects += 1
             self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, link.identity, reason))
 
     def _fail_pending(self, link: Link, error: Exception) -> None:
@@ -1107,6 +1133,28 @@ def _outcome(reply: m.Message) -> Body:
     if type(reply) is m.Cancelled:
         raise RPCCancelledError(reply.reason or "the remote cancelled the call")
     raise AssertionError(f"not a reply: {reply!r}")
+
+
+def _call_outcome(future: asyncio.Future[m.Message]) -> str:
+    """For the RPC log, from ``_await_reply``'s ``finally``: how the call ended."""
+    if future.done() and not future.cancelled():
+        error = future.exception()
+        if error is not None:
+            return type(error).__name__
+        reply = future.result()
+        if type(reply) is m.Error:
+            return type(error_for_code(reply.code, "")).__name__
+        return _REPLY_OUTCOMES.get(type(reply), "RPCInternalError")
+    error = sys.exc_info()[1]  # the exception leaving _await_reply: timeout, cancellation
+    return "ok" if error is None else type(error).__name__
+
+
+#: What the caller of ``invoke`` gets for each kind of reply; errors by their code.
+_REPLY_OUTCOMES: Final[dict[type, str]] = {
+    m.Result: "ok",
+    m.Failure: "RPCUserError",
+    m.Cancelled: "RPCCancelledError",
+}
 
 
 def _make_transport(transport: object, address: object) -> Transport:

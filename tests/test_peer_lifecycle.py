@@ -242,6 +242,11 @@ async def test_a_second_connection_with_the_same_identity_replaces_the_first(
             while True:
                 await first.invoke("who")
                 await asyncio.sleep(0.05)
+    # The first stays down: reconnecting would take the name back, and the two would
+    # take turns for ever.
+    await asyncio.sleep(0.5)
+    assert await server.invoke("who", to="agent-1") == "second"
+    assert first.peers == frozenset()
 
 
 # -- hostile input --------------------------------------------------------------------------

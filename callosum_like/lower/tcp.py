@@ -12,6 +12,15 @@ only once the socket's write buffer is past its high-water mark, so small messag
 extra await.
 
 An optional ``ssl.SSLContext`` encrypts every connection (server and client side).
+
+Reconnection (connected side): once an established connection is lost, the client reports
+``Disconnected``, then tries again after ``reconnect_interval`` seconds, doubling the wait
+after each failed attempt up to ``reconnect_max_interval`` (each wait jittered by +-50 %, so
+that hundreds of agents whose manager restarted do not all knock at once), until it succeeds
+(``Connected`` again, and the Peer re-handshakes) or the connection is closed. Only the first
+connect fails fast, from ``Transport.connect``. ``disconnect(CONNECTED_KEY)`` (the Peer's
+heartbeat gave up, or the remote said Goodbye) aborts the current connection and reconnects
+the same way, without a ``Disconnected`` event.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ..addresses import Address, TCPAddress
@@ -36,6 +47,7 @@ from .base import (
     Frame,
     Received,
     Transport,
+    check_reconnect_intervals,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +61,13 @@ log = logging.getLogger(__name__)
 READ_SIZE: Final = 256 * 1024
 #: Write-buffer size above which a sender waits for the socket to drain.
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
+#: Seconds before the first reconnection attempt; it doubles after each failed one.
+DEFAULT_RECONNECT_INTERVAL: Final = 0.05
+#: The longest wait between reconnection attempts: a restarted server is found within it.
+DEFAULT_RECONNECT_MAX_INTERVAL: Final = 2.0
+#: Seconds one reconnection attempt may take (a black-holed SYN would otherwise hang for
+#: the kernel's two minutes of retries).
+CONNECT_ATTEMPT_TIMEOUT: Final = 10.0
 
 
 class _Stream:
@@ -87,6 +106,11 @@ class _Stream:
     def close(self) -> None:
         self._flush()
         self.writer.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, discarding what is unsent (the remote may not read)."""
+        self._batch.clear()
+        self.writer.transport.abort()
 
 
 class _TCPConnection(Connection):
@@ -140,6 +164,8 @@ class _TCPConnection(Connection):
         stream = self._streams.pop(peer, None)
         if stream is not None:
             stream.close()
+            if stream.writer.transport.get_write_buffer_size():
+                stream.abort()  # a remote that does not read would hold it open for minutes
 
     async def aclose(self) -> None:
         """See ``Connection.aclose``."""
@@ -195,28 +221,93 @@ class _TCPServer(_TCPConnection):
             await self._server.wait_closed()
 
 
-class _TCPClient(_TCPConnection):
-    def __init__(self, max_frame_size: int) -> None:
-        super().__init__(bound=False, max_frame_size=max_frame_size)
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a client connects, and how it reconnects."""
 
-    async def start(
-        self, host: str, port: int, ssl_context: ssl.SSLContext | None, server_hostname: str | None
-    ) -> None:
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None
+    server_hostname: str | None
+    reconnect: bool
+    interval: float
+    max_interval: float
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(
+            self.host,
+            self.port,
+            ssl=self.ssl,
+            server_hostname=self.server_hostname if self.ssl else None,
+        )
+
+
+class _TCPClient(_TCPConnection):
+    """The connected side: one connection at a time, re-established when it is lost."""
+
+    def __init__(self, max_frame_size: int, target: _Target) -> None:
+        super().__init__(bound=False, max_frame_size=max_frame_size)
+        self._target = target
+        self._address = f"{target.host}:{target.port}"
+        self._life: asyncio.Task[None] | None = None
+        self.reconnects = target.reconnect
+
+    async def start(self) -> None:
+        """Make the first connection; fail fast if it cannot be made."""
+        target = self._target
         try:
-            reader, writer = await asyncio.open_connection(
-                host,
-                port,
-                ssl=ssl_context,
-                server_hostname=server_hostname if ssl_context else None,
-            )
+            reader, writer = await target.open()
         except ssl.SSLError:
             raise  # a certificate problem is clearer as itself
         except OSError as exc:
-            raise PeerDisconnectedError(f"cannot connect to {host}:{port}: {exc}") from exc
-        self._address = f"{host}:{port}"
+            raise PeerDisconnectedError(f"cannot connect to {self._address}: {exc}") from exc
+        stream = self._attach(writer)
+        self._life = stream.task = asyncio.create_task(self._live(stream, reader))
+
+    def _attach(self, writer: asyncio.StreamWriter) -> _Stream:
+        """Make a new connection the current one: ``send`` uses it from now on."""
         stream = _Stream(writer)
+        stream.task = self._life
         self._streams[CONNECTED_KEY] = stream
-        stream.task = asyncio.create_task(self._pump(CONNECTED_KEY, reader, stream))
+        return stream
+
+    async def _live(self, stream: _Stream, reader: asyncio.StreamReader) -> None:
+        """Pump the connection; when it ends, reconnect (with backoff) and pump again."""
+        while True:
+            await self._pump(CONNECTED_KEY, reader, stream)
+            if self._closed or not self._target.reconnect:
+                return
+            reader, writer = await self._reconnect()
+            stream = self._attach(writer)
+
+    async def _reconnect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        target = self._target
+        delay = target.interval
+        attempts = 0
+        log.info("connection to %s lost; reconnecting", self._address)
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # jitter
+            attempts += 1
+            try:
+                async with asyncio.timeout(CONNECT_ATTEMPT_TIMEOUT):
+                    connection = await target.open()
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+                log.debug("reconnection attempt %d to %s failed: %s", attempts, self._address, exc)
+                delay = min(delay * 2, target.max_interval)
+                continue
+            log.info("reconnected to %s after %d attempt(s)", self._address, attempts)
+            return connection
+
+    async def aclose(self) -> None:
+        """See ``Connection.aclose``."""
+        life = self._life
+        if self._closed or life is None:
+            await super().aclose()
+            return
+        life.cancel()  # also while it waits between attempts, with no stream to close
+        await super().aclose()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(asyncio.gather(life, return_exceptions=True))
 
 
 class TCPTransport(Transport):
@@ -228,15 +319,32 @@ class TCPTransport(Transport):
             certificates); on a connecting peer a client context.
         server_hostname: The name to check the server certificate against, when it differs
             from the host connected to.
+        reconnect: Whether a connecting endpoint re-establishes a lost connection.
+        reconnect_interval: Seconds before the first reconnection attempt (default 0.05);
+            the wait doubles after each failed attempt.
+        reconnect_max_interval: The longest wait between attempts, in seconds (default 2).
+
+    Raises:
+        TypeError, ValueError: An option has the wrong type or value.
     """
 
     def __init__(
-        self, *, ssl: ssl.SSLContext | None = None, server_hostname: str | None = None
+        self,
+        *,
+        ssl: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        reconnect: bool = True,
+        reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
+        reconnect_max_interval: float = DEFAULT_RECONNECT_MAX_INTERVAL,
     ) -> None:
         if ssl is not None and not isinstance(ssl, _SSLContext):
             raise TypeError("ssl must be an ssl.SSLContext")
         self._ssl = ssl
         self._server_hostname = server_hostname
+        self._reconnect = bool(reconnect)
+        self._interval, self._max_interval = check_reconnect_intervals(
+            reconnect_interval, reconnect_max_interval
+        )
 
     async def bind(
         self,
@@ -258,10 +366,25 @@ class TCPTransport(Transport):
         max_frame_size: int,
         authenticator: AbstractClientAuthenticator | None = None,
     ) -> Connection:
-        """See ``Transport.connect``."""
+        """See ``Transport.connect``.
+
+        Raises:
+            PeerDisconnectedError: The first connection cannot be made (the OS error is its
+                ``__cause__``); later losses are reconnected.
+            ssl.SSLError: The server's certificate failed verification.
+        """
         addr = _tcp_address(address, authenticator)
-        conn = _TCPClient(max_frame_size)
-        await conn.start(addr.host, addr.port, self._ssl, self._server_hostname)
+        target = _Target(
+            addr.host,
+            addr.port,
+            self._ssl,
+            self._server_hostname,
+            self._reconnect,
+            self._interval,
+            self._max_interval,
+        )
+        conn = _TCPClient(max_frame_size, target)
+        await conn.start()
         return conn
 
 

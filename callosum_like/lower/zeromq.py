@@ -24,7 +24,9 @@ Theory of operation:
 * Connected (DEALER, ``IMMEDIATE`` so nothing queues on a dead pipe): ``Connected`` is
   reported at once; a socket monitor reports ``Disconnected`` when the TCP/IPC connection
   drops, ``Connected`` again when it is re-established, and ``AuthFailed`` when the CURVE
-  handshake is refused.
+  handshake is refused. ZeroMQ reconnects by itself, after ``reconnect_interval`` and then
+  with the interval doubling up to ``reconnect_max_interval`` (``ZMQ_RECONNECT_IVL`` and
+  ``ZMQ_RECONNECT_IVL_MAX``).
 * CURVE: with an authenticator, the ROUTER is a CURVE server whose ZAP handler calls the
   authenticator (``lower.zap``); each message then carries the authenticated ``User-Id``.
 """
@@ -56,6 +58,7 @@ from .base import (
     Received,
     Transport,
     TransportEvent,
+    check_reconnect_intervals,
 )
 
 if TYPE_CHECKING:
@@ -71,10 +74,15 @@ HIGH_WATER_MARK: Final = 10_000
 RECV_BATCH: Final = 256
 #: Messages a driver holds for a socket that cannot take them yet, before senders wait.
 SEND_QUEUE_SIZE: Final = 1024
+#: Seconds before ZeroMQ's first reconnection attempt; it doubles after each failed one.
+DEFAULT_RECONNECT_INTERVAL: Final = 0.05
+#: The longest wait between reconnection attempts: a restarted server is found within it.
+DEFAULT_RECONNECT_MAX_INTERVAL: Final = 2.0
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
 _MONITOR_EVENTS: Final = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -330,12 +338,15 @@ class _Router(_ZeroMQConnection):
 
 class _Dealer(_ZeroMQConnection):
     bound = False
+    reconnects = True
 
     def __init__(
         self, sock: zmq.Socket[Any], endpoint: str, max_frame_size: int, *, monitored: bool
     ) -> None:
         super().__init__(sock, endpoint, max_frame_size)
         self._connected = True
+        self._fd: int | None = None  # of the current TCP/IPC connection, from the monitor
+        self.reconnects = monitored  # inproc:// reports nothing to reconnect on
         self._events.offer(Connected(CONNECTED_KEY))
         self._monitor: _SocketDriver | None = None
         self._monitored = sock if monitored else None
@@ -352,8 +363,13 @@ class _Dealer(_ZeroMQConnection):
         return self._offer(Received(CONNECTED_KEY, parts))
 
     def _on_monitor_event(self, parts: list[Any]) -> bool:
-        kind = parse_monitor_message(parts)["event"]
-        if kind == zmq.EVENT_DISCONNECTED and self._connected:
+        event = parse_monitor_message(parts)
+        kind = event["event"]
+        if kind == zmq.EVENT_CONNECTED:
+            self._fd = event["value"]
+        elif kind == zmq.EVENT_DISCONNECTED and self._connected:
+            if self._fd is not None and event["value"] != self._fd:
+                return True  # a connection that ``disconnect`` already replaced
             self._connected = False
             self._events.offer(Disconnected(CONNECTED_KEY, "connection dropped"))
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected:
@@ -368,7 +384,22 @@ class _Dealer(_ZeroMQConnection):
         await self._send_multipart(frames)
 
     async def disconnect(self, peer: bytes) -> None:
-        """A connected endpoint keeps its one remote; ZeroMQ reconnects by itself."""
+        """Drop the current connection and make a new one (``Connected`` once it is up).
+
+        The Peer calls this when the remote went silent or said Goodbye: the connection may
+        look alive to ZeroMQ (a hung remote, a network that drops packets silently), and
+        only a new one proves the remote is back. ZeroMQ reports no event for a connection
+        we drop ourselves.
+        """
+        if not self.reconnects or self._closed:
+            return
+        self._connected = False
+        self._fd = None
+        sock = self._monitored
+        assert sock is not None
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disconnect(self._endpoint)
+        sock.connect(self._endpoint)
 
     def _close_sockets(self) -> None:
         if self._monitored is not None:
@@ -384,12 +415,28 @@ class ZeroMQTransport(Transport):
 
     Args:
         context: The ZeroMQ context; by default the process-wide ``shared_context()``.
+        reconnect_interval: Seconds before a connecting socket's first reconnection attempt
+            (default 0.05); the wait doubles after each failed attempt.
+        reconnect_max_interval: The longest wait between attempts, in seconds (default 2).
+
+    Raises:
+        TypeError, ValueError: An option has the wrong type or value.
     """
 
-    def __init__(self, *, context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        context: zmq.asyncio.Context | None = None,
+        reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
+        reconnect_max_interval: float = DEFAULT_RECONNECT_MAX_INTERVAL,
+    ) -> None:
         if context is not None and not isinstance(context, zmq.asyncio.Context):
             raise TypeError("context must be a zmq.asyncio.Context")
         self._context = context
+        interval, max_interval = check_reconnect_intervals(
+            reconnect_interval, reconnect_max_interval
+        )
+        self._reconnect_ms = (max(1, round(interval * 1000)), max(1, round(max_interval * 1000)))
 
     def _socket(self, kind: int, max_frame_size: int) -> zmq.Socket[Any]:
         # A plain socket of the (asyncio) shared context: the driver does the async part,
@@ -399,6 +446,8 @@ class ZeroMQTransport(Transport):
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame_size)
         sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+        sock.setsockopt(zmq.RECONNECT_IVL, self._reconnect_ms[0])
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, self._reconnect_ms[1])
         return sock
 
     async def bind(
