@@ -51,6 +51,8 @@ MESSAGES: dict[m.MessageKind, m.Message] = {
         m.StreamItem(id=1),
         m.StreamEnd(id=1),
         m.Credit(id=1, amount=1),
+        m.PeerUp(peer="agent-1"),
+        m.PeerDown(peer="agent-1"),
     )
 }
 
