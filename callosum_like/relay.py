@@ -52,7 +52,7 @@ from .errors import (
     ProtocolError,
     RPCError,
 )
-from .events import PeerEventKind
+from .events import PeerEventKind, PeerEvents
 from .lower.base import CONNECTED_KEY, Transport
 from .lower.zeromq import ZeroMQTransport
 from .peer import DEFAULT_CONNECT_TIMEOUT, Link, Peer, _check_count, _check_positive
@@ -220,6 +220,7 @@ class Relay:
             _check_positive("max_reconnect_interval", max_reconnect_interval),
         )
         self._max_forwarded = max_forwarded
+        self._heartbeat_timeout = float(heartbeat_timeout)
         self._below._forwarder = _Below(self, self._below)
         self._forwards = _Forwards()
         self._dirty: dict[str, str] = {}  # names to announce -> why they went (if they did)
@@ -354,15 +355,26 @@ class Relay:
                 await peer.aclose()
 
     async def _until_lost(self, peer: Peer) -> None:
-        """Return once ``peer`` lost its link for good; ZeroMQ reconnects by itself."""
-        if isinstance(peer._transport, ZeroMQTransport):
-            await asyncio.Event().wait()  # until the relay closes
-            return
+        """Return once ``peer`` lost its link for good.
+
+        A ZeroMQ DEALER reconnects by itself, and the Peer says Hello again: it gets
+        ``heartbeat_timeout`` to do so. Other transports are rebuilt at once.
+        """
+        grace = self._heartbeat_timeout if isinstance(peer._transport, ZeroMQTransport) else 0
         async with peer.events() as events:
-            if not peer.peers:
-                return
-            async for event in events:
-                if event.kind is PeerEventKind.DISCONNECTED:
+            while True:
+                if peer.peers:
+                    if not await _next(events, PeerEventKind.DISCONNECTED):
+                        return
+                    continue
+                if not grace:
+                    return
+                try:
+                    async with asyncio.timeout(grace):
+                        if not await _next(events, PeerEventKind.CONNECTED):
+                            return
+                except TimeoutError:
+                    log.warning("upstream %s: no reconnection within %s s", self._upstream, grace)
                     return
 
     # -- announcements ----------------------------------------------------------------------------
@@ -546,6 +558,14 @@ class _Above(_Side):
 
     def uplink_opened(self, link: Link) -> None:
         self._relay.uplink_opened()
+
+
+async def _next(events: PeerEvents, kind: PeerEventKind) -> bool:
+    """Wait for the next event of ``kind``; False if the peer closed first."""
+    async for event in events:
+        if event.kind is kind:
+            return True
+    return False
 
 
 def _error(call_id: int, code: ErrorCode, text: str) -> m.Error:

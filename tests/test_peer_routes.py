@@ -14,7 +14,7 @@ from callosum_like.errors import ErrorCode
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import pack_body, unpack_body
 
-from .conftest import bind_address, connect_address
+from .conftest import Meeting, bind_address, connect_address
 from .rawpeer import RawClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
@@ -102,17 +102,7 @@ async def test_order_keys_are_scoped_per_origin(transport_kind: str) -> None:
         server,
         relay,
     ):
-        running: set[str] = set()
-        both = asyncio.Event()
-
-        async def hold(request: cl.Request) -> Any:
-            running.add(request.peer_id)
-            if len(running) == 2:
-                both.set()
-            await asyncio.wait_for(both.wait(), 5)
-            return request.peer_id
-
-        server.handle_function("hold", hold)
+        server.handle_function("hold", Meeting())
         for call_id, origin in ((1, "agent-1"), (2, "agent-2")):
             await relay.send(m.Call(id=call_id, method="hold", order_key="k", origin=origin))
         # Equal keys from two callers behind the relay do not wait for each other.
