@@ -1,6 +1,6 @@
 """What the federation example scripts share: CURVE key options, and how they stop.
 
-    (imported by examples/federation/manager.py, relay.py and agent.py; not run on its own)
+    examples/federation/cli.py is imported by manager.py, relay.py and agent.py; not run.
 
 Keys live in one directory, one keypair per name, as ``python -m callosum_like keygen
 DIR/NAME`` writes them: ``DIR/NAME.key`` (public) and ``DIR/NAME.key_secret``. A bound side
