@@ -4,7 +4,8 @@ Theory of operation: the Peer hands every decoded ``Call`` to ``Dispatcher.call`
 ``Cancel`` to ``Dispatcher.cancel``. The dispatcher
 
 * looks the method up (unknown -> ``Error(METHOD_NOT_FOUND)`` at once);
-* applies the method's ordering per ``(calling link, order_key)`` with the pure bookkeeping
+* applies the method's ordering per ``(calling link, Call.origin, order_key)`` (the origin
+  tells apart the callers behind one relay) with the pure bookkeeping
   of ``ordering`` (``order_key=None`` runs unordered);
 * runs handlers as jobs of one aiojobs ``Scheduler(limit=max_concurrency)``, so at most
   ``max_concurrency`` run at once and the rest wait in arrival order;
@@ -85,7 +86,8 @@ class _Inbound:
 
     @property
     def order_key(self) -> Hashable:
-        return (self.link, self.call.order_key)
+        # Scoped per calling peer: the link, and behind a relay the caller's route on it.
+        return (self.link, self.call.origin, self.call.order_key)
 
 
 class Dispatcher:
@@ -132,6 +134,10 @@ class Dispatcher:
     def unregister(self, name: str) -> None:
         """Remove the handler of ``name``. Raises ``KeyError`` when there is none."""
         del self._handlers[name]
+
+    def serves(self, name: str) -> bool:
+        """Whether a handler is registered under ``name``."""
+        return name in self._handlers
 
     @property
     def running(self) -> int:

@@ -17,6 +17,13 @@ codec and the dispatcher meet.
 * When a link ends, every call pending on it fails (``PeerDisconnectedError``) and its
   handlers are cancelled; when we close, pending calls fail with ``PeerClosedError``, our
   running handlers answer ``Cancelled``, and every remote gets a ``Goodbye``.
+* Federation (docs/federation.md): a bound peer also knows the names that relays announce
+  (``PeerUp``/``PeerDown``), scoped under the announcing link's identity in a ``RouteTable``;
+  ``to="cluster-b/agent-3"`` goes to the link ``cluster-b`` with ``Call.target``. A call that
+  a relay forwards upwards carries ``Call.origin``; its handler sees ``peer_id`` scoped the
+  same way, and its order keys are scoped per (link, origin). A ``Forwarder`` (the relay's,
+  in ``relay``) plugs into a peer to take the calls it should pass on and the replies,
+  cancels and credit of those calls; a peer without one behaves exactly as before.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ import sys
 from collections.abc import AsyncIterable, AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, cast
 
 from .addresses import AddressLike, TCPAddress, parse_address
 from .dispatch import Dispatcher
 from .errors import (
     AuthenticationError,
+    ErrorCode,
     MessageTooLargeError,
     PeerClosedError,
     PeerDisconnectedError,
@@ -67,6 +75,7 @@ from .lower.tcp import TCPTransport
 from .lower.zeromq import ZeroMQTransport
 from .ordering import Ordering
 from .request import Body, Handler, Headers, StreamHandler
+from .routing import RouteTable, scoped
 from .session import CallInput, LinkInput, Session
 from .stats import Counters, Gauges, PeerStatistics, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox
@@ -83,11 +92,12 @@ from .wire.codec import (
     pack_body,
     unpack_body,
 )
+from .wire.messages import ROUTE_SEPARATOR
 
 if TYPE_CHECKING:
     from .auth import AbstractClientAuthenticator, AbstractServerAuthenticator
 
-__all__ = ["Peer", "Link"]
+__all__ = ["Peer", "Link", "Forwarder"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +129,41 @@ class Link:
     def identity(self) -> str:
         """The remote's identity once the handshake is done."""
         return self.session.remote_identity
+
+
+class Forwarder(Protocol):
+    """What a relay plugs into a Peer (``peer._forwarder``) to pass calls on.
+
+    The Peer calls these from its receive loop; none may raise for a link that is gone.
+    """
+
+    async def forward_call(self, link: Link, msg: m.Call) -> bool:
+        """Take a call with a ``target``, or one for a method this peer does not serve.
+
+        Returns False to let the peer answer it itself (``MethodNotFoundError`` or, for a
+        target, ``PeerDisconnectedError``).
+        """
+        ...
+
+    async def forward_reply(self, link: Link, msg: m.Message) -> bool:
+        """A reply or stream item arrived on ``link`` for a call no local caller made."""
+        ...
+
+    async def forward_control(self, link: Link, msg: m.Cancel | m.Credit) -> bool:
+        """A Cancel or Credit for a call that arrived on ``link``; False if not forwarded."""
+        ...
+
+    async def link_lost(self, link: Link, reason: str) -> None:
+        """``link`` ended; fail or cancel what was forwarded through it."""
+        ...
+
+    def peer_changed(self, name: str, up: bool, reason: str) -> None:
+        """A name (direct or announced) appeared in or vanished from ``peer.peers``."""
+        ...
+
+    def uplink_opened(self, link: Link) -> None:
+        """A connecting peer completed its handshake (also after a reconnection)."""
+        ...
 
 
 class Peer:
@@ -219,6 +264,8 @@ class Peer:
         )
         self._links: dict[bytes, Link] = {}  # by transport key
         self._by_identity: dict[str, Link] = {}  # open links, bound side
+        self._routes = RouteTable()  # names announced by relays below us, bound side
+        self._forwarder: Forwarder | None = None
         self._peer_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._connection: Connection | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -249,7 +296,7 @@ class Peer:
     def peers(self) -> frozenset[str]:
         """Identities of the connected remotes with a completed handshake."""
         if self._bound:
-            return frozenset(self._by_identity)
+            return frozenset(self._by_identity).union(self._routes)
         link = self._links.get(CONNECTED_KEY)
         return frozenset({link.identity}) if link and link.session.is_open else frozenset()
 
@@ -582,6 +629,8 @@ class Peer:
 
     def _end_links(self) -> None:
         for link in self._links.values():
+            for name in self._routes.drop_link(link.key):
+                self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, name, "this peer closed"))
             if link.session.is_open:
                 self._events.emit(
                     PeerEvent(PeerEventKind.DISCONNECTED, link.identity, "this peer closed")
@@ -600,7 +649,8 @@ class Peer:
                 else "the peer is not open; use 'async with'"
             )
 
-    def _route(self, to: str | None) -> Link:
+    def _route(self, to: str | None) -> tuple[Link, str | None]:
+        """The link a call ``to`` goes out on, and the ``Call.target`` to send with it."""
         self._check_open()
         if to is not None and not isinstance(to, str):
             raise TypeError(f"to must be a str or None, not {type(to).__name__}")
@@ -608,17 +658,29 @@ class Peer:
             link = self._links.get(CONNECTED_KEY)
             if link is None or not link.session.is_open:
                 raise PeerDisconnectedError("not connected to the remote")
-            return link
+            return link, None
         if to is None:
-            if len(self._by_identity) != 1:
-                raise UnknownPeerError(
-                    f"to=None needs exactly one connected peer, there are {len(self._by_identity)}"
-                )
-            return next(iter(self._by_identity.values()))
-        try:
-            return self._by_identity[to]
-        except KeyError:
-            raise UnknownPeerError(f"no connected peer is named {to!r}") from None
+            count = len(self._by_identity) + len(self._routes)
+            if count != 1:
+                text = f"to=None needs exactly one connected peer, there are {count}"
+                raise UnknownPeerError(text)
+            return next(iter(self._by_identity.values())), None
+        found = self._lookup(to)
+        if found is None:
+            raise UnknownPeerError(f"no connected peer is named {to!r}")
+        return found
+
+    def _lookup(self, name: str) -> tuple[Link, str | None] | None:
+        """The link that reaches ``name`` (direct or announced) and the target to send with."""
+        link = self._by_identity.get(name)
+        if link is not None:
+            return link, None
+        found = self._routes.lookup(name)
+        if found is None:
+            return None
+        key, target = found
+        link = self._links.get(key)  # type: ignore[call-overload]
+        return None if link is None else (link, target)
 
     def _prepare_call(
         self,
@@ -636,7 +698,7 @@ class Peer:
             "timeout", self._invoke_timeout if timeout is None else timeout
         )
         _check_call_args(method, order_key, headers)
-        link = self._route(to)
+        link, target = self._route(to)
         packed = pack_body(body)
         self._check_size(link, len(packed))
         msg = m.Call(
@@ -648,6 +710,7 @@ class Peer:
             timeout=call_timeout,
             stream=stream,
             upload=upload is not None,
+            target=target,
         )
         return link, msg
 
@@ -928,10 +991,13 @@ class Peer:
         elif isinstance(exc.message, m.Result):
             future = link.pending.get(exc.message.id)
             link.session.call_input(exc.message.id, CallInput.REPLY)
+            text = f"the reply of {exc.size} bytes exceeds max_body_size"
             if future is not None and not future.done():
-                future.set_exception(
-                    MessageTooLargeError(f"the reply of {exc.size} bytes exceeds max_body_size")
-                )
+                future.set_exception(MessageTooLargeError(text))
+            elif future is None and self._forwarder is not None:
+                code = MessageTooLargeError.code
+                error = m.Error(id=exc.message.id, code=code, message=text)
+                await self._forwarder.forward_reply(link, error)
 
     # -- one handler per message kind -------------------------------------------------------------
 
@@ -941,6 +1007,9 @@ class Peer:
         if not msg.identity or msg.max_body_size < 1:
             raise ProtocolError(f"bad Hello: {msg!r}")
         identity = link.user_id or msg.identity
+        if ROUTE_SEPARATOR in identity:
+            await self._refuse_hello(link, f"identity {identity!r} contains {ROUTE_SEPARATOR!r}")
+            return
         link.session.handshake(identity, msg.max_body_size)
         previous = self._by_identity.get(identity)
         if previous is not None and previous is not link:
@@ -953,7 +1022,24 @@ class Peer:
             identity=self._identity, assigned=identity, max_body_size=self._max_body_size
         )
         await self._send(link, welcome)
-        self._link_opened(identity)
+        self._peer_appeared(identity)
+
+    async def _refuse_hello(self, link: Link, reason: str) -> None:
+        """Turn a remote away during the handshake, telling it why."""
+        self._drop(f"refused a Hello: {reason}")
+        await self._send_quietly(link, m.Goodbye(reason=reason))
+        await self._link_lost(link.key, LinkInput.LOST, reason)
+        await self._connection.disconnect(link.key)  # type: ignore[union-attr]
+
+    def _peer_appeared(self, name: str) -> None:
+        self._link_opened(name)
+        if self._forwarder is not None:
+            self._forwarder.peer_changed(name, True, "")
+
+    def _peer_vanished(self, name: str, reason: str) -> None:
+        self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, name, reason))
+        if self._forwarder is not None:
+            self._forwarder.peer_changed(name, False, reason)
 
     async def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
         if self._bound:
@@ -968,6 +1054,8 @@ class Peer:
             self._counters.reconnects += 1
             log.info("reconnected to %r", msg.identity)
         self._link_opened(msg.identity)
+        if self._forwarder is not None:
+            self._forwarder.uplink_opened(link)
 
     def _link_opened(self, identity: str) -> None:
         """A handshake completed: wake ``wait_for_peer`` and tell the listeners."""
@@ -978,9 +1066,28 @@ class Peer:
 
     async def _on_call(self, link: Link, msg: m.Call) -> None:
         self._counters.calls_in += 1
-        await self._dispatcher.call(link.key, link.identity, msg)
+        if (msg.target is not None or self._forwarder is not None) and await self._forward_call(
+            link, msg
+        ):
+            return
+        peer_id = link.identity if msg.origin is None else scoped(link.identity, msg.origin)
+        await self._dispatcher.call(link.key, peer_id, msg)
+
+    async def _forward_call(self, link: Link, msg: m.Call) -> bool:
+        """Pass on a call for a peer behind us (or one we do not serve); True once handled."""
+        if msg.target is None and self._dispatcher.serves(msg.method):
+            return False
+        if self._forwarder is not None and await self._forwarder.forward_call(link, msg):
+            return True
+        if msg.target is None:
+            return False  # ours to answer: the dispatcher says MethodNotFound
+        text = f"no peer {scoped(self._identity, msg.target)!r} is reachable here"
+        await self._send(link, m.Error(id=msg.id, code=ErrorCode.PEER_DISCONNECTED, message=text))
+        return True
 
     async def _on_cancel(self, link: Link, msg: m.Cancel) -> None:
+        if self._forwarder is not None and await self._forwarder.forward_control(link, msg):
+            return
         await self._dispatcher.cancel(link.key, msg.id)
 
     async def _on_reply(self, link: Link, msg: m.Message) -> None:
@@ -993,17 +1100,23 @@ class Peer:
             inbox.put(msg)
             return
         future = link.pending.get(call_id)
-        if future is not None and not future.done():
-            future.set_result(msg)
+        if future is not None:
+            if not future.done():
+                future.set_result(msg)
+        elif self._forwarder is not None:
+            await self._forwarder.forward_reply(link, msg)
 
     async def _on_stream_item(self, link: Link, msg: m.StreamItem) -> None:
         inbox = link.streams.get(msg.id)
         if inbox is None:
-            self._drop(f"stream item for unknown stream {msg.id}")
+            if self._forwarder is None or not await self._forwarder.forward_reply(link, msg):
+                self._drop(f"stream item for unknown stream {msg.id}")
         elif not inbox.put(msg):
             self._drop(f"stream {msg.id} sent past its credit")
 
     async def _on_credit(self, link: Link, msg: m.Credit) -> None:
+        if self._forwarder is not None and await self._forwarder.forward_control(link, msg):
+            return
         self._dispatcher.credit(link.key, msg.id, msg.amount)
 
     async def _on_upload(self, link: Link, msg: m.UploadItem | m.UploadEnd) -> None:
@@ -1014,6 +1127,20 @@ class Peer:
         window = link.uploads.get(msg.id)
         if window is not None and msg.amount >= 1:  # else the upload ended meanwhile
             window.grant(msg.amount)
+
+    async def _on_peer_up(self, link: Link, msg: m.PeerUp) -> None:
+        if not self._bound:
+            raise ProtocolError("PeerUp sent to a connecting peer")
+        name = self._routes.announce(link.key, link.identity, msg.peer)
+        if name is not None:
+            self._peer_appeared(name)
+
+    async def _on_peer_down(self, link: Link, msg: m.PeerDown) -> None:
+        if not self._bound:
+            raise ProtocolError("PeerDown sent to a connecting peer")
+        name = self._routes.withdraw(link.key, link.identity, msg.peer)
+        if name is not None:
+            self._peer_vanished(name, msg.reason or "gone")
 
     async def _on_ping(self, link: Link, msg: m.Ping) -> None:
         await self._send(link, m.Pong())
@@ -1054,6 +1181,8 @@ class Peer:
         m.UploadItem: _on_upload,
         m.UploadEnd: _on_upload,
         m.UploadCredit: _on_upload_credit,
+        m.PeerUp: _on_peer_up,
+        m.PeerDown: _on_peer_down,
     }
 
     # -- links ending -----------------------------------------------------------------------------
@@ -1070,13 +1199,17 @@ class Peer:
         lost = PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}")
         self._fail_pending(link, lost)
         link.outgoing.fail(lost)
+        if self._forwarder is not None:
+            await self._forwarder.link_lost(link, reason)
         link.session.forget_calls()
         await self._dispatcher.drop_link(key)
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_exception(PeerDisconnectedError(reason))
+        for name in self._routes.drop_link(key):
+            self._peer_vanished(name, reason)
         if was_open:
             self._counters.disconnects += 1
-            self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, link.identity, reason))
+            self._peer_vanished(link.identity, reason)
 
     def _fail_pending(self, link: Link, error: Exception) -> None:
         for inbox in link.streams.values():

@@ -108,6 +108,9 @@ async def test_wait_for_peer_on_the_connecting_side_waits_for_the_reconnection(
         client = cl.Peer(connect=connect_address(first), **FAST_HEARTBEAT)
         await client.__aenter__()
     try:
+        async with asyncio.timeout(10):  # the client hears the server's Goodbye
+            while "server" in client.peers:
+                await asyncio.sleep(0.01)
         waiter = asyncio.create_task(client.wait_for_peer("server", timeout=15))
         async with serving(transport_kind, same_address(transport_kind, address)):
             await waiter

@@ -58,6 +58,8 @@ MESSAGES: dict[m.MessageKind, m.Message] = {
         m.UploadItem(id=1),
         m.UploadEnd(id=1),
         m.UploadCredit(id=1, amount=1),
+        m.PeerUp(peer="agent-1"),
+        m.PeerDown(peer="agent-1"),
     )
 }
 

@@ -6,6 +6,10 @@ msgpack array ``[version, kind, flags, field...]`` with the fields in the order 
 class declares them (``body`` excluded). The body frame is the packed msgpack body, snappy
 compressed when flag bit 0 is set. docs/PROTOCOL.md is the normative description.
 
+Optional trailing fields (``Call.target`` and ``Call.origin``, added for federation) are left
+out of the header while they are ``None``, so a message that does not use them has exactly the
+bytes it had before they existed, and peers that predate them still understand it.
+
 ``decode`` is the only door from the network into the protocol: whatever the bytes, it returns
 a well-typed message or raises ``ProtocolError`` (and only that). Every size it accepts is
 bounded: the header by ``MAX_HEADER_SIZE``, the body (compressed and decompressed) by the
@@ -89,7 +93,15 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "reason": _Str,
     "amount": _Int,
     "transfer": _Int,
+    "target": _OptStr,
+    "origin": _OptStr,
+    "peer": _Str,
 }
+#: Fields that hold a route (``a/b/c``); besides their type, their syntax is checked.
+_ROUTE_FIELDS: Final = ("target", "origin", "peer")
+#: Fields that may be left out at the end of a header when they are ``None``; they must come
+#: last in their class.
+_OPTIONAL_TRAILING: Final = frozenset({"target", "origin"})
 _CLASSES: Final[tuple[type[m.Message], ...]] = (
     m.Hello,
     m.Welcome,
@@ -112,6 +124,8 @@ _CLASSES: Final[tuple[type[m.Message], ...]] = (
     m.UploadItem,
     m.UploadEnd,
     m.UploadCredit,
+    m.PeerUp,
+    m.PeerDown,
 )
 
 
@@ -121,12 +135,18 @@ class _Layout:
     fields: tuple[str, ...]
     types: tuple[tuple[type, ...], ...]
     has_body: bool
+    required: int  # header fields before the optional trailing ones
 
 
 def _layout(cls: type[m.Message]) -> _Layout:
     names = [f.name for f in dataclasses.fields(cls)]
     header = tuple(n for n in names if n != "body")
-    return _Layout(cls, header, tuple(_FIELD_TYPES[n] for n in header), "body" in names)
+    required = len(header)
+    while required and header[required - 1] in _OPTIONAL_TRAILING:
+        required -= 1
+    assert not _OPTIONAL_TRAILING & set(header[:required]), f"{cls}: optional fields go last"
+    types = tuple(_FIELD_TYPES[n] for n in header)
+    return _Layout(cls, header, types, "body" in names, required)
 
 
 _BY_KIND: Final[dict[int, _Layout]] = {int(c.KIND): _layout(c) for c in _CLASSES}
@@ -202,6 +222,8 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[Frame]:
     flags = 0
     header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), flags]
     header.extend(getattr(msg, name) for name in layout.fields)
+    while len(header) > 3 + layout.required and header[-1] is None:
+        header.pop()  # optional trailing fields left at None are not sent
     if not layout.has_body:
         return [msgpack.packb(header)]
     body: Frame = msg.body  # type: ignore[union-attr]
@@ -309,12 +331,16 @@ def _decode_header(frame: Frame) -> list[Any]:
 
 
 def _check_fields(layout: _Layout, raw: list[Any]) -> dict[str, Any]:
-    if len(raw) != len(layout.fields):
+    if not layout.required <= len(raw) <= len(layout.fields):
         raise ProtocolError(f"{layout.cls.__name__} needs {len(layout.fields)} fields")
-    for name, value, types in zip(layout.fields, raw, layout.types, strict=True):
+    for name, value, types in zip(layout.fields, raw, layout.types, strict=False):
         if type(value) not in types:
             raise ProtocolError(f"{layout.cls.__name__}.{name} has type {type(value).__name__}")
-    values = dict(zip(layout.fields, raw, strict=True))
+    values = dict(zip(layout.fields, raw, strict=False))
+    for name in _ROUTE_FIELDS:
+        route = values.get(name)
+        if route is not None and not m.is_route(route):
+            raise ProtocolError(f"{layout.cls.__name__}.{name} is not a route: {route[:80]!r}")
     timeout = values.get("timeout")
     if timeout is not None and not timeout >= 0:  # ``not >=`` also refuses NaN
         raise ProtocolError(f"timeout must be non-negative seconds, got {timeout!r}")

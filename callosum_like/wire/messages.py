@@ -40,11 +40,16 @@ __all__ = [
     "UploadItem",
     "UploadEnd",
     "UploadCredit",
+    "PeerUp",
+    "PeerDown",
     "Message",
     "CallReply",
     "EMPTY_BODY",
     "STREAM_WINDOW",
     "MAX_FAILURE_TEXT",
+    "ROUTE_SEPARATOR",
+    "MAX_ROUTE_LENGTH",
+    "is_route",
 ]
 
 #: Bumped on any incompatible change of the frame layout; a peer drops other versions.
@@ -61,6 +66,18 @@ EMPTY_BODY: Final = b"\xc0"
 #: UTF-8 bytes a character, both together stay under half of ``codec.MAX_HEADER_SIZE``
 #: (1 MiB), so a handler that raises with a huge message still gets its reply through.
 MAX_FAILURE_TEXT: Final = 64 * 1024
+
+#: Separates the hops of a hierarchical peer name: ``"cluster-b/agent-3"`` is ``agent-3`` as
+#: announced by the link named ``cluster-b`` (docs/federation.md).
+ROUTE_SEPARATOR: Final = "/"
+#: Longest route (``Call.target``, ``Call.origin``, ``PeerUp.peer``) in characters: deep
+#: enough for any sane relay hierarchy, and it bounds what a remote makes us store per name.
+MAX_ROUTE_LENGTH: Final = 1024
+
+
+def is_route(text: str) -> bool:
+    """Whether ``text`` is a well-formed route: non-empty names joined by ``/``."""
+    return 0 < len(text) <= MAX_ROUTE_LENGTH and "" not in text.split(ROUTE_SEPARATOR)
 
 
 def _clip(text: str) -> str:
@@ -88,7 +105,9 @@ class MessageKind(enum.IntEnum):
     STREAM_ITEM = 12
     STREAM_END = 13
     CREDIT = 14
-    # 15-19 are kept for routing messages; 20-23 carry chunked bodies.
+    # 15-16 announce peers behind a relay; 17-19 are free; 20-23 carry chunked bodies.
+    PEER_UP = 15
+    PEER_DOWN = 16
     CHUNK = 20
     CHUNK_ACK = 21
     CHUNK_ABORT = 22
@@ -144,6 +163,10 @@ class Call:
         stream: The caller expects a stream of ``StreamItem`` and a ``StreamEnd``.
         upload: The body follows as ``UploadItem`` messages and an ``UploadEnd``; the
             handler reads them as an async iterator (``body`` is empty).
+        target: Where a relay should take the call: the route below the receiver
+            (``"agent-3"``, ``"sub/agent-1"``), or ``None`` for the receiver itself.
+        origin: For a call a relay forwards upwards, the caller's route below the sending
+            link (``"agent-3"``); ``None`` when the sender itself is the caller.
     """
 
     KIND: ClassVar = MessageKind.CALL
@@ -155,6 +178,8 @@ class Call:
     timeout: float | None = None
     stream: bool = False
     upload: bool = False
+    target: str | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -333,6 +358,34 @@ class UploadCredit:
     amount: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerUp:
+    """A relay announces that ``peer`` is reachable through it (relay -> bound side).
+
+    The receiver knows it as ``"<the relay's identity>/<peer>"``, never outside that subtree.
+
+    Attributes:
+        peer: The route of the peer below the relay (``"agent-3"``, ``"sub/agent-1"``).
+    """
+
+    KIND: ClassVar = MessageKind.PEER_UP
+    peer: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerDown:
+    """A relay announces that ``peer``, announced before, is gone.
+
+    Attributes:
+        peer: The route of the peer below the relay.
+        reason: Why it went away.
+    """
+
+    KIND: ClassVar = MessageKind.PEER_DOWN
+    peer: str
+    reason: str = ""
+
+
 Message: TypeAlias = (
     Hello
     | Welcome
@@ -355,6 +408,8 @@ Message: TypeAlias = (
     | UploadItem
     | UploadEnd
     | UploadCredit
+    | PeerUp
+    | PeerDown
 )
 #: The messages that settle a pending call (``StreamEnd`` settles a stream call).
 CallReply: TypeAlias = Result | Failure | Error | Cancelled | StreamEnd

@@ -61,6 +61,8 @@ CLASSES: dict[m.MessageKind, type[Any]] = {
         m.UploadItem,
         m.UploadEnd,
         m.UploadCredit,
+        m.PeerUp,
+        m.PeerDown,
     )
 }
 BODY_CLASSES = [m.Call, m.Result, m.StreamItem, m.UploadItem]
@@ -70,7 +72,17 @@ BODY_CLASSES = [m.Call, m.Result, m.StreamItem, m.UploadItem]
 WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
     m.MessageKind.HELLO: ("identity", "max_body_size"),
     m.MessageKind.WELCOME: ("identity", "assigned", "max_body_size"),
-    m.MessageKind.CALL: ("id", "method", "order_key", "headers", "timeout", "stream", "upload"),
+    m.MessageKind.CALL: (
+        "id",
+        "method",
+        "order_key",
+        "headers",
+        "timeout",
+        "stream",
+        "upload",
+        "target",
+        "origin",
+    ),
     m.MessageKind.RESULT: ("id",),
     m.MessageKind.FAILURE: ("id", "name", "repr", "traceback"),
     m.MessageKind.ERROR: ("id", "code", "message"),
@@ -89,7 +101,11 @@ WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
     m.MessageKind.UPLOAD_ITEM: ("id",),
     m.MessageKind.UPLOAD_END: ("id",),
     m.MessageKind.UPLOAD_CREDIT: ("id", "amount"),
+    m.MessageKind.PEER_UP: ("peer",),
+    m.MessageKind.PEER_DOWN: ("peer", "reason"),
 }
+#: Trailing fields that are left out of the header while they are None.
+OPTIONAL_FIELDS = {"target", "origin"}
 
 SAMPLES: dict[type[Any], m.Message] = {
     m.Hello: m.Hello(identity="agent-1", max_body_size=1 << 20),
@@ -102,6 +118,8 @@ SAMPLES: dict[type[Any], m.Message] = {
         headers={"trace": "t-1", "token": b"\x01"},
         timeout=2.5,
         stream=False,
+        target="sub/agent-3",
+        origin="agent-1",
     ),
     m.Result: m.Result(id=42, body=pack_body([1, "two"])),
     m.Failure: m.Failure(id=42, name="ValueError", repr="ValueError('boom')", traceback="tb"),
@@ -121,6 +139,8 @@ SAMPLES: dict[type[Any], m.Message] = {
     m.UploadItem: m.UploadItem(id=42, body=pack_body("part")),
     m.UploadEnd: m.UploadEnd(id=42),
     m.UploadCredit: m.UploadCredit(id=42, amount=8),
+    m.PeerUp: m.PeerUp(peer="sub/agent-3"),
+    m.PeerDown: m.PeerDown(peer="agent-3", reason="heartbeat lost"),
 }
 
 # -- strategies -------------------------------------------------------------------------------
@@ -154,6 +174,10 @@ INCOMPRESSIBLE_BODIES = st.builds(
 )
 BODIES = SMALL_BODIES | COMPRESSIBLE_BODIES | INCOMPRESSIBLE_BODIES
 
+#: Well-formed routes: non-empty names joined by "/".
+ROUTE_NAMES = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=8)
+ROUTES = st.lists(ROUTE_NAMES, min_size=1, max_size=4).map("/".join)
+
 FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "identity": TEXT,
     "assigned": TEXT,
@@ -175,6 +199,9 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "stream": st.booleans(),
     "upload": st.booleans(),
     "body": BODIES,
+    "target": st.none() | ROUTES,
+    "origin": st.none() | ROUTES,
+    "peer": ROUTES,
 }
 
 
@@ -243,6 +270,9 @@ DECLARED: dict[str, tuple[type, ...]] = {
     "stream": (bool,),
     "upload": (bool,),
     "body": (bytes,),
+    "target": (str, type(None)),
+    "origin": (str, type(None)),
+    "peer": _STR,
 }
 
 
@@ -309,6 +339,8 @@ def test_kind_codes_and_version_are_pinned() -> None:
         ("STREAM_ITEM", 12),
         ("STREAM_END", 13),
         ("CREDIT", 14),
+        ("PEER_UP", 15),
+        ("PEER_DOWN", 16),
         ("CHUNK", 20),
         ("CHUNK_ACK", 21),
         ("CHUNK_ABORT", 22),
@@ -571,7 +603,7 @@ def test_other_versions_are_refused(version: Any) -> None:
         decode([msgpack.packb([version, int(m.MessageKind.PING), 0])], max_body_size=BIG)
 
 
-@pytest.mark.parametrize("kind", [0, 15, 255, -1, 2**64 - 1, "3", 3.0, True, None, b"\x03"])
+@pytest.mark.parametrize("kind", [0, 15, 19, 22, 255, -1, 2**64 - 1, "3", 3.0, True, None, b"\x03"])
 def test_unknown_kinds_are_refused(kind: Any) -> None:
     with pytest.raises(ProtocolError):
         decode([msgpack.packb([m.PROTOCOL_VERSION, kind, 0])], max_body_size=BIG)
@@ -592,11 +624,14 @@ def test_wrong_field_count(cls: type[Any]) -> None:
     head = header_of(msg)
     with pytest.raises(ProtocolError):
         decode(with_header(msg, [*head, 0]), max_body_size=BIG)
-    if len(head) > 3:
+    required = [f for f in WIRE_FIELDS[cls.KIND] if f not in OPTIONAL_FIELDS]
+    if required:
         with pytest.raises(ProtocolError):
-            decode(with_header(msg, head[:-1]), max_body_size=BIG)
+            decode(with_header(msg, head[: 3 + len(required) - 1]), max_body_size=BIG)
 
 
+#: Strings that are not routes: empty names, or too long.
+BAD_ROUTES = ["", "/", "a/", "/a", "a//b", "x" * 1025]
 _BAD_INT = ["1", 1.0, None, True, False, b"\x01", [1], {}]
 _BAD_STR = [b"x", 1, 1.5, None, True, ["x"], {}]
 #: Values of the wrong type for each field (bool is not an int on the wire).
@@ -609,6 +644,9 @@ WRONG_VALUES: dict[str, list[Any]] = {
     "timeout": ["1", True, False, b"1", [1.0], {}],
     "stream": [1, 0, None, "true", 1.0, []],
     "upload": [1, 0, None, "true", 1.0, []],
+    "target": [b"x", 1, True, ["x"], {}, *BAD_ROUTES],
+    "origin": [b"x", 1, True, ["x"], {}, *BAD_ROUTES],
+    "peer": [b"x", 1, None, True, ["x"], {}, *BAD_ROUTES],
 }
 
 FIELD_CASES = [
@@ -821,3 +859,33 @@ def test_large_incompressible_body_is_sent_as_is_and_compressible_one_is_compres
     frames = encode(m.Result(id=1, body=text_body), compress=True)
     assert len(frames[1]) < len(text_body) // 4
     assert decode(frames, max_body_size=1 << 21) == m.Result(id=1, body=text_body)
+
+
+# -- federation fields --------------------------------------------------------------------------
+
+
+def test_a_call_without_target_or_origin_leaves_them_out_of_its_header() -> None:
+    """Peers that predate federation read such a call as before: the layout is unchanged."""
+    call = m.Call(id=1, method="echo")
+    assert len(header_of(call)) == 3 + 7
+    assert len(header_of(dataclasses.replace(call, target="agent-3"))) == 3 + 8
+    assert header_of(dataclasses.replace(call, origin="agent-3"))[-2:] == [None, "agent-3"]
+
+
+@pytest.mark.parametrize("fields", [7, 8, 9])
+def test_optional_trailing_fields_may_be_sent_as_nil(fields: int) -> None:
+    call = m.Call(id=1, method="echo")
+    head = [*header_of(call), None, None][: 3 + fields]
+    assert decode(with_header(call, head), max_body_size=BIG) == call
+
+
+@pytest.mark.parametrize(
+    "route", ["a", "a/b", "cluster-b/sub/agent-1", "x" * 1024, "ü/…"], ids=lambda r: r[:20]
+)
+def test_well_formed_routes_are_accepted(route: str) -> None:
+    for msg in (
+        m.Call(id=1, method="m", target=route, origin=route),
+        m.PeerUp(peer=route),
+        m.PeerDown(peer=route),
+    ):
+        assert decode(encode(msg), max_body_size=BIG) == msg
