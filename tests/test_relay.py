@@ -545,3 +545,16 @@ async def test_curve_on_both_hops_with_the_relay_scoped_by_its_authenticated_nam
         ):
             pass
     assert relay.peers == {"agent-1"}
+
+
+async def test_a_name_too_long_for_a_route_is_not_passed_on(federation: Federation) -> None:
+    manager, relay, _ = await federation.one_agent()
+    long_name = "a" * 1100  # identities are not limited; routes are (1024 characters)
+    verbose = await federation.agent(relay, long_name)
+    await relay.wait_for_peer(long_name, timeout=10)
+    with pytest.raises(cl.RPCInternalError, match="longer than 1024"):
+        await verbose.invoke("whoami")
+    await federation.agent(relay, "agent-2")
+    await reachable(manager, "cluster-b/agent-2")  # announced after the long name was skipped
+    assert manager.peers == {"cluster-b", "cluster-b/agent-1", "cluster-b/agent-2"}
+    assert manager.statistics().dropped_messages == 0  # nothing malformed was sent up
