@@ -18,7 +18,8 @@ from callosum_like.wire.messages import STREAM_WINDOW
 from .conftest import Meeting, bind_address, connect_address
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
-FAST = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0}
+#: Heartbeats fast enough to see a dead ZeroMQ peer quickly, slow enough for a loaded machine.
+FAST = {"heartbeat_interval": 0.25, "heartbeat_timeout": 1.5}
 CONNECTED = cl.PeerEventKind.CONNECTED
 DISCONNECTED = cl.PeerEventKind.DISCONNECTED
 Stack = contextlib.AsyncExitStack
