@@ -559,3 +559,32 @@ async def test_a_name_too_long_for_a_route_is_not_passed_on(federation: Federati
     await reachable(manager, "cluster-b/agent-2")  # announced after the long name was skipped
     assert manager.peers == {"cluster-b", "cluster-b/agent-1", "cluster-b/agent-2"}
     assert manager.statistics().dropped_messages == 0  # nothing malformed was sent up
+
+
+async def test_the_relay_checks_the_next_hops_max_body_size(federation: Federation) -> None:
+    # Manager and relay take 64 MiB; the agent only 10 000 bytes. The manager cannot know
+    # the agent's limit: the relay refuses on its behalf, both ways.
+    manager, _, agent = await federation.one_agent(max_body_size=10_000)
+
+    async def big(request: cl.Request) -> Any:
+        return b"x" * 50_000
+
+    manager.handle_function("big", big)
+    with pytest.raises(cl.MessageTooLargeError, match="next hop"):
+        await manager.invoke("echo", b"x" * 20_000, to="cluster-b/agent-1")
+    with pytest.raises(cl.MessageTooLargeError, match="50"):
+        await agent.invoke("big")
+    assert await manager.invoke("echo", b"x" * 5_000, to="cluster-b/agent-1") == b"x" * 5_000
+
+
+async def test_a_caller_dying_cancels_its_call_beyond_the_relay(federation: Federation) -> None:
+    manager, _, agent = await federation.one_agent()
+    gate = Gate()
+    manager.handle_function("block", gate)
+    call = asyncio.create_task(agent.invoke("block"))
+    await asyncio.wait_for(gate.started.wait(), 10)
+    await crash(agent)
+    await asyncio.wait_for(gate.cancelled.wait(), 10)  # the relay cancelled it for the agent
+    call.cancel()
+    with pytest.raises((asyncio.CancelledError, cl.PeerDisconnectedError)):
+        await call
