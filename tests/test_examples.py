@@ -133,9 +133,9 @@ FEDERATION = EXAMPLES / "federation"
 def test_federation_demo() -> None:
     out = run_example("federation/demo.py").stdout
     for name in ("cluster-a/agent-1", "cluster-a/agent-2"):
-        assert f"manager  -> {name}.hello() = \"hello manager from {name[10:]};" in out
+        assert f'manager  -> {name}.hello() = "hello manager from {name[10:]};' in out
     for name in ("cluster-a/cluster-b/agent-3", "cluster-a/cluster-b/agent-4"):
-        assert f"manager  -> {name}.hello() = \"hello manager from {name[20:]};" in out
+        assert f'manager  -> {name}.hello() = "hello manager from {name[20:]};' in out
         # The agent called back into the manager while it answered, through two relays.
         assert f"manager  <- {name} reports {{'pid': " in out
         assert f"the manager said 'noted, {name}'" in out
