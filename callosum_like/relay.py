@@ -380,11 +380,14 @@ class Relay:
     # -- announcements ----------------------------------------------------------------------------
 
     def _mark(self, name: str, reason: str) -> None:
+        if not m.is_route(name):  # a direct identity too long to be a route
+            log.warning("%r cannot be announced: not a route", name[:80])
+            return
         self._dirty[name] = reason
         self._wake.set()
 
     def _mark_everything(self) -> None:
-        self._dirty = dict.fromkeys(self._below.peers, "")
+        self._dirty = dict.fromkeys(filter(m.is_route, self._below.peers), "")
         self._wake.set()
 
     async def _announce(self) -> None:
@@ -423,6 +426,10 @@ class Relay:
             await _answer(self._below, link, msg.id, "the relay has no upstream link")
             return True
         origin = scoped(link.identity, msg.origin)
+        if not m.is_route(origin):
+            text = f"the caller's route is longer than {m.MAX_ROUTE_LENGTH} characters"
+            await self._below._send_quietly(link, _error(msg.id, ErrorCode.INTERNAL, text))
+            return True
         await self._forward(self._below, link, msg, above, uplink, None, origin)
         return True
 

@@ -15,7 +15,8 @@ Rules this table enforces:
   name never collides with a directly connected peer.
 * Each link may announce at most ``max_per_link`` names; past that, announcements raise
   ``ProtocolError`` (the Peer drops and counts them), so a remote cannot grow this table
-  without bound.
+  without bound. A name whose scoped form is longer than ``MAX_ROUTE_LENGTH`` is refused
+  the same way, so every name here is a route we can send on.
 * Everything a link announced goes with it: ``drop_link`` returns the names that vanished.
 
 Sans-IO: no loop, no sockets; the Peer feeds it what arrived and acts on what it answers.
@@ -27,7 +28,7 @@ from collections.abc import Hashable, Iterator
 from typing import Final
 
 from .errors import ProtocolError
-from .wire.messages import ROUTE_SEPARATOR
+from .wire.messages import MAX_ROUTE_LENGTH, ROUTE_SEPARATOR
 
 __all__ = ["MAX_ANNOUNCED_PEERS", "RouteTable", "scoped"]
 
@@ -69,11 +70,14 @@ class RouteTable:
             The scoped name if it is new, ``None`` if it was already announced.
 
         Raises:
-            ProtocolError: The link already announced ``max_per_link`` names.
+            ProtocolError: The link already announced ``max_per_link`` names, or the scoped
+                name is longer than ``MAX_ROUTE_LENGTH``.
         """
         name = scoped(via, route)
         if name in self._routes:
             return None
+        if len(name) > MAX_ROUTE_LENGTH:
+            raise ProtocolError(f"{name[:80]!r}... is longer than {MAX_ROUTE_LENGTH} characters")
         names = self._by_link.setdefault(key, set())
         if len(names) >= self._max_per_link:
             raise ProtocolError(f"{via!r} announced more than {self._max_per_link} peers")

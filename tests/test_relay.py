@@ -18,7 +18,8 @@ from callosum_like.wire.messages import STREAM_WINDOW
 from .conftest import Meeting, bind_address, connect_address
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
-FAST = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0}
+#: Heartbeats fast enough to see a dead ZeroMQ peer quickly, slow enough for a loaded machine.
+FAST = {"heartbeat_interval": 0.25, "heartbeat_timeout": 1.5}
 CONNECTED = cl.PeerEventKind.CONNECTED
 DISCONNECTED = cl.PeerEventKind.DISCONNECTED
 Stack = contextlib.AsyncExitStack
@@ -545,3 +546,45 @@ async def test_curve_on_both_hops_with_the_relay_scoped_by_its_authenticated_nam
         ):
             pass
     assert relay.peers == {"agent-1"}
+
+
+async def test_a_name_too_long_for_a_route_is_not_passed_on(federation: Federation) -> None:
+    manager, relay, _ = await federation.one_agent()
+    long_name = "a" * 1100  # identities are not limited; routes are (1024 characters)
+    verbose = await federation.agent(relay, long_name)
+    await relay.wait_for_peer(long_name, timeout=10)
+    with pytest.raises(cl.RPCInternalError, match="longer than 1024"):
+        await verbose.invoke("whoami")
+    await federation.agent(relay, "agent-2")
+    await reachable(manager, "cluster-b/agent-2")  # announced after the long name was skipped
+    assert manager.peers == {"cluster-b", "cluster-b/agent-1", "cluster-b/agent-2"}
+    assert manager.statistics().dropped_messages == 0  # nothing malformed was sent up
+
+
+async def test_the_relay_checks_the_next_hops_max_body_size(federation: Federation) -> None:
+    # Manager and relay take 64 MiB; the agent only 10 000 bytes. The manager cannot know
+    # the agent's limit: the relay refuses on its behalf, both ways.
+    manager, _, agent = await federation.one_agent(max_body_size=10_000)
+
+    async def big(request: cl.Request) -> Any:
+        return b"x" * 50_000
+
+    manager.handle_function("big", big)
+    with pytest.raises(cl.MessageTooLargeError, match="next hop"):
+        await manager.invoke("echo", b"x" * 20_000, to="cluster-b/agent-1")
+    with pytest.raises(cl.MessageTooLargeError, match="50"):
+        await agent.invoke("big")
+    assert await manager.invoke("echo", b"x" * 5_000, to="cluster-b/agent-1") == b"x" * 5_000
+
+
+async def test_a_caller_dying_cancels_its_call_beyond_the_relay(federation: Federation) -> None:
+    manager, _, agent = await federation.one_agent()
+    gate = Gate()
+    manager.handle_function("block", gate)
+    call = asyncio.create_task(agent.invoke("block"))
+    await asyncio.wait_for(gate.started.wait(), 10)
+    await crash(agent)
+    await asyncio.wait_for(gate.cancelled.wait(), 10)  # the relay cancelled it for the agent
+    call.cancel()
+    with pytest.raises((asyncio.CancelledError, cl.PeerDisconnectedError)):
+        await call

@@ -67,3 +67,10 @@ def test_each_link_announces_a_bounded_number_of_names() -> None:
 def test_scoped() -> None:
     assert scoped("r", None) == "r"
     assert scoped("r", "a/b") == "r/a/b"
+
+
+def test_a_scoped_name_must_stay_a_route() -> None:
+    table = RouteTable()
+    assert table.announce(b"k", "r", "x" * 1022) == "r/" + "x" * 1022
+    with pytest.raises(ProtocolError):
+        table.announce(b"k", "r", "x" * 1023)
