@@ -461,6 +461,9 @@ class Relay:
     def _refusal(self, msg: m.Call, callee_link: Link) -> m.Error | None:
         if self._state != "open":
             return _error(msg.id, ErrorCode.PEER_DISCONNECTED, "the relay is closing")
+        if msg.upload:
+            text = "a relay does not pass on streamed call bodies yet; send the items as calls"
+            return _error(msg.id, ErrorCode.INTERNAL, text)
         if len(self._forwards) >= self._max_forwarded:
             text = f"the relay holds {len(self._forwards)} calls (max_forwarded)"
             return _error(msg.id, ErrorCode.OVERLOADED, text)
