@@ -225,6 +225,8 @@ class System:
         script: The peer script in ``bench/peers/``, or ``None`` for this project.
         transport: This project's transport (``zeromq``/``tcp``) when ``script`` is ``None``.
         streams: How W5 runs on it: ``stream`` (native), or the emulation used.
+        root: The source tree its children import ``callosum_like`` from, when not this
+            one (``--baseline``).
     """
 
     key: str
@@ -234,6 +236,7 @@ class System:
     script: str | None = None
     transport: str = ""
     streams: str = "stream"
+    root: str | None = None
 
     def argv(self, role: str) -> list[str]:
         """The command line of its ``server`` or ``client`` process (without options)."""
@@ -252,6 +255,8 @@ class System:
         """Why it cannot run here, or ``None`` when it can."""
         if importlib.util.find_spec(self.requires) is None:
             return f"{self.requires} is not installed (pip install -e '.[bench]')"
+        if self.root is not None and not (Path(self.root) / "callosum_like").is_dir():
+            return f"{self.root} holds no callosum_like package"
         if self.script is not None and not (PEERS_DIR / self.script).is_file():
             return f"{PEERS_DIR / self.script} not found (run from a source checkout)"
         return None
@@ -750,9 +755,10 @@ async def _connect_like(transport: str, address: str) -> AsyncIterator[EchoClien
 class _Child:
     """A benchmark child process; its output is read for READY/RESULT and kept for errors."""
 
-    def __init__(self, label: str, argv: Sequence[str]) -> None:
+    def __init__(self, label: str, argv: Sequence[str], root: str | None = None) -> None:
         self.label = label
         self._argv = list(argv)
+        self._root = root
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # set on the READY line, or at the end of the output
@@ -766,7 +772,7 @@ class _Child:
         return self._process.pid
 
     async def __aenter__(self) -> Self:
-        env = {**os.environ, "PYTHONPATH": _python_path()}
+        env = {**os.environ, "PYTHONPATH": _python_path(self._root)}
         self._process = await asyncio.create_subprocess_exec(
             *self._argv,
             stdin=asyncio.subprocess.PIPE,
@@ -848,9 +854,9 @@ class _Child:
         return self._process.returncode is not None
 
 
-def _python_path() -> str:
-    """Children find this package even when it is not installed."""
-    root = str(Path(__file__).resolve().parent.parent)
+def _python_path(root: str | None = None) -> str:
+    """Children find this package (or the one under ``root``) even when it is not installed."""
+    root = root or str(Path(__file__).resolve().parent.parent)
     return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
 
 
@@ -867,7 +873,8 @@ class _Outcome:
 
 async def _run_step(system: System, workload: Workload, loop: str, timeout: float) -> _Outcome:
     """Start a server and a client for one (system, workload) and collect the result."""
-    server = _Child(f"{system.key} {workload.key} server", [*system.argv("server"), "--loop", loop])
+    argv = [*system.argv("server"), "--loop", loop]
+    server = _Child(f"{system.key} {workload.key} server", argv, system.root)
     try:
         async with server:
             text = await _client_step(system, workload, loop, timeout, server)
@@ -892,7 +899,7 @@ async def _client_step(
         "--workload",
         json.dumps(dataclasses.asdict(workload)),
     ]
-    async with _Child(f"{system.key} {workload.key} client", argv) as client:
+    async with _Child(f"{system.key} {workload.key} client", argv, system.root) as client:
         try:
             return await client.finish(timeout)
         except (RuntimeError, TimeoutError) as exc:
@@ -1018,17 +1025,26 @@ def _table_rows(workload: Workload, summaries: dict[tuple[str, str], _Summary]) 
     columns = _COLUMNS[workload.group]
     rows = [["system", *(c[0] for c in columns), f"x {REFERENCE}"]]
     reference = summaries.get((REFERENCE, workload.key))
-    for system in SYSTEMS:
-        summary = summaries.get((system.key, workload.key))
+    for key in dict.fromkeys(system for system, _ in summaries):  # in the order they ran
+        summary = summaries.get((key, workload.key))
         if summary is None:
             continue
+        label = _label(key)
         if summary.status != "ok":
-            rows.append([system.label, f"{summary.status}: {summary.reason}"])
+            rows.append([label, f"{summary.status}: {summary.reason}"])
             continue
         cells = [_cell(summary, metric, unit) for _, metric, unit in columns]
         ratio = _speedup(summary, reference, workload.group)
-        rows.append([system.label, *cells, "" if ratio is None else f"{ratio:.2f}"])
+        rows.append([label, *cells, "" if ratio is None else f"{ratio:.2f}"])
     return rows
+
+
+def _label(key: str) -> str:
+    """A system's name in tables; ``base-*`` are the ``--baseline`` twins of ours."""
+    labels = {s.key: s.label for s in SYSTEMS}
+    return labels.get(key) or labels.get(key.replace("base-", "like-"), key).replace(
+        "callosum_like", "baseline"
+    )
 
 
 def _cell(summary: _Summary, metric: str, unit: str) -> str:
@@ -1335,6 +1351,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds one step may take before it counts as failed",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run this project's systems from the source tree DIR (e.g. a 'git archive' "
+        "of main), interleaved with ours, as base-zeromq and base-tcp",
+    )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -1378,7 +1400,7 @@ def run_bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    systems = [s for s in SYSTEMS if s.key in keys]
+    systems = _with_baseline([s for s in SYSTEMS if s.key in keys], args.baseline)
     workloads = [w for w in catalogue if w.key in workload_keys]
     loop = _resolve_loop(args.loop)
     print(
@@ -1389,6 +1411,21 @@ def run_bench(args: argparse.Namespace) -> int:
     host_before = _host_load()  # other load on the host shows up as spread
     summaries = asyncio.run(_run_all(systems, workloads, args, loop))
     return _report(systems, workloads, summaries, args, loop, host_before)
+
+
+def _with_baseline(systems: list[System], root: str | None) -> list[System]:
+    """Each of this project's systems followed by its twin from the tree ``root``, if given."""
+    if root is None:
+        return systems
+    tree = str(Path(root).resolve())
+    out: list[System] = []
+    for system in systems:
+        out.append(system)
+        if system.script is None:
+            key = system.key.replace("like-", "base-")
+            label = system.label.replace("callosum_like", "baseline")
+            out.append(dataclasses.replace(system, key=key, label=label, dists=(), root=tree))
+    return out
 
 
 def _resolve_loop(loop: str) -> str:

@@ -264,3 +264,24 @@ def test_an_unknown_system_is_a_usage_error(tmp_path: Path) -> None:
     result = run_bench("--systems", "nonesuch", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown name 'nonesuch'" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_baseline_runs_a_second_tree_beside_ours(tmp_path: Path) -> None:
+    tree = Path(bench.__file__).resolve().parent.parent
+    output = tmp_path / "ab.json"
+    common = ["--quick", "--workloads", "W1", "--no-chart", "--no-progress"]
+    argv = [*common, "--systems", "like-tcp", "--baseline", str(tree), "--output", str(output)]
+    result = run_bench(*argv, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("callosum_like tcp ") for line in lines)
+    assert any(line.startswith("baseline tcp ") for line in lines)
+    report = json.loads(output.read_text())
+    assert [s["key"] for s in report["systems"]] == ["like-tcp", "base-tcp"]
+    assert all(r["status"] == "ok" for r in report["results"])
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = bench.System(key="base-tcp", label="x", requires="asyncio", dists=(), root=str(empty))
+    assert "no callosum_like package" in (missing.missing() or "")

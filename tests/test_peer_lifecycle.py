@@ -11,12 +11,13 @@ import textwrap
 from typing import Any
 
 import pytest
+import zmq
 
 import callosum_like as cl
 from callosum_like.errors import ErrorCode
 from callosum_like.lower.base import Received
 from callosum_like.lower.tcp import TCPTransport
-from callosum_like.lower.zeromq import ZeroMQTransport
+from callosum_like.lower.zeromq import ZeroMQTransport, shared_context
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import encode, pack_body
 
@@ -286,6 +287,21 @@ async def test_garbage_costs_one_message_and_the_peer_keeps_serving(
         assert server.statistics().dropped_messages == len(GARBAGE) + 1
     finally:
         await raw.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_hostile_zeromq_batch_is_counted_in_the_statistics(peers: Any) -> None:
+    server = await peers.enter_async_context(cl.Peer(bind="tcp://127.0.0.1:0"))
+    server.handle_function("echo", echo)
+    raw = zmq.Socket(shared_context(), zmq.DEALER)
+    try:
+        raw.connect(server.address)
+        raw.send_multipart([b"", b"\x00\x00"])  # a batch whose first message has no frames
+        client = await peers.enter_async_context(cl.Peer(connect=server.address))
+        assert await client.invoke("echo", "fine") == "fine"
+        assert server.statistics().dropped_messages == 1
+    finally:
+        raw.close(linger=0)
 
 
 @pytest.mark.asyncio

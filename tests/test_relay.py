@@ -591,7 +591,7 @@ async def test_a_caller_dying_cancels_its_call_beyond_the_relay(federation: Fede
 
 
 async def test_chunked_bodies_cross_a_relay_both_ways(federation: Federation) -> None:
-    manager, relay, agent = await federation.one_agent(chunk_size=64 * 1024)
+    manager, _relay, agent = await federation.one_agent(chunk_size=64 * 1024)
     big = bytes(range(256)) * 4096  # 1 MiB: 16 chunks on the agent's hop, 4 on the others
     assert await manager.invoke("echo", big, to="cluster-b/agent-1") == big
     assert await agent.invoke("echo", big) == big
@@ -600,7 +600,7 @@ async def test_chunked_bodies_cross_a_relay_both_ways(federation: Federation) ->
 async def test_a_streamed_call_body_is_refused_by_a_relay_not_lost(
     federation: Federation,
 ) -> None:
-    manager, relay, agent = await federation.one_agent()
+    manager, _relay, agent = await federation.one_agent()
 
     async def items() -> Any:
         yield b"part"

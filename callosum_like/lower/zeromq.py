@@ -14,9 +14,20 @@ Theory of operation:
 * Receiving: the driver drains up to ``RECV_BATCH`` messages per wakeup into the connection's
   bounded ``EventQueue``; when that is full it stops reading until the queue drains to half,
   and ZeroMQ's high-water marks push back on the remote.
-* Sending: a message goes to the socket at once when it can (``NOBLOCK``); otherwise it
-  waits in the driver's queue and leaves on the next ``POLLOUT``. A sender waits only when
-  that queue holds ``SEND_QUEUE_SIZE`` messages.
+* Sending: the first message of a loop iteration goes to the socket at once when it can
+  (``NOBLOCK``), so a lone message waits for nothing. The small messages sent after it in the
+  same iteration are *batched*: packed back to back into one ZeroMQ frame that leaves at the
+  end of the iteration (one libzmq send and one wake-up of its I/O thread for all of them,
+  instead of one per frame). A message over ``SMALL_MESSAGE_SIZE`` always goes as its own
+  ZeroMQ message, its large frames without a copy. What the socket cannot take yet waits in
+  the driver's queue and leaves on the next ``POLLOUT``; a sender waits only when that queue
+  holds ``SEND_QUEUE_SIZE`` ZeroMQ messages.
+* Batch layout (docs/PROTOCOL.md): a ZeroMQ message whose first frame (after the routing id)
+  is empty is an envelope. ``[b"", batch]`` is a batch: messages in the stream framing of
+  ``wire.framing``, split by ``split_batch``.
+  ``[b"", b"", *frames]`` is one message whose own first frame is empty (escaped). A batch
+  that does not split is dropped whole, a message of it with a frame over ``max_frame_size``
+  alone; each drop is counted in ``dropped``.
 * Bound (ROUTER, ``ROUTER_MANDATORY``): each remote is a routing id. The first message from a
   routing id we do not know yields ``Connected`` before its ``Received``. ZeroMQ does not say
   when a remote goes away, so the Peer's heartbeat (or the remote's Goodbye) decides that and
@@ -46,7 +57,8 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from ..addresses import Address, ZeroMQAddress
-from ..errors import PeerClosedError, PeerDisconnectedError
+from ..errors import PeerClosedError, PeerDisconnectedError, ProtocolError
+from ..wire.framing import MAX_FRAMES, framed_size, pack_batch, split_batch
 from .base import (
     CONNECTED_KEY,
     AuthFailed,
@@ -72,12 +84,25 @@ log = logging.getLogger(__name__)
 HIGH_WATER_MARK: Final = 10_000
 #: Messages taken from a socket per wakeup before yielding to the loop (fairness).
 RECV_BATCH: Final = 256
-#: Messages a driver holds for a socket that cannot take them yet, before senders wait.
+#: ZeroMQ messages a driver holds for a socket that cannot take them yet, before senders wait.
 SEND_QUEUE_SIZE: Final = 1024
 #: Seconds before ZeroMQ's first reconnection attempt; it doubles after each failed one.
 DEFAULT_RECONNECT_INTERVAL: Final = 0.05
 #: The longest wait between reconnection attempts: a restarted server is found within it.
 DEFAULT_RECONNECT_MAX_INTERVAL: Final = 2.0
+#: Frames from this size on are handed to ZeroMQ without a copy. Measured on loopback
+#: (docs/performance.md): below 64 KiB a copy costs less than the zmq.Frame and the release
+#: notification that zero-copy needs; from 128 KiB zero-copy moves 1.5-2x the bytes per CPU
+#: second.
+ZERO_COPY_THRESHOLD: Final = 64 * 1024
+#: Messages of at most this many bytes (framed) are batched; larger ones go on their own. A
+#: message that libzmq would copy anyway is copied into a batch instead.
+SMALL_MESSAGE_SIZE: Final = ZERO_COPY_THRESHOLD
+#: Bytes a batch holds at most before it is closed and queued. Receivers accept ZeroMQ frames
+#: of this size whatever their ``max_frame_size`` (which they check per message instead).
+BATCH_SIZE: Final = 256 * 1024
+#: The first frame of an envelope (a batch, or an escaped message).
+BATCH_MARK: Final = b""
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
 _MONITOR_EVENTS: Final = (
@@ -101,11 +126,6 @@ def shared_context() -> zmq.asyncio.Context:
     return zmq.asyncio.Context.instance()
 
 
-#: Frames from this size on are handed to ZeroMQ without a copy; below it a copy is cheaper
-#: than the zmq.Frame that zero-copy needs (pyzmq's own advice).
-ZERO_COPY_THRESHOLD: Final = 64 * 1024
-
-
 def _copy(frames: Sequence[Frame]) -> bool:
     # The body, when there is one, is the last and the largest frame.
     return len(frames[-1]) < ZERO_COPY_THRESHOLD
@@ -116,6 +136,31 @@ def _bind_endpoint(uri: str) -> str:
     if uri.startswith("tcp://") and uri.endswith(":0"):
         return uri[:-1] + "*"
     return uri
+
+
+class _Batch:
+    """The small messages for one route since the last message left at once."""
+
+    __slots__ = ("messages", "size")
+
+    def __init__(self) -> None:
+        self.messages: list[Sequence[Frame]] = []
+        self.size = 0
+
+    def message(self, route: bytes | None) -> list[Frame]:
+        """The ZeroMQ message that carries them: a batch, or the one message as it is."""
+        if len(self.messages) == 1:
+            return _plain(route, self.messages[0])
+        prefix: list[Frame] = [BATCH_MARK] if route is None else [route, BATCH_MARK]
+        return [*prefix, pack_batch(self.messages)]
+
+
+def _plain(route: bytes | None, frames: Sequence[Frame]) -> list[Frame]:
+    """One message as its own ZeroMQ message; an empty first frame is escaped (see above)."""
+    prefix: list[Frame] = [] if route is None else [route]
+    if not frames[0]:
+        prefix += [BATCH_MARK, BATCH_MARK]
+    return [*prefix, *frames]
 
 
 class _SocketDriver:
@@ -139,7 +184,9 @@ class _SocketDriver:
         self._on_message = on_message
         self._copy = copy
         self._loop = asyncio.get_running_loop()
-        self._outbox: deque[Sequence[Frame]] = deque()
+        self._outbox: deque[list[Frame]] = deque()  # ZeroMQ messages, in sending order
+        self._batches: dict[bytes | None, _Batch] = {}  # open batches, by route
+        self._holding = False  # a message left at once this iteration: batch what follows
         self._space: asyncio.Future[None] | None = None
         self._reading = True
         self._scheduled = False
@@ -156,6 +203,10 @@ class _SocketDriver:
         self._scheduled = False
         if self._closed:
             return
+        self._holding = False
+        if self._batches:
+            for route in list(self._batches):
+                self._seal(route)
         events = int(self._sock.getsockopt(zmq.EVENTS))
         if events & _POLLOUT and self._outbox:
             self._flush()
@@ -198,8 +249,16 @@ class _SocketDriver:
             self._space = None
         self._schedule()
 
-    async def send(self, frames: Sequence[Frame]) -> None:
-        """Send now if the socket can take it, else queue it; wait only if the queue is full.
+    async def send(self, frames: Sequence[Frame], route: bytes | None = None) -> None:
+        """Send now if nothing is queued and the socket can take it, else batch or queue it.
+
+        The first message of a loop iteration leaves at once; the small ones that follow in
+        the same iteration wait for its end and leave together, packed into one batch. A
+        sender waits only when the queue holds ``SEND_QUEUE_SIZE`` ZeroMQ messages.
+
+        Args:
+            frames: The message.
+            route: The routing id to prefix (ROUTER), or ``None``.
 
         Raises:
             zmq.ZMQError: The socket refused the message (e.g. ``EHOSTUNREACH``).
@@ -207,20 +266,40 @@ class _SocketDriver:
         """
         if self._closed:
             raise PeerClosedError("connection closed")
-        if not self._outbox:
+        if not (self._holding or self._outbox or self._batches):
             try:
-                self._sock.send_multipart(frames, zmq.NOBLOCK, copy=_copy(frames))
+                self._sock.send_multipart(_plain(route, frames), zmq.NOBLOCK, copy=_copy(frames))
             except zmq.Again:
                 pass
             else:
-                self._schedule()  # the send may have eaten the FD's edge: look again
+                self._holding = True
+                self._schedule()  # ends the batching, and the send may have eaten the FD's edge
                 return
-        self._outbox.append(frames)
+        self._enqueue(frames, route)
         self._schedule()
         while len(self._outbox) >= SEND_QUEUE_SIZE and not self._closed:
             if self._space is None:
                 self._space = self._loop.create_future()
             await asyncio.shield(self._space)
+
+    def _enqueue(self, frames: Sequence[Frame], route: bytes | None) -> None:
+        batch = self._batches.get(route)
+        size = framed_size(frames)
+        if size > SMALL_MESSAGE_SIZE or len(frames) > MAX_FRAMES:
+            if batch is not None:
+                self._seal(route)
+            self._outbox.append(_plain(route, frames))
+            return
+        if batch is not None and batch.size + size > BATCH_SIZE:
+            self._seal(route)
+            batch = None
+        if batch is None:
+            batch = self._batches[route] = _Batch()
+        batch.messages.append(frames)
+        batch.size += size
+
+    def _seal(self, route: bytes | None) -> None:
+        self._outbox.append(self._batches.pop(route).message(route))
 
     def close(self) -> None:
         """Stop watching the socket and close it (discarding what was not sent)."""
@@ -255,28 +334,49 @@ class _ZeroMQConnection(Connection):
     def _on_message(self, parts: list[Any]) -> bool:
         raise NotImplementedError
 
-    def _oversize(self, parts: list[Any]) -> bool:
-        """MAXMSGSIZE guards the wire; inproc:// bypasses it, so check here too."""
+    def _messages(self, parts: list[bytes]) -> list[list[bytes]]:
+        """The messages in one ZeroMQ message (routing id removed): one, a batch, or none."""
+        if parts[0]:
+            return [] if self._oversize(parts) else [parts]
+        if len(parts) == 2 and parts[1]:
+            try:
+                batch = split_batch(parts[1])
+            except ProtocolError as exc:
+                return self._drop(f"a bad batch: {exc}")
+            return [m for m in batch if not self._oversize(m)]
+        if len(parts) > 2 and not parts[1]:
+            return [] if self._oversize(parts[2:]) else [parts[2:]]
+        return self._drop("a bad envelope")
+
+    def _drop(self, reason: str) -> list[list[bytes]]:
+        self.dropped += 1
+        log.warning("dropped %s", reason)
+        return []
+
+    def _oversize(self, parts: list[bytes]) -> bool:
+        """Our ``MAXMSGSIZE`` admits whole batches, and inproc:// bypasses it: check here."""
         if any(len(p) > self._max_frame_size for p in parts):
-            log.warning("dropped a message with a frame over %d bytes", self._max_frame_size)
+            self._drop(f"a message with a frame over {self._max_frame_size} bytes")
             return True
         return False
 
-    def _offer(self, event: TransportEvent) -> bool:
-        if self._events.offer(event):
-            return True
-        self._events.when_space(self._driver.resume_reading)
-        return False
+    def _offer(self, key: bytes, messages: list[list[bytes]], user_id: str | None) -> bool:
+        room = True
+        for frames in messages:
+            room = self._events.offer(Received(key, frames, user_id))
+        if not room:
+            self._events.when_space(self._driver.resume_reading)
+        return room
 
     async def receive(self) -> TransportEvent:
         """See ``Connection.receive``."""
         return await self._events.get()
 
-    async def _send_multipart(self, frames: Sequence[Frame]) -> None:
+    async def _send_multipart(self, frames: Sequence[Frame], route: bytes | None = None) -> None:
         if self._closed:
             raise PeerClosedError("connection closed")
         try:
-            await self._driver.send(frames)
+            await self._driver.send(frames, route)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise PeerDisconnectedError("the remote is not connected") from None
@@ -312,7 +412,7 @@ class _Router(_ZeroMQConnection):
         super().__init__(sock, endpoint, max_frame_size)
 
     def _on_message(self, parts: list[Any]) -> bool:
-        if len(parts) < 2 or self._oversize(parts):
+        if len(parts) < 2:
             return True
         user_id = None
         if not self._copy_frames:
@@ -323,13 +423,13 @@ class _Router(_ZeroMQConnection):
         if key not in self._known:
             self._known.add(key)
             self._events.offer(Connected(key, user_id))
-        return self._offer(Received(key, parts[1:], user_id))
+        return self._offer(key, self._messages(parts[1:]), user_id)
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
         """See ``Connection.send``."""
         if to is None or to not in self._known:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
-        await self._send_multipart([to, *frames])
+        await self._send_multipart(frames, to)
 
     async def disconnect(self, peer: bytes) -> None:
         """See ``Connection.disconnect``."""
@@ -358,9 +458,7 @@ class _Dealer(_ZeroMQConnection):
             self._monitor = _SocketDriver(pair, self._on_monitor_event)
 
     def _on_message(self, parts: list[Any]) -> bool:
-        if self._oversize(parts):
-            return True
-        return self._offer(Received(CONNECTED_KEY, parts))
+        return self._offer(CONNECTED_KEY, self._messages(parts), None)
 
     def _on_monitor_event(self, parts: list[Any]) -> bool:
         event = parse_monitor_message(parts)
@@ -443,7 +541,7 @@ class ZeroMQTransport(Transport):
         # and the ZAP handler, bound in that context, sees it.
         sock: zmq.Socket[Any] = zmq.Socket(self._context or shared_context(), kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_frame_size)
+        sock.setsockopt(zmq.MAXMSGSIZE, max(max_frame_size, BATCH_SIZE))
         sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
         sock.setsockopt(zmq.RECONNECT_IVL, self._reconnect_ms[0])

@@ -9,8 +9,8 @@ directory). The topology::
                          <- cluster-b <- agent-3, agent-4
 
 The manager calls each agent by its hierarchical name (``cluster-a/cluster-b/agent-3``);
-each agent calls back into the manager while it answers. The manager exits once all four
-said hello; then the demo stops the relays and agents and exits 0. Each process's output
+each agent calls back into the manager while it answers. Once all four said hello, the demo
+stops the agents, then the relays, then the manager, and exits 0. Each process's output
 is shown as it comes. The children also stop when the demo's end of their stdin closes, so
 none is left behind even if the demo is killed.
 """
@@ -43,6 +43,13 @@ class Processes:
         self.keys = keys
         self.children: list[asyncio.subprocess.Process] = []
         self.readers: list[asyncio.Task[None]] = []
+        self.awaited: list[tuple[str, asyncio.Future[str]]] = []
+
+    def expect(self, text: str) -> asyncio.Future[str]:
+        """A future of the first line, from any child, that contains ``text``."""
+        found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.awaited.append((text, found))
+        return found
 
     async def start(self, script: str, *args: str, ready: str = "") -> str:
         """Run ``script``; with ``ready``, wait for the line that contains it and return it."""
@@ -64,16 +71,20 @@ class Processes:
             print(line, flush=True)
             if ready and ready in line and not found.done():
                 found.set_result(line)
+            for text, future in self.awaited:
+                if text in line and not future.done():
+                    future.set_result(line)
         if ready and not found.done():
             found.set_exception(RuntimeError(f"a child exited before printing {ready!r}"))
 
     async def stop(self) -> None:
+        # Leaves first, one at a time: an agent still running while its relay goes away would
+        # try to reconnect and be refused, which is noise in a demo, not news.
         for child in reversed(self.children):
             if child.returncode is None:
                 child.terminate()
             if child.stdin is not None:
                 child.stdin.close()
-        for child in self.children:
             try:
                 await asyncio.wait_for(child.wait(), 10)
             except TimeoutError:
@@ -93,9 +104,11 @@ async def run(keys: Path) -> int:
         auth.save_keypair(auth.generate_keypair(), keys / name)
     processes = Processes(keys)
     try:
+        all_greeted = processes.expect("agents greeted")
         line = await processes.start(
-            "manager.py", "--expect", str(len(AGENTS)), "--allow", "cluster-a", ready="listening"
-        )
+            "manager.py", "--expect", str(len(AGENTS)), "--wait-after", "--allow", "cluster-a",
+            ready="listening",
+        )  # fmt: skip
         manager = processes.children[0]
         addresses = {"manager": address_in(line)}
         for name, (upstream, below) in RELAYS.items():
@@ -108,9 +121,10 @@ async def run(keys: Path) -> int:
             await processes.start(
                 "agent.py", "--name", agent, "--connect", addresses[relay], "--server-name", relay
             )
-        status = await asyncio.wait_for(manager.wait(), DEMO_TIMEOUT)
+        await asyncio.wait_for(all_greeted, DEMO_TIMEOUT)
     finally:
-        await processes.stop()
+        await processes.stop()  # agents, then relays, then the manager
+    status = manager.returncode
     print(f"demo finished (manager exit status {status})", flush=True)
     return status
 

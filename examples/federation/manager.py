@@ -69,7 +69,7 @@ async def run(args: argparse.Namespace) -> int:
             watcher = asyncio.create_task(watch())
             stop = asyncio.create_task(cli.wait_for_stop(args))
             finished = asyncio.create_task(done.wait())
-            await asyncio.wait([stop, finished, watcher], return_when=asyncio.FIRST_COMPLETED)
+            await until_finished(args, greeted, finished, stop, watcher)
             for task in (watcher, stop, finished, *tasks):
                 task.cancel()
             await asyncio.gather(watcher, stop, finished, *tasks, return_exceptions=True)
@@ -77,10 +77,29 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def until_finished(
+    args: argparse.Namespace,
+    greeted: set[str],
+    finished: asyncio.Task[Any],
+    stop: asyncio.Task[Any],
+    watcher: asyncio.Task[Any],
+) -> None:
+    """Until the expected agents said hello (then, with --wait-after, until stopped)."""
+    await asyncio.wait([stop, finished, watcher], return_when=asyncio.FIRST_COMPLETED)
+    if finished.done() and args.wait_after:
+        print(f"manager  all {len(greeted)} agents greeted", flush=True)
+        await asyncio.wait([stop, watcher], return_when=asyncio.FIRST_COMPLETED)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bind", default="tcp://127.0.0.1:0", help="ZeroMQ address to bind")
     parser.add_argument("--expect", type=int, default=0, help="exit after N agents said hello")
+    parser.add_argument(
+        "--wait-after",
+        action="store_true",
+        help="with --expect: after N agents said hello, say so and run on until stopped",
+    )
     cli.add_common_options(parser)
     return asyncio.run(run(parser.parse_args()))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -261,22 +262,108 @@ class TransportConformance:
             await server.send([b"new"], to=second)
             assert (await next_event(client, Received)).frames == [b"new"]
 
-    async def test_oversize_frame_is_not_delivered(self) -> None:
+    @contextlib.asynccontextmanager
+    async def limited(self) -> AsyncIterator[tuple[Connection, Connection, Connection]]:
+        """A server with a 1 KiB ``max_frame_size``, and a bad and a good client of it."""
         transport = self.transport()
         server = await transport.bind(self.bind_address(), max_frame_size=1024)
         try:
             bad = await transport.connect(self.connect_address(server), max_frame_size=1 << 20)
             good = await transport.connect(self.connect_address(server), max_frame_size=1 << 20)
             try:
-                await bad.send([b"y" * 4096])
-                await good.send([b"fine"])
-                while True:
-                    event = await next_event(server)
-                    if isinstance(event, Received):
-                        break
-                assert event.frames == [b"fine"]
+                yield server, bad, good
             finally:
                 await bad.aclose()
                 await good.aclose()
         finally:
             await server.aclose()
+
+    async def test_oversize_frame_is_not_delivered(self) -> None:
+        async with self.limited() as (server, bad, good):
+            await bad.send([b"y" * 4096])
+            await good.send([b"fine"])
+            while True:
+                event = await next_event(server)
+                if isinstance(event, Received):
+                    break
+            assert event.frames == [b"fine"]
+
+    # -- batching: what one loop iteration sends --------------------------------------------
+
+    @staticmethod
+    def mixed_messages(count: int) -> list[list[bytes]]:
+        """Small messages, with an empty first frame now and then and a few large ones."""
+        big = bytes(range(256)) * 1024  # 256 KiB: always sent on its own
+        out: list[list[bytes]] = []
+        for i in range(count):
+            tag = i.to_bytes(4, "big")
+            if i % 97 == 50:
+                out.append([tag, big])
+            elif i % 31 == 7:
+                out.append([b"", tag])
+            else:
+                out.append([tag, b"x" * (i % 200)])
+        return out
+
+    @staticmethod
+    async def send_in_one_iteration(send: Any, messages: list[list[bytes]]) -> None:
+        ticked: list[bool] = []
+        asyncio.get_running_loop().call_soon(ticked.append, True)
+        for frames in messages:
+            await send(frames)
+        assert not ticked, "the sends were meant to happen within one loop iteration"
+
+    async def test_messages_of_one_iteration_arrive_complete_and_in_order(self) -> None:
+        sent = self.mixed_messages(400)
+        async with self.pair() as (server, [client]):
+            key = await self.hello(server, client)
+            assert isinstance(await next_event(client), Connected)
+            await self.send_in_one_iteration(client.send, sent)
+            assert [(await next_event(server, Received)).frames for _ in sent] == sent
+            await self.send_in_one_iteration(functools.partial(server.send, to=key), sent)
+            assert [(await next_event(client, Received)).frames for _ in sent] == sent
+            assert await nothing_arrives(server, within=0.1)
+
+    async def test_iterations_of_many_messages_to_many_remotes_keep_each_order(self) -> None:
+        async with self.pair(clients=3) as (server, clients):
+            keys = [await self.hello(server, c) for c in clients]
+            for round_ in range(5):
+                ticked: list[bool] = []
+                asyncio.get_running_loop().call_soon(ticked.append, True)
+                for i in range(40):
+                    for n, key in enumerate(keys):
+                        await server.send([bytes([n, round_, i])], to=key)
+                assert not ticked
+                await asyncio.sleep(0)
+            for n, client in enumerate(clients):
+                got = [(await next_event(client, Received)).frames for _ in range(200)]
+                assert got == [[bytes([n, r, i])] for r in range(5) for i in range(40)]
+
+    async def test_a_lone_message_is_delivered_without_waiting_for_another(self) -> None:
+        async with self.pair() as (server, [client]):
+            key = await self.hello(server, client)
+            assert isinstance(await next_event(client), Connected)
+            for i in range(20):  # a ping-pong: each side has exactly one message to send
+                await client.send([b"ping", bytes([i])])
+                assert (await next_event(server, Received)).frames == [b"ping", bytes([i])]
+                await server.send([b"pong", bytes([i])], to=key)
+                assert (await next_event(client, Received)).frames == [b"pong", bytes([i])]
+
+    async def test_max_frame_size_holds_for_each_message_of_an_iteration(self) -> None:
+        async with self.limited() as (server, bad, good):
+            await self.send_in_one_iteration(bad.send, [[b"a"], [b"y" * 4096], [b"b"]])
+            fine = [[b"fine", bytes([i])] for i in range(50)]
+            await self.send_in_one_iteration(good.send, fine)
+            got: list[list[bytes]] = []
+            while len(got) < len(fine):
+                event = await next_event(server, Received)
+                assert all(len(f) <= 1024 for f in event.frames)
+                if event.frames[0] == b"fine":
+                    got.append(event.frames)
+            assert got == fine
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    while True:  # whatever else comes, the oversize frame does not
+                        event = await server.receive()
+                        if isinstance(event, Received):
+                            assert all(len(f) <= 1024 for f in event.frames)

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import struct
 import tempfile
 from typing import Any
 
-from callosum_like.addresses import ZeroMQAddress
-from callosum_like.lower.base import Connection, Transport
-from callosum_like.lower.zeromq import ZeroMQTransport
+import pytest
+import zmq
 
-from .conformance import TransportConformance
+from callosum_like.addresses import ZeroMQAddress
+from callosum_like.lower.base import Connection, Received, Transport
+from callosum_like.lower.zeromq import ZeroMQTransport, shared_context
+from callosum_like.wire.framing import pack_batch, split_batch
+
+from .conformance import WAIT, TransportConformance
 
 _names = itertools.count()
 
@@ -37,3 +43,69 @@ class TestZeroMQOverInproc(TestZeroMQOverTCP):
 
     def bind_address(self) -> Any:
         return ZeroMQAddress(f"inproc://cl-test-{os.getpid()}-{next(_names)}")
+
+
+async def receive_raw(sock: zmq.Socket[Any]) -> list[bytes]:
+    async with asyncio.timeout(WAIT):
+        while not sock.poll(0, zmq.POLLIN):
+            await asyncio.sleep(0.01)
+    return sock.recv_multipart()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_a_hostile_batch_is_dropped_and_counted_and_the_link_goes_on() -> None:
+    server = await ZeroMQTransport().bind(ZeroMQAddress("tcp://127.0.0.1:0"), max_frame_size=1024)
+    raw: zmq.Socket[Any] = zmq.Socket(shared_context(), zmq.DEALER)
+    try:
+        raw.connect(server.local_address)
+        hostile = [
+            [b"", struct.pack("!H", 0)],  # a frame count of 0
+            [b"", struct.pack("!HI", 1, 10) + b"short"],  # ends inside a frame
+            [b"", b""],  # an envelope with nothing in it
+            [b"", b"x", b"y"],  # not a batch, not an escaped message
+            [b"", pack_batch([[b"a"], [b"y" * 2000], [b"b"]])],  # one message over the limit
+            [b"", b"", b"y" * 2000],  # an escaped message over the limit
+            [b"last"],
+        ]
+        for parts in hostile:
+            raw.send_multipart(parts)
+        got: list[list[bytes]] = []
+        async with asyncio.timeout(WAIT):
+            while got[-1:] != [[b"last"]]:
+                event = await server.receive()
+                if isinstance(event, Received):
+                    got.append(event.frames)
+        assert got == [[b"a"], [b"b"], [b"last"]]
+        assert server.dropped == 6
+    finally:
+        raw.close(linger=0)
+        await server.aclose()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_small_messages_of_one_iteration_leave_in_one_zeromq_message() -> None:
+    transport = ZeroMQTransport()
+    server = await transport.bind(ZeroMQAddress("tcp://127.0.0.1:0"), max_frame_size=1 << 20)
+    raw: zmq.Socket[Any] = zmq.Socket(shared_context(), zmq.ROUTER)
+    try:
+        port = raw.bind_to_random_port("tcp://127.0.0.1")
+        client = await transport.connect(
+            ZeroMQAddress(f"tcp://127.0.0.1:{port}"), max_frame_size=1 << 20
+        )
+        try:
+            await client.send([b"connected?"])  # IMMEDIATE: queued until the pipe is up
+            assert (await receive_raw(raw))[1:] == [b"connected?"]
+            await asyncio.sleep(0)  # end the loop iteration that sent it
+            for i in range(100):
+                await client.send([b"h", bytes([i])])
+            first, second = await receive_raw(raw), await receive_raw(raw)
+            assert first[1:] == [b"h", b"\x00"]  # the first left at once, on its own
+            assert second[1] == b""  # the other 99 in one batch
+            assert split_batch(second[2]) == [[b"h", bytes([i])] for i in range(1, 100)]
+        finally:
+            await client.aclose()
+    finally:
+        raw.close(linger=0)
+        await server.aclose()

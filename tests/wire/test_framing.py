@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from callosum_like.errors import ProtocolError
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import decode, encode, pack_body
-from callosum_like.wire.framing import MAX_FRAMES, FrameDecoder, encode_message
+from callosum_like.wire.framing import (
+    MAX_FRAMES,
+    FrameDecoder,
+    encode_message,
+    framed_size,
+    pack_batch,
+    split_batch,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -205,3 +212,66 @@ class _FourGiB(bytes):
 def test_encode_message_refuses_a_frame_of_4_gib() -> None:
     with pytest.raises(ValueError, match="frame"):
         encode_message([_FourGiB(b"x")])
+
+    with pytest.raises(ValueError, match="frame"):
+        pack_batch([[b"ok"], [_FourGiB(b"x")]])
+
+
+# -- batches: the same layout in one buffer --------------------------------------------------
+
+
+@given(messages=STREAMS.filter(bool))
+def test_batch_round_trip_is_the_stream_layout(messages: list[list[bytes]]) -> None:
+    batch = pack_batch(messages)
+    assert batch == wire(messages)
+    assert len(batch) == sum(framed_size(frames) for frames in messages)
+    assert split_batch(batch) == messages
+
+
+def test_split_batch_copies_out_of_any_buffer_into_bytes() -> None:
+    batch = pack_batch([[b"ab", b""], [b"c"]])
+    assert split_batch(batch) == [[b"ab", b""], [b"c"]]
+    assert all(type(f) is bytes for frames in split_batch(batch) for f in frames)
+
+
+@given(messages=STREAMS.filter(bool), data=st.data())
+def test_a_truncated_batch_is_refused_whole(
+    messages: list[list[bytes]], data: st.DataObject
+) -> None:
+    batch = pack_batch(messages)
+    cut = data.draw(st.integers(0, len(batch) - 1))
+    ends = {sum(len(pack_batch([f])) for f in messages[:i]) for i in range(1, len(messages))}
+    if cut in ends:  # a cut between two messages is itself a valid, shorter batch
+        assert split_batch(batch[:cut]) == messages[: len([e for e in ends if e <= cut])]
+    else:
+        with pytest.raises(ProtocolError):
+            split_batch(batch[:cut])
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        b"",
+        b"\x00",
+        b"\x00\x00",
+        struct.pack("!H", MAX_FRAMES + 1) + b"\x00\x00\x00\x00" * (MAX_FRAMES + 1),
+        struct.pack("!HI", 1, 10) + b"short",
+        struct.pack("!HI", 1, 2) + b"ok" + b"\x00\x01\x00\x00",
+        struct.pack("!HI", 1, 2**32 - 1) + b"x",
+    ],
+)
+def test_a_bad_batch_is_refused(batch: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        split_batch(batch)
+
+
+@pytest.mark.parametrize("count", [0, MAX_FRAMES + 1])
+def test_pack_batch_refuses_bad_frame_counts(count: int) -> None:
+    with pytest.raises(ValueError, match="frames"):
+        pack_batch([[b"x"], [b"x"] * count])
+
+
+def test_the_batch_example_of_protocol_md() -> None:
+    batch = pack_batch([[b"\x91\x01", b"\xc0"], [b"ab"]])
+    assert batch == bytes.fromhex("0002 00000002 9101 00000001 c0  0001 00000002 6162")
+    assert split_batch(batch) == [[b"\x91\x01", b"\xc0"], [b"ab"]]
