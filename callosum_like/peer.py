@@ -68,7 +68,7 @@ from .lower.zeromq import ZeroMQTransport
 from .ordering import Ordering
 from .request import Body, Handler, Headers, StreamHandler
 from .session import CallInput, LinkInput, Session
-from .stats import Counters, Gauges, PeerStatistics, log_rpc, rpc_started
+from .stats import Counters, DropLog, Gauges, PeerStatistics, log_rpc, rpc_started
 from .streams import StreamInbox
 from .wire import messages as m
 from .wire.codec import MAX_HEADER_SIZE, OversizeBodyError, decode, encode, pack_body, unpack_body
@@ -183,6 +183,7 @@ class Peer:
         self._compress = bool(compress)
         self._max_body_size = max_body_size
         self._counters = Counters()
+        self._drop_log = DropLog(log)
         self._dispatcher = Dispatcher(
             send=self._send_reply,
             default_ordering=ordering,
@@ -701,7 +702,7 @@ class Peer:
 
     def _drop(self, reason: str) -> None:
         self._counters.dropped_messages += 1
-        log.warning("dropped a message: %s", reason)
+        self._drop_log.dropped(reason)
 
     async def _on_event(self, event: Received | Connected | Disconnected | AuthFailed) -> None:
         if type(event) is Received:
@@ -709,6 +710,8 @@ class Peer:
         elif type(event) is Connected:
             await self._on_connected(event)
         elif type(event) is Disconnected:
+            if event.slow:
+                self._counters.slow_remotes_dropped += 1
             await self._link_lost(event.peer, LinkInput.LOST, event.reason)
         elif type(event) is AuthFailed:
             self._on_auth_failed(event)
@@ -920,7 +923,10 @@ class Peer:
             await self._link_lost(link.key, LinkInput.EXPIRE, "heartbeat lost")
             await self._connection.disconnect(link.key)  # type: ignore[union-attr]
         elif link.session.is_open and link.session.ping_due(now):
-            await self._send_quietly(link, m.Ping())
+            if self._bound:  # a bound transport's send never waits
+                await self._send_quietly(link, m.Ping())
+            else:  # a connected one waits while the remote reads nothing: not this loop
+                self._spawn_background(self._send_quietly(link, m.Ping()))
 
 
 def _outcome(reply: m.Message) -> Body:

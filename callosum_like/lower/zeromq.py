@@ -21,6 +21,12 @@ Theory of operation:
   routing id we do not know yields ``Connected`` before its ``Received``. ZeroMQ does not say
   when a remote goes away, so the Peer's heartbeat (or the remote's Goodbye) decides that and
   calls ``disconnect(key)`` to forget it.
+* Slow consumers (bound side): a send to a remote never waits, so one remote cannot stall the
+  others. When a remote's pipe already holds ``HIGH_WATER_MARK`` messages it has not read,
+  ZeroMQ refuses more (``EAGAIN``, thanks to ``ROUTER_MANDATORY``) and we drop that remote
+  (``Disconnected(slow=True)``): its unread messages are what bounds our memory. A ROUTER
+  cannot close one remote's connection, so a dropped remote that is still there must
+  handshake again (its heartbeat makes a connecting Peer do so).
 * Connected (DEALER, ``IMMEDIATE`` so nothing queues on a dead pipe): ``Connected`` is
   reported at once; a socket monitor reports ``Disconnected`` when the TCP/IPC connection
   drops, ``Connected`` again when it is re-established, and ``AuthFailed`` when the CURVE
@@ -39,7 +45,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import zmq
 import zmq.asyncio
@@ -47,6 +53,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ..addresses import Address, ZeroMQAddress
 from ..errors import PeerClosedError, PeerDisconnectedError
+from ..stats import DropLog
 from .base import (
     CONNECTED_KEY,
     AuthFailed,
@@ -198,6 +205,26 @@ class _SocketDriver:
             self._space = None
         self._schedule()
 
+    def send_now(self, frames: Sequence[Frame]) -> bool:
+        """Send at once if the socket can take the message; return False if it cannot.
+
+        Raises:
+            zmq.ZMQError: The socket refused the message (e.g. ``EHOSTUNREACH``).
+        """
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=_copy(frames))
+        except zmq.Again:
+            return False
+        self._schedule()  # the send may have eaten the FD's edge: look again
+        return True
+
+    def discard_queued(self) -> None:
+        """Forget the messages waiting for the socket (they were for a connection now gone)."""
+        self._outbox.clear()
+        if self._space is not None and not self._space.done():
+            self._space.set_result(None)
+        self._space = None
+
     async def send(self, frames: Sequence[Frame]) -> None:
         """Send now if the socket can take it, else queue it; wait only if the queue is full.
 
@@ -243,6 +270,7 @@ class _ZeroMQConnection(Connection):
         self._closed = False
         self._zap_domain: str | None = None
         self._context = sock.context
+        self._drop_log = DropLog(log)
         self._driver = _SocketDriver(sock, self._on_message, copy=self._copy_frames)
 
     _copy_frames = True
@@ -258,9 +286,13 @@ class _ZeroMQConnection(Connection):
     def _oversize(self, parts: list[Any]) -> bool:
         """MAXMSGSIZE guards the wire; inproc:// bypasses it, so check here too."""
         if any(len(p) > self._max_frame_size for p in parts):
-            log.warning("dropped a message with a frame over %d bytes", self._max_frame_size)
+            self._drop(f"a frame over {self._max_frame_size} bytes")
             return True
         return False
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        self._drop_log.dropped(why)
 
     def _offer(self, event: TransportEvent) -> bool:
         if self._events.offer(event):
@@ -278,11 +310,14 @@ class _ZeroMQConnection(Connection):
         try:
             await self._driver.send(frames)
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                raise PeerDisconnectedError("the remote is not connected") from None
-            if self._closed or exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
-                raise PeerClosedError("connection closed") from None
-            raise
+            self._raise_send_error(exc)
+
+    def _raise_send_error(self, exc: zmq.ZMQError) -> NoReturn:
+        if exc.errno == zmq.EHOSTUNREACH:
+            raise PeerDisconnectedError("the remote is not connected") from None
+        if self._closed or exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+            raise PeerClosedError("connection closed") from None
+        raise exc
 
     async def aclose(self) -> None:
         """See ``Connection.aclose``."""
@@ -312,7 +347,10 @@ class _Router(_ZeroMQConnection):
         super().__init__(sock, endpoint, max_frame_size)
 
     def _on_message(self, parts: list[Any]) -> bool:
-        if len(parts) < 2 or self._oversize(parts):
+        if len(parts) < 2:
+            self._drop("no frames after the routing id")
+            return True
+        if self._oversize(parts):
             return True
         user_id = None
         if not self._copy_frames:
@@ -326,10 +364,24 @@ class _Router(_ZeroMQConnection):
         return self._offer(Received(key, parts[1:], user_id))
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
-        """See ``Connection.send``."""
+        """See ``Connection.send``. Never waits: a remote that cannot take more is dropped."""
+        if self._closed:
+            raise PeerClosedError("connection closed")
         if to is None or to not in self._known:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
-        await self._send_multipart([to, *frames])
+        try:
+            sent = self._driver.send_now([to, *frames])
+        except zmq.ZMQError as exc:
+            self._raise_send_error(exc)
+        if not sent:
+            self._drop_slow(to)
+            raise PeerDisconnectedError("the remote was dropped: it does not read")
+
+    def _drop_slow(self, key: bytes) -> None:
+        self._known.discard(key)
+        reason = f"too slow a consumer: {HIGH_WATER_MARK} messages unread"
+        log.warning("dropping ZeroMQ remote %r: %s", key, reason)
+        self._events.offer(Disconnected(key, reason, slow=True))
 
     async def disconnect(self, peer: bytes) -> None:
         """See ``Connection.disconnect``."""
@@ -365,6 +417,7 @@ class _Dealer(_ZeroMQConnection):
     def _on_monitor_event(self, parts: list[Any]) -> bool:
         event = parse_monitor_message(parts)
         kind = event["event"]
+        log.debug("monitor of %s: %s %s", self._endpoint, zmq.Event(kind).name, event["value"])
         if kind == zmq.EVENT_CONNECTED:
             self._fd = event["value"]
         elif kind == zmq.EVENT_DISCONNECTED and self._connected:
@@ -395,6 +448,7 @@ class _Dealer(_ZeroMQConnection):
             return
         self._connected = False
         self._fd = None
+        self._driver.discard_queued()
         sock = self._monitored
         assert sock is not None
         with contextlib.suppress(zmq.ZMQError):
