@@ -16,8 +16,8 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check callosum_like tests examples
-	$(BIN)/ruff format --check callosum_like tests examples
+	$(BIN)/ruff check callosum_like tests examples fuzz
+	$(BIN)/ruff format --check callosum_like tests examples fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

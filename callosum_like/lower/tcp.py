@@ -202,17 +202,25 @@ class _TCPConnection(Connection):
                     await self._events.put(Received(key, frames))
                 if stream.backlogged():
                     await stream.wait_for_room()
+            self._count_cut_short(decoder)
         except ProtocolError as exc:
             reason = f"framing error: {exc}"
             self.dropped += 1
             self._drop_log.dropped(f"{reason} (the connection is closed)")
         except (ConnectionError, OSError) as exc:
             reason = f"connection error: {exc}"
+            self._count_cut_short(decoder)
         finally:
             stream.close()
             if self._streams.pop(key, None) is not None:
                 slow = stream.slow is not None
                 await self._events.put(Disconnected(key, stream.slow or reason, slow=slow))
+
+    def _count_cut_short(self, decoder: FrameDecoder) -> None:
+        """The connection ended in the middle of a message: that message is dropped."""
+        if decoder.buffered:
+            self.dropped += 1
+            self._drop_log.dropped(f"the connection ended {decoder.buffered} bytes into one")
 
     async def receive(self) -> Received | Connected | Disconnected:
         """See ``Connection.receive``."""
