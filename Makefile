@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning
 
-.PHONY: install setup lint test test-fast cov demo bench clean
+.PHONY: install setup lint test test-fast cov demo bench soak clean
 
 install setup: $(STAMP)
 
@@ -34,6 +34,11 @@ cov: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m callosum_like demo
+
+# A bounded soak: mixed load while the server is killed and restarted; SOAK_DURATION seconds.
+SOAK_DURATION ?= 300
+soak: $(STAMP)
+	$(BIN)/python -m callosum_like soak --duration $(SOAK_DURATION)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
