@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning
 
-.PHONY: install setup lint test test-fast cov demo demo-federation bench clean
+.PHONY: install setup lint test test-fast cov demo demo-federation bench soak clean
 
 install setup: $(STAMP)
 
@@ -22,8 +22,8 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check callosum_like tests examples
-	$(BIN)/ruff format --check callosum_like tests examples
+	$(BIN)/ruff check callosum_like tests examples fuzz
+	$(BIN)/ruff format --check callosum_like tests examples fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -43,6 +43,11 @@ demo: $(STAMP)
 
 demo-federation: $(STAMP)
 	$(BIN)/python examples/federation/demo.py
+
+# A bounded soak: mixed load while the server is killed and restarted; SOAK_DURATION seconds.
+SOAK_DURATION ?= 300
+soak: $(STAMP)
+	$(BIN)/python -m callosum_like soak --duration $(SOAK_DURATION)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -77,7 +77,7 @@ from .ordering import Ordering
 from .request import Body, Handler, Headers, StreamHandler
 from .routing import RouteTable, scoped
 from .session import CallInput, LinkInput, Session
-from .stats import Counters, Gauges, PeerStatistics, log_rpc, rpc_started
+from .stats import Counters, DropLog, Gauges, PeerStatistics, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox
 from .transfers import DEFAULT_CHUNK_SIZE, OutgoingTransfers, Reassembly, TransferStopped
 from .wire import messages as m
@@ -254,6 +254,7 @@ class Peer:
         self._compress = bool(compress)
         self._max_body_size = max_body_size
         self._counters = Counters()
+        self._drop_log = DropLog(log)
         self._dispatcher = Dispatcher(
             send=self._send_reply,
             default_ordering=ordering,
@@ -899,7 +900,7 @@ class Peer:
 
     def _drop(self, reason: str) -> None:
         self._counters.dropped_messages += 1
-        log.warning("dropped a message: %s", reason)
+        self._drop_log.dropped(reason)
 
     async def _on_event(self, event: Received | Connected | Disconnected | AuthFailed) -> None:
         if type(event) is Received:
@@ -907,6 +908,8 @@ class Peer:
         elif type(event) is Connected:
             await self._on_connected(event)
         elif type(event) is Disconnected:
+            if event.slow:
+                self._counters.slow_remotes_dropped += 1
             await self._link_lost(event.peer, LinkInput.LOST, event.reason)
         elif type(event) is AuthFailed:
             self._on_auth_failed(event)
@@ -1239,7 +1242,10 @@ class Peer:
             await self._link_lost(link.key, LinkInput.EXPIRE, "heartbeat lost")
             await self._connection.disconnect(link.key)  # type: ignore[union-attr]
         elif link.session.is_open and link.session.ping_due(now):
-            await self._send_quietly(link, m.Ping())
+            if self._bound:  # a bound transport's send never waits
+                await self._send_quietly(link, m.Ping())
+            else:  # a connected one waits while the remote reads nothing: not this loop
+                self._spawn_background(self._send_quietly(link, m.Ping()))
 
 
 #: The message kinds that carry a body, and so may travel in chunks.

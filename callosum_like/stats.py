@@ -8,6 +8,10 @@ connected peers), so what a user holds never changes under them.
 
 Counters only grow; gauges go up and down. Everything counts from the peer's creation.
 
+Dropped messages: each is logged exactly once, as ``dropped a message: <reason>``, at WARNING
+for the first ``DROP_WARNINGS_PER_SECOND`` in a second and at DEBUG for the rest of the
+burst (``DropLog``); the next WARNING after a burst says how many went to DEBUG.
+
 The RPC log: every call this process makes or serves is logged to the ``callosum_like.rpc``
 logger at DEBUG (method, remote, milliseconds, outcome), *only* when that logger is enabled
 for DEBUG. ``rpc_started()`` returns ``None`` otherwise, so a disabled log costs one cached
@@ -21,8 +25,22 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final
 
-__all__ = ["PeerStatistics", "Counters", "Gauges", "rpc_log", "rpc_started", "log_rpc"]
+__all__ = [
+    "PeerStatistics",
+    "Counters",
+    "Gauges",
+    "DropLog",
+    "rpc_log",
+    "rpc_started",
+    "log_rpc",
+    "DROP_WARNINGS_PER_SECOND",
+]
+
+#: Dropped messages logged at WARNING per second and logger; the rest of a burst goes to
+#: DEBUG, so that a flood of garbage cannot flood the log as well.
+DROP_WARNINGS_PER_SECOND: Final = 10
 
 #: The logger of the per-RPC debug log (see the module doc and docs/guide.md).
 rpc_log = logging.getLogger("callosum_like.rpc")
@@ -164,3 +182,33 @@ class Counters:
             disconnects=self.disconnects,
             slow_remotes_dropped=self.slow_remotes_dropped,
         )
+
+
+class DropLog:
+    """Logs each dropped message once, rate-limiting the WARNINGs (see the module doc).
+
+    Args:
+        logger: Where the records go (the dropping module's logger).
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._window = -1.0
+        self._warned = 0
+        self._quiet = 0
+
+    def dropped(self, reason: str) -> None:
+        """Log one dropped message."""
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            if self._quiet:
+                self._log.warning(
+                    "%d more messages were dropped in a burst (logged at DEBUG)", self._quiet
+                )
+            self._window, self._warned, self._quiet = now, 0, 0
+        if self._warned < DROP_WARNINGS_PER_SECOND:
+            self._warned += 1
+            self._log.warning("dropped a message: %s", reason)
+        else:
+            self._quiet += 1
+            self._log.debug("dropped a message: %s", reason)

@@ -7,7 +7,8 @@ silent, or answer with anything at all.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from callosum_like.lower.base import Connection, Received
 from callosum_like.lower.tcp import TCPTransport
@@ -16,6 +17,9 @@ from callosum_like.wire import messages as m
 from callosum_like.wire.codec import ChunkedHead, decode, encode
 
 from .conftest import connect_address
+
+if TYPE_CHECKING:
+    import callosum_like as cl
 
 MAX = 256 * 2**20
 
@@ -64,3 +68,14 @@ def _address(address: Any) -> Any:
     from callosum_like.addresses import ZeroMQAddress
 
     return ZeroMQAddress(address) if isinstance(address, str) else address
+
+
+def gated_echo() -> tuple[Callable[[cl.Request], Awaitable[Any]], asyncio.Event]:
+    """A handler that echoes once the returned event is set, and that event."""
+    gate = asyncio.Event()
+
+    async def wait(request: cl.Request) -> Any:
+        await gate.wait()
+        return request.body
+
+    return wait, gate

@@ -101,22 +101,19 @@ async def test_server_closed_and_rebound_is_reconnected(
 
 @pytest.mark.asyncio
 async def test_wait_for_peer_on_the_connecting_side_waits_for_the_reconnection(
-    transport_kind: str,
+    transport_kind: str, peers: contextlib.AsyncExitStack
 ) -> None:
     async with serving(transport_kind) as first:
         address = first.address
-        client = cl.Peer(connect=connect_address(first), **FAST_HEARTBEAT)
-        await client.__aenter__()
-    try:
-        async with asyncio.timeout(10):  # the client hears the server's Goodbye
-            while "server" in client.peers:
-                await asyncio.sleep(0.01)
-        waiter = asyncio.create_task(client.wait_for_peer("server", timeout=15))
-        async with serving(transport_kind, same_address(transport_kind, address)):
-            await waiter
-            assert await client.invoke("double", 2) == 4
-    finally:
-        await client.aclose()
+        client = await peers.enter_async_context(
+            cl.Peer(connect=connect_address(first), **FAST_HEARTBEAT)
+        )
+        events = await peers.enter_async_context(client.events())
+    assert (await next_event(events)).kind is DISCONNECTED
+    waiter = asyncio.create_task(client.wait_for_peer("server", timeout=15))
+    async with serving(transport_kind, same_address(transport_kind, address)):
+        await waiter
+        assert await client.invoke("double", 2) == 4
 
 
 SERVER_SCRIPT = textwrap.dedent(

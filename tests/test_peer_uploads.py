@@ -106,12 +106,12 @@ async def test_a_handler_may_answer_before_reading_everything(make_pair: PairFac
 async def test_an_iterator_error_cancels_the_handler_and_raises_at_the_caller(
     make_pair: PairFactory,
 ) -> None:
-    cancelled = asyncio.Event()
+    cancelled, reading = asyncio.Event(), asyncio.Event()
 
     async def reader(request: cl.Request) -> None:
         try:
             async for _ in request.body:
-                pass
+                reading.set()
             await asyncio.sleep(10)
         except asyncio.CancelledError:
             cancelled.set()
@@ -119,6 +119,7 @@ async def test_an_iterator_error_cancels_the_handler_and_raises_at_the_caller(
 
     async def broken() -> AsyncIterator[int]:
         yield 1
+        await reading.wait()  # the handler runs (else the Cancel stops it before it starts)
         raise ValueError("the source failed")
 
     server, client = await make_pair()

@@ -90,10 +90,18 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class Disconnected:
-    """Remote ``peer`` is gone; nothing more will arrive from it under this key."""
+    """Remote ``peer`` is gone; nothing more will arrive from it under this key.
+
+    Attributes:
+        peer: The transport's key for the remote.
+        reason: Why, for logs and events.
+        slow: The transport dropped the remote itself because it did not read what was
+            sent to it (a slow consumer, or a slowloris), to keep memory bounded.
+    """
 
     peer: bytes
     reason: str = ""
+    slow: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,15 @@ Writes go out with ``writelines`` (no copy of large frames); a sender waits for 
 only once the socket's write buffer is past its high-water mark, so small messages cost no
 extra await.
 
+Slow consumers (bound side): one remote that does not read what we send must neither stall
+the others nor grow our memory. So on a bound endpoint a sender never waits for one remote;
+instead, while a remote's unsent output is over ``WRITE_HIGH_WATER``, its reader stops
+reading (it cannot hand us more work, and TCP pushes back on it). A remote is dropped, as
+``Disconnected(slow=True)``, when its unsent output passes ``max_unsent_size`` or when it
+reads none of it for ``slow_remote_timeout`` seconds. The connected side keeps the plain
+backpressure (its senders wait): it has one remote, and its reader never stops, so the two
+sides cannot wait on each other.
+
 An optional ``ssl.SSLContext`` encrypts every connection (server and client side).
 
 Reconnection (connected side): once an established connection is lost, the client reports
@@ -37,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..addresses import Address, TCPAddress
 from ..errors import PeerClosedError, PeerDisconnectedError, ProtocolError
+from ..stats import DropLog
 from ..wire.framing import FrameDecoder, encode_message
 from .base import (
     CONNECTED_KEY,
@@ -68,6 +78,13 @@ DEFAULT_RECONNECT_MAX_INTERVAL: Final = 2.0
 #: Seconds one reconnection attempt may take (a black-holed SYN would otherwise hang for
 #: the kernel's two minutes of retries).
 CONNECT_ATTEMPT_TIMEOUT: Final = 10.0
+#: Seconds a bound endpoint waits for a remote with a backlog to read any of it before it
+#: drops the remote; shorter than the default heartbeat timeout, which a paused remote
+#: would otherwise hit first (we do not read its pings while it is paused).
+DEFAULT_SLOW_REMOTE_TIMEOUT: Final = 10.0
+#: The least default ``max_unsent_size``: room for a few large replies beyond the high-water
+#: mark; the default grows to four of the largest frames when those are larger.
+MIN_UNSENT_SIZE: Final = 64 * 1024 * 1024
 
 
 class _Stream:
@@ -78,11 +95,15 @@ class _Stream:
     turn of the loop, so batching adds no waiting.
     """
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, limits: _Limits | None = None) -> None:
         self.writer = writer
         self.task: asyncio.Task[Any] | None = None
         self._batch: list[bytes | memoryview] = []
         self._loop = asyncio.get_running_loop()
+        #: A bound endpoint's slow-consumer limits; ``None``: senders wait for ``drain``.
+        self.limits = limits
+        #: Why we dropped the remote as a slow consumer, once we did.
+        self.slow: str | None = None
 
     async def send(self, frames: Sequence[Frame]) -> None:
         writer = self.writer
@@ -93,6 +114,9 @@ class _Stream:
         self._batch.extend(encode_message(frames))
         if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             self._flush()
+            if self.limits is not None:
+                self._check_unsent(self.limits.max_unsent_size)
+                return  # a bound endpoint never waits for one remote: its reader pauses
             try:
                 await writer.drain()
             except ConnectionError as exc:
@@ -112,12 +136,52 @@ class _Stream:
         self._batch.clear()
         self.writer.transport.abort()
 
+    # -- slow consumers (bound side) -----------------------------------------------------------
+
+    def backlogged(self) -> bool:
+        """Whether reading should pause: a bound remote has a backlog of unsent output."""
+        return (
+            self.limits is not None
+            and self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+        )
+
+    def _check_unsent(self, limit: int) -> None:
+        unsent = self.writer.transport.get_write_buffer_size()
+        if unsent > limit:
+            self.drop_slow(f"{unsent} bytes unsent, over max_unsent_size {limit}")
+            raise PeerDisconnectedError(f"the remote was dropped: {self.slow}")
+
+    async def wait_for_room(self) -> None:
+        """Wait until the remote has read its backlog; drop it if it reads none for a while."""
+        assert self.limits is not None
+        timeout = self.limits.slow_remote_timeout
+        unsent = self.writer.transport.get_write_buffer_size()
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.writer.drain()
+                return
+            except TimeoutError:
+                now = self.writer.transport.get_write_buffer_size()
+                if now >= unsent:
+                    self.drop_slow(f"it read none of {now} unsent bytes for {timeout} s")
+                    return
+                unsent = now  # it reads, slowly: give it more time
+
+    def drop_slow(self, why: str) -> None:
+        """Drop a remote that does not read what we send."""
+        if self.slow is None:
+            self.slow = f"too slow a consumer: {why}"
+            log.warning("dropping a TCP remote: %s", self.slow)
+        self.abort()
+
 
 class _TCPConnection(Connection):
     def __init__(self, *, bound: bool, max_frame_size: int) -> None:
         self.bound = bound
         self._max_frame_size = max_frame_size
         self._events = EventQueue()
+        self._drop_log = DropLog(log)
         self._streams: dict[bytes, _Stream] = {}
         self._closed = False
         self._address = ""
@@ -136,15 +200,27 @@ class _TCPConnection(Connection):
             while data := await reader.read(READ_SIZE):
                 for frames in decoder.feed(data):
                     await self._events.put(Received(key, frames))
+                if stream.backlogged():
+                    await stream.wait_for_room()
+            self._count_cut_short(decoder)
         except ProtocolError as exc:
             reason = f"framing error: {exc}"
-            log.warning("closing TCP connection %r: %s", key, reason)
+            self.dropped += 1
+            self._drop_log.dropped(f"{reason} (the connection is closed)")
         except (ConnectionError, OSError) as exc:
             reason = f"connection error: {exc}"
+            self._count_cut_short(decoder)
         finally:
             stream.close()
             if self._streams.pop(key, None) is not None:
-                await self._events.put(Disconnected(key, reason))
+                slow = stream.slow is not None
+                await self._events.put(Disconnected(key, stream.slow or reason, slow=slow))
+
+    def _count_cut_short(self, decoder: FrameDecoder) -> None:
+        """The connection ended in the middle of a message: that message is dropped."""
+        if decoder.buffered:
+            self.dropped += 1
+            self._drop_log.dropped(f"the connection ended {decoder.buffered} bytes into one")
 
     async def receive(self) -> Received | Connected | Disconnected:
         """See ``Connection.receive``."""
@@ -190,11 +266,20 @@ class _TCPConnection(Connection):
                 await stream.writer.wait_closed()
 
 
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """How a bound endpoint treats remotes that do not read (see the module doc)."""
+
+    max_unsent_size: int
+    slow_remote_timeout: float
+
+
 class _TCPServer(_TCPConnection):
-    def __init__(self, max_frame_size: int) -> None:
+    def __init__(self, max_frame_size: int, limits: _Limits) -> None:
         super().__init__(bound=True, max_frame_size=max_frame_size)
         self._server: asyncio.Server | None = None
         self._numbers = itertools.count(1)
+        self._limits = limits
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         self._server = await asyncio.start_server(self._accept, host, port, ssl=ssl_context)
@@ -206,7 +291,7 @@ class _TCPServer(_TCPConnection):
             writer.close()
             return
         key = next(self._numbers).to_bytes(8, "big")
-        stream = _Stream(writer)
+        stream = _Stream(writer, self._limits)
         self._streams[key] = stream
         # Our own task, not asyncio's callback task: closing cancels it, and 3.11's
         # start_server logs an error when its callback task ends cancelled.
@@ -323,6 +408,10 @@ class TCPTransport(Transport):
         reconnect_interval: Seconds before the first reconnection attempt (default 0.05);
             the wait doubles after each failed attempt.
         reconnect_max_interval: The longest wait between attempts, in seconds (default 2).
+        max_unsent_size: A bound endpoint drops a remote with more bytes than this sent to it
+            and not yet read (default: four of the largest frames, at least 64 MiB).
+        slow_remote_timeout: A bound endpoint drops a remote with a backlog (more than
+            4 MiB unread) that reads none of it for this many seconds (default 10).
 
     Raises:
         TypeError, ValueError: An option has the wrong type or value.
@@ -336,6 +425,8 @@ class TCPTransport(Transport):
         reconnect: bool = True,
         reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
         reconnect_max_interval: float = DEFAULT_RECONNECT_MAX_INTERVAL,
+        max_unsent_size: int | None = None,
+        slow_remote_timeout: float = DEFAULT_SLOW_REMOTE_TIMEOUT,
     ) -> None:
         if ssl is not None and not isinstance(ssl, _SSLContext):
             raise TypeError("ssl must be an ssl.SSLContext")
@@ -345,6 +436,20 @@ class TCPTransport(Transport):
         self._interval, self._max_interval = check_reconnect_intervals(
             reconnect_interval, reconnect_max_interval
         )
+        if max_unsent_size is not None and (
+            not isinstance(max_unsent_size, int) or isinstance(max_unsent_size, bool)
+        ):
+            raise TypeError("max_unsent_size must be an int or None")
+        if max_unsent_size is not None and max_unsent_size <= WRITE_HIGH_WATER:
+            raise ValueError(f"max_unsent_size must be over {WRITE_HIGH_WATER} bytes")
+        self._max_unsent_size = max_unsent_size
+        if not isinstance(slow_remote_timeout, int | float) or isinstance(
+            slow_remote_timeout, bool
+        ):
+            raise TypeError("slow_remote_timeout must be a number of seconds")
+        if not slow_remote_timeout > 0:
+            raise ValueError(f"slow_remote_timeout must be positive, got {slow_remote_timeout}")
+        self._slow_remote_timeout = float(slow_remote_timeout)
 
     async def bind(
         self,
@@ -355,7 +460,8 @@ class TCPTransport(Transport):
     ) -> Connection:
         """See ``Transport.bind``."""
         addr = _tcp_address(address, authenticator)
-        conn = _TCPServer(max_frame_size)
+        unsent = self._max_unsent_size or max(MIN_UNSENT_SIZE, 4 * max_frame_size)
+        conn = _TCPServer(max_frame_size, _Limits(unsent, self._slow_remote_timeout))
         await conn.start(addr.host, addr.port, self._ssl)
         return conn
 

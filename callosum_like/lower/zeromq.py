@@ -32,6 +32,12 @@ Theory of operation:
   routing id we do not know yields ``Connected`` before its ``Received``. ZeroMQ does not say
   when a remote goes away, so the Peer's heartbeat (or the remote's Goodbye) decides that and
   calls ``disconnect(key)`` to forget it.
+* Slow consumers (bound side): a send to a remote never waits, so one remote cannot stall the
+  others. When a remote's pipe already holds ``HIGH_WATER_MARK`` messages it has not read,
+  ZeroMQ refuses more (``EAGAIN``, thanks to ``ROUTER_MANDATORY``) and we drop that remote
+  (``Disconnected(slow=True)``): its unread messages are what bounds our memory. A ROUTER
+  cannot close one remote's connection, so a dropped remote that is still there must
+  handshake again (its heartbeat makes a connecting Peer do so).
 * Connected (DEALER, ``IMMEDIATE`` so nothing queues on a dead pipe): ``Connected`` is
   reported at once; a socket monitor reports ``Disconnected`` when the TCP/IPC connection
   drops, ``Connected`` again when it is re-established, and ``AuthFailed`` when the CURVE
@@ -50,7 +56,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import zmq
 import zmq.asyncio
@@ -58,6 +64,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ..addresses import Address, ZeroMQAddress
 from ..errors import PeerClosedError, PeerDisconnectedError, ProtocolError
+from ..stats import DropLog
 from ..wire.framing import MAX_FRAMES, framed_size, pack_batch, split_batch
 from .base import (
     CONNECTED_KEY,
@@ -80,8 +87,11 @@ __all__ = ["ZeroMQTransport", "shared_context"]
 
 log = logging.getLogger(__name__)
 
-#: Messages ZeroMQ queues per pipe before a sender waits (ZeroMQ's own default is 1000).
-HIGH_WATER_MARK: Final = 10_000
+#: Messages ZeroMQ queues per pipe before a sender waits (ZeroMQ's own default is 1000). A
+#: message may be a batch of up to ``BATCH_SIZE`` bytes, so this also bounds the bytes a remote
+#: that stops reading can make us hold: about ``HIGH_WATER_MARK * BATCH_SIZE`` (32 MiB) of
+#: small messages before the ROUTER drops it as a slow consumer.
+HIGH_WATER_MARK: Final = 2_000
 #: Messages taken from a socket per wakeup before yielding to the loop (fairness).
 RECV_BATCH: Final = 256
 #: ZeroMQ messages a driver holds for a socket that cannot take them yet, before senders wait.
@@ -95,12 +105,13 @@ DEFAULT_RECONNECT_MAX_INTERVAL: Final = 2.0
 #: notification that zero-copy needs; from 128 KiB zero-copy moves 1.5-2x the bytes per CPU
 #: second.
 ZERO_COPY_THRESHOLD: Final = 64 * 1024
-#: Messages of at most this many bytes (framed) are batched; larger ones go on their own. A
-#: message that libzmq would copy anyway is copied into a batch instead.
-SMALL_MESSAGE_SIZE: Final = ZERO_COPY_THRESHOLD
 #: Bytes a batch holds at most before it is closed and queued. Receivers accept ZeroMQ frames
 #: of this size whatever their ``max_frame_size`` (which they check per message instead).
-BATCH_SIZE: Final = 256 * 1024
+#: 16 KiB holds a loop iteration's worth of small calls (64 calls of 64 bytes take 4 KiB)
+#: while keeping what ``HIGH_WATER_MARK`` unread batches can hold bounded.
+BATCH_SIZE: Final = 16 * 1024
+#: Messages of at most this many bytes (framed) are batched; larger ones go on their own.
+SMALL_MESSAGE_SIZE: Final = BATCH_SIZE
 #: The first frame of an envelope (a batch, or an escaped message).
 BATCH_MARK: Final = b""
 _POLLIN: Final = int(zmq.POLLIN)
@@ -178,8 +189,10 @@ class _SocketDriver:
         on_message: Callable[[list[Any]], bool],
         *,
         copy: bool = True,
+        on_blocked: Callable[[bytes], None] | None = None,
     ) -> None:
         self._sock = sock
+        self._on_blocked = on_blocked
         self._fd = sock.FD
         self._on_message = on_message
         self._copy = copy
@@ -239,7 +252,15 @@ class _SocketDriver:
             try:
                 self._sock.send_multipart(outbox[0], zmq.NOBLOCK, copy=_copy(outbox[0]))
             except zmq.Again:
-                break
+                if self._on_blocked is None:
+                    break  # one pipe: wait until it takes more
+                # A ROUTER refuses only for the one remote whose pipe is full: drop that
+                # remote and what waits for it, and go on with the others.
+                route = bytes(outbox[0][0])
+                self._batches.pop(route, None)
+                self._outbox = outbox = deque(q for q in outbox if bytes(q[0]) != route)
+                self._on_blocked(route)
+                continue
             except zmq.ZMQError as exc:
                 log.warning("dropped a queued message: %s", exc)
             outbox.popleft()
@@ -248,6 +269,14 @@ class _SocketDriver:
                 self._space.set_result(None)
             self._space = None
         self._schedule()
+
+    def discard_queued(self) -> None:
+        """Forget the messages waiting for the socket (they were for a connection now gone)."""
+        self._outbox.clear()
+        self._batches.clear()
+        if self._space is not None and not self._space.done():
+            self._space.set_result(None)
+        self._space = None
 
     async def send(self, frames: Sequence[Frame], route: bytes | None = None) -> None:
         """Send now if nothing is queued and the socket can take it, else batch or queue it.
@@ -322,7 +351,14 @@ class _ZeroMQConnection(Connection):
         self._closed = False
         self._zap_domain: str | None = None
         self._context = sock.context
-        self._driver = _SocketDriver(sock, self._on_message, copy=self._copy_frames)
+        self._drop_log = DropLog(log)
+        self._driver = _SocketDriver(
+            sock, self._on_message, copy=self._copy_frames, on_blocked=self._blocked_hook()
+        )
+
+    def _blocked_hook(self) -> Callable[[bytes], None] | None:
+        """What to do when the socket refuses a message for one remote (ROUTER only)."""
+        return None
 
     _copy_frames = True
 
@@ -349,8 +385,9 @@ class _ZeroMQConnection(Connection):
         return self._drop("a bad envelope")
 
     def _drop(self, reason: str) -> list[list[bytes]]:
+        """Count and log (rate-limited) a message we cannot deliver; nothing to deliver."""
         self.dropped += 1
-        log.warning("dropped %s", reason)
+        self._drop_log.dropped(reason)
         return []
 
     def _oversize(self, parts: list[bytes]) -> bool:
@@ -378,11 +415,14 @@ class _ZeroMQConnection(Connection):
         try:
             await self._driver.send(frames, route)
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                raise PeerDisconnectedError("the remote is not connected") from None
-            if self._closed or exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
-                raise PeerClosedError("connection closed") from None
-            raise
+            self._raise_send_error(exc)
+
+    def _raise_send_error(self, exc: zmq.ZMQError) -> NoReturn:
+        if exc.errno == zmq.EHOSTUNREACH:
+            raise PeerDisconnectedError("the remote is not connected") from None
+        if self._closed or exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+            raise PeerClosedError("connection closed") from None
+        raise exc
 
     async def aclose(self) -> None:
         """See ``Connection.aclose``."""
@@ -413,8 +453,9 @@ class _Router(_ZeroMQConnection):
 
     def _on_message(self, parts: list[Any]) -> bool:
         if len(parts) < 2:
+            self._drop("no frames after the routing id")
             return True
-        user_id = None
+        user_id = None  # sizes are checked per message, once a batch is split
         if not self._copy_frames:
             value = parts[-1].get("User-Id")
             user_id = str(value) if value else None
@@ -426,10 +467,24 @@ class _Router(_ZeroMQConnection):
         return self._offer(key, self._messages(parts[1:]), user_id)
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
-        """See ``Connection.send``."""
+        """See ``Connection.send``. Never waits: a remote that cannot take more is dropped."""
+        if self._closed:
+            raise PeerClosedError("connection closed")
         if to is None or to not in self._known:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
         await self._send_multipart(frames, to)
+
+    def _blocked_hook(self) -> Callable[[bytes], None] | None:
+        return self._drop_slow
+
+    def _drop_slow(self, key: bytes) -> None:
+        """``key``'s pipe is full (ZeroMQ refused more): forget it rather than wait for it."""
+        if key not in self._known:
+            return
+        self._known.discard(key)
+        reason = f"too slow a consumer: {HIGH_WATER_MARK} messages unread"
+        log.warning("dropping ZeroMQ remote %r: %s", key, reason)
+        self._events.offer(Disconnected(key, reason, slow=True))
 
     async def disconnect(self, peer: bytes) -> None:
         """See ``Connection.disconnect``."""
@@ -463,6 +518,7 @@ class _Dealer(_ZeroMQConnection):
     def _on_monitor_event(self, parts: list[Any]) -> bool:
         event = parse_monitor_message(parts)
         kind = event["event"]
+        log.debug("monitor of %s: %s %s", self._endpoint, zmq.Event(kind).name, event["value"])
         if kind == zmq.EVENT_CONNECTED:
             self._fd = event["value"]
         elif kind == zmq.EVENT_DISCONNECTED and self._connected:
@@ -493,6 +549,7 @@ class _Dealer(_ZeroMQConnection):
             return
         self._connected = False
         self._fd = None
+        self._driver.discard_queued()
         sock = self._monitored
         assert sock is not None
         with contextlib.suppress(zmq.ZMQError):
