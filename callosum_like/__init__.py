@@ -30,6 +30,7 @@ from .lower.tcp import TCPTransport as TCPTransport
 from .lower.zeromq import ZeroMQTransport as ZeroMQTransport
 from .ordering import Ordering as Ordering
 from .peer import Peer as Peer
+from .relay import Relay as Relay
 from .request import Request as Request
 from .stats import PeerStatistics as PeerStatistics
 
@@ -44,6 +45,8 @@ __all__ = [
     "PeerEvent",
     "PeerEventKind",
     "PeerEvents",
+    # federation
+    "Relay",
     # addresses and transports
     "ZeroMQAddress",
     "TCPAddress",

@@ -1,4 +1,4 @@
-"""The command line: ``python -m callosum_like {keygen,demo,bench}`` (also ``callosum-like``).
+"""The command line: ``python -m callosum_like {keygen,demo,bench,soak}`` (``callosum-like``).
 
 Theory of operation: ``main`` parses the arguments and calls one function per subcommand;
 each returns the process exit status (0 success, 1 failure, 2 usage error from argparse).
@@ -11,8 +11,11 @@ each returns the process exit status (0 success, 1 failure, 2 usage error from a
   grpc.aio, raw pyzmq and raw asyncio streams, a server and a client process per (system,
   workload); it prints tables and writes JSON, Markdown and a chart under ``bench/results/``.
 
-``demo-server``, ``demo-client``, ``bench-server`` and ``bench-client`` are hidden
-subcommands: the child processes of ``demo`` and ``bench``.
+* ``soak`` runs ``soak.run_soak``: a bounded load of calls, streams and short-lived clients
+  while the server process is killed and restarted; it reports failures by kind and memory.
+
+``demo-server``, ``demo-client``, ``bench-server``, ``bench-client`` and ``soak-server`` are
+hidden subcommands: the child processes of ``demo``, ``bench`` and ``soak``.
 
 This is the top layer: nothing in the package imports it.
 """
@@ -34,6 +37,7 @@ from .bench import (
     run_bench_server,
 )
 from .demo import TRANSPORTS, run_demo, run_demo_client, serve_demo
+from .soak import add_soak_arguments, add_soak_server_arguments, run_soak, run_soak_server
 
 __all__ = ["main"]
 
@@ -54,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m callosum_like",
         description="callosum_like: bidirectional asyncio RPC over ZeroMQ or TCP.",
     )
-    commands = parser.add_subparsers(title="commands", metavar="{keygen,demo,bench}", required=True)
+    commands = parser.add_subparsers(
+        title="commands", metavar="{keygen,demo,bench,soak}", required=True
+    )
 
     keygen = commands.add_parser(
         "keygen",
@@ -86,6 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(command=run_bench)
 
+    soak = commands.add_parser(
+        "soak",
+        help="run a bounded load while killing and restarting the server; report failures",
+        description="Start a server process per transport, flood it, then run mixed calls, "
+        "streams and short-lived clients against it for --duration seconds while killing "
+        "(SIGKILL) and restarting it every --kill-interval seconds. Reports calls made, "
+        "failures by kind and resident memory; exits 1 if anything but "
+        "PeerDisconnectedError during a kill failed.",
+    )
+    add_soak_arguments(soak)
+    soak.set_defaults(command=run_soak)
+
     # The child processes of demo and bench; not listed in --help.
     demo_server = commands.add_parser("demo-server")
     _transport_option(demo_server)
@@ -104,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     _transport_option(bench_client)
     add_client_arguments(bench_client)
     bench_client.set_defaults(command=run_bench_client)
+    soak_server = commands.add_parser("soak-server")
+    add_soak_server_arguments(soak_server)
+    soak_server.set_defaults(command=run_soak_server)
     return parser
 
 

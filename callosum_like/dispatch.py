@@ -4,7 +4,8 @@ Theory of operation: the Peer hands every decoded ``Call`` to ``Dispatcher.call`
 ``Cancel`` to ``Dispatcher.cancel``. The dispatcher
 
 * looks the method up (unknown -> ``Error(METHOD_NOT_FOUND)`` at once);
-* applies the method's ordering per ``(calling link, order_key)`` with the pure bookkeeping
+* applies the method's ordering per ``(calling link, Call.origin, order_key)`` (the origin
+  tells apart the callers behind one relay) with the pure bookkeeping
   of ``ordering`` (``order_key=None`` runs unordered);
 * runs handlers as jobs of one aiojobs ``Scheduler(limit=max_concurrency)``, so at most
   ``max_concurrency`` run at once and the rest wait in arrival order;
@@ -38,9 +39,11 @@ from typing import Any, Final
 import aiojobs
 
 from .deadlines import Deadlines
-from .errors import ErrorCode, ProtocolError
+from .errors import ErrorCode, ProtocolError, error_for_code
 from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
+from .stats import Counters, log_rpc, rpc_started
+from .streams import CreditWindow, StreamInbox, UploadBody
 from .wire import messages as m
 from .wire.codec import pack_body, unpack_body
 
@@ -57,8 +60,7 @@ Reply = m.Result | m.Failure | m.Error | m.Cancelled | m.StreamEnd
 #: Packed bodies from this size on are dropped from a call as soon as they are unpacked,
 #: so that the packed and the unpacked body are not both held while the handler runs.
 RELEASE_BODY_SIZE: Final = 64 * 1024
-#: Credit a consumer may hold at once; more is capped, so a hostile Credit cannot overflow.
-MAX_CREDIT: Final = 1 << 20
+
 SendReply = Callable[[Hashable, m.Message], Awaitable[None]]
 
 
@@ -69,24 +71,6 @@ class Registration:
     handler: Handler
     ordering: Ordering | None
     stream: bool = False
-
-
-class _Credit:
-    """How many stream items the consumer can take now."""
-
-    def __init__(self, initial: int) -> None:
-        self.available = initial
-        self._granted = asyncio.Event()
-
-    def grant(self, amount: int) -> None:
-        self.available = min(self.available + amount, MAX_CREDIT)
-        self._granted.set()
-
-    async def take(self) -> None:
-        while self.available <= 0:
-            self._granted.clear()
-            await self._granted.wait()
-        self.available -= 1
 
 
 @dataclass(eq=False, slots=True)
@@ -102,13 +86,16 @@ class _Inbound:
     job: aiojobs.Job[None] | None = None
     answered: bool = False
     silent: bool = False  # its link is gone: do the bookkeeping, send nothing
-    credit: _Credit | None = None  # stream calls only
+    credit: CreditWindow | None = None  # stream calls only
+    upload: StreamInbox | None = None  # calls with a streamed body only
+    started: float | None = None  # for the RPC log, when it is on
     task: asyncio.Task[Any] | None = None  # while its handler runs: the task to cancel
     expired: bool = False  # its execute timeout cancelled it
 
     @property
     def order_key(self) -> Hashable:
-        return (self.link, self.call.order_key)
+        # Scoped per calling peer: the link, and behind a relay the caller's route on it.
+        return (self.link, self.call.origin, self.call.order_key)
 
 
 class Dispatcher:
@@ -120,6 +107,7 @@ class Dispatcher:
         max_concurrency: Handlers running at once.
         max_pending: Requests held at once (running plus waiting) before new ones are refused.
         execute_timeout: Seconds a handler may run before it is cancelled, or ``None``.
+        counters: Where refused and failed requests are counted.
     """
 
     def __init__(
@@ -130,8 +118,10 @@ class Dispatcher:
         max_concurrency: int,
         max_pending: int,
         execute_timeout: float | None,
+        counters: Counters | None = None,
     ) -> None:
         self._send = send
+        self._counters = counters or Counters()
         self._default_ordering = default_ordering
         self._max_concurrency = max_concurrency
         self._max_pending = max_pending
@@ -154,10 +144,19 @@ class Dispatcher:
         """Remove the handler of ``name``. Raises ``KeyError`` when there is none."""
         del self._handlers[name]
 
+    def serves(self, name: str) -> bool:
+        """Whether a handler is registered under ``name``."""
+        return name in self._handlers
+
     @property
     def running(self) -> int:
         """Requests held: running, or waiting for a slot or for their order key."""
         return len(self._inflight)
+
+    @property
+    def active(self) -> int:
+        """Handlers running now (at most ``max_concurrency``)."""
+        return 0 if self._scheduler is None else min(self._scheduler.active_count, self.running)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -205,33 +204,44 @@ class Dispatcher:
         """Accept one call from ``link``. Returns once it is scheduled, not when it is done."""
         registration = self._handlers.get(call.method)
         if registration is None:
-            reply = m.Error(
-                id=call.id,
-                code=ErrorCode.METHOD_NOT_FOUND,
-                message=f"no handler for method {call.method!r}",
-            )
-            await self._send(link, reply)
+            text = f"no handler for method {call.method!r}"
+            await self._refuse(link, peer_id, call, ErrorCode.METHOD_NOT_FOUND, text)
             return
         if (link, call.id) in self._inflight:
             raise ProtocolError(f"call id {call.id} is already in flight")
         if self._closing:
             await self._send(link, m.Cancelled(id=call.id, reason="peer closing"))
+            self._counters.count_request_error("RPCCancelledError")
             return
         if len(self._inflight) >= self._max_pending:
-            msg = f"{len(self._inflight)} requests already held (max_pending)"
-            await self._send(link, m.Error(id=call.id, code=ErrorCode.OVERLOADED, message=msg))
+            self._counters.requests_refused += 1
+            text = f"{len(self._inflight)} requests already held (max_pending)"
+            await self._refuse(link, peer_id, call, ErrorCode.OVERLOADED, text)
             return
         ordering = registration.ordering or self._default_ordering
         if call.order_key is None:
             ordering = Ordering.UNORDERED
-        inbound = _Inbound(link, call, peer_id, registration, ordering)
+        inbound = _Inbound(link, call, peer_id, registration, ordering, started=rpc_started())
         if call.stream:
-            inbound.credit = _Credit(m.STREAM_WINDOW)
+            inbound.credit = CreditWindow(m.STREAM_WINDOW)
+        if call.upload:
+            inbound.upload = StreamInbox(m.STREAM_WINDOW, m.UploadCredit)
         self._inflight[link, call.id] = inbound
         if ordering is Ordering.UNORDERED:  # the common case: straight to the scheduler
             inbound.job = await self._scheduler.spawn(self._run(inbound))  # type: ignore[union-attr]
         else:
             await self._admit(inbound)
+
+    async def _refuse(
+        self, link: Hashable, peer_id: str, call: m.Call, code: ErrorCode, text: str
+    ) -> None:
+        """Answer ``call`` with an error at once, without running anything."""
+        started = rpc_started()
+        await self._send(link, m.Error(id=call.id, code=code, message=text))
+        kind = _error_name(code)
+        self._counters.count_request_error(kind)
+        if started is not None:
+            log_rpc("served", call.method, peer_id, started, kind)
 
     async def _admit(self, inbound: _Inbound) -> None:
         if inbound.ordering is Ordering.ORDERED:
@@ -252,6 +262,19 @@ class Dispatcher:
         if inbound is None or inbound.credit is None or amount < 1:
             return  # the stream ended meanwhile, or a meaningless grant
         inbound.credit.grant(amount)
+
+    def upload(self, link: Hashable, msg: m.UploadItem | m.UploadEnd) -> bool | None:
+        """An item (or the end) of the streamed body of call ``msg.id``.
+
+        Returns:
+            True when queued for the handler; False when it exceeds the credit granted or
+            follows the end; None when the call is over (items in flight after the handler
+            returned are expected, and ignored).
+        """
+        inbound = self._inflight.get((link, msg.id))
+        if inbound is None or inbound.upload is None:
+            return None
+        return inbound.upload.put(msg)
 
     async def cancel(self, link: Hashable, call_id: int) -> None:
         """The caller abandoned ``call_id``: stop it and answer ``Cancelled``."""
@@ -276,7 +299,7 @@ class Dispatcher:
         await self._answer(inbound, reply)
 
     async def _execute(self, inbound: _Inbound) -> Reply:
-        request = _request(inbound)
+        request = self._request(inbound)
         if type(request) is not Request:
             return request  # type: ignore[return-value]
         call = inbound.call
@@ -305,6 +328,40 @@ class Dispatcher:
             return m.Result(id=call.id, body=pack_body(result))
         except TypeError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
+
+    def _request(self, inbound: _Inbound) -> Request | m.Error:
+        """The handler's ``Request`` for ``inbound``, or the error that answers it instead."""
+        call = inbound.call
+        if call.stream != inbound.registration.stream:
+            kind = "a stream: use Peer.stream()" if not call.stream else "not a stream"
+            msg = f"method {call.method!r} is {kind}"
+            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
+        try:
+            body = self._body_of(inbound)
+        except ProtocolError as exc:
+            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
+        return Request(
+            method=call.method,
+            body=body,
+            peer_id=inbound.peer_id,
+            order_key=call.order_key,
+            headers=call.headers or {},
+        )
+
+    def _body_of(self, inbound: _Inbound) -> Any:
+        if inbound.upload is None:
+            call = inbound.call
+            body = unpack_body(call.body)
+            if len(call.body) >= RELEASE_BODY_SIZE:  # unpacked: let the packed copy go now
+                inbound.call = dataclasses.replace(call, body=m.EMPTY_BODY)
+            return body
+        link = inbound.link
+
+        async def send_credit(msg: m.Message) -> None:
+            if not inbound.silent:
+                await self._send(link, msg)
+
+        return UploadBody(inbound.call.id, inbound.upload, send_credit, unpack_body)
 
     async def _produce(self, inbound: _Inbound, request: Request) -> Reply:
         """Run a stream handler, sending each item as the consumer's credit allows."""
@@ -336,6 +393,11 @@ class Dispatcher:
             if held is None:
                 released.insert(0, reply)
         if not inbound.silent:
+            outcome = _outcome_name(reply)
+            if outcome != "ok":
+                self._counters.count_request_error(outcome)
+            if inbound.started is not None:
+                log_rpc("served", inbound.call.method, inbound.peer_id, inbound.started, outcome)
             for item in released:
                 await self._send(inbound.link, item)
         if inbound.ordering is Ordering.SERIALIZED:
@@ -352,30 +414,25 @@ class Dispatcher:
         self._inflight.pop((inbound.link, inbound.call.id), None)
 
 
+def _error_name(code: int) -> str:
+    """The name of the error class a caller gets for the wire ``code``."""
+    return type(error_for_code(code, "")).__name__
+
+
+def _outcome_name(reply: Reply) -> str:
+    """``"ok"`` or the name of the error class the caller gets for ``reply``."""
+    kind = type(reply)
+    if kind is m.Result or kind is m.StreamEnd:
+        return "ok"
+    if kind is m.Failure:
+        return "RPCUserError"
+    if kind is m.Cancelled:
+        return "RPCCancelledError"
+    return _error_name(reply.code)  # type: ignore[union-attr]
+
+
 class _UnencodableItem(Exception):
     """A stream handler yielded something msgpack cannot carry."""
-
-
-def _request(inbound: _Inbound) -> Request | m.Error:
-    """The handler's ``Request`` for ``inbound``, or the error that answers it instead."""
-    call = inbound.call
-    if call.stream != inbound.registration.stream:
-        kind = "a stream: use Peer.stream()" if not call.stream else "not a stream"
-        msg = f"method {call.method!r} is {kind}"
-        return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
-    try:
-        body = unpack_body(call.body)
-    except ProtocolError as exc:
-        return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
-    if len(call.body) >= RELEASE_BODY_SIZE:  # unpacked: let the packed copy go now
-        inbound.call = dataclasses.replace(call, body=m.EMPTY_BODY)
-    return Request(
-        method=call.method,
-        body=body,
-        peer_id=inbound.peer_id,
-        order_key=call.order_key,
-        headers=call.headers or {},
-    )
 
 
 def _expire(inbound: _Inbound) -> None:

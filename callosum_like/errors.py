@@ -50,6 +50,7 @@ class ErrorCode(enum.IntEnum):
     METHOD_NOT_FOUND = 2
     MESSAGE_TOO_LARGE = 3
     OVERLOADED = 4
+    PEER_DISCONNECTED = 5  # a relay lost (or never had) the peer a call was routed to
 
 
 class RPCError(Exception):
@@ -124,7 +125,13 @@ class RPCCancelledError(RPCError):
 
 
 class PeerDisconnectedError(RPCError):
-    """The remote peer is gone (heartbeat lost, connection broken, or it closed)."""
+    """The remote peer is gone (heartbeat lost, connection broken, or it closed).
+
+    Calls routed through a relay get it too when the relay loses the peer they were routed
+    to, or its own upstream link (the relay reports it with ``ErrorCode.PEER_DISCONNECTED``).
+    """
+
+    code = ErrorCode.PEER_DISCONNECTED
 
 
 class PeerClosedError(RPCError):
@@ -162,6 +169,7 @@ _BY_CODE: Final[dict[int, type[RPCError]]] = {
     ErrorCode.METHOD_NOT_FOUND: MethodNotFoundError,
     ErrorCode.MESSAGE_TOO_LARGE: MessageTooLargeError,
     ErrorCode.OVERLOADED: OverloadedError,
+    ErrorCode.PEER_DISCONNECTED: PeerDisconnectedError,
 }
 
 

@@ -17,6 +17,13 @@ codec and the dispatcher meet.
 * When a link ends, every call pending on it fails (``PeerDisconnectedError``) and its
   handlers are cancelled; when we close, pending calls fail with ``PeerClosedError``, our
   running handlers answer ``Cancelled``, and every remote gets a ``Goodbye``.
+* Federation (docs/federation.md): a bound peer also knows the names that relays announce
+  (``PeerUp``/``PeerDown``), scoped under the announcing link's identity in a ``RouteTable``;
+  ``to="cluster-b/agent-3"`` goes to the link ``cluster-b`` with ``Call.target``. A call that
+  a relay forwards upwards carries ``Call.origin``; its handler sees ``peer_id`` scoped the
+  same way, and its order keys are scoped per (link, origin). A ``Forwarder`` (the relay's,
+  in ``relay``) plugs into a peer to take the calls it should pass on and the replies,
+  cancels and credit of those calls; a peer without one behaves exactly as before.
 """
 
 from __future__ import annotations
@@ -25,16 +32,18 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Hashable, Mapping
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, cast
 
 from .addresses import AddressLike, TCPAddress, parse_address
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
 from .errors import (
     AuthenticationError,
+    ErrorCode,
     MessageTooLargeError,
     PeerClosedError,
     PeerDisconnectedError,
@@ -67,16 +76,29 @@ from .lower.tcp import TCPTransport
 from .lower.zeromq import ZeroMQTransport
 from .ordering import Ordering
 from .request import Body, Handler, Headers, StreamHandler
+from .routing import RouteTable, scoped
 from .session import CallInput, LinkInput, Session
-from .stats import Counters, PeerStatistics
-from .streams import StreamInbox
+from .stats import Counters, DropLog, Gauges, PeerStatistics, log_rpc, rpc_started
+from .streams import CreditWindow, StreamInbox
+from .transfers import DEFAULT_CHUNK_SIZE, OutgoingTransfers, Reassembly, TransferStopped
 from .wire import messages as m
-from .wire.codec import MAX_HEADER_SIZE, OversizeBodyError, decode, encode, pack_body, unpack_body
+from .wire.codec import (
+    MAX_HEADER_SIZE,
+    ChunkedHead,
+    Frame,
+    OversizeBodyError,
+    decode,
+    encode,
+    encode_head,
+    pack_body,
+    unpack_body,
+)
+from .wire.messages import ROUTE_SEPARATOR
 
 if TYPE_CHECKING:
     from .auth import AbstractClientAuthenticator, AbstractServerAuthenticator
 
-__all__ = ["Peer", "Link"]
+__all__ = ["Peer", "Link", "Forwarder"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +106,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: Requests a peer holds (running plus waiting) before it refuses new ones as overloaded.
 DEFAULT_MAX_PENDING: Final = 10_000
+#: The Goodbye reason a bound peer gives a link whose identity a newer connection took.
+REPLACED: Final = "replaced by a newer connection"
 
 
 @dataclass(eq=False)
@@ -92,14 +116,55 @@ class Link:
 
     key: bytes
     session: Session
+    incoming: Reassembly
     user_id: str | None = None
     pending: dict[int, asyncio.Future[m.Message]] = field(default_factory=dict)
     streams: dict[int, StreamInbox] = field(default_factory=dict)
+    uploads: dict[int, CreditWindow] = field(default_factory=dict)  # our streamed bodies
+    outgoing: OutgoingTransfers = field(default_factory=OutgoingTransfers)
+    #: Order keys of calls whose chunked body is being sent, and when that is done: a later
+    #: call with the same key waits, so that the remote sees the calls in the order made.
+    bulk_keys: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     @property
     def identity(self) -> str:
         """The remote's identity once the handshake is done."""
         return self.session.remote_identity
+
+
+class Forwarder(Protocol):
+    """What a relay plugs into a Peer (``peer._forwarder``) to pass calls on.
+
+    The Peer calls these from its receive loop; none may raise for a link that is gone.
+    """
+
+    async def forward_call(self, link: Link, msg: m.Call) -> bool:
+        """Take a call with a ``target``, or one for a method this peer does not serve.
+
+        Returns False to let the peer answer it itself (``MethodNotFoundError`` or, for a
+        target, ``PeerDisconnectedError``).
+        """
+        ...
+
+    async def forward_reply(self, link: Link, msg: m.Message) -> bool:
+        """A reply or stream item arrived on ``link`` for a call no local caller made."""
+        ...
+
+    async def forward_control(self, link: Link, msg: m.Cancel | m.Credit) -> bool:
+        """A Cancel or Credit for a call that arrived on ``link``; False if not forwarded."""
+        ...
+
+    async def link_lost(self, link: Link, reason: str) -> None:
+        """``link`` ended; fail or cancel what was forwarded through it."""
+        ...
+
+    def peer_changed(self, name: str, up: bool, reason: str) -> None:
+        """A name (direct or announced) appeared in or vanished from ``peer.peers``."""
+        ...
+
+    def uplink_opened(self, link: Link) -> None:
+        """A connecting peer completed its handshake (also after a reconnection)."""
+        ...
 
 
 class Peer:
@@ -121,6 +186,8 @@ class Peer:
         execute_timeout: Seconds a handler may run before it is cancelled, or ``None``.
         compress: Snappy-compress large bodies we send.
         max_body_size: Largest body in bytes we send or accept.
+        chunk_size: Bodies larger than this many bytes travel in chunks of this size, with
+            other messages interleaved between them.
         heartbeat_interval: Seconds between pings on every link.
         heartbeat_timeout: Seconds of silence after which a remote is considered gone.
         connect_timeout: Seconds ``__aenter__`` of a connecting peer waits for the handshake,
@@ -131,6 +198,10 @@ class Peer:
         ValueError: An argument has a wrong value (both or neither of ``bind``/``connect``,
             a negative timeout, ...).
     """
+
+    #: Items of a streamed body (``invoke`` of an async iterable) that may run ahead of the
+    #: handler reading them.
+    UPLOAD_WINDOW: Final = m.STREAM_WINDOW
 
     def __repr__(self) -> str:
         side = "bind" if self._bound else "connect"
@@ -151,6 +222,7 @@ class Peer:
         execute_timeout: float | None = None,
         compress: bool = True,
         max_body_size: int = 64 * 2**20,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 15.0,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -171,6 +243,8 @@ class Peer:
         _check_count("max_concurrency", max_concurrency)
         _check_count("max_pending", max_pending)
         _check_count("max_body_size", max_body_size)
+        _check_count("chunk_size", chunk_size)
+        self._chunk_size = chunk_size
         self._invoke_timeout = _check_timeout("invoke_timeout", invoke_timeout)
         self._execute_timeout = _check_timeout("execute_timeout", execute_timeout)
         self._connect_timeout = _check_timeout("connect_timeout", connect_timeout)
@@ -180,17 +254,21 @@ class Peer:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
         self._compress = bool(compress)
         self._max_body_size = max_body_size
+        self._counters = Counters()
+        self._deadlines = Deadlines()  # the timeouts of our calls
+        self._drop_log = DropLog(log)
         self._dispatcher = Dispatcher(
             send=self._send_reply,
             default_ordering=ordering,
             max_concurrency=max_concurrency,
             max_pending=max_pending,
             execute_timeout=self._execute_timeout,
+            counters=self._counters,
         )
-        self._counters = Counters()
-        self._deadlines = Deadlines()  # the timeouts of our calls
         self._links: dict[bytes, Link] = {}  # by transport key
         self._by_identity: dict[str, Link] = {}  # open links, bound side
+        self._routes = RouteTable()  # names announced by relays below us, bound side
+        self._forwarder: Forwarder | None = None
         self._peer_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._connection: Connection | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -221,7 +299,7 @@ class Peer:
     def peers(self) -> frozenset[str]:
         """Identities of the connected remotes with a completed handshake."""
         if self._bound:
-            return frozenset(self._by_identity)
+            return frozenset(self._by_identity).union(self._routes)
         link = self._links.get(CONNECTED_KEY)
         return frozenset({link.identity}) if link and link.session.is_open else frozenset()
 
@@ -308,7 +386,9 @@ class Peer:
 
         Args:
             method: The remote method name.
-            body: Any msgpack value.
+            body: Any msgpack value; or an async iterable of msgpack values, streamed to
+                the handler (which reads ``request.body`` with ``async for``) with flow
+                control: at most a window of items runs ahead of the handler.
             order_key: Calls with the same key are ordered by the remote's ordering.
             to: On the bound side, the identity of the remote to call.
             timeout: Seconds to wait (default ``invoke_timeout``); then the remote handler is
@@ -327,14 +407,27 @@ class Peer:
             RPCCancelledError: The remote cancelled the call.
             PeerDisconnectedError: The remote went away.
             PeerClosedError: This peer is (or got) closed.
-            MessageTooLargeError: ``body`` exceeds ``max_body_size`` (nothing was sent).
+            MessageTooLargeError: ``body`` (or an item of a streamed body) exceeds
+                ``max_body_size``.
+            Exception: Whatever a streamed body's iterator raised (the remote handler is
+                cancelled).
             UnknownPeerError: ``to`` names no connected remote.
             TypeError, ValueError: Misused arguments; ``body`` not msgpack-serializable.
 
         Cancellation: cancelling the caller cancels the remote handler.
         """
-        link, msg = self._prepare_call(method, body, order_key, to, timeout, headers, False)
-        reply = await self._await_reply(link, msg, msg.timeout)
+        upload = body if isinstance(body, AsyncIterable) else None
+        link, msg = self._prepare_call(
+            method,
+            None if upload is not None else body,
+            order_key,
+            to,
+            timeout,
+            headers,
+            False,
+            upload,
+        )
+        reply = await self._await_reply(link, msg, msg.timeout, upload)
         try:
             return _outcome(reply)
         except Exception as exc:
@@ -436,13 +529,16 @@ class Peer:
                 self._peer_waiters.pop(identity, None)
 
     def statistics(self) -> PeerStatistics:
-        """A snapshot of this peer's counters."""
-        return self._counters.snapshot(
-            calls_in_flight=sum(len(link.pending) for link in self._links.values()),
-            requests_in_flight=self._dispatcher.running,
+        """A snapshot of this peer's counters and gauges (see ``PeerStatistics``)."""
+        running = self._dispatcher.active
+        gauges = Gauges(
+            calls_in_flight=sum(len(lk.pending) + len(lk.streams) for lk in self._links.values()),
+            requests_running=running,
+            requests_queued=self._dispatcher.running - running,
             connected_peers=len(self.peers),
-            transport_dropped=self._connection.dropped_messages if self._connection else 0,
+            transport_dropped=self._connection.dropped if self._connection else 0,
         )
+        return self._counters.snapshot(gauges)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -510,6 +606,7 @@ class Peer:
         closed = PeerClosedError("the peer was closed")
         for link in self._links.values():
             self._fail_pending(link, closed)
+            link.outgoing.fail(closed)
         await self._dispatcher.aclose()
         for link in list(self._links.values()):
             if link.session.is_open:
@@ -536,6 +633,8 @@ class Peer:
 
     def _end_links(self) -> None:
         for link in self._links.values():
+            for name in self._routes.drop_link(link.key):
+                self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, name, "this peer closed"))
             if link.session.is_open:
                 self._events.emit(
                     PeerEvent(PeerEventKind.DISCONNECTED, link.identity, "this peer closed")
@@ -554,7 +653,8 @@ class Peer:
                 else "the peer is not open; use 'async with'"
             )
 
-    def _route(self, to: str | None) -> Link:
+    def _route(self, to: str | None) -> tuple[Link, str | None]:
+        """The link a call ``to`` goes out on, and the ``Call.target`` to send with it."""
         self._check_open()
         if to is not None and not isinstance(to, str):
             raise TypeError(f"to must be a str or None, not {type(to).__name__}")
@@ -562,17 +662,29 @@ class Peer:
             link = self._links.get(CONNECTED_KEY)
             if link is None or not link.session.is_open:
                 raise PeerDisconnectedError("not connected to the remote")
-            return link
+            return link, None
         if to is None:
-            if len(self._by_identity) != 1:
-                raise UnknownPeerError(
-                    f"to=None needs exactly one connected peer, there are {len(self._by_identity)}"
-                )
-            return next(iter(self._by_identity.values()))
-        try:
-            return self._by_identity[to]
-        except KeyError:
-            raise UnknownPeerError(f"no connected peer is named {to!r}") from None
+            count = len(self._by_identity) + len(self._routes)
+            if count != 1:
+                text = f"to=None needs exactly one connected peer, there are {count}"
+                raise UnknownPeerError(text)
+            return next(iter(self._by_identity.values())), None
+        found = self._lookup(to)
+        if found is None:
+            raise UnknownPeerError(f"no connected peer is named {to!r}")
+        return found
+
+    def _lookup(self, name: str) -> tuple[Link, str | None] | None:
+        """The link that reaches ``name`` (direct or announced) and the target to send with."""
+        link = self._by_identity.get(name)
+        if link is not None:
+            return link, None
+        found = self._routes.lookup(name)
+        if found is None:
+            return None
+        key, target = found
+        link = self._links.get(key)  # type: ignore[call-overload]
+        return None if link is None else (link, target)
 
     def _prepare_call(
         self,
@@ -583,13 +695,14 @@ class Peer:
         timeout: float | None,
         headers: Headers | None,
         stream: bool,
+        upload: AsyncIterable[Body] | None = None,
     ) -> tuple[Link, m.Call]:
         """Check a call's arguments, pick its link and build its Call (nothing is sent)."""
         call_timeout = _check_timeout(
             "timeout", self._invoke_timeout if timeout is None else timeout
         )
         _check_call_args(method, order_key, headers)
-        link = self._route(to)
+        link, target = self._route(to)
         packed = pack_body(body)
         self._check_size(link, len(packed))
         msg = m.Call(
@@ -600,6 +713,8 @@ class Peer:
             headers=dict(headers) if headers else None,
             timeout=call_timeout,
             stream=stream,
+            upload=upload is not None,
+            target=target,
         )
         return link, msg
 
@@ -608,32 +723,87 @@ class Peer:
         if size > limit:
             raise MessageTooLargeError(f"body of {size} bytes exceeds max_body_size {limit}")
 
-    async def _await_reply(self, link: Link, msg: m.Call, timeout: float | None) -> m.Message:
+    async def _await_reply(
+        self,
+        link: Link,
+        msg: m.Call,
+        timeout: float | None,
+        upload: AsyncIterable[Body] | None = None,
+    ) -> m.Message:
         future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
         link.pending[msg.id] = future
         self._counters.calls_out += 1
-        deadline = None
+        started = rpc_started()
+        expiry = deadline = None
         try:
-            try:
-                await self._send(link, msg)
-            except BaseException:
-                link.session.call_input(msg.id, CallInput.REPLY)  # it never left: forget it
-                raise
             if timeout is not None:  # one shared timer, not a timeout context per call
-                deadline = self._deadlines.add(timeout, _expire, future)
-            return await future
-        except _Expired:
-            self._abandon(link, msg.id)
-            self._counters.count_error(RPCTimeoutError.__name__)
-            raise RPCTimeoutError(f"{msg.method!r} took longer than {timeout} s") from None
+                # The timeout covers sending too: a chunked body may take a while to go out.
+                expiry = _Expiry(future)
+                deadline = self._deadlines.add(timeout, _expire, expiry)
+            return await self._send_and_wait(link, msg, future, upload)
         except asyncio.CancelledError:
             self._abandon(link, msg.id)
-            self._counters.count_error("CancelledError")
-            raise
+            if expiry is None or not expiry.fired or expiry.task.uncancel():  # type: ignore[union-attr]
+                self._counters.count_error("CancelledError")
+                raise  # cancelled, not (only) timed out
+            self._counters.count_error(RPCTimeoutError.__name__)
+            raise RPCTimeoutError(f"{msg.method!r} took longer than {timeout} s") from None
         finally:
             if deadline is not None:
                 self._deadlines.discard(deadline)
             link.pending.pop(msg.id, None)
+            if started is not None:
+                log_rpc("invoked", msg.method, link.identity, started, _call_outcome(future))
+
+    async def _send_and_wait(
+        self,
+        link: Link,
+        msg: m.Call,
+        future: asyncio.Future[m.Message],
+        upload: AsyncIterable[Body] | None = None,
+    ) -> m.Message:
+        try:
+            await self._send(link, msg)
+        except BaseException:
+            link.session.call_input(msg.id, CallInput.REPLY)  # it never left whole: forget it
+            if future.done() and not future.cancelled():
+                future.exception()  # the link failed it too; the send's error is the one raised
+            raise
+        if upload is None:
+            return await future
+        return await self._upload_and_wait(link, msg.id, future, upload)
+
+    async def _upload_and_wait(
+        self,
+        link: Link,
+        call_id: int,
+        future: asyncio.Future[m.Message],
+        upload: AsyncIterable[Body],
+    ) -> m.Message:
+        """Stream ``upload`` as the body of call ``call_id`` until it ends or a reply comes."""
+        link.uploads[call_id] = CreditWindow(self.UPLOAD_WINDOW)
+        pump = asyncio.ensure_future(self._pump_upload(link, call_id, upload))
+        try:
+            await asyncio.wait((future, pump), return_when=asyncio.FIRST_COMPLETED)
+            if not future.done() and (error := pump.exception()) is not None:
+                self._abandon(link, call_id)  # our iterator failed: stop the handler
+                raise error
+            return await future  # the handler may answer before it read everything
+        finally:
+            link.uploads.pop(call_id, None)
+            if not pump.done():
+                pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+
+    async def _pump_upload(self, link: Link, call_id: int, items: AsyncIterable[Body]) -> None:
+        window = link.uploads[call_id]
+        async for item in items:
+            packed = pack_body(item)
+            self._check_size(link, len(packed))
+            await window.take()
+            await self._send(link, m.UploadItem(id=call_id, body=packed))
+        await self._send(link, m.UploadEnd(id=call_id))
 
     def _abandon(self, link: Link, call_id: int) -> None:
         """The caller gave up on ``call_id``: tell the remote to stop it (in the background)."""
@@ -652,9 +822,48 @@ class Peer:
     async def _send(self, link: Link, msg: m.Message) -> None:
         if self._connection is None:
             raise PeerClosedError("the peer is not open")
-        frames = encode(msg, compress=self._compress)
+        kind = type(msg)
+        if kind in _BODY_KINDS:
+            if len(msg.body) > self._chunk_size:  # type: ignore[union-attr]
+                await self._send_chunked(link, msg)
+                return
+            if link.bulk_keys and kind is m.Call:
+                await _after_bulk(link, msg.order_key)  # type: ignore[union-attr]
+        await self._send_frames(link, encode(msg, compress=self._compress))
+
+    async def _send_frames(self, link: Link, frames: list[Frame]) -> None:
+        assert self._connection is not None
         self._counters.bytes_out += sum(len(f) for f in frames)
         await self._connection.send(frames, to=link.key)
+
+    async def _send_chunked(self, link: Link, msg: m.Message) -> None:
+        """Send ``msg`` as a head and chunks, a window of chunks ahead of the receiver."""
+        order_key = msg.order_key if type(msg) is m.Call else None
+        done: asyncio.Future[None] | None = None
+        if order_key is not None:
+            await _after_bulk(link, order_key)
+            done = link.bulk_keys[order_key] = asyncio.get_running_loop().create_future()
+        transfer = await link.outgoing.open()
+        finished = False
+        try:
+            await self._send_frames(link, encode_head(msg, transfer))
+            body = memoryview(msg.body)  # type: ignore[union-attr]
+            step = self._chunk_size
+            for start in range(0, len(body), step):
+                await link.outgoing.take(transfer)
+                part = cast(bytes, body[start : start + step])  # a view: no copy
+                chunk = m.Chunk(transfer=transfer, body=part)
+                await self._send_frames(link, encode(chunk, compress=self._compress))
+            finished = True
+        except TransferStopped:
+            log.info("the remote refused the body of %s", type(msg).__name__)
+        finally:
+            link.outgoing.close(transfer)
+            if not finished and link.session.is_open:
+                self._spawn_background(self._send_quietly(link, m.ChunkAbort(transfer=transfer)))
+            if done is not None:
+                del link.bulk_keys[order_key]  # type: ignore[arg-type]
+                done.set_result(None)
 
     async def _send_reply(self, key: Hashable, reply: m.Message) -> None:
         link = self._links.get(key)  # type: ignore[call-overload]
@@ -695,7 +904,7 @@ class Peer:
 
     def _drop(self, reason: str) -> None:
         self._counters.dropped_messages += 1
-        log.warning("dropped a message: %s", reason)
+        self._drop_log.dropped(reason)
 
     async def _on_event(self, event: Received | Connected | Disconnected | AuthFailed) -> None:
         if type(event) is Received:
@@ -703,6 +912,8 @@ class Peer:
         elif type(event) is Connected:
             await self._on_connected(event)
         elif type(event) is Disconnected:
+            if event.slow:
+                self._counters.slow_remotes_dropped += 1
             await self._link_lost(event.peer, LinkInput.LOST, event.reason)
         elif type(event) is AuthFailed:
             self._on_auth_failed(event)
@@ -717,7 +928,7 @@ class Peer:
             heartbeat_timeout=self._heartbeat_timeout,
             now=now,
         )
-        link = Link(event.peer, session, event.user_id)
+        link = Link(event.peer, session, Reassembly(self._max_body_size), event.user_id)
         self._links[event.peer] = link
         if not self._bound:
             # In the background: a ZeroMQ DEALER holds the send until its security handshake
@@ -741,9 +952,42 @@ class Peer:
         except OversizeBodyError as exc:
             await self._refuse_oversize(link, exc)
             return
-        link.session.receive(msg, asyncio.get_running_loop().time())
+        if type(msg) is ChunkedHead:
+            link.session.receive(msg.message, asyncio.get_running_loop().time())
+            await self._on_chunked_head(link, msg)
+            return
+        link.session.receive(msg, asyncio.get_running_loop().time())  # type: ignore[arg-type]
         handler = self._HANDLERS[type(msg)]
         await handler(self, link, msg)
+
+    async def _on_chunked_head(self, link: Link, head: ChunkedHead) -> None:
+        try:
+            link.incoming.begin(head)
+        except OversizeBodyError as exc:
+            stop = m.ChunkStop(transfer=head.transfer, reason="body exceeds max_body_size")
+            await self._send(link, stop)
+            await self._refuse_oversize(link, exc)
+
+    async def _on_chunk(self, link: Link, msg: m.Chunk) -> None:
+        try:
+            whole = link.incoming.feed(msg)
+        except ProtocolError:
+            await self._send(link, m.ChunkStop(transfer=msg.transfer, reason="bad chunk"))
+            raise
+        if link.incoming.expects(msg.transfer):  # the last chunk needs no ack
+            await self._send(link, m.ChunkAck(transfer=msg.transfer, amount=1))
+        if whole is not None:
+            await self._HANDLERS[type(whole)](self, link, whole)
+
+    async def _on_chunk_ack(self, link: Link, msg: m.ChunkAck) -> None:
+        if not link.outgoing.ack(msg.transfer, msg.amount):
+            self._drop(f"ack of {msg.amount} for transfer {msg.transfer}, which we never sent")
+
+    async def _on_chunk_stop(self, link: Link, msg: m.ChunkStop) -> None:
+        link.outgoing.stop(msg.transfer)  # a transfer that just finished needs nothing
+
+    async def _on_chunk_abort(self, link: Link, msg: m.ChunkAbort) -> None:
+        link.incoming.abort(msg.transfer)  # one we never saw (its head failed) needs nothing
 
     async def _refuse_oversize(self, link: Link, exc: OversizeBodyError) -> None:
         self._drop(f"body of {exc.size} bytes exceeds max_body_size {self._max_body_size}")
@@ -754,10 +998,13 @@ class Peer:
         elif isinstance(exc.message, m.Result):
             future = link.pending.get(exc.message.id)
             link.session.call_input(exc.message.id, CallInput.REPLY)
+            text = f"the reply of {exc.size} bytes exceeds max_body_size"
             if future is not None and not future.done():
-                future.set_exception(
-                    MessageTooLargeError(f"the reply of {exc.size} bytes exceeds max_body_size")
-                )
+                future.set_exception(MessageTooLargeError(text))
+            elif future is None and self._forwarder is not None:
+                code = MessageTooLargeError.code
+                error = m.Error(id=exc.message.id, code=code, message=text)
+                await self._forwarder.forward_reply(link, error)
 
     # -- one handler per message kind -------------------------------------------------------------
 
@@ -767,22 +1014,39 @@ class Peer:
         if not msg.identity or msg.max_body_size < 1:
             raise ProtocolError(f"bad Hello: {msg!r}")
         identity = link.user_id or msg.identity
+        if ROUTE_SEPARATOR in identity:
+            await self._refuse_hello(link, f"identity {identity!r} contains {ROUTE_SEPARATOR!r}")
+            return
         link.session.handshake(identity, msg.max_body_size)
         previous = self._by_identity.get(identity)
         if previous is not None and previous is not link:
             log.warning("%r connected again; the older link is dropped", identity)
-            await self._send_quietly(previous, m.Goodbye(reason="replaced by a newer connection"))
-            await self._link_lost(previous.key, LinkInput.LOST, "replaced by a newer connection")
+            await self._send_quietly(previous, m.Goodbye(reason=REPLACED))
+            await self._link_lost(previous.key, LinkInput.LOST, REPLACED)
             await self._connection.disconnect(previous.key)  # type: ignore[union-attr]
         self._by_identity[identity] = link
         welcome = m.Welcome(
             identity=self._identity, assigned=identity, max_body_size=self._max_body_size
         )
         await self._send(link, welcome)
-        for waiter in self._peer_waiters.pop(identity, []):
-            if not waiter.done():
-                waiter.set_result(None)
-        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, identity))
+        self._peer_appeared(identity)
+
+    async def _refuse_hello(self, link: Link, reason: str) -> None:
+        """Turn a remote away during the handshake, telling it why."""
+        self._drop(f"refused a Hello: {reason}")
+        await self._send_quietly(link, m.Goodbye(reason=reason))
+        await self._link_lost(link.key, LinkInput.LOST, reason)
+        await self._connection.disconnect(link.key)  # type: ignore[union-attr]
+
+    def _peer_appeared(self, name: str) -> None:
+        self._link_opened(name)
+        if self._forwarder is not None:
+            self._forwarder.peer_changed(name, True, "")
+
+    def _peer_vanished(self, name: str, reason: str) -> None:
+        self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, name, reason))
+        if self._forwarder is not None:
+            self._forwarder.peer_changed(name, False, reason)
 
     async def _on_welcome(self, link: Link, msg: m.Welcome) -> None:
         if self._bound:
@@ -793,13 +1057,44 @@ class Peer:
         self._identity = msg.assigned
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_result(None)
-        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, msg.identity))
+        else:
+            self._counters.reconnects += 1
+            log.info("reconnected to %r", msg.identity)
+        self._link_opened(msg.identity)
+        if self._forwarder is not None:
+            self._forwarder.uplink_opened(link)
+
+    def _link_opened(self, identity: str) -> None:
+        """A handshake completed: wake ``wait_for_peer`` and tell the listeners."""
+        for waiter in self._peer_waiters.pop(identity, []):
+            if not waiter.done():
+                waiter.set_result(None)
+        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, identity))
 
     async def _on_call(self, link: Link, msg: m.Call) -> None:
         self._counters.calls_in += 1
-        await self._dispatcher.call(link.key, link.identity, msg)
+        if (msg.target is not None or self._forwarder is not None) and await self._forward_call(
+            link, msg
+        ):
+            return
+        peer_id = link.identity if msg.origin is None else scoped(link.identity, msg.origin)
+        await self._dispatcher.call(link.key, peer_id, msg)
+
+    async def _forward_call(self, link: Link, msg: m.Call) -> bool:
+        """Pass on a call for a peer behind us (or one we do not serve); True once handled."""
+        if msg.target is None and self._dispatcher.serves(msg.method):
+            return False
+        if self._forwarder is not None and await self._forwarder.forward_call(link, msg):
+            return True
+        if msg.target is None:
+            return False  # ours to answer: the dispatcher says MethodNotFound
+        text = f"no peer {scoped(self._identity, msg.target)!r} is reachable here"
+        await self._send(link, m.Error(id=msg.id, code=ErrorCode.PEER_DISCONNECTED, message=text))
+        return True
 
     async def _on_cancel(self, link: Link, msg: m.Cancel) -> None:
+        if self._forwarder is not None and await self._forwarder.forward_control(link, msg):
+            return
         await self._dispatcher.cancel(link.key, msg.id)
 
     async def _on_reply(self, link: Link, msg: m.Message) -> None:
@@ -812,18 +1107,47 @@ class Peer:
             inbox.put(msg)
             return
         future = link.pending.get(call_id)
-        if future is not None and not future.done():
-            future.set_result(msg)
+        if future is not None:
+            if not future.done():
+                future.set_result(msg)
+        elif self._forwarder is not None:
+            await self._forwarder.forward_reply(link, msg)
 
     async def _on_stream_item(self, link: Link, msg: m.StreamItem) -> None:
         inbox = link.streams.get(msg.id)
         if inbox is None:
-            self._drop(f"stream item for unknown stream {msg.id}")
+            if self._forwarder is None or not await self._forwarder.forward_reply(link, msg):
+                self._drop(f"stream item for unknown stream {msg.id}")
         elif not inbox.put(msg):
             self._drop(f"stream {msg.id} sent past its credit")
 
     async def _on_credit(self, link: Link, msg: m.Credit) -> None:
+        if self._forwarder is not None and await self._forwarder.forward_control(link, msg):
+            return
         self._dispatcher.credit(link.key, msg.id, msg.amount)
+
+    async def _on_upload(self, link: Link, msg: m.UploadItem | m.UploadEnd) -> None:
+        if self._dispatcher.upload(link.key, msg) is False:
+            self._drop(f"upload item for call {msg.id} past its credit or its end")
+
+    async def _on_upload_credit(self, link: Link, msg: m.UploadCredit) -> None:
+        window = link.uploads.get(msg.id)
+        if window is not None and msg.amount >= 1:  # else the upload ended meanwhile
+            window.grant(msg.amount)
+
+    async def _on_peer_up(self, link: Link, msg: m.PeerUp) -> None:
+        if not self._bound:
+            raise ProtocolError("PeerUp sent to a connecting peer")
+        name = self._routes.announce(link.key, link.identity, msg.peer)
+        if name is not None:
+            self._peer_appeared(name)
+
+    async def _on_peer_down(self, link: Link, msg: m.PeerDown) -> None:
+        if not self._bound:
+            raise ProtocolError("PeerDown sent to a connecting peer")
+        name = self._routes.withdraw(link.key, link.identity, msg.peer)
+        if name is not None:
+            self._peer_vanished(name, msg.reason or "gone")
 
     async def _on_ping(self, link: Link, msg: m.Ping) -> None:
         await self._send(link, m.Pong())
@@ -833,7 +1157,14 @@ class Peer:
 
     async def _on_goodbye(self, link: Link, msg: m.Goodbye) -> None:
         await self._link_lost(link.key, LinkInput.GOODBYE, f"the remote closed ({msg.reason})")
-        await self._connection.disconnect(link.key)  # type: ignore[union-attr]
+        assert self._connection is not None
+        if not self._bound and msg.reason == REPLACED:
+            # Another live peer took our identity. Reconnecting would replace it in turn,
+            # and the two would take turns for ever: this link stays down.
+            log.warning("a newer connection took identity %r; not reconnecting", self._identity)
+            await self._connection.aclose()
+            return
+        await self._connection.disconnect(link.key)
 
     _HANDLERS: Final[dict[type, Any]] = {
         m.Hello: _on_hello,
@@ -850,6 +1181,15 @@ class Peer:
         m.StreamItem: _on_stream_item,
         m.StreamEnd: _on_reply,
         m.Credit: _on_credit,
+        m.Chunk: _on_chunk,
+        m.ChunkAck: _on_chunk_ack,
+        m.ChunkStop: _on_chunk_stop,
+        m.ChunkAbort: _on_chunk_abort,
+        m.UploadItem: _on_upload,
+        m.UploadEnd: _on_upload,
+        m.UploadCredit: _on_upload_credit,
+        m.PeerUp: _on_peer_up,
+        m.PeerDown: _on_peer_down,
     }
 
     # -- links ending -----------------------------------------------------------------------------
@@ -863,13 +1203,20 @@ class Peer:
             link.session.transition(why)
         if self._by_identity.get(link.identity) is link:
             del self._by_identity[link.identity]
-        self._fail_pending(link, PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}"))
+        lost = PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}")
+        self._fail_pending(link, lost)
+        link.outgoing.fail(lost)
+        if self._forwarder is not None:
+            await self._forwarder.link_lost(link, reason)
         link.session.forget_calls()
         await self._dispatcher.drop_link(key)
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.set_exception(PeerDisconnectedError(reason))
+        for name in self._routes.drop_link(key):
+            self._peer_vanished(name, reason)
         if was_open:
-            self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, link.identity, reason))
+            self._counters.disconnects += 1
+            self._peer_vanished(link.identity, reason)
 
     def _fail_pending(self, link: Link, error: Exception) -> None:
         for inbox in link.streams.values():
@@ -899,16 +1246,38 @@ class Peer:
             await self._link_lost(link.key, LinkInput.EXPIRE, "heartbeat lost")
             await self._connection.disconnect(link.key)  # type: ignore[union-attr]
         elif link.session.is_open and link.session.ping_due(now):
-            await self._send_quietly(link, m.Ping())
+            if self._bound:  # a bound transport's send never waits
+                await self._send_quietly(link, m.Ping())
+            else:  # a connected one waits while the remote reads nothing: not this loop
+                self._spawn_background(self._send_quietly(link, m.Ping()))
 
 
-class _Expired(Exception):
-    """A call's timeout passed before its reply came (set on the call's future)."""
+class _Expiry:
+    """What the timeout of one call cancels: the task that sends it and waits for the reply."""
+
+    __slots__ = ("fired", "future", "task")
+
+    def __init__(self, future: asyncio.Future[m.Message]) -> None:
+        self.future = future
+        self.task = asyncio.current_task()
+        self.fired = False
 
 
-def _expire(future: asyncio.Future[m.Message]) -> None:
-    if not future.done():
-        future.set_exception(_Expired())
+def _expire(expiry: _Expiry) -> None:
+    """A call's timeout passed: cancel its task, unless the reply is already there."""
+    if not expiry.future.done() and expiry.task is not None:
+        expiry.fired = True
+        expiry.task.cancel()
+
+
+#: The message kinds that carry a body, and so may travel in chunks.
+_BODY_KINDS: Final = frozenset({m.Call, m.Result, m.StreamItem, m.UploadItem})
+
+
+async def _after_bulk(link: Link, order_key: str | None) -> None:
+    """Wait until no chunked call with ``order_key`` is being sent on ``link``."""
+    while order_key is not None and (pending := link.bulk_keys.get(order_key)) is not None:
+        await asyncio.shield(pending)
 
 
 def _outcome(reply: m.Message) -> Body:
@@ -925,6 +1294,28 @@ def _outcome(reply: m.Message) -> Body:
     if type(reply) is m.Cancelled:
         raise RPCCancelledError(reply.reason or "the remote cancelled the call")
     raise AssertionError(f"not a reply: {reply!r}")
+
+
+def _call_outcome(future: asyncio.Future[m.Message]) -> str:
+    """For the RPC log, from ``_await_reply``'s ``finally``: how the call ended."""
+    if future.done() and not future.cancelled():
+        error = future.exception()
+        if error is not None:
+            return type(error).__name__
+        reply = future.result()
+        if type(reply) is m.Error:
+            return type(error_for_code(reply.code, "")).__name__
+        return _REPLY_OUTCOMES.get(type(reply), "RPCInternalError")
+    error = sys.exc_info()[1]  # the exception leaving _await_reply: timeout, cancellation
+    return "ok" if error is None else type(error).__name__
+
+
+#: What the caller of ``invoke`` gets for each kind of reply; errors by their code.
+_REPLY_OUTCOMES: Final[dict[type, str]] = {
+    m.Result: "ok",
+    m.Failure: "RPCUserError",
+    m.Cancelled: "RPCCancelledError",
+}
 
 
 def _make_transport(transport: object, address: object) -> Transport:

@@ -5,6 +5,7 @@ Every network test runs on 127.0.0.1 with ports chosen by the OS (port 0), never
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,6 +44,26 @@ def connect_address(server: cl.Peer) -> Any:
         return address
     host, port = address.rsplit(":", 1)
     return cl.TCPAddress(host, int(port))
+
+
+class Meeting:
+    """A handler that returns only once ``size`` different callers are inside it at once.
+
+    It proves that calls ran side by side (for instance, that equal order keys from two
+    callers did not order each other); it answers with the caller's ``peer_id``.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self.inside: set[str] = set()
+        self.complete = asyncio.Event()
+
+    async def __call__(self, request: cl.Request) -> Any:
+        self.inside.add(request.peer_id)
+        if len(self.inside) >= self.size:
+            self.complete.set()
+        await asyncio.wait_for(self.complete.wait(), 5)
+        return request.peer_id
 
 
 @pytest.fixture(params=TRANSPORTS)

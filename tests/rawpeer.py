@@ -7,15 +7,19 @@ silent, or answer with anything at all.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from callosum_like.lower.base import Connection, Received
 from callosum_like.lower.tcp import TCPTransport
 from callosum_like.lower.zeromq import ZeroMQTransport
 from callosum_like.wire import messages as m
-from callosum_like.wire.codec import decode, encode
+from callosum_like.wire.codec import ChunkedHead, decode, encode
 
 from .conftest import connect_address
+
+if TYPE_CHECKING:
+    import callosum_like as cl
 
 MAX = 256 * 2**20
 
@@ -39,6 +43,11 @@ class RawClient:
         await self.conn.send(frames)
 
     async def receive(self, timeout: float = 5.0) -> m.Message:
+        msg = await self.receive_any(timeout)
+        assert not isinstance(msg, ChunkedHead), msg
+        return msg
+
+    async def receive_any(self, timeout: float = 5.0) -> m.Message | ChunkedHead:
         async with asyncio.timeout(timeout):
             while True:
                 event = await self.conn.receive()
@@ -59,3 +68,14 @@ def _address(address: Any) -> Any:
     from callosum_like.addresses import ZeroMQAddress
 
     return ZeroMQAddress(address) if isinstance(address, str) else address
+
+
+def gated_echo() -> tuple[Callable[[cl.Request], Awaitable[Any]], asyncio.Event]:
+    """A handler that echoes once the returned event is set, and that event."""
+    gate = asyncio.Event()
+
+    async def wait(request: cl.Request) -> Any:
+        await gate.wait()
+        return request.body
+
+    return wait, gate

@@ -106,12 +106,23 @@ def test_bidirectional() -> None:
     assert "hub     -> worker-1.status() = {'lookups served': 2}" in out
 
 
+@pytest.mark.timeout(90)
+def test_file_transfer() -> None:
+    out = run_example("file_transfer.py", "--size", "8").stdout
+    lines = out.replace("\r", "\n").splitlines()
+    assert any(line.startswith("upload   [#########################] 100%") for line in lines)
+    assert any(line.startswith("download 8.0 MiB in ") for line in lines)
+    assert "checksums match: " in out
+    assert re.search(r"\d+ small calls during the transfers", out)
+
+
 @pytest.mark.timeout(30)
 def test_every_example_is_tested_and_documented() -> None:
     names = sorted(path.name for path in EXAMPLES.glob("*.py"))
     # The Thrift and schema examples are run by tests/upper/test_examples.py.
     assert names == [
         "bidirectional.py",
+        "file_transfer.py",
         "ordering.py",
         "schema_client.py",
         "schema_server.py",
@@ -124,3 +135,30 @@ def test_every_example_is_tested_and_documented() -> None:
         text = (EXAMPLES / name).read_text(encoding="utf-8")
         assert text.startswith('"""'), f"{name} has no docstring"
         assert f"examples/{name}" in text.split('"""')[1], f"{name} does not say how to run it"
+
+
+FEDERATION = EXAMPLES / "federation"
+
+
+@pytest.mark.timeout(90)
+def test_federation_demo() -> None:
+    out = run_example("federation/demo.py").stdout
+    for name in ("cluster-a/agent-1", "cluster-a/agent-2"):
+        assert f'manager  -> {name}.hello() = "hello manager from {name[10:]};' in out
+    for name in ("cluster-a/cluster-b/agent-3", "cluster-a/cluster-b/agent-4"):
+        assert f'manager  -> {name}.hello() = "hello manager from {name[20:]};' in out
+        # The agent called back into the manager while it answered, through two relays.
+        assert f"manager  <- {name} reports {{'pid': " in out
+        assert f"the manager said 'noted, {name}'" in out
+    assert "manager  -- cluster-a/cluster-b is a relay" in out
+    assert "manager  done: greeted 4 agents" in out
+    assert out.rstrip().endswith("demo finished (manager exit status 0)")
+
+
+def test_federation_scripts_are_documented() -> None:
+    names = sorted(path.name for path in FEDERATION.glob("*.py"))
+    assert names == ["agent.py", "cli.py", "demo.py", "manager.py", "relay.py"]
+    for name in names:
+        text = (FEDERATION / name).read_text(encoding="utf-8")
+        assert text.startswith('"""'), f"{name} has no docstring"
+        assert f"examples/federation/{name}" in text.split('"""')[1], name

@@ -22,7 +22,7 @@ from callosum_like.wire import messages as m
 from callosum_like.wire.codec import encode, pack_body
 
 from .conftest import PairFactory, bind_address, connect_address
-from .rawpeer import MAX, RawClient
+from .rawpeer import MAX, RawClient, gated_echo
 
 pytestmark = pytest.mark.timeout(30)
 FAST_HEARTBEAT = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5}
@@ -243,6 +243,11 @@ async def test_a_second_connection_with_the_same_identity_replaces_the_first(
             while True:
                 await first.invoke("who")
                 await asyncio.sleep(0.05)
+    # The first stays down: reconnecting would take the name back, and the two would
+    # take turns for ever.
+    await asyncio.sleep(0.5)
+    assert await server.invoke("who", to="agent-1") == "second"
+    assert first.peers == frozenset()
 
 
 # -- hostile input --------------------------------------------------------------------------
@@ -339,12 +344,7 @@ async def test_oversize_call_that_arrives_is_answered_too_large(
 @pytest.mark.asyncio
 async def test_duplicate_call_id_is_dropped(make_pair: PairFactory, transport_kind: str) -> None:
     server, _ = await make_pair()
-    gate = asyncio.Event()
-
-    async def wait(request: cl.Request) -> Any:
-        await gate.wait()
-        return request.body
-
+    wait, gate = gated_echo()
     server.handle_function("wait", wait)
     raw = await RawClient.connect(server, transport_kind)
     try:

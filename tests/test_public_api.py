@@ -28,6 +28,7 @@ EXTRA_NAMES = {
     "PeerEvent",
     "PeerEventKind",
     "PeerEvents",
+    "Relay",
 }
 
 

@@ -51,6 +51,15 @@ MESSAGES: dict[m.MessageKind, m.Message] = {
         m.StreamItem(id=1),
         m.StreamEnd(id=1),
         m.Credit(id=1, amount=1),
+        m.Chunk(transfer=1, body=b"x"),
+        m.ChunkAck(transfer=1, amount=1),
+        m.ChunkAbort(transfer=1),
+        m.ChunkStop(transfer=1),
+        m.UploadItem(id=1),
+        m.UploadEnd(id=1),
+        m.UploadCredit(id=1, amount=1),
+        m.PeerUp(peer="agent-1"),
+        m.PeerDown(peer="agent-1"),
     )
 }
 

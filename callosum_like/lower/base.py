@@ -16,6 +16,11 @@ A connection has four verbs:
 * ``disconnect(key)`` — forget one remote (and drop its connection where there is one);
 * ``aclose()`` — stop everything and release every socket and task.
 
+A *connected* endpoint that can reconnect (capability ``reconnects``) re-establishes a lost
+connection by itself until it is closed: ``Disconnected`` when the connection drops, then
+``Connected`` once it is back (the Peer then re-handshakes). Its ``disconnect(CONNECTED_KEY)``
+drops the current connection (a remote that went silent) and lets it reconnect.
+
 The conformance suite in ``tests/transports/conformance.py`` is the executable form of this
 contract; every transport passes it.
 """
@@ -47,6 +52,7 @@ __all__ = [
     "EventQueue",
     "RECEIVE_QUEUE_SIZE",
     "CONNECTED_KEY",
+    "check_reconnect_intervals",
 ]
 
 Frame: TypeAlias = bytes | bytearray | memoryview
@@ -85,10 +91,18 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class Disconnected:
-    """Remote ``peer`` is gone; nothing more will arrive from it under this key."""
+    """Remote ``peer`` is gone; nothing more will arrive from it under this key.
+
+    Attributes:
+        peer: The transport's key for the remote.
+        reason: Why, for logs and events.
+        slow: The transport dropped the remote itself because it did not read what was
+            sent to it (a slow consumer, or a slowloris), to keep memory bounded.
+    """
 
     peer: bytes
     reason: str = ""
+    slow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +124,12 @@ class Connection(abc.ABC):
     #: ROUTER cannot (libzmq does not tell which routing id a dropped pipe had); the Peer's
     #: heartbeat and the remote's Goodbye cover that case.
     reports_disconnects: bool = True
-    #: Messages this endpoint dropped as garbage (a batch that does not split, an envelope
-    #: it does not know) or over ``max_frame_size``, without closing a connection for them.
-    dropped_messages: int = 0
+    #: Whether a connected endpoint re-establishes a lost connection by itself and reports
+    #: ``Connected`` again when it is back.
+    reconnects: bool = False
+    #: Messages the transport itself dropped (malformed envelopes, oversize frames, framing
+    #: errors), each logged once; the Peer adds them to ``statistics().dropped_messages``.
+    dropped: int = 0
 
     @property
     @abc.abstractmethod
@@ -149,7 +166,8 @@ class Connection(abc.ABC):
     async def disconnect(self, peer: bytes) -> None:
         """Forget remote ``peer``, closing its connection where it has one of its own.
 
-        Unknown keys are ignored. No ``Disconnected`` event is produced for it.
+        Unknown keys are ignored. No ``Disconnected`` event is produced for it. On a
+        connected endpoint that ``reconnects``, a new connection follows (``Connected``).
         """
 
     @abc.abstractmethod
@@ -282,3 +300,22 @@ class EventQueue:
         callbacks, self._space = self._space, []
         for callback in callbacks:
             callback()
+
+
+def check_reconnect_intervals(interval: object, max_interval: object) -> tuple[float, float]:
+    """Validate the reconnection options a transport takes; return them as floats.
+
+    Raises:
+        TypeError: One of them is not a number.
+        ValueError: One of them is not positive, or ``reconnect_max_interval`` is the smaller.
+    """
+    values = []
+    for name, value in (("reconnect_interval", interval), ("reconnect_max_interval", max_interval)):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+        values.append(float(value))
+    if values[1] < values[0]:
+        raise ValueError("reconnect_max_interval must not be less than reconnect_interval")
+    return values[0], values[1]

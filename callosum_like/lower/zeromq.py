@@ -27,15 +27,23 @@ Theory of operation:
   ``wire.framing``, split by ``split_batch``.
   ``[b"", b"", *frames]`` is one message whose own first frame is empty (escaped). A batch
   that does not split is dropped whole, a message of it with a frame over ``max_frame_size``
-  alone; each drop is counted in ``dropped_messages``.
+  alone; each drop is counted in ``dropped``.
 * Bound (ROUTER, ``ROUTER_MANDATORY``): each remote is a routing id. The first message from a
   routing id we do not know yields ``Connected`` before its ``Received``. ZeroMQ does not say
   when a remote goes away, so the Peer's heartbeat (or the remote's Goodbye) decides that and
   calls ``disconnect(key)`` to forget it.
+* Slow consumers (bound side): a send to a remote never waits, so one remote cannot stall the
+  others. When a remote's pipe already holds ``HIGH_WATER_MARK`` messages it has not read,
+  ZeroMQ refuses more (``EAGAIN``, thanks to ``ROUTER_MANDATORY``) and we drop that remote
+  (``Disconnected(slow=True)``): its unread messages are what bounds our memory. A ROUTER
+  cannot close one remote's connection, so a dropped remote that is still there must
+  handshake again (its heartbeat makes a connecting Peer do so).
 * Connected (DEALER, ``IMMEDIATE`` so nothing queues on a dead pipe): ``Connected`` is
   reported at once; a socket monitor reports ``Disconnected`` when the TCP/IPC connection
   drops, ``Connected`` again when it is re-established, and ``AuthFailed`` when the CURVE
-  handshake is refused.
+  handshake is refused. ZeroMQ reconnects by itself, after ``reconnect_interval`` and then
+  with the interval doubling up to ``reconnect_max_interval`` (``ZMQ_RECONNECT_IVL`` and
+  ``ZMQ_RECONNECT_IVL_MAX``).
 * CURVE: with an authenticator, the ROUTER is a CURVE server whose ZAP handler calls the
   authenticator (``lower.zap``); each message then carries the authenticated ``User-Id``.
 """
@@ -48,7 +56,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import zmq
 import zmq.asyncio
@@ -56,6 +64,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ..addresses import Address, ZeroMQAddress
 from ..errors import PeerClosedError, PeerDisconnectedError, ProtocolError
+from ..stats import DropLog
 from ..wire.framing import MAX_FRAMES, framed_size, pack_batch, split_batch
 from .base import (
     CONNECTED_KEY,
@@ -68,6 +77,7 @@ from .base import (
     Received,
     Transport,
     TransportEvent,
+    check_reconnect_intervals,
 )
 
 if TYPE_CHECKING:
@@ -77,23 +87,31 @@ __all__ = ["ZeroMQTransport", "shared_context"]
 
 log = logging.getLogger(__name__)
 
-#: Messages ZeroMQ queues per pipe before a sender waits (ZeroMQ's own default is 1000).
-HIGH_WATER_MARK: Final = 10_000
+#: Messages ZeroMQ queues per pipe before a sender waits (ZeroMQ's own default is 1000). A
+#: message may be a batch of up to ``BATCH_SIZE`` bytes, so this also bounds the bytes a remote
+#: that stops reading can make us hold: about ``HIGH_WATER_MARK * BATCH_SIZE`` (32 MiB) of
+#: small messages before the ROUTER drops it as a slow consumer.
+HIGH_WATER_MARK: Final = 2_000
 #: Messages taken from a socket per wakeup before yielding to the loop (fairness).
 RECV_BATCH: Final = 256
 #: ZeroMQ messages a driver holds for a socket that cannot take them yet, before senders wait.
 SEND_QUEUE_SIZE: Final = 1024
+#: Seconds before ZeroMQ's first reconnection attempt; it doubles after each failed one.
+DEFAULT_RECONNECT_INTERVAL: Final = 0.05
+#: The longest wait between reconnection attempts: a restarted server is found within it.
+DEFAULT_RECONNECT_MAX_INTERVAL: Final = 2.0
 #: Frames from this size on are handed to ZeroMQ without a copy. Measured on loopback
 #: (docs/performance.md): below 64 KiB a copy costs less than the zmq.Frame and the release
 #: notification that zero-copy needs; from 128 KiB zero-copy moves 1.5-2x the bytes per CPU
 #: second.
 ZERO_COPY_THRESHOLD: Final = 64 * 1024
-#: Messages of at most this many bytes (framed) are batched; larger ones go on their own. A
-#: message that libzmq would copy anyway is copied into a batch instead.
-SMALL_MESSAGE_SIZE: Final = ZERO_COPY_THRESHOLD
 #: Bytes a batch holds at most before it is closed and queued. Receivers accept ZeroMQ frames
 #: of this size whatever their ``max_frame_size`` (which they check per message instead).
-BATCH_SIZE: Final = 256 * 1024
+#: 16 KiB holds a loop iteration's worth of small calls (64 calls of 64 bytes take 4 KiB)
+#: while keeping what ``HIGH_WATER_MARK`` unread batches can hold bounded.
+BATCH_SIZE: Final = 16 * 1024
+#: Messages of at most this many bytes (framed) are batched; larger ones go on their own.
+SMALL_MESSAGE_SIZE: Final = BATCH_SIZE
 #: The first frame of an envelope (a batch, or an escaped message).
 BATCH_MARK: Final = b""
 _POLLIN: Final = int(zmq.POLLIN)
@@ -103,7 +121,8 @@ _EVENTS: Final = int(zmq.EVENTS)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE: Final = int(zmq.SNDMORE) | _NOBLOCK
 _MONITOR_EVENTS: Final = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -186,8 +205,10 @@ class _SocketDriver:
         *,
         copy: bool = True,
         routed: bool = False,
+        on_blocked: Callable[[bytes], None] | None = None,
     ) -> None:
         self._sock = sock
+        self._on_blocked = on_blocked
         # Below pyzmq's sugar (which adds routing_id and group, and converts flag enums).
         self._send: Callable[[zmq.Socket[Any], Frame, int, bool], object]
         self._send = zmq.backend.Socket.send  # type: ignore[assignment]
@@ -273,7 +294,15 @@ class _SocketDriver:
             try:
                 self._send_parts(outbox[0])
             except zmq.Again:
-                break
+                if self._on_blocked is None:
+                    break  # one pipe: wait until it takes more
+                # A ROUTER refuses only for the one remote whose pipe is full: drop that
+                # remote and what waits for it, and go on with the others.
+                route = bytes(outbox[0][0])
+                self._batches.pop(route, None)
+                self._outbox = outbox = deque(q for q in outbox if bytes(q[0]) != route)
+                self._on_blocked(route)
+                continue
             except zmq.ZMQError as exc:
                 log.warning("dropped a queued message: %s", exc)
             outbox.popleft()
@@ -282,6 +311,14 @@ class _SocketDriver:
                 self._space.set_result(None)
             self._space = None
         self._schedule()
+
+    def discard_queued(self) -> None:
+        """Forget the messages waiting for the socket (they were for a connection now gone)."""
+        self._outbox.clear()
+        self._batches.clear()
+        if self._space is not None and not self._space.done():
+            self._space.set_result(None)
+        self._space = None
 
     def send_nowait(self, frames: Sequence[Frame], route: bytes | None = None) -> bool:
         """Send now if nothing is queued and the socket can take it, else batch or queue it.
@@ -374,9 +411,18 @@ class _ZeroMQConnection(Connection):
         self._closed = False
         self._zap_domain: str | None = None
         self._context = sock.context
+        self._drop_log = DropLog(log)
         self._driver = _SocketDriver(
-            sock, self._on_message, copy=self._copy_frames, routed=self.bound
+            sock,
+            self._on_message,
+            copy=self._copy_frames,
+            routed=self.bound,
+            on_blocked=self._blocked_hook(),
         )
+
+    def _blocked_hook(self) -> Callable[[bytes], None] | None:
+        """What to do when the socket refuses a message for one remote (ROUTER only)."""
+        return None
 
     _copy_frames = True
 
@@ -403,8 +449,9 @@ class _ZeroMQConnection(Connection):
         return self._drop("a bad envelope")
 
     def _drop(self, reason: str) -> list[list[Frame]]:
-        self.dropped_messages += 1
-        log.warning("dropped %s", reason)
+        """Count and log (rate-limited) a message we cannot deliver; nothing to deliver."""
+        self.dropped += 1
+        self._drop_log.dropped(reason)
         return []
 
     def _oversize(self, parts: Sequence[Frame]) -> bool:
@@ -430,16 +477,17 @@ class _ZeroMQConnection(Connection):
         if self._closed:
             raise PeerClosedError("connection closed")
         try:
-            if self._driver.send_nowait(
-                frames, route
-            ):  # no coroutine per message unless it must wait
+            if self._driver.send_nowait(frames, route):  # a coroutine only when it must wait
                 await self._driver.wait_room()
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                raise PeerDisconnectedError("the remote is not connected") from None
-            if self._closed or exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
-                raise PeerClosedError("connection closed") from None
-            raise
+            self._raise_send_error(exc)
+
+    def _raise_send_error(self, exc: zmq.ZMQError) -> NoReturn:
+        if exc.errno == zmq.EHOSTUNREACH:
+            raise PeerDisconnectedError("the remote is not connected") from None
+        if self._closed or exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
+            raise PeerClosedError("connection closed") from None
+        raise exc
 
     async def aclose(self) -> None:
         """See ``Connection.aclose``."""
@@ -470,8 +518,9 @@ class _Router(_ZeroMQConnection):
 
     def _on_message(self, parts: list[Any]) -> bool:
         if len(parts) < 2:
+            self._drop("no frames after the routing id")
             return True
-        user_id = None
+        user_id = None  # sizes are checked per message, once a batch is split
         if not self._copy_frames:
             value = parts[-1].get("User-Id")
             user_id = str(value) if value else None
@@ -483,10 +532,24 @@ class _Router(_ZeroMQConnection):
         return self._offer(key, self._messages(parts[1:]), user_id)
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
-        """See ``Connection.send``."""
+        """See ``Connection.send``. Never waits: a remote that cannot take more is dropped."""
+        if self._closed:
+            raise PeerClosedError("connection closed")
         if to is None or to not in self._known:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
         await self._send_multipart(frames, to)
+
+    def _blocked_hook(self) -> Callable[[bytes], None] | None:
+        return self._drop_slow
+
+    def _drop_slow(self, key: bytes) -> None:
+        """``key``'s pipe is full (ZeroMQ refused more): forget it rather than wait for it."""
+        if key not in self._known:
+            return
+        self._known.discard(key)
+        reason = f"too slow a consumer: {HIGH_WATER_MARK} messages unread"
+        log.warning("dropping ZeroMQ remote %r: %s", key, reason)
+        self._events.offer(Disconnected(key, reason, slow=True))
 
     async def disconnect(self, peer: bytes) -> None:
         """See ``Connection.disconnect``."""
@@ -495,12 +558,15 @@ class _Router(_ZeroMQConnection):
 
 class _Dealer(_ZeroMQConnection):
     bound = False
+    reconnects = True
 
     def __init__(
         self, sock: zmq.Socket[Any], endpoint: str, max_frame_size: int, *, monitored: bool
     ) -> None:
         super().__init__(sock, endpoint, max_frame_size)
         self._connected = True
+        self._fd: int | None = None  # of the current TCP/IPC connection, from the monitor
+        self.reconnects = monitored  # inproc:// reports nothing to reconnect on
         self._events.offer(Connected(CONNECTED_KEY))
         self._monitor: _SocketDriver | None = None
         self._monitored = sock if monitored else None
@@ -515,8 +581,14 @@ class _Dealer(_ZeroMQConnection):
         return self._offer(CONNECTED_KEY, self._messages(parts), None)
 
     def _on_monitor_event(self, parts: list[Any]) -> bool:
-        kind = parse_monitor_message(parts)["event"]
-        if kind == zmq.EVENT_DISCONNECTED and self._connected:
+        event = parse_monitor_message(parts)
+        kind = event["event"]
+        log.debug("monitor of %s: %s %s", self._endpoint, zmq.Event(kind).name, event["value"])
+        if kind == zmq.EVENT_CONNECTED:
+            self._fd = event["value"]
+        elif kind == zmq.EVENT_DISCONNECTED and self._connected:
+            if self._fd is not None and event["value"] != self._fd:
+                return True  # a connection that ``disconnect`` already replaced
             self._connected = False
             self._events.offer(Disconnected(CONNECTED_KEY, "connection dropped"))
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected:
@@ -531,7 +603,23 @@ class _Dealer(_ZeroMQConnection):
         await self._send_multipart(frames)
 
     async def disconnect(self, peer: bytes) -> None:
-        """A connected endpoint keeps its one remote; ZeroMQ reconnects by itself."""
+        """Drop the current connection and make a new one (``Connected`` once it is up).
+
+        The Peer calls this when the remote went silent or said Goodbye: the connection may
+        look alive to ZeroMQ (a hung remote, a network that drops packets silently), and
+        only a new one proves the remote is back. ZeroMQ reports no event for a connection
+        we drop ourselves.
+        """
+        if not self.reconnects or self._closed:
+            return
+        self._connected = False
+        self._fd = None
+        self._driver.discard_queued()
+        sock = self._monitored
+        assert sock is not None
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disconnect(self._endpoint)
+        sock.connect(self._endpoint)
 
     def _close_sockets(self) -> None:
         if self._monitored is not None:
@@ -547,12 +635,28 @@ class ZeroMQTransport(Transport):
 
     Args:
         context: The ZeroMQ context; by default the process-wide ``shared_context()``.
+        reconnect_interval: Seconds before a connecting socket's first reconnection attempt
+            (default 0.05); the wait doubles after each failed attempt.
+        reconnect_max_interval: The longest wait between attempts, in seconds (default 2).
+
+    Raises:
+        TypeError, ValueError: An option has the wrong type or value.
     """
 
-    def __init__(self, *, context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        context: zmq.asyncio.Context | None = None,
+        reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
+        reconnect_max_interval: float = DEFAULT_RECONNECT_MAX_INTERVAL,
+    ) -> None:
         if context is not None and not isinstance(context, zmq.asyncio.Context):
             raise TypeError("context must be a zmq.asyncio.Context")
         self._context = context
+        interval, max_interval = check_reconnect_intervals(
+            reconnect_interval, reconnect_max_interval
+        )
+        self._reconnect_ms = (max(1, round(interval * 1000)), max(1, round(max_interval * 1000)))
 
     def _socket(self, kind: int, max_frame_size: int) -> zmq.Socket[Any]:
         # A plain socket of the (asyncio) shared context: the driver does the async part,
@@ -562,6 +666,8 @@ class ZeroMQTransport(Transport):
         sock.setsockopt(zmq.MAXMSGSIZE, max(max_frame_size, BATCH_SIZE))
         sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+        sock.setsockopt(zmq.RECONNECT_IVL, self._reconnect_ms[0])
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, self._reconnect_ms[1])
         return sock
 
     async def bind(

@@ -6,6 +6,10 @@ msgpack array ``[version, kind, flags, field...]`` with the fields in the order 
 class declares them (``body`` excluded). The body frame is the packed msgpack body, snappy
 compressed when flag bit 0 is set. docs/PROTOCOL.md is the normative description.
 
+Optional trailing fields (``Call.target`` and ``Call.origin``, added for federation) are left
+out of the header while they are ``None``, so a message that does not use them has exactly the
+bytes it had before they existed, and peers that predate them still understand it.
+
 ``decode`` is the only door from the network into the protocol: whatever the bytes, it returns
 a well-typed message or raises ``ProtocolError`` (and only that). Every size it accepts is
 bounded: the header by ``MAX_HEADER_SIZE``, the body (compressed and decompressed) by the
@@ -33,8 +37,11 @@ __all__ = [
     "MAX_HEADER_SIZE",
     "COMPRESS_THRESHOLD",
     "FLAG_COMPRESSED",
+    "FLAG_CHUNKED",
     "OversizeBodyError",
+    "ChunkedHead",
     "encode",
+    "encode_head",
     "decode",
     "pack_body",
     "unpack_body",
@@ -50,12 +57,15 @@ MAX_HEADER_SIZE: Final = 1 << 20
 #: call overhead of compressing costs more than the bytes it saves on loopback and LANs.
 COMPRESS_THRESHOLD: Final = 4096
 FLAG_COMPRESSED: Final = 0x01
+#: The message's body follows as ``Chunk`` messages; its header ends with two extra fields,
+#: the transfer id and the body's size (see ``ChunkedHead``).
+FLAG_CHUNKED: Final = 0x02
 #: Bytes of a large body compressed as a sample to decide whether compressing it pays.
 COMPRESS_PROBE_SIZE: Final = 16 * 1024
 #: The sample must shrink to this fraction of its size, or the body is sent as it is.
 COMPRESS_MIN_GAIN: Final = 0.9
 
-_KNOWN_FLAGS: Final = FLAG_COMPRESSED
+_KNOWN_FLAGS: Final = FLAG_COMPRESSED | FLAG_CHUNKED
 #: ``bytes`` bodies from this size on are packed by ``pack_body`` itself (msgpack's bin 32).
 _DIRECT_BIN: Final = 1 << 16
 _MAX_BIN: Final = 2**32 - 1
@@ -79,6 +89,7 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "headers": _OptDict,
     "timeout": _OptNum,
     "stream": _Bool,
+    "upload": _Bool,
     "name": _Str,
     "repr": _Str,
     "traceback": _Str,
@@ -86,7 +97,16 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "message": _Str,
     "reason": _Str,
     "amount": _Int,
+    "transfer": _Int,
+    "target": _OptStr,
+    "origin": _OptStr,
+    "peer": _Str,
 }
+#: Fields that hold a route (``a/b/c``); besides their type, their syntax is checked.
+_ROUTE_FIELDS: Final = ("target", "origin", "peer")
+#: Fields that may be left out at the end of a header when they are ``None``; they must come
+#: last in their class.
+_OPTIONAL_TRAILING: Final = frozenset({"target", "origin"})
 _CLASSES: Final[tuple[type[m.Message], ...]] = (
     m.Hello,
     m.Welcome,
@@ -102,6 +122,15 @@ _CLASSES: Final[tuple[type[m.Message], ...]] = (
     m.StreamItem,
     m.StreamEnd,
     m.Credit,
+    m.Chunk,
+    m.ChunkAck,
+    m.ChunkAbort,
+    m.ChunkStop,
+    m.UploadItem,
+    m.UploadEnd,
+    m.UploadCredit,
+    m.PeerUp,
+    m.PeerDown,
 )
 
 
@@ -111,20 +140,47 @@ class _Layout:
     fields: tuple[str, ...]
     types: tuple[tuple[type, ...], ...]
     has_body: bool
+    required: int  # header fields before the optional trailing ones
 
 
 def _layout(cls: type[m.Message]) -> _Layout:
     names = [f.name for f in dataclasses.fields(cls)]
     header = tuple(n for n in names if n != "body")
-    return _Layout(cls, header, tuple(_FIELD_TYPES[n] for n in header), "body" in names)
+    required = len(header)
+    while required and header[required - 1] in _OPTIONAL_TRAILING:
+        required -= 1
+    assert not _OPTIONAL_TRAILING & set(header[:required]), f"{cls}: optional fields go last"
+    types = tuple(_FIELD_TYPES[n] for n in header)
+    return _Layout(cls, header, types, "body" in names, required)
 
 
 _BY_KIND: Final[dict[int, _Layout]] = {int(c.KIND): _layout(c) for c in _CLASSES}
 _BY_CLASS: Final[dict[type, _Layout]] = {lay.cls: lay for lay in _BY_KIND.values()}
-#: Per class, every tuple of field types its header may carry.
+#: Per class, every tuple of field types its header may carry (optional trailing fields
+#: left out or not).
 _SIGNATURES: Final[dict[type, frozenset[tuple[type, ...]]]] = {
-    lay.cls: frozenset(itertools.product(*lay.types)) for lay in _BY_KIND.values()
+    lay.cls: frozenset(
+        signature
+        for length in range(lay.required, len(lay.fields) + 1)
+        for signature in itertools.product(*lay.types[:length])
+    )
+    for lay in _BY_KIND.values()
 }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkedHead:
+    """The head of a message whose body travels as ``Chunk`` messages of ``transfer``.
+
+    Attributes:
+        message: The message, with an empty body.
+        transfer: The sender's id of the transfer; its ``Chunk`` messages name it.
+        size: The size of the whole (packed, uncompressed) body in bytes.
+    """
+
+    message: m.Message
+    transfer: int
+    size: int
 
 
 class OversizeBodyError(ProtocolError):
@@ -170,7 +226,7 @@ def unpack_body(data: Frame) -> Any:
         raise ProtocolError(f"undecodable body: {exc!r}") from None
 
 
-def encode(msg: m.Message, *, compress: bool = False) -> list[bytes]:
+def encode(msg: m.Message, *, compress: bool = False) -> list[Frame]:
     """Turn a message into frames.
 
     Args:
@@ -185,9 +241,11 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[bytes]:
     flags = 0
     header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), flags]
     header.extend(getattr(msg, name) for name in layout.fields)
+    while len(header) > 3 + layout.required and header[-1] is None:
+        header.pop()  # optional trailing fields left at None are not sent
     if not layout.has_body:
         return [msgpack.packb(header)]
-    body: bytes = msg.body  # type: ignore[union-attr]
+    body: Frame = msg.body  # type: ignore[union-attr]
     if compress and len(body) >= COMPRESS_THRESHOLD:
         packed = _compress(body)
         if packed is not None:
@@ -196,7 +254,23 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[bytes]:
     return [msgpack.packb(header), body]
 
 
-def _compress(body: bytes) -> bytes | None:
+def encode_head(msg: m.Message, transfer: int) -> list[Frame]:
+    """The one frame that announces ``msg`` with its body to follow as chunks of ``transfer``.
+
+    Args:
+        msg: A message that carries a body (``Call``, ``Result``, ``StreamItem``).
+        transfer: The id its ``Chunk`` messages will carry.
+    """
+    layout = _BY_CLASS[type(msg)]
+    if not layout.has_body or layout.cls is m.Chunk:
+        raise TypeError(f"{type(msg).__name__} has no body to chunk")
+    header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), FLAG_CHUNKED]
+    header.extend(getattr(msg, name) for name in layout.fields)
+    header.extend((transfer, len(msg.body)))  # type: ignore[union-attr]
+    return [msgpack.packb(header)]
+
+
+def _compress(body: Frame) -> bytes | None:
     """Snappy-compress ``body``, or None when that would not make it smaller.
 
     A large body is judged by a sample first: compressing megabytes of already compressed
@@ -210,7 +284,7 @@ def _compress(body: bytes) -> bytes | None:
     return packed if len(packed) < len(body) else None
 
 
-def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
+def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message | ChunkedHead:
     """Turn frames read off the network into a message.
 
     Args:
@@ -218,9 +292,11 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
         max_body_size: The largest body accepted, before and after decompression.
 
     Returns:
-        The message, with every field of the type its class declares, except that an
-        uncompressed body is the body frame itself (not copied): ``bytes``, or the
-        ``bytearray``/``memoryview`` a transport received a large frame into.
+        The message, with every field of the type its class declares (except that an
+        uncompressed body is the body frame itself, not copied: ``bytes``, or the
+        ``bytearray``/``memoryview`` a transport received a large frame into); or, for the
+        head of a chunked body, a ``ChunkedHead`` (whose size the caller checks as the chunks
+        come).
 
     Raises:
         OversizeBodyError: The body is over ``max_body_size``.
@@ -236,6 +312,8 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
     flags = head[2] if len(head) > 2 else None
     if type(flags) is not int or flags & ~_KNOWN_FLAGS:
         raise ProtocolError(f"bad flags {flags!r}")
+    if flags & FLAG_CHUNKED:
+        return _decode_chunked_head(layout, head, flags, len(frames))
     values = _check_fields(layout, head[3:])
     if layout.has_body != (len(frames) == 2):
         raise ProtocolError(f"{layout.cls.__name__} with {len(frames)} frames")
@@ -247,6 +325,17 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message:
     except OversizeBodyError as exc:
         raise OversizeBodyError(layout.cls(**values), exc.size) from None
     return layout.cls(**values)
+
+
+def _decode_chunked_head(layout: _Layout, head: list[Any], flags: int, count: int) -> ChunkedHead:
+    if not layout.has_body or layout.cls is m.Chunk or flags != FLAG_CHUNKED or count != 1:
+        raise ProtocolError(f"bad chunked {layout.cls.__name__} (flags {flags}, {count} frames)")
+    *fields, transfer, size = head[3:] or [None]
+    if type(transfer) is not int or type(size) is not int or size < 0:
+        raise ProtocolError(f"bad chunked head: transfer {transfer!r}, size {size!r}")
+    values = _check_fields(layout, fields)
+    values["body"] = b""
+    return ChunkedHead(layout.cls(**values), transfer, size)
 
 
 def _decode_header(frame: Frame) -> list[Any]:
@@ -264,15 +353,19 @@ def _decode_header(frame: Frame) -> list[Any]:
 
 
 def _check_fields(layout: _Layout, raw: list[Any]) -> dict[str, Any]:
-    # One set lookup of the fields' types instead of a test per field (2.3 -> 0.9 us for a
+    # One set lookup of the fields' types instead of a test per field (2.3 -> 1.7 us for a
     # Call); the loop below only runs to name what is wrong.
     if tuple(map(type, raw)) not in _SIGNATURES[layout.cls]:
-        if len(raw) != len(layout.fields):
+        if not layout.required <= len(raw) <= len(layout.fields):
             raise ProtocolError(f"{layout.cls.__name__} needs {len(layout.fields)} fields")
-        for name, value, types in zip(layout.fields, raw, layout.types, strict=True):
+        for name, value, types in zip(layout.fields, raw, layout.types, strict=False):
             if type(value) not in types:
                 raise ProtocolError(f"{layout.cls.__name__}.{name} has type {type(value).__name__}")
-    values = dict(zip(layout.fields, raw, strict=False))  # same length: the types matched
+    values = dict(zip(layout.fields, raw, strict=False))
+    for name in _ROUTE_FIELDS:
+        route = values.get(name)
+        if route is not None and not m.is_route(route):
+            raise ProtocolError(f"{layout.cls.__name__}.{name} is not a route: {route[:80]!r}")
     timeout = values.get("timeout")
     if timeout is not None and not timeout >= 0:  # ``not >=`` also refuses NaN
         raise ProtocolError(f"timeout must be non-negative seconds, got {timeout!r}")

@@ -33,11 +33,23 @@ __all__ = [
     "StreamItem",
     "StreamEnd",
     "Credit",
+    "Chunk",
+    "ChunkAck",
+    "ChunkAbort",
+    "ChunkStop",
+    "UploadItem",
+    "UploadEnd",
+    "UploadCredit",
+    "PeerUp",
+    "PeerDown",
     "Message",
     "CallReply",
     "EMPTY_BODY",
     "STREAM_WINDOW",
     "MAX_FAILURE_TEXT",
+    "ROUTE_SEPARATOR",
+    "MAX_ROUTE_LENGTH",
+    "is_route",
 ]
 
 #: Bumped on any incompatible change of the frame layout; a peer drops other versions.
@@ -54,6 +66,18 @@ EMPTY_BODY: Final = b"\xc0"
 #: UTF-8 bytes a character, both together stay under half of ``codec.MAX_HEADER_SIZE``
 #: (1 MiB), so a handler that raises with a huge message still gets its reply through.
 MAX_FAILURE_TEXT: Final = 64 * 1024
+
+#: Separates the hops of a hierarchical peer name: ``"cluster-b/agent-3"`` is ``agent-3`` as
+#: announced by the link named ``cluster-b`` (docs/federation.md).
+ROUTE_SEPARATOR: Final = "/"
+#: Longest route (``Call.target``, ``Call.origin``, ``PeerUp.peer``) in characters: deep
+#: enough for any sane relay hierarchy, and it bounds what a remote makes us store per name.
+MAX_ROUTE_LENGTH: Final = 1024
+
+
+def is_route(text: str) -> bool:
+    """Whether ``text`` is a well-formed route: non-empty names joined by ``/``."""
+    return 0 < len(text) <= MAX_ROUTE_LENGTH and "" not in text.split(ROUTE_SEPARATOR)
 
 
 def _clip(text: str) -> str:
@@ -81,6 +105,17 @@ class MessageKind(enum.IntEnum):
     STREAM_ITEM = 12
     STREAM_END = 13
     CREDIT = 14
+    # 15-16 announce peers behind a relay; 17-19 are free; 20-23 carry chunked bodies.
+    PEER_UP = 15
+    PEER_DOWN = 16
+    CHUNK = 20
+    CHUNK_ACK = 21
+    CHUNK_ABORT = 22
+    CHUNK_STOP = 23
+    # 24-26: the body of a call streamed from the caller (``invoke`` of an async iterable).
+    UPLOAD_ITEM = 24
+    UPLOAD_END = 25
+    UPLOAD_CREDIT = 26
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +161,12 @@ class Call:
         headers: Per-call metadata, or ``None``.
         timeout: Seconds the caller will wait; the callee cancels the handler after it.
         stream: The caller expects a stream of ``StreamItem`` and a ``StreamEnd``.
+        upload: The body follows as ``UploadItem`` messages and an ``UploadEnd``; the
+            handler reads them as an async iterator (``body`` is empty).
+        target: Where a relay should take the call: the route below the receiver
+            (``"agent-3"``, ``"sub/agent-1"``), or ``None`` for the receiver itself.
+        origin: For a call a relay forwards upwards, the caller's route below the sending
+            link (``"agent-3"``); ``None`` when the sender itself is the caller.
     """
 
     KIND: ClassVar = MessageKind.CALL
@@ -136,6 +177,9 @@ class Call:
     headers: dict[str, str | bytes] | None = None
     timeout: float | None = None
     stream: bool = False
+    upload: bool = False
+    target: str | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,6 +294,98 @@ class Credit:
     amount: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chunk:
+    """The next part of the body of chunked ``transfer`` (see ``codec.ChunkedHead``).
+
+    The transfer is complete when its parts add up to the size its head announced.
+    """
+
+    KIND: ClassVar = MessageKind.CHUNK
+    transfer: int
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkAck:
+    """From the receiver of ``transfer``: it took ``amount`` more chunks; send as many more."""
+
+    KIND: ClassVar = MessageKind.CHUNK_ACK
+    transfer: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkAbort:
+    """From the sender of ``transfer``: no more chunks will come; forget what arrived."""
+
+    KIND: ClassVar = MessageKind.CHUNK_ABORT
+    transfer: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkStop:
+    """From the receiver of ``transfer``: it refused the body (too large); stop sending."""
+
+    KIND: ClassVar = MessageKind.CHUNK_STOP
+    transfer: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadItem:
+    """From the caller: the next item of the streamed body of its call ``id``."""
+
+    KIND: ClassVar = MessageKind.UPLOAD_ITEM
+    id: int
+    body: bytes = EMPTY_BODY
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadEnd:
+    """From the caller: the streamed body of its call ``id`` is complete."""
+
+    KIND: ClassVar = MessageKind.UPLOAD_END
+    id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadCredit:
+    """From the callee: the handler of call ``id`` took ``amount`` more uploaded items."""
+
+    KIND: ClassVar = MessageKind.UPLOAD_CREDIT
+    id: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerUp:
+    """A relay announces that ``peer`` is reachable through it (relay -> bound side).
+
+    The receiver knows it as ``"<the relay's identity>/<peer>"``, never outside that subtree.
+
+    Attributes:
+        peer: The route of the peer below the relay (``"agent-3"``, ``"sub/agent-1"``).
+    """
+
+    KIND: ClassVar = MessageKind.PEER_UP
+    peer: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerDown:
+    """A relay announces that ``peer``, announced before, is gone.
+
+    Attributes:
+        peer: The route of the peer below the relay.
+        reason: Why it went away.
+    """
+
+    KIND: ClassVar = MessageKind.PEER_DOWN
+    peer: str
+    reason: str = ""
+
+
 Message: TypeAlias = (
     Hello
     | Welcome
@@ -265,6 +401,15 @@ Message: TypeAlias = (
     | StreamItem
     | StreamEnd
     | Credit
+    | Chunk
+    | ChunkAck
+    | ChunkAbort
+    | ChunkStop
+    | UploadItem
+    | UploadEnd
+    | UploadCredit
+    | PeerUp
+    | PeerDown
 )
 #: The messages that settle a pending call (``StreamEnd`` settles a stream call).
 CallReply: TypeAlias = Result | Failure | Error | Cancelled | StreamEnd

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import zmq
 
 from callosum_like.errors import PeerClosedError, PeerDisconnectedError
 from callosum_like.lower.base import (
@@ -46,6 +47,19 @@ async def nothing_arrives(conn: Connection, within: float = 0.3) -> bool:
     except TimeoutError:
         return True
     return False
+
+
+async def rebind(transport: Transport, address: Any) -> Connection:
+    """Bind ``address`` again, retrying while the previous socket releases it.
+
+    ZeroMQ closes a socket in its I/O thread, a moment after ``close()`` returns.
+    """
+    async with asyncio.timeout(WAIT):
+        while True:
+            try:
+                return await transport.bind(address, max_frame_size=MAX_FRAME)
+            except (OSError, zmq.ZMQError):
+                await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(30)
@@ -212,6 +226,41 @@ class TransportConformance:
                 assert isinstance(await next_event(client, Disconnected), Disconnected)
             else:
                 assert await nothing_arrives(client)
+
+    async def test_client_reconnects_to_a_restarted_server_when_supported(self) -> None:
+        transport = self.transport()
+        async with self.pair() as (server, [client]):
+            await self.hello(server, client)
+            assert isinstance(await next_event(client), Connected)
+            address = self.connect_address(server)
+            await server.aclose()
+            if not client.reconnects:
+                return
+            assert isinstance(await next_event(client, Disconnected), Disconnected)
+            again = await rebind(transport, address)
+            try:
+                assert isinstance(await next_event(client, Connected), Connected)
+                await client.send([b"back"])
+                event = await next_event(again, Received)
+                assert event.frames == [b"back"]
+                await again.send([b"welcome back"], to=event.peer)
+                assert (await next_event(client, Received)).frames == [b"welcome back"]
+            finally:
+                await again.aclose()
+
+    async def test_disconnect_makes_a_reconnecting_client_connect_anew(self) -> None:
+        async with self.pair() as (server, [client]):
+            first = await self.hello(server, client)
+            assert isinstance(await next_event(client), Connected)
+            await client.disconnect(CONNECTED_KEY)
+            if not client.reconnects:
+                return
+            event = await next_event(client)
+            assert isinstance(event, Connected)  # and no Disconnected: we dropped it ourselves
+            second = await self.hello(server, client)
+            assert second != first
+            await server.send([b"new"], to=second)
+            assert (await next_event(client, Received)).frames == [b"new"]
 
     @contextlib.asynccontextmanager
     async def limited(self) -> AsyncIterator[tuple[Connection, Connection, Connection]]:

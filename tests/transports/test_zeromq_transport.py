@@ -79,7 +79,7 @@ async def test_a_hostile_batch_is_dropped_and_counted_and_the_link_goes_on() -> 
                 if isinstance(event, Received):
                     got.append(event.frames)
         assert got == [[b"a"], [b"b"], [b"last"]]
-        assert server.dropped_messages == 6
+        assert server.dropped == 6
     finally:
         raw.close(linger=0)
         await server.aclose()

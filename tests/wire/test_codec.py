@@ -24,6 +24,7 @@ from callosum_like.wire.codec import (
     COMPRESS_THRESHOLD,
     FLAG_COMPRESSED,
     MAX_HEADER_SIZE,
+    ChunkedHead,
     OversizeBodyError,
     decode,
     encode,
@@ -53,16 +54,35 @@ CLASSES: dict[m.MessageKind, type[Any]] = {
         m.StreamItem,
         m.StreamEnd,
         m.Credit,
+        m.Chunk,
+        m.ChunkAck,
+        m.ChunkAbort,
+        m.ChunkStop,
+        m.UploadItem,
+        m.UploadEnd,
+        m.UploadCredit,
+        m.PeerUp,
+        m.PeerDown,
     )
 }
-BODY_CLASSES = [m.Call, m.Result, m.StreamItem]
+BODY_CLASSES = [m.Call, m.Result, m.StreamItem, m.UploadItem]
 
 #: The header fields of each kind, in wire order (docs/PROTOCOL.md). Pinned here so that
 #: reordering a dataclass, which silently changes the wire format, fails a test.
 WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
     m.MessageKind.HELLO: ("identity", "max_body_size"),
     m.MessageKind.WELCOME: ("identity", "assigned", "max_body_size"),
-    m.MessageKind.CALL: ("id", "method", "order_key", "headers", "timeout", "stream"),
+    m.MessageKind.CALL: (
+        "id",
+        "method",
+        "order_key",
+        "headers",
+        "timeout",
+        "stream",
+        "upload",
+        "target",
+        "origin",
+    ),
     m.MessageKind.RESULT: ("id",),
     m.MessageKind.FAILURE: ("id", "name", "repr", "traceback"),
     m.MessageKind.ERROR: ("id", "code", "message"),
@@ -74,7 +94,18 @@ WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
     m.MessageKind.STREAM_ITEM: ("id",),
     m.MessageKind.STREAM_END: ("id",),
     m.MessageKind.CREDIT: ("id", "amount"),
+    m.MessageKind.CHUNK: ("transfer",),
+    m.MessageKind.CHUNK_ACK: ("transfer", "amount"),
+    m.MessageKind.CHUNK_ABORT: ("transfer",),
+    m.MessageKind.CHUNK_STOP: ("transfer", "reason"),
+    m.MessageKind.UPLOAD_ITEM: ("id",),
+    m.MessageKind.UPLOAD_END: ("id",),
+    m.MessageKind.UPLOAD_CREDIT: ("id", "amount"),
+    m.MessageKind.PEER_UP: ("peer",),
+    m.MessageKind.PEER_DOWN: ("peer", "reason"),
 }
+#: Trailing fields that are left out of the header while they are None.
+OPTIONAL_FIELDS = {"target", "origin"}
 
 SAMPLES: dict[type[Any], m.Message] = {
     m.Hello: m.Hello(identity="agent-1", max_body_size=1 << 20),
@@ -87,6 +118,8 @@ SAMPLES: dict[type[Any], m.Message] = {
         headers={"trace": "t-1", "token": b"\x01"},
         timeout=2.5,
         stream=False,
+        target="sub/agent-3",
+        origin="agent-1",
     ),
     m.Result: m.Result(id=42, body=pack_body([1, "two"])),
     m.Failure: m.Failure(id=42, name="ValueError", repr="ValueError('boom')", traceback="tb"),
@@ -99,6 +132,15 @@ SAMPLES: dict[type[Any], m.Message] = {
     m.StreamItem: m.StreamItem(id=42, body=pack_body("item")),
     m.StreamEnd: m.StreamEnd(id=42),
     m.Credit: m.Credit(id=42, amount=8),
+    m.Chunk: m.Chunk(transfer=7, body=b"\x00" * 100),
+    m.ChunkAck: m.ChunkAck(transfer=7, amount=1),
+    m.ChunkAbort: m.ChunkAbort(transfer=7),
+    m.ChunkStop: m.ChunkStop(transfer=7, reason="too large"),
+    m.UploadItem: m.UploadItem(id=42, body=pack_body("part")),
+    m.UploadEnd: m.UploadEnd(id=42),
+    m.UploadCredit: m.UploadCredit(id=42, amount=8),
+    m.PeerUp: m.PeerUp(peer="sub/agent-3"),
+    m.PeerDown: m.PeerDown(peer="agent-3", reason="heartbeat lost"),
 }
 
 # -- strategies -------------------------------------------------------------------------------
@@ -132,6 +174,10 @@ INCOMPRESSIBLE_BODIES = st.builds(
 )
 BODIES = SMALL_BODIES | COMPRESSIBLE_BODIES | INCOMPRESSIBLE_BODIES
 
+#: Well-formed routes: non-empty names joined by "/".
+ROUTE_NAMES = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=8)
+ROUTES = st.lists(ROUTE_NAMES, min_size=1, max_size=4).map("/".join)
+
 FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "identity": TEXT,
     "assigned": TEXT,
@@ -145,12 +191,17 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "id": INT64,
     "code": INT64,
     "amount": INT64,
+    "transfer": INT64,
     "order_key": st.none() | TEXT,
     "headers": st.none() | st.dictionaries(TEXT, TEXT | st.binary(max_size=20), max_size=4),
     # Timeouts are non-negative seconds (``invoke`` refuses others); inf means no limit.
     "timeout": st.none() | st.floats(min_value=0.0),
     "stream": st.booleans(),
+    "upload": st.booleans(),
     "body": BODIES,
+    "target": st.none() | ROUTES,
+    "origin": st.none() | ROUTES,
+    "peer": ROUTES,
 }
 
 
@@ -176,7 +227,7 @@ def with_header(msg: m.Message, head: list[Any]) -> list[bytes]:
     return [msgpack.packb(head), *encode(msg)[1:]]
 
 
-BodyMessage = m.Call | m.Result | m.StreamItem
+BodyMessage = m.Call | m.Result | m.StreamItem | m.UploadItem
 
 
 def sample_with_body(cls: type[Any], body: bytes) -> BodyMessage:
@@ -212,16 +263,26 @@ _STR = (str,)
 DECLARED: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(["identity", "assigned", "method", "name", "repr", "traceback"], _STR),
     **dict.fromkeys(["message", "reason"], _STR),
-    **dict.fromkeys(["max_body_size", "id", "code", "amount"], (int,)),
+    **dict.fromkeys(["max_body_size", "id", "code", "amount", "transfer"], (int,)),
     "order_key": (str, type(None)),
     "headers": (dict, type(None)),
     "timeout": (float, int, type(None)),
     "stream": (bool,),
+    "upload": (bool,),
     "body": (bytes, bytearray, memoryview),  # the frame as the transport handed it over
+    "target": (str, type(None)),
+    "origin": (str, type(None)),
+    "peer": _STR,
 }
 
 
-def assert_well_typed(msg: m.Message) -> None:
+def assert_well_typed(msg: m.Message | ChunkedHead) -> None:
+    if isinstance(msg, ChunkedHead):
+        assert type(msg.transfer) is int
+        assert type(msg.size) is int
+        assert msg.size >= 0
+        assert type(msg.message) in BODY_CLASSES
+        msg = msg.message
     assert type(msg) in CLASSES.values()
     for f in dataclasses.fields(msg):
         value = getattr(msg, f.name)
@@ -232,7 +293,9 @@ def assert_well_typed(msg: m.Message) -> None:
         assert type(value) in (str, bytes)
 
 
-def decode_outcome(frames: list[Any], max_body_size: int = BIG) -> m.Message | Exception:
+def decode_outcome(
+    frames: list[Any], max_body_size: int = BIG
+) -> m.Message | ChunkedHead | Exception:
     """Decode, returning the exception instead of raising it."""
     try:
         return decode(frames, max_body_size=max_body_size)
@@ -276,6 +339,15 @@ def test_kind_codes_and_version_are_pinned() -> None:
         ("STREAM_ITEM", 12),
         ("STREAM_END", 13),
         ("CREDIT", 14),
+        ("PEER_UP", 15),
+        ("PEER_DOWN", 16),
+        ("CHUNK", 20),
+        ("CHUNK_ACK", 21),
+        ("CHUNK_ABORT", 22),
+        ("CHUNK_STOP", 23),
+        ("UPLOAD_ITEM", 24),
+        ("UPLOAD_END", 25),
+        ("UPLOAD_CREDIT", 26),
     ]
 
 
@@ -292,14 +364,14 @@ def test_header_is_version_kind_flags_then_fields_in_order(cls: type[Any]) -> No
         0,
         *(getattr(msg, name) for name in WIRE_FIELDS[cls.KIND]),
     ]
-    assert len(frames) == (2 if cls in BODY_CLASSES else 1)
+    assert len(frames) == (2 if cls in [*BODY_CLASSES, m.Chunk] else 1)
 
 
 def test_call_bytes_are_pinned() -> None:
     """The worked example of docs/PROTOCOL.md."""
     call = m.Call(id=1, method="echo", body=pack_body({"x": [1, 2, b"\x00"]}), order_key="k")
     header, body = encode(call)
-    assert header.hex(" ") == "99 01 03 00 01 a4 65 63 68 6f a1 6b c0 c0 c2"
+    assert header.hex(" ") == "9a 01 03 00 01 a4 65 63 68 6f a1 6b c0 c0 c2 c2"
     assert body.hex(" ") == "81 a1 78 93 01 02 c4 01 00"
 
 
@@ -546,7 +618,7 @@ def test_other_versions_are_refused(version: Any) -> None:
         decode([msgpack.packb([version, int(m.MessageKind.PING), 0])], max_body_size=BIG)
 
 
-@pytest.mark.parametrize("kind", [0, 15, 255, -1, 2**64 - 1, "3", 3.0, True, None, b"\x03"])
+@pytest.mark.parametrize("kind", [0, 15, 19, 22, 255, -1, 2**64 - 1, "3", 3.0, True, None, b"\x03"])
 def test_unknown_kinds_are_refused(kind: Any) -> None:
     with pytest.raises(ProtocolError):
         decode([msgpack.packb([m.PROTOCOL_VERSION, kind, 0])], max_body_size=BIG)
@@ -567,22 +639,29 @@ def test_wrong_field_count(cls: type[Any]) -> None:
     head = header_of(msg)
     with pytest.raises(ProtocolError):
         decode(with_header(msg, [*head, 0]), max_body_size=BIG)
-    if len(head) > 3:
+    required = [f for f in WIRE_FIELDS[cls.KIND] if f not in OPTIONAL_FIELDS]
+    if required:
         with pytest.raises(ProtocolError):
-            decode(with_header(msg, head[:-1]), max_body_size=BIG)
+            decode(with_header(msg, head[: 3 + len(required) - 1]), max_body_size=BIG)
 
 
+#: Strings that are not routes: empty names, or too long.
+BAD_ROUTES = ["", "/", "a/", "/a", "a//b", "x" * 1025]
 _BAD_INT = ["1", 1.0, None, True, False, b"\x01", [1], {}]
 _BAD_STR = [b"x", 1, 1.5, None, True, ["x"], {}]
 #: Values of the wrong type for each field (bool is not an int on the wire).
 WRONG_VALUES: dict[str, list[Any]] = {
-    **dict.fromkeys(["max_body_size", "id", "code", "amount"], _BAD_INT),
+    **dict.fromkeys(["max_body_size", "id", "code", "amount", "transfer"], _BAD_INT),
     **dict.fromkeys(["identity", "assigned", "method", "name", "repr", "traceback"], _BAD_STR),
     **dict.fromkeys(["message", "reason"], _BAD_STR),
     "order_key": [b"x", 1, True, ["x"], {}],
     "headers": [[], "x", 1, True, {1: "a"}, {"a": 1}, {"a": None}, {b"a": "x"}, {"a": ["x"]}],
     "timeout": ["1", True, False, b"1", [1.0], {}],
     "stream": [1, 0, None, "true", 1.0, []],
+    "upload": [1, 0, None, "true", 1.0, []],
+    "target": [b"x", 1, True, ["x"], {}, *BAD_ROUTES],
+    "origin": [b"x", 1, True, ["x"], {}, *BAD_ROUTES],
+    "peer": [b"x", 1, None, True, ["x"], {}, *BAD_ROUTES],
 }
 
 FIELD_CASES = [
@@ -795,3 +874,33 @@ def test_large_incompressible_body_is_sent_as_is_and_compressible_one_is_compres
     frames = encode(m.Result(id=1, body=text_body), compress=True)
     assert len(frames[1]) < len(text_body) // 4
     assert decode(frames, max_body_size=1 << 21) == m.Result(id=1, body=text_body)
+
+
+# -- federation fields --------------------------------------------------------------------------
+
+
+def test_a_call_without_target_or_origin_leaves_them_out_of_its_header() -> None:
+    """Peers that predate federation read such a call as before: the layout is unchanged."""
+    call = m.Call(id=1, method="echo")
+    assert len(header_of(call)) == 3 + 7
+    assert len(header_of(dataclasses.replace(call, target="agent-3"))) == 3 + 8
+    assert header_of(dataclasses.replace(call, origin="agent-3"))[-2:] == [None, "agent-3"]
+
+
+@pytest.mark.parametrize("fields", [7, 8, 9])
+def test_optional_trailing_fields_may_be_sent_as_nil(fields: int) -> None:
+    call = m.Call(id=1, method="echo")
+    head = [*header_of(call), None, None][: 3 + fields]
+    assert decode(with_header(call, head), max_body_size=BIG) == call
+
+
+@pytest.mark.parametrize(
+    "route", ["a", "a/b", "cluster-b/sub/agent-1", "x" * 1024, "ü/…"], ids=lambda r: r[:20]
+)
+def test_well_formed_routes_are_accepted(route: str) -> None:
+    for msg in (
+        m.Call(id=1, method="m", target=route, origin=route),
+        m.PeerUp(peer=route),
+        m.PeerDown(peer=route),
+    ):
+        assert decode(encode(msg), max_body_size=BIG) == msg

@@ -1,0 +1,221 @@
+"""Overload: floods are refused with ``OverloadedError``; slow consumers are dropped.
+
+Memory is measured with tracemalloc around the flood (the flooding raw client runs in this
+process too, so the bound covers both; an unbounded queue of requests would be tens of
+megabytes). ZeroMQ's own buffers are C memory and not traced: their bound is the high-water
+mark of each pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import callosum_like as cl
+from callosum_like.errors import ErrorCode
+from callosum_like.lower.base import Received
+from callosum_like.wire import messages as m
+from callosum_like.wire.codec import decode, encode, pack_body
+
+from .conftest import PairFactory, bind_address, connect_address
+from .rawpeer import MAX, RawClient, gated_echo
+
+pytestmark = pytest.mark.timeout(60)
+FLOOD = 6_000
+MAX_PENDING = 64
+
+
+async def echo(request: cl.Request) -> Any:
+    return request.body
+
+
+async def send_calls(raw: RawClient, count: int | None, method: str, body: bytes) -> None:
+    """Send ``count`` calls as fast as the transport takes them (``None``: for ever)."""
+    packed = pack_body(body)
+    for number in itertools.count(1) if count is None else range(1, count + 1):
+        await raw.conn.send(encode(m.Call(id=number, method=method, body=packed)))
+        if number % 500 == 0:
+            await asyncio.sleep(0)  # let the server run, as a remote process would
+
+
+async def replies(raw: RawClient, count: int) -> list[m.Message]:
+    got: list[m.Message] = []
+    async with asyncio.timeout(30):
+        while len(got) < count:
+            event = await raw.conn.receive()
+            if isinstance(event, Received):
+                got.append(decode(event.frames, max_body_size=MAX))
+    return got
+
+
+@contextlib.contextmanager
+def peak_memory() -> Any:
+    """Yield a callable that returns the peak traced memory since entering, in bytes."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        yield lambda: tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_flood_is_refused_at_once_and_memory_stays_bounded(
+    transport_kind: str, peers: contextlib.AsyncExitStack
+) -> None:
+    server = await peers.enter_async_context(
+        cl.Peer(bind=bind_address(transport_kind), max_concurrency=4, max_pending=MAX_PENDING)
+    )
+    wait, gate = gated_echo()
+    server.handle_function("wait", wait)
+    raw = await RawClient.connect(server, transport_kind)
+    try:
+        await raw.handshake()
+        with peak_memory() as peak:
+            reader = asyncio.create_task(replies(raw, FLOOD - MAX_PENDING))
+            await send_calls(raw, FLOOD, "wait", b"x" * 32)
+            refused = await reader
+            grown = peak()
+        assert {(type(r), r.code) for r in refused} == {(m.Error, ErrorCode.OVERLOADED)}  # type: ignore[attr-defined]
+        stats = server.statistics()
+        assert stats.requests_in_flight == MAX_PENDING
+        assert stats.requests_refused == FLOOD - MAX_PENDING
+        assert stats.request_errors["OverloadedError"] == FLOOD - MAX_PENDING
+        # Holding 6,000 requests would take about 25 MB; refusing them takes next to none.
+        assert grown < 12 * 2**20, f"peak {grown} bytes"
+        gate.set()
+        results = await replies(raw, MAX_PENDING)
+        assert {type(r) for r in results} == {m.Result}
+    finally:
+        await raw.aclose()
+
+
+@pytest.mark.asyncio
+async def test_callers_tell_overload_apart_and_may_retry(make_pair: PairFactory) -> None:
+    server, client = await make_pair(max_concurrency=1, max_pending=1)
+    release = asyncio.Event()
+
+    async def hold(request: cl.Request) -> Any:
+        await release.wait()
+
+    server.handle_function("hold", hold)
+    server.handle_function("echo", echo)
+    held = asyncio.create_task(client.invoke("hold"))
+    async with asyncio.timeout(5):
+        while not server.statistics().requests_in_flight:
+            await asyncio.sleep(0.01)
+    with pytest.raises(cl.OverloadedError) as refused:
+        await client.invoke("echo", 1)
+    assert isinstance(refused.value, cl.RemoteError)
+    assert "max_pending" in str(refused.value)
+    release.set()
+    await held
+    assert await client.invoke("echo", 2) == 2  # nothing of the refused call ran: retry
+
+
+def slow_consumer_server(kind: str) -> cl.Peer:
+    """A server that drops a remote reading nothing for half a second (TCP), or with a
+    full pipe (ZeroMQ, which never waits)."""
+    transport = cl.TCPTransport(slow_remote_timeout=0.5) if kind == "tcp" else None
+    return cl.Peer(bind=bind_address(kind), transport=transport, max_pending=MAX_PENDING)
+
+
+async def keep_calling(client: cl.Peer, until: Callable[[], bool]) -> int:
+    """Call until ``until()``; return how many calls were served. The flood shares
+    ``max_pending`` with us, so a call may be refused as overloaded: then retry."""
+    served = 0
+    while not until():
+        with contextlib.suppress(cl.OverloadedError):
+            assert await client.invoke("echo", served, timeout=10) == served
+            served += 1
+        await asyncio.sleep(0.01)
+    return served
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_never_reads_is_dropped_and_others_are_served(
+    transport_kind: str, peers: contextlib.AsyncExitStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    server = await peers.enter_async_context(slow_consumer_server(transport_kind))
+    server.handle_function("echo", echo)
+    good = await peers.enter_async_context(
+        cl.Peer(connect=connect_address(server), identity="good")
+    )
+    loris = await RawClient.connect(server, transport_kind)
+    try:
+        await loris.handshake("loris")
+        # tracemalloc sees the TCP transport's buffers; ZeroMQ's pipes are C memory,
+        # bounded by their high-water mark.
+        tracing = peak_memory() if transport_kind == "tcp" else contextlib.nullcontext()
+        with tracing as peak:
+            # Until it is dropped: how many messages the buffers on the way hold depends on
+            # their sizes (refusals are small), so no fixed count is sure to be enough.
+            flood = asyncio.create_task(send_calls(loris, None, "echo", b"y" * 2048))
+            calls = await keep_calling(good, lambda: server.statistics().slow_remotes_dropped > 0)
+            grown = peak() if peak else 0
+            flood.cancel()
+            await asyncio.gather(flood, return_exceptions=True)
+        assert calls > 0
+        assert "loris" not in server.peers
+        assert server.peers == {"good"}
+        # Unread replies are bounded by the transport's limits, not by the flood.
+        assert grown < 32 * 2**20, f"peak {grown} bytes"
+        assert await good.invoke("echo", "still here") == "still here"
+    finally:
+        await loris.aclose()
+
+
+@pytest.mark.asyncio
+async def test_unsent_output_over_max_unsent_size_drops_the_remote(
+    peers: contextlib.AsyncExitStack,
+) -> None:
+    transport = cl.TCPTransport(max_unsent_size=6 * 2**20, slow_remote_timeout=60)
+    # Unchunked replies: chunked ones wait for the reader's acks, which bounds them sooner
+    # (at most 16 transfers of 4 chunks per link) than max_unsent_size does.
+    server = await peers.enter_async_context(
+        cl.Peer(bind=cl.TCPAddress("127.0.0.1", 0), transport=transport, chunk_size=4 * 2**20)
+    )
+
+    async def big(request: cl.Request) -> Any:
+        return b"z" * (2 * 2**20)
+
+    server.handle_function("big", big)
+    loris = await RawClient.connect(server, "tcp")
+    try:
+        await loris.handshake("loris")
+        await send_calls(loris, 200, "big", b"")
+        async with asyncio.timeout(20):
+            while not server.statistics().slow_remotes_dropped:
+                await asyncio.sleep(0.05)
+        assert server.peers == frozenset()
+    finally:
+        await loris.aclose()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_unsent_size": 1024}, ValueError),
+        ({"max_unsent_size": 2.5}, TypeError),
+        ({"slow_remote_timeout": 0}, ValueError),
+        ({"slow_remote_timeout": "1"}, TypeError),
+        ({"reconnect_interval": -1}, ValueError),
+        ({"reconnect_interval": 2, "reconnect_max_interval": 1}, ValueError),
+        ({"reconnect_max_interval": None}, TypeError),
+    ],
+)
+def test_transport_limits_are_checked(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    name = next(iter(kwargs))
+    with pytest.raises(error, match=name.split("_")[0]):
+        cl.TCPTransport(**kwargs)
+    if name.startswith("reconnect"):
+        with pytest.raises(error, match="reconnect"):
+            cl.ZeroMQTransport(**kwargs)

@@ -1,0 +1,220 @@
+"""Reconnection: the bound side restarts at the same address and its clients come back.
+
+Both transports, both ways a server goes: closed on purpose (in this process) and killed
+(a child process, SIGKILL). The connecting peer fails what was pending, reports the link down
+and up again as events, and then serves and invokes as before, with nothing done by the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import zmq
+
+import callosum_like as cl
+
+from .conftest import bind_address, connect_address
+
+pytestmark = pytest.mark.timeout(40)
+FAST_HEARTBEAT = {"heartbeat_interval": 0.1, "heartbeat_timeout": 1.0}
+CONNECTED = cl.PeerEventKind.CONNECTED
+DISCONNECTED = cl.PeerEventKind.DISCONNECTED
+
+
+async def double(request: cl.Request) -> Any:
+    return request.body * 2
+
+
+async def next_event(events: cl.PeerEvents, timeout: float = 15) -> cl.PeerEvent:
+    async with asyncio.timeout(timeout):
+        return await anext(events)
+
+
+def same_address(kind: str, address: str) -> Any:
+    """The bind address of a restarted server: the port the first one got."""
+    if kind == "zeromq":
+        return address
+    host, port = address.rsplit(":", 1)
+    return cl.TCPAddress(host, int(port))
+
+
+async def open_server(kind: str, address: Any = None) -> cl.Peer:
+    """A bound peer; at a given address, retried while the previous one releases it.
+
+    ZeroMQ closes a socket in its I/O thread, a moment after ``close()`` returns.
+    """
+    async with asyncio.timeout(10):
+        while True:
+            server = cl.Peer(
+                bind=address or bind_address(kind), identity="server", **FAST_HEARTBEAT
+            )
+            server.handle_function("double", double)
+            try:
+                return await server.__aenter__()
+            except (OSError, zmq.ZMQError):
+                await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def serving(kind: str, address: Any = None) -> AsyncIterator[cl.Peer]:
+    server = await open_server(kind, address)
+    try:
+        yield server
+    finally:
+        await server.aclose()
+
+
+@pytest.mark.asyncio
+async def test_server_closed_and_rebound_is_reconnected(
+    transport_kind: str, peers: contextlib.AsyncExitStack
+) -> None:
+    async with serving(transport_kind) as first:
+        address = first.address
+        client = await peers.enter_async_context(
+            cl.Peer(connect=connect_address(first), identity="agent-1", **FAST_HEARTBEAT)
+        )
+        client.handle_function("double", double)
+        events = await peers.enter_async_context(client.events())
+    event = await next_event(events)
+    assert (event.kind, event.identity) == (DISCONNECTED, "server")
+    with pytest.raises(cl.PeerDisconnectedError):
+        await client.invoke("double", 1)
+    async with serving(transport_kind, same_address(transport_kind, address)) as second:
+        assert await next_event(events) == cl.PeerEvent(CONNECTED, "server")
+        await client.wait_for_peer("server", timeout=5)  # already there: at once
+        assert await client.invoke("double", 21) == 42
+        await second.wait_for_peer("agent-1", timeout=5)
+        assert await second.invoke("double", "ab", to="agent-1") == "abab"
+        stats = client.statistics()
+        assert stats.reconnects == 1
+        assert stats.connected_peers == 1
+
+
+@pytest.mark.asyncio
+async def test_wait_for_peer_on_the_connecting_side_waits_for_the_reconnection(
+    transport_kind: str, peers: contextlib.AsyncExitStack
+) -> None:
+    async with serving(transport_kind) as first:
+        address = first.address
+        client = await peers.enter_async_context(
+            cl.Peer(connect=connect_address(first), **FAST_HEARTBEAT)
+        )
+        events = await peers.enter_async_context(client.events())
+    assert (await next_event(events)).kind is DISCONNECTED
+    waiter = asyncio.create_task(client.wait_for_peer("server", timeout=15))
+    async with serving(transport_kind, same_address(transport_kind, address)):
+        await waiter
+        assert await client.invoke("double", 2) == 4
+
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    import callosum_like as cl
+
+    async def block(request):
+        await asyncio.sleep(3600)
+
+    async def call_back(request):
+        return await server.invoke("double", request.body, to=request.peer_id)
+
+    async def main():
+        global server
+        kind, port = sys.argv[1], int(sys.argv[2])
+        addr = f"tcp://127.0.0.1:{port}" if kind == "zeromq" else cl.TCPAddress("127.0.0.1", port)
+        async with cl.Peer(bind=addr, identity="server") as server:
+            server.handle_function("block", block)
+            server.handle_function("call_back", call_back)
+            print(server.address, flush=True)
+            await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+class ServerProcess:
+    """A server in a child process, so that it can die for real (SIGKILL)."""
+
+    def __init__(self, kind: str, port: int = 0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER_SCRIPT, kind, str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
+
+    async def address(self) -> str:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(20):
+            line = await asyncio.to_thread(self.proc.stdout.readline)
+        assert line, "the server process died"
+        return line.strip()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.mark.asyncio
+async def test_killed_and_restarted_server_is_reconnected(transport_kind: str) -> None:
+    first = ServerProcess(transport_kind)
+    second = None
+    try:
+        address = await first.address()
+        port = int(address.rsplit(":", 1)[1])
+        target = address if transport_kind == "zeromq" else same_address("tcp", address)
+        async with cl.Peer(connect=target, identity="agent-1", **FAST_HEARTBEAT) as client:
+            client.handle_function("double", double)
+            assert await client.invoke("call_back", 5) == 10
+            async with client.events() as events:
+                pending = [asyncio.create_task(client.invoke("block")) for _ in range(3)]
+                await asyncio.sleep(0.2)
+                first.kill()
+                for call in pending:
+                    with pytest.raises(cl.PeerDisconnectedError):
+                        await asyncio.wait_for(call, 10)
+                assert (await next_event(events)).kind is DISCONNECTED
+                second = ServerProcess(transport_kind, port)
+                await second.address()
+                assert (await next_event(events)).kind is CONNECTED
+            assert await client.invoke("call_back", 7) == 14  # both directions again
+            assert client.statistics().errors["PeerDisconnectedError"] == 3
+    finally:
+        for server in (first, second):
+            if server is not None and server.proc.poll() is None:
+                server.kill()
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_hung_is_found_again_after_the_heartbeat_gave_up(
+    transport_kind: str,
+) -> None:
+    """SIGSTOP: the connection stays up but nothing answers; only the heartbeat can tell."""
+    server = ServerProcess(transport_kind)
+    try:
+        address = await server.address()
+        target = address if transport_kind == "zeromq" else same_address("tcp", address)
+        async with cl.Peer(connect=target, identity="agent-1", **FAST_HEARTBEAT) as client:
+            client.handle_function("double", double)
+            async with client.events() as events:
+                server.proc.send_signal(signal.SIGSTOP)
+                event = await next_event(events)
+                assert (event.kind, event.reason) == (DISCONNECTED, "heartbeat lost")
+                server.proc.send_signal(signal.SIGCONT)
+                assert (await next_event(events)).kind is CONNECTED
+            assert await client.invoke("call_back", 4) == 8
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        server.kill()
