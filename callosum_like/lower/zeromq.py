@@ -17,11 +17,12 @@ Theory of operation:
 * Sending: the first message of a loop iteration goes to the socket at once when it can
   (``NOBLOCK``), so a lone message waits for nothing. The small messages sent after it in the
   same iteration are *batched*: packed back to back into one ZeroMQ frame that leaves at the
-  end of the iteration (one libzmq send and one wake-up of its I/O thread for all of them,
-  instead of one per frame). A message over ``SMALL_MESSAGE_SIZE`` always goes as its own
-  ZeroMQ message, its large frames without a copy. What the socket cannot take yet waits in
-  the driver's queue and leaves on the next ``POLLOUT``; a sender waits only when that queue
-  holds ``SEND_QUEUE_SIZE`` ZeroMQ messages.
+  end of the iteration, or as soon as it holds ``PIPELINE_BATCH`` messages (one libzmq send
+  and one wake-up of its I/O thread for all of them, instead of one per frame). A message
+  over ``SMALL_MESSAGE_SIZE`` always goes as its own ZeroMQ message, its large frames
+  without a copy. What the socket cannot take yet waits in the driver's queue and leaves on
+  the next ``POLLOUT``; a sender waits only when that queue holds ``SEND_QUEUE_SIZE``
+  ZeroMQ messages.
 * Batch layout (docs/PROTOCOL.md): a ZeroMQ message whose first frame (after the routing id)
   is empty is an envelope. ``[b"", batch]`` is a batch: messages in the stream framing of
   ``wire.framing``, split by ``split_batch``.
@@ -110,6 +111,11 @@ ZERO_COPY_THRESHOLD: Final = 64 * 1024
 #: 16 KiB holds a loop iteration's worth of small calls (64 calls of 64 bytes take 4 KiB)
 #: while keeping what ``HIGH_WATER_MARK`` unread batches can hold bounded.
 BATCH_SIZE: Final = 16 * 1024
+#: A batch leaves as soon as it holds this many messages, without waiting for the end of the
+#: loop iteration: the remote starts on them while this side produces the rest, so both
+#: processes work at once instead of in turns. W2 (64 calls in flight), in calls/s: 15-18k
+#: with whole-iteration batches, 26-35k with batches of 8, 16 or 32.
+PIPELINE_BATCH: Final = 16
 #: Messages of at most this many bytes (framed) are batched; larger ones go on their own.
 SMALL_MESSAGE_SIZE: Final = BATCH_SIZE
 #: The first frame of an envelope (a batch, or an escaped message).
@@ -386,6 +392,9 @@ class _SocketDriver:
             batch = self._batches[route] = _Batch()
         batch.messages.append(frames)
         batch.size += size
+        if len(batch.messages) >= PIPELINE_BATCH:
+            self._seal(route)
+            self._flush()  # now, not at the end of the iteration: the remote can start on it
 
     def _seal(self, route: bytes | None) -> None:
         self._outbox.append(self._batches.pop(route).message(route))

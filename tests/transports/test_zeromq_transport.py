@@ -14,7 +14,7 @@ import zmq
 
 from callosum_like.addresses import ZeroMQAddress
 from callosum_like.lower.base import Connection, Received, Transport
-from callosum_like.lower.zeromq import ZeroMQTransport, shared_context
+from callosum_like.lower.zeromq import PIPELINE_BATCH, ZeroMQTransport, shared_context
 from callosum_like.wire.framing import pack_batch, split_batch
 
 from .conformance import WAIT, TransportConformance
@@ -107,14 +107,18 @@ async def to_a_raw_router() -> AsyncIterator[tuple[Connection, zmq.Socket[Any]]]
 
 @pytest.mark.timeout(30)
 @pytest.mark.asyncio
-async def test_small_messages_of_one_iteration_leave_in_one_zeromq_message() -> None:
+async def test_small_messages_of_one_iteration_leave_in_few_zeromq_messages() -> None:
     async with to_a_raw_router() as (client, raw):
-        for i in range(100):
+        for i in range(1 + 3 * PIPELINE_BATCH + 5):
             await client.send([b"h", bytes([i])])
-        first, second = await receive_raw(raw), await receive_raw(raw)
+        first = await receive_raw(raw)
         assert first[1:] == [b"h", b"\x00"]  # the first left at once, on its own
-        assert second[1] == b""  # the other 99 in one batch
-        assert split_batch(second[2]) == [[b"h", bytes([i])] for i in range(1, 100)]
+        got: list[list[bytes]] = []
+        for _ in range(4):  # three full batches at once, the rest at the end of the iteration
+            batch = await receive_raw(raw)
+            assert batch[1] == b""
+            got += split_batch(batch[2])
+        assert got == [[b"h", bytes([i])] for i in range(1, 1 + 3 * PIPELINE_BATCH + 5)]
 
 
 @pytest.mark.timeout(30)
