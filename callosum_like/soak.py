@@ -262,13 +262,20 @@ class Site:
         """SIGKILL the server, wait ``DOWN_TIME``, and start a new one at the same port."""
         assert self.server is not None
         self.tally.killed(self.transport)
-        self.server_rss.append(rss_mb(self.server.pid))
+        memory = rss_mb(self.server.pid)
+        self.server_rss.append(memory)
         os.kill(self.server.pid, signal.SIGKILL)
         await self.server.__aexit__(None, None, None)
         self.kills += 1
         await asyncio.sleep(DOWN_TIME)
         await self.start_server()
         self.tally.restarted(self.transport)
+        calls = sum(self.tally.ok.values())
+        print(
+            f"killed the {self.transport} server (RSS {memory:.1f} MiB) and restarted it; "
+            f"{calls} calls so far, failures {dict(self.tally.failures)}",
+            flush=True,
+        )
 
     async def stop_server(self) -> float:
         """Stop the last server life cleanly; return its resident memory at the end."""
@@ -454,6 +461,7 @@ async def soak(options: Options) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as clients:
         floods = await asyncio.gather(*(flood(site, options.flood) for site in sites))
         report["flood"] = dict(zip(options.transports, floods, strict=True))
+        report["client_rss_warm"] = rss_mb()  # after the flood's thousands of tasks
         stop = asyncio.Event()
         tasks = await _start_load(sites, options, clients, stop)
         remaining = options.duration - (time.monotonic() - started)
@@ -527,7 +535,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"kills: {', '.join(f'{t} {n}' for t, n in report['kills'].items())}")
     lines.append(
         f"client RSS: {report['client_rss_start']:.1f} MiB at start, "
-        f"{report['client_rss_end']:.1f} MiB at end"
+        f"{report['client_rss_warm']:.1f} after the flood, {report['client_rss_end']:.1f} at end"
     )
     for transport, lives in report["server_rss_lives"].items():
         figures = ", ".join(f"{value:.1f}" for value in lives)
@@ -543,8 +551,8 @@ def run_soak(args: argparse.Namespace) -> int:
         args.duration, tuple(transports), args.kill_interval, args.clients, args.flood, args.json
     )
     print(
-        f"soaking for {options.duration:.0f} s ({'+'.join(transports)}); "
-        f"this process and its servers print the report at the end",
+        f"soaking for {options.duration:.0f} s ({'+'.join(transports)}): a flood first, "
+        f"then mixed load with a line per server kill, and the report at the end",
         flush=True,
     )
     report = asyncio.run(soak(options))
