@@ -17,6 +17,12 @@ codec and the dispatcher meet.
 * When a link ends, every call pending on it fails (``PeerDisconnectedError``) and its
   handlers are cancelled; when we close, pending calls fail with ``PeerClosedError``, our
   running handlers answer ``Cancelled``, and every remote gets a ``Goodbye``.
+* A connecting peer's transport reconnects by itself; each ``Connected`` it reports starts a
+  new link and a new handshake. A heartbeat that expires asks the transport to drop the
+  connection (``disconnect``), which on the connecting side means: make a new one. Only a
+  ``Goodbye`` saying that a newer connection took our identity stops that (no flapping).
+* Every link coming and going is a ``PeerEvent`` (``events``); counters and gauges live in
+  ``stats`` and each call made or served is logged to ``callosum_like.rpc`` when enabled.
 """
 
 from __future__ import annotations
@@ -889,7 +895,9 @@ class Peer:
         self._fail_pending(link, PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}"))
         link.session.forget_calls()
         await self._dispatcher.drop_link(key)
-        if self._welcomed is not None and not self._welcomed.done():
+        reconnects = self._connection is not None and self._connection.reconnects
+        if self._welcomed is not None and not self._welcomed.done() and not reconnects:
+            # A transport that reconnects gets another try, within connect_timeout.
             self._welcomed.set_exception(PeerDisconnectedError(reason))
         if was_open:
             self._counters.disconnects += 1

@@ -218,3 +218,34 @@ async def test_a_server_that_hung_is_found_again_after_the_heartbeat_gave_up(
     finally:
         server.proc.send_signal(signal.SIGCONT)
         server.kill()
+
+
+@pytest.mark.asyncio
+async def test_a_first_handshake_that_breaks_is_tried_again_within_connect_timeout(
+    transport_kind: str,
+) -> None:
+    """What a client sees while its server is being killed: connections that break at once.
+
+    It is neither an authentication failure (ZeroMQ reports a failed handshake) nor the end:
+    the client tries again until a server answers, within ``connect_timeout``.
+    """
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    impostor = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = impostor.sockets[0].getsockname()[1]
+    zeromq = transport_kind == "zeromq"
+    target = f"tcp://127.0.0.1:{port}" if zeromq else cl.TCPAddress("127.0.0.1", port)
+    client = cl.Peer(connect=target, connect_timeout=15, **FAST_HEARTBEAT)
+    opening = asyncio.create_task(client.__aenter__())
+    await asyncio.sleep(0.5)  # several connections hung up on by now
+    assert not opening.done()
+    impostor.close()
+    await impostor.wait_closed()
+    try:
+        async with serving(transport_kind, target):
+            await opening
+            assert await client.invoke("double", 3) == 6
+    finally:
+        await client.aclose()

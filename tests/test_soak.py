@@ -35,7 +35,8 @@ def test_a_short_soak_passes_and_reports(tmp_path: Path) -> None:
     for line in ("calls made:", "failures by kind:", "client RSS:", "result: PASSED"):
         assert line in done.stdout
     report = json.loads(report_path.read_text())
-    assert report["kills"] == {"zeromq": 2, "tcp": 2}
+    assert set(report["kills"]) == {"zeromq", "tcp"}
+    assert min(report["kills"].values()) >= 1
     assert set(report["unexpected"]) == set()
     assert set(report["failures"]) <= {"PeerDisconnectedError"}
     assert report["refused"] > 0  # the flood met max_pending
