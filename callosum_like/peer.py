@@ -391,7 +391,7 @@ class Peer:
         )
         finished = False
         try:
-            await self._send(link, msg)
+            await self._send_call(link, msg)
             while True:
                 reply = await self._next_item(inbox, deadline, method)
                 if type(reply) is m.StreamEnd:
@@ -626,7 +626,7 @@ class Peer:
         started = rpc_started()
         try:
             try:
-                await self._send(link, msg)
+                await self._send_call(link, msg)
             except BaseException:
                 link.session.call_input(msg.id, CallInput.REPLY)  # it never left: forget it
                 raise
@@ -658,6 +658,21 @@ class Peer:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _send_call(self, link: Link, msg: m.Call) -> None:
+        """Send a call; if its link turns out to be gone, end the link at once.
+
+        The transport may know the connection is gone before its ``Disconnected`` event is
+        handled. Ending the link now keeps ``peers`` and ``wait_for_peer`` truthful, so a
+        caller that waits for the peer and retries does wait (for the reconnection) instead
+        of failing again and again without ever yielding to the event loop.
+        """
+        try:
+            await self._send(link, msg)
+        except PeerDisconnectedError as exc:
+            if self._links.get(link.key) is link:
+                await self._link_lost(link.key, LinkInput.LOST, str(exc))
+            raise
 
     async def _send_quietly(self, link: Link, msg: m.Message) -> None:
         with contextlib.suppress(PeerDisconnectedError, PeerClosedError):

@@ -21,6 +21,7 @@ import pytest
 import zmq
 
 import callosum_like as cl
+from callosum_like.lower.base import CONNECTED_KEY
 
 from .conftest import bind_address, connect_address
 
@@ -249,3 +250,31 @@ async def test_a_first_handshake_that_breaks_is_tried_again_within_connect_timeo
             assert await client.invoke("double", 3) == 6
     finally:
         await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_call_and_peers_agree_so_a_retry_loop_waits(
+    transport_kind: str, peers: contextlib.AsyncExitStack
+) -> None:
+    """Found by the soak: a send could fail before the transport's event was handled, while
+    ``peers`` still listed the server, so ``wait_for_peer`` returned at once and a retry loop
+    spun without yielding, and the event that would have ended it was never handled.
+
+    ``disconnect`` makes that state at will: the transport drops the connection (and, by
+    contract, reports no ``Disconnected``) while the peer still holds an open link.
+    """
+    first = await open_server(transport_kind)
+    peers.push_async_callback(first.aclose)
+    client = await peers.enter_async_context(
+        cl.Peer(connect=connect_address(first), **FAST_HEARTBEAT)
+    )
+    assert client._connection is not None
+    await client._connection.disconnect(CONNECTED_KEY)
+    async with asyncio.timeout(20):
+        while True:  # the documented retry loop: wait for the peer, then call again
+            try:
+                assert await client.invoke("double", 21) == 42
+                break
+            except cl.PeerDisconnectedError:
+                assert "server" not in client.peers
+                await client.wait_for_peer("server", timeout=10)

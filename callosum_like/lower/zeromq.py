@@ -432,6 +432,7 @@ class _Dealer(_ZeroMQConnection):
             if self._fd is not None and event["value"] != self._fd:
                 return True  # a connection that ``disconnect`` already replaced
             self._connected = False
+            self._driver.discard_queued()  # for the lost link: not to reach the next one
             self._events.offer(Disconnected(CONNECTED_KEY, "connection dropped"))
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected:
             self._connected = True
