@@ -281,7 +281,8 @@ class Site:
         await self.start_server()
         self.tally.restarted(self.transport)
         print(
-            f"killed the {self.transport} server (RSS {memory:.1f} MiB) and restarted it; "
+            f"{time.strftime('%H:%M:%S')} killed the {self.transport} server "
+            f"(RSS {memory:.1f} MiB) and restarted it; "
             f"{sum(self.tally.ok.values())} calls so far, failures {dict(self.tally.failures)}, "
             f"this process: RSS {rss_mb():.1f} MiB, {len(asyncio.all_tasks())} tasks",
             flush=True,
