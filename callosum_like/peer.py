@@ -829,6 +829,8 @@ class Peer:
         try:
             await self._send(link, msg)
         except PeerDisconnectedError as exc:
+            if link.pending.pop(msg.id, None) is not None:  # invoke's: it raises this error
+                self._counters.count_error(type(exc).__name__)
             if self._links.get(link.key) is link:
                 await self._link_lost(link.key, LinkInput.LOST, str(exc))
             raise

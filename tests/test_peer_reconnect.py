@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -254,7 +255,7 @@ async def test_a_first_handshake_that_breaks_is_tried_again_within_connect_timeo
 
 @pytest.mark.asyncio
 async def test_a_failed_call_and_peers_agree_so_a_retry_loop_waits(
-    transport_kind: str, peers: contextlib.AsyncExitStack
+    transport_kind: str, peers: contextlib.AsyncExitStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found by the soak: a send could fail before the transport's event was handled, while
     ``peers`` still listed the server, so ``wait_for_peer`` returned at once and a retry loop
@@ -278,3 +279,7 @@ async def test_a_failed_call_and_peers_agree_so_a_retry_loop_waits(
             except cl.PeerDisconnectedError:
                 assert "server" not in client.peers
                 await client.wait_for_peer("server", timeout=10)
+    gc.collect()  # a failed future that nobody awaited would be reported now
+    assert "never retrieved" not in caplog.text
+    if transport_kind == "tcp":  # the call that found the connection gone
+        assert client.statistics().errors["PeerDisconnectedError"] == 1
