@@ -29,6 +29,7 @@ Only ``peer`` calls this module. Replies leave through the ``send`` callback it 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
@@ -37,6 +38,7 @@ from typing import Any, Final
 
 import aiojobs
 
+from .deadlines import Deadlines
 from .errors import ErrorCode, ProtocolError, error_for_code
 from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
@@ -54,6 +56,10 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT: Final = 5.0
 
 Reply = m.Result | m.Failure | m.Error | m.Cancelled | m.StreamEnd
+
+#: Packed bodies from this size on are dropped from a call as soon as they are unpacked,
+#: so that the packed and the unpacked body are not both held while the handler runs.
+RELEASE_BODY_SIZE: Final = 64 * 1024
 
 SendReply = Callable[[Hashable, m.Message], Awaitable[None]]
 
@@ -83,6 +89,8 @@ class _Inbound:
     credit: CreditWindow | None = None  # stream calls only
     upload: StreamInbox | None = None  # calls with a streamed body only
     started: float | None = None  # for the RPC log, when it is on
+    task: asyncio.Task[Any] | None = None  # while its handler runs: the task to cancel
+    expired: bool = False  # its execute timeout cancelled it
 
     @property
     def order_key(self) -> Hashable:
@@ -123,6 +131,7 @@ class Dispatcher:
         self._reorder: ReplyReorder[Reply] = ReplyReorder()
         self._serial: SerialQueue[_Inbound] = SerialQueue()
         self._scheduler: aiojobs.Scheduler | None = None
+        self._deadlines = Deadlines()  # execute timeouts
         self._closing = False
 
     # -- registry -----------------------------------------------------------------------------
@@ -165,6 +174,7 @@ class Dispatcher:
         held = list(self._inflight.values())
         if self._scheduler is not None:
             await self._scheduler.close()
+        self._deadlines.clear()
         for inbound in held:
             await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="peer closing"))
         self._inflight.clear()
@@ -217,7 +227,10 @@ class Dispatcher:
         if call.upload:
             inbound.upload = StreamInbox(m.STREAM_WINDOW, m.UploadCredit)
         self._inflight[link, call.id] = inbound
-        await self._admit(inbound)
+        if ordering is Ordering.UNORDERED:  # the common case: straight to the scheduler
+            inbound.job = await self._scheduler.spawn(self._run(inbound))  # type: ignore[union-attr]
+        else:
+            await self._admit(inbound)
 
     async def _refuse(
         self, link: Hashable, peer_id: str, call: m.Call, code: ErrorCode, text: str
@@ -277,16 +290,47 @@ class Dispatcher:
     # -- running ------------------------------------------------------------------------------
 
     async def _run(self, inbound: _Inbound) -> None:
-        call = inbound.call
         try:
             reply = await self._execute(inbound)
         except asyncio.CancelledError:
             if not self._closing:
-                await self._answer(inbound, m.Cancelled(id=call.id, reason="cancelled"))
+                await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="cancelled"))
             raise
         await self._answer(inbound, reply)
 
     async def _execute(self, inbound: _Inbound) -> Reply:
+        request = self._request(inbound)
+        if type(request) is not Request:
+            return request  # type: ignore[return-value]
+        call = inbound.call
+        timeout = _earliest(self._execute_timeout, call.timeout)
+        deadline = None
+        if timeout is not None:  # one shared timer, not a timeout context per call
+            inbound.task = asyncio.current_task()
+            deadline = self._deadlines.add(timeout, _expire, inbound)
+        try:
+            if call.stream:
+                return await self._produce(inbound, request)
+            result = await inbound.registration.handler(request)
+        except asyncio.CancelledError:
+            if not inbound.expired or inbound.task.uncancel():  # type: ignore[union-attr]
+                raise  # cancelled for another reason too
+            return m.Cancelled(id=call.id, reason=f"execute timeout of {timeout} s passed")
+        except _UnencodableItem as exc:
+            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"stream item: {exc}")
+        except Exception as exc:
+            return m.Failure.from_exception(call.id, exc)
+        finally:
+            inbound.task = None  # from here on, the deadline can cancel nothing
+            if deadline is not None:
+                self._deadlines.discard(deadline)
+        try:
+            return m.Result(id=call.id, body=pack_body(result))
+        except TypeError as exc:
+            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
+
+    def _request(self, inbound: _Inbound) -> Request | m.Error:
+        """The handler's ``Request`` for ``inbound``, or the error that answers it instead."""
         call = inbound.call
         if call.stream != inbound.registration.stream:
             kind = "a stream: use Peer.stream()" if not call.stream else "not a stream"
@@ -296,35 +340,21 @@ class Dispatcher:
             body = self._body_of(inbound)
         except ProtocolError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
-        request = Request(
+        return Request(
             method=call.method,
             body=body,
             peer_id=inbound.peer_id,
             order_key=call.order_key,
             headers=call.headers or {},
         )
-        timeout = _earliest(self._execute_timeout, call.timeout)
-        try:
-            async with asyncio.timeout(timeout) as deadline:
-                if call.stream:
-                    return await self._produce(inbound, request)
-                result = await inbound.registration.handler(request)
-        except TimeoutError as exc:
-            if deadline.expired():
-                return m.Cancelled(id=call.id, reason=f"execute timeout of {timeout} s passed")
-            return m.Failure.from_exception(call.id, exc)
-        except _UnencodableItem as exc:
-            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"stream item: {exc}")
-        except Exception as exc:
-            return m.Failure.from_exception(call.id, exc)
-        try:
-            return m.Result(id=call.id, body=pack_body(result))
-        except TypeError as exc:
-            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
 
     def _body_of(self, inbound: _Inbound) -> Any:
         if inbound.upload is None:
-            return unpack_body(inbound.call.body)
+            call = inbound.call
+            body = unpack_body(call.body)
+            if len(call.body) >= RELEASE_BODY_SIZE:  # unpacked: let the packed copy go now
+                inbound.call = dataclasses.replace(call, body=m.EMPTY_BODY)
+            return body
         link = inbound.link
 
         async def send_credit(msg: m.Message) -> None:
@@ -403,6 +433,13 @@ def _outcome_name(reply: Reply) -> str:
 
 class _UnencodableItem(Exception):
     """A stream handler yielded something msgpack cannot carry."""
+
+
+def _expire(inbound: _Inbound) -> None:
+    """The execute timeout of ``inbound`` passed: cancel its handler if it still runs."""
+    if inbound.task is not None:
+        inbound.expired = True
+        inbound.task.cancel()
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, cast
 
 from .addresses import AddressLike, TCPAddress, parse_address
+from .deadlines import Deadlines
 from .dispatch import Dispatcher
 from .errors import (
     AuthenticationError,
@@ -260,6 +261,7 @@ class Peer:
         self._compress = bool(compress)
         self._max_body_size = max_body_size
         self._counters = Counters()
+        self._deadlines = Deadlines()  # the timeouts of our calls
         self._drop_log = DropLog(log)
         self._dispatcher = Dispatcher(
             send=self._send_reply,
@@ -623,6 +625,7 @@ class Peer:
         if self._welcomed is not None and not self._welcomed.done():
             self._welcomed.cancel()
         await self._stop_tasks()
+        self._deadlines.clear()
         if self._connection is not None:
             await self._connection.aclose()
         self._end_links()
@@ -737,23 +740,23 @@ class Peer:
         link.pending[msg.id] = future
         self._counters.calls_out += 1
         started = rpc_started()
+        expiry = deadline = None
         try:
-            if timeout is None:  # no timeout context to enter and leave on every call
-                return await self._send_and_wait(link, msg, future, upload)
-            # The timeout covers sending too: a chunked body may take a while to go out.
-            async with asyncio.timeout(timeout) as deadline:
-                return await self._send_and_wait(link, msg, future, upload)
-        except TimeoutError:
-            if timeout is None or not deadline.expired():
-                raise
-            self._abandon(link, msg.id)
-            self._counters.count_error(RPCTimeoutError.__name__)
-            raise RPCTimeoutError(f"{msg.method!r} took longer than {timeout} s") from None
+            if timeout is not None:  # one shared timer, not a timeout context per call
+                # The timeout covers sending too: a chunked body may take a while to go out.
+                expiry = _Expiry(future)
+                deadline = self._deadlines.add(timeout, _expire, expiry)
+            return await self._send_and_wait(link, msg, future, upload)
         except asyncio.CancelledError:
             self._abandon(link, msg.id)
-            self._counters.count_error("CancelledError")
-            raise
+            if expiry is None or not expiry.fired or expiry.task.uncancel():  # type: ignore[union-attr]
+                self._counters.count_error("CancelledError")
+                raise  # cancelled, not (only) timed out
+            self._counters.count_error(RPCTimeoutError.__name__)
+            raise RPCTimeoutError(f"{msg.method!r} took longer than {timeout} s") from None
         finally:
+            if deadline is not None:
+                self._deadlines.discard(deadline)
             link.pending.pop(msg.id, None)
             if started is not None:
                 log_rpc("invoked", msg.method, link.identity, started, _call_outcome(future))
@@ -920,6 +923,7 @@ class Peer:
             except Exception:
                 log.exception("error while handling %r; the message is dropped", event)
                 self._counters.dropped_messages += 1
+            del event  # do not hold its frames (maybe a large body) until the next one
 
     def _drop(self, reason: str) -> None:
         self._counters.dropped_messages += 1
@@ -1274,6 +1278,24 @@ class Peer:
                 await self._send_quietly(link, m.Ping())
             else:  # a connected one waits while the remote reads nothing: not this loop
                 self._spawn_background(self._send_quietly(link, m.Ping()))
+
+
+class _Expiry:
+    """What the timeout of one call cancels: the task that sends it and waits for the reply."""
+
+    __slots__ = ("fired", "future", "task")
+
+    def __init__(self, future: asyncio.Future[m.Message]) -> None:
+        self.future = future
+        self.task = asyncio.current_task()
+        self.fired = False
+
+
+def _expire(expiry: _Expiry) -> None:
+    """A call's timeout passed: cancel its task, unless the reply is already there."""
+    if not expiry.future.done() and expiry.task is not None:
+        expiry.fired = True
+        expiry.task.cancel()
 
 
 #: The message kinds that carry a body, and so may travel in chunks.

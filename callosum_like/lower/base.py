@@ -71,12 +71,13 @@ class Received:
 
     Attributes:
         peer: The transport's key for the sender.
-        frames: The message's frames.
+        frames: The message's frames: ``bytes``, or for a large frame the buffer it was
+            received into (a ``bytearray`` or ``memoryview``), handed over without a copy.
         user_id: The authenticated user id of the sender (ZeroMQ CURVE), else ``None``.
     """
 
     peer: bytes
-    frames: list[bytes]
+    frames: list[Frame]
     user_id: str | None = None
 
 
@@ -250,15 +251,21 @@ class EventQueue:
 
     async def put(self, event: TransportEvent) -> None:
         """Queue ``event``, waiting while the queue is full; dropped once closed."""
-        if not self.offer(event) and not self._closed:
-            room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.offer(event):
+            await self.wait_space()
 
-            def make_room() -> None:
-                if not room.done():
-                    room.set_result(None)
+    async def wait_space(self) -> None:
+        """Wait until the queue has drained to half (or is closed)."""
+        if self._closed:
+            return
+        room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-            self.when_space(make_room)
-            await room
+        def make_room() -> None:
+            if not room.done():
+                room.set_result(None)
+
+        self.when_space(make_room)
+        await room
 
     async def get(self) -> TransportEvent:
         """The next event.

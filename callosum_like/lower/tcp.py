@@ -7,9 +7,12 @@ puts ``Connected``, ``Received`` and finally ``Disconnected`` into the endpoint'
 ``EventQueue``; a full queue stops the readers and TCP flow control pushes back on the
 senders. A framing violation (an oversized frame, a bad count) closes that connection only.
 
-Writes go out with ``writelines`` (no copy of large frames); a sender waits for ``drain``
-only once the socket's write buffer is past its high-water mark, so small messages cost no
-extra await.
+Writes: the first message of a loop iteration is written at once; the rest of the
+iteration's messages go out together in one ``write`` at its end (one ``writelines`` when
+large frames are among them, which are not copied). A sender waits for ``drain`` only once
+that batch or the socket's write buffer is past its high-water mark, so small messages cost
+no extra await. Reads feed a ``FrameDecoder``, which parses whole messages straight out
+of each chunk read.
 
 Slow consumers (bound side): one remote that does not read what we send must neither stall
 the others nor grow our memory. So on a bound endpoint a sender never waits for one remote;
@@ -47,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..addresses import Address, TCPAddress
 from ..errors import PeerClosedError, PeerDisconnectedError, ProtocolError
 from ..stats import DropLog
-from ..wire.framing import FrameDecoder, encode_message
+from ..wire.framing import FrameDecoder, FrameEncoder
 from .base import (
     CONNECTED_KEY,
     Connected,
@@ -71,6 +74,9 @@ log = logging.getLogger(__name__)
 READ_SIZE: Final = 256 * 1024
 #: Write-buffer size above which a sender waits for the socket to drain.
 WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
+#: Frames from this size on are written without a copy; smaller ones are copied into the
+#: batch's one buffer, which costs less than one more item for ``writelines``.
+COPY_LIMIT: Final = 16 * 1024
 #: Seconds before the first reconnection attempt; it doubles after each failed one.
 DEFAULT_RECONNECT_INTERVAL: Final = 0.05
 #: The longest wait between reconnection attempts: a restarted server is found within it.
@@ -90,42 +96,66 @@ MIN_UNSENT_SIZE: Final = 64 * 1024 * 1024
 class _Stream:
     """One TCP connection: its writer, its reader task, and its write batch.
 
-    Messages sent within one loop iteration are joined into one ``writelines`` at the end of
-    it (one system call instead of one per message); a lone message leaves on the very next
-    turn of the loop, so batching adds no waiting.
+    The first message of a loop iteration is written at once, so a lone message waits for
+    nothing; the messages sent after it in the same iteration go out together in one write
+    at the end of it (one system call instead of one per message). The ``FrameEncoder``
+    copies small frames into one buffer and passes frames of ``COPY_LIMIT`` bytes or more
+    through without a copy.
     """
 
     def __init__(self, writer: asyncio.StreamWriter, limits: _Limits | None = None) -> None:
         self.writer = writer
         self.task: asyncio.Task[Any] | None = None
-        self._batch: list[bytes | memoryview] = []
+        self._transport = writer.transport
+        self._batch = FrameEncoder(COPY_LIMIT)
+        self._holding = False  # a message was written this iteration: batch the rest
         self._loop = asyncio.get_running_loop()
         #: A bound endpoint's slow-consumer limits; ``None``: senders wait for ``drain``.
         self.limits = limits
         #: Why we dropped the remote as a slow consumer, once we did.
         self.slow: str | None = None
 
-    async def send(self, frames: Sequence[Frame]) -> None:
-        writer = self.writer
-        if writer.is_closing():
+    def queue(self, frames: Sequence[Frame]) -> bool:
+        """Add one message to the batch; return whether the sender must ``drain()`` now."""
+        if self._transport.is_closing():
             raise PeerDisconnectedError("the TCP connection is closed")
-        if not self._batch:
-            self._loop.call_soon(self._flush)
-        self._batch.extend(encode_message(frames))
-        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+        batch = self._batch
+        batch.add(frames)
+        if not self._holding:  # the first message of this loop iteration leaves at once
+            self._holding = True
+            self._loop.call_soon(self._release)
             self._flush()
-            if self.limits is not None:
-                self._check_unsent(self.limits.max_unsent_size)
-                return  # a bound endpoint never waits for one remote: its reader pauses
-            try:
-                await writer.drain()
-            except ConnectionError as exc:
-                raise PeerDisconnectedError(f"the TCP connection broke: {exc}") from None
+        if (
+            len(batch) <= WRITE_HIGH_WATER
+            and self._transport.get_write_buffer_size() <= WRITE_HIGH_WATER
+        ):
+            return False
+        self._flush()
+        if self.limits is not None:
+            self._check_unsent(self.limits.max_unsent_size)
+            return False  # a bound endpoint never waits for one remote: its reader pauses
+        return True
+
+    async def drain(self) -> None:
+        """Wait until the socket's write buffer is below its high-water mark."""
+        try:
+            await self.writer.drain()
+        except ConnectionError as exc:
+            raise PeerDisconnectedError(f"the TCP connection broke: {exc}") from None
+
+    def _release(self) -> None:
+        """The loop iteration ended: write what was sent after its first message."""
+        self._holding = False
+        self._flush()
 
     def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        if batch and not self.writer.is_closing():
-            self.writer.writelines(batch)
+        pieces = self._batch.data_to_send()
+        if not pieces or self._transport.is_closing():
+            return
+        if len(pieces) == 1:
+            self._transport.write(pieces[0])
+        else:
+            self._transport.writelines(pieces)
 
     def close(self) -> None:
         self._flush()
@@ -133,7 +163,7 @@ class _Stream:
 
     def abort(self) -> None:
         """Drop the connection now, discarding what is unsent (the remote may not read)."""
-        self._batch.clear()
+        self._batch.data_to_send()
         self.writer.transport.abort()
 
     # -- slow consumers (bound side) -----------------------------------------------------------
@@ -197,9 +227,11 @@ class _TCPConnection(Connection):
         reason = "closed by the remote"
         try:
             await self._events.put(Connected(key))
+            events = self._events
             while data := await reader.read(READ_SIZE):
                 for frames in decoder.feed(data):
-                    await self._events.put(Received(key, frames))
+                    if not events.offer(Received(key, frames)):
+                        await events.wait_space()
                 if stream.backlogged():
                     await stream.wait_for_room()
             self._count_cut_short(decoder)
@@ -233,7 +265,8 @@ class _TCPConnection(Connection):
         stream = self._streams.get(to if self.bound else CONNECTED_KEY)  # type: ignore[arg-type]
         if stream is None:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
-        await stream.send(frames)
+        if stream.queue(frames):  # no coroutine per message unless the socket pushes back
+            await stream.drain()
 
     async def disconnect(self, peer: bytes) -> None:
         """See ``Connection.disconnect``."""

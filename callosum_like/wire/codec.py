@@ -22,6 +22,7 @@ Callers: ``session``/``peer`` (encode/decode), ``dispatch`` (pack/unpack bodies)
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from typing import Any, Final, TypeAlias
 
@@ -65,6 +66,10 @@ COMPRESS_PROBE_SIZE: Final = 16 * 1024
 COMPRESS_MIN_GAIN: Final = 0.9
 
 _KNOWN_FLAGS: Final = FLAG_COMPRESSED | FLAG_CHUNKED
+#: ``bytes`` bodies from this size on are packed by ``pack_body`` itself (msgpack's bin 32).
+_DIRECT_BIN: Final = 1 << 16
+_MAX_BIN: Final = 2**32 - 1
+_BIN32: Final = b"\xc6"
 
 _OptStr = (str, type(None))
 _OptNum = (float, int, type(None))
@@ -151,6 +156,16 @@ def _layout(cls: type[m.Message]) -> _Layout:
 
 _BY_KIND: Final[dict[int, _Layout]] = {int(c.KIND): _layout(c) for c in _CLASSES}
 _BY_CLASS: Final[dict[type, _Layout]] = {lay.cls: lay for lay in _BY_KIND.values()}
+#: Per class, every tuple of field types its header may carry (optional trailing fields
+#: left out or not).
+_SIGNATURES: Final[dict[type, frozenset[tuple[type, ...]]]] = {
+    lay.cls: frozenset(
+        signature
+        for length in range(lay.required, len(lay.fields) + 1)
+        for signature in itertools.product(*lay.types[:length])
+    )
+    for lay in _BY_KIND.values()
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,6 +203,10 @@ def pack_body(value: Any) -> bytes:
     Raises:
         TypeError: ``value`` holds something msgpack cannot represent.
     """
+    if type(value) is bytes and _DIRECT_BIN <= len(value) <= _MAX_BIN:
+        # What msgpack writes (bin 32), in one copy: msgpack.packb would copy the bytes
+        # into its own buffer (grown to twice their size) and then copy that buffer out.
+        return _BIN32 + len(value).to_bytes(4, "big") + value
     try:
         packed: bytes = msgpack.packb(value, use_bin_type=True)
         return packed
@@ -273,8 +292,11 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message | Chunke
         max_body_size: The largest body accepted, before and after decompression.
 
     Returns:
-        The message, with every field of the type its class declares; or, for the head of a
-        chunked body, a ``ChunkedHead`` (whose size the caller checks as the chunks come).
+        The message, with every field of the type its class declares (except that an
+        uncompressed body is the body frame itself, not copied: ``bytes``, or the
+        ``bytearray``/``memoryview`` a transport received a large frame into); or, for the
+        head of a chunked body, a ``ChunkedHead`` (whose size the caller checks as the chunks
+        come).
 
     Raises:
         OversizeBodyError: The body is over ``max_body_size``.
@@ -331,11 +353,14 @@ def _decode_header(frame: Frame) -> list[Any]:
 
 
 def _check_fields(layout: _Layout, raw: list[Any]) -> dict[str, Any]:
-    if not layout.required <= len(raw) <= len(layout.fields):
-        raise ProtocolError(f"{layout.cls.__name__} needs {len(layout.fields)} fields")
-    for name, value, types in zip(layout.fields, raw, layout.types, strict=False):
-        if type(value) not in types:
-            raise ProtocolError(f"{layout.cls.__name__}.{name} has type {type(value).__name__}")
+    # One set lookup of the fields' types instead of a test per field (2.3 -> 1.7 us for a
+    # Call); the loop below only runs to name what is wrong.
+    if tuple(map(type, raw)) not in _SIGNATURES[layout.cls]:
+        if not layout.required <= len(raw) <= len(layout.fields):
+            raise ProtocolError(f"{layout.cls.__name__} needs {len(layout.fields)} fields")
+        for name, value, types in zip(layout.fields, raw, layout.types, strict=False):
+            if type(value) not in types:
+                raise ProtocolError(f"{layout.cls.__name__}.{name} has type {type(value).__name__}")
     values = dict(zip(layout.fields, raw, strict=False))
     for name in _ROUTE_FIELDS:
         route = values.get(name)
@@ -356,7 +381,7 @@ def _decode_body(frame: Frame, flags: int, max_body_size: int) -> bytes:
     if len(frame) > max_body_size:
         raise OversizeBodyError(m.Ping(), len(frame))
     if not flags & FLAG_COMPRESSED:
-        return bytes(frame)
+        return frame  # type: ignore[return-value]  # a buffer the transport handed over: no copy
     try:
         size = cramjam.snappy.decompress_raw_len(frame)
     except Exception as exc:

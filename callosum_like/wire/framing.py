@@ -20,18 +20,24 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeAlias
 
 from ..errors import ProtocolError
 
 __all__ = [
+    "Buffer",
     "MAX_FRAMES",
+    "LARGE_FRAME",
     "encode_message",
     "framed_size",
+    "FrameEncoder",
     "FrameDecoder",
     "pack_batch",
     "split_batch",
 ]
+
+#: What a frame may be: ``bytes``, or a buffer handed over without a copy.
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 #: Our messages have 1 or 2 frames; 16 leaves room for extensions and bounds the header work.
 MAX_FRAMES: Final = 16
@@ -40,6 +46,10 @@ _COUNT = struct.Struct("!H")
 _LENGTH = struct.Struct("!I")
 #: The largest length a u32 prefix can state: frames must be under 4 GiB.
 _MAX_LENGTH: Final = 2**32 - 1
+#: A frame at least this large that arrives in pieces is handed over as the ``bytearray``
+#: it was assembled in: copying it once more into ``bytes`` costs time and a second copy of
+#: it in memory at once.
+LARGE_FRAME: Final = 64 * 1024
 
 
 def encode_message(frames: Sequence[bytes | bytearray | memoryview]) -> list[bytes | memoryview]:
@@ -61,6 +71,59 @@ def encode_message(frames: Sequence[bytes | bytearray | memoryview]) -> list[byt
     return out
 
 
+class FrameEncoder:
+    """Frames messages for a byte stream, to be written in one go.
+
+    Small frames are copied into one growing buffer; a frame of ``copy_limit`` bytes or more
+    is kept by reference (never copied), between the buffered bytes before and after it.
+
+    Args:
+        copy_limit: The size from which frames are not copied, in bytes.
+    """
+
+    def __init__(self, copy_limit: int = 16 * 1024) -> None:
+        self._copy_limit = copy_limit
+        self._small = bytearray()  # framed bytes after the last large frame
+        self._pieces: list[bytes | bytearray | memoryview] = []  # all before ``_small``
+        self._size = 0
+
+    def __len__(self) -> int:
+        """Bytes queued."""
+        return self._size
+
+    def add(self, frames: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Queue one message.
+
+        Raises:
+            ValueError: No frames, more than ``MAX_FRAMES``, or a frame of 4 GiB or more.
+        """
+        if not 1 <= len(frames) <= MAX_FRAMES:
+            raise ValueError(f"a message has 1..{MAX_FRAMES} frames, got {len(frames)}")
+        small = self._small
+        small += _COUNT.pack(len(frames))
+        size = _COUNT.size
+        for frame in frames:
+            length = len(frame)
+            if length > _MAX_LENGTH:
+                raise ValueError(f"a frame must be under 4 GiB, got {length} bytes")
+            small += _LENGTH.pack(length)
+            if length < self._copy_limit:
+                small += frame
+            else:
+                self._pieces += [small, frame]
+                self._small = small = bytearray()
+            size += _LENGTH.size + length
+        self._size += size
+
+    def data_to_send(self) -> list[bytes | bytearray | memoryview]:
+        """Everything queued, in order, for ``writelines`` (often one buffer); then empty."""
+        pieces, small = self._pieces, self._small
+        self._pieces, self._small, self._size = [], bytearray(), 0
+        if small:
+            pieces.append(small)
+        return pieces
+
+
 def framed_size(frames: Sequence[bytes | bytearray | memoryview]) -> int:
     """Bytes ``frames`` take in this layout (count, lengths and the frames themselves)."""
     return _COUNT.size + _LENGTH.size * len(frames) + sum(map(len, frames))
@@ -68,6 +131,14 @@ def framed_size(frames: Sequence[bytes | bytearray | memoryview]) -> int:
 
 class FrameDecoder:
     """Reassembles messages from a byte stream.
+
+    Complete messages are parsed straight out of each chunk (one copy per frame: its slice).
+    Only a message that a chunk boundary splits is held, item by item: a partial count or
+    length prefix (a few bytes), the frames already complete, and the bytes of the frame in
+    progress, which grow as they arrive (never allocated ahead from a length prefix, so an
+    announced length costs nothing until its bytes come). A frame of ``LARGE_FRAME`` bytes
+    or more that was assembled across chunks is handed over as that ``bytearray``, with no
+    final copy.
 
     Args:
         max_frame_size: The largest frame accepted, in bytes.
@@ -77,50 +148,103 @@ class FrameDecoder:
         if max_frame_size <= 0:
             raise ValueError(f"max_frame_size must be positive, got {max_frame_size}")
         self._max_frame_size = max_frame_size
-        self._buffer = bytearray()
-        self._frames: list[bytes] = []
+        self._frames: list[Buffer] = []  # the complete frames of the message
         self._remaining = 0  # frames still to read in the current message; 0 = need a count
+        self._prefix = bytearray()  # a count or length prefix begun in an earlier chunk
+        self._length = -1  # length of the frame whose bytes are being read, -1 = none
+        self._body = bytearray()  # the bytes of that frame so far
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete message."""
-        return len(self._buffer) + sum(len(f) for f in self._frames)
+        return len(self._prefix) + len(self._body) + sum(len(f) for f in self._frames)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[list[bytes]]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[list[Buffer]]:
         """Add bytes; return every message they complete, in order.
 
         Raises:
             ProtocolError: The stream violates the framing or its limits.
         """
-        buf = self._buffer
-        buf += data
-        out: list[list[bytes]] = []
+        if type(data) is not bytes:
+            data = bytes(data)
+        out: list[list[Buffer]] = []
         pos = 0
-        while True:
-            if self._remaining == 0:
-                if len(buf) - pos < _COUNT.size:
-                    break
-                (count,) = _COUNT.unpack_from(buf, pos)
-                if not 1 <= count <= MAX_FRAMES:
-                    raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
-                pos += _COUNT.size
-                self._remaining = count
-            if len(buf) - pos < _LENGTH.size:
-                break
-            (length,) = _LENGTH.unpack_from(buf, pos)
-            if length > self._max_frame_size:
-                raise ProtocolError(f"frame of {length} bytes exceeds {self._max_frame_size}")
-            end = pos + _LENGTH.size + length
-            if len(buf) < end:
-                break
-            self._frames.append(bytes(buf[pos + _LENGTH.size : end]))
-            pos = end
-            self._remaining -= 1
-            if self._remaining == 0:
-                out.append(self._frames)
-                self._frames = []
-        del buf[:pos]
+        if self._remaining or self._prefix:  # finish the message a chunk boundary split
+            pos = self._resume(data, pos, out)
+        pos = self._whole(data, pos, out)
+        if pos < len(data):
+            self._resume(data, pos, out)
         return out
+
+    def _whole(self, data: bytes, pos: int, out: list[list[Buffer]]) -> int:
+        """Take every complete message from ``data[pos:]``; return where the rest starts."""
+        end, limit = len(data), self._max_frame_size
+        unpack_count, unpack_length = _COUNT.unpack_from, _LENGTH.unpack_from
+        while end - pos >= _COUNT.size:
+            (count,) = unpack_count(data, pos)
+            if not 1 <= count <= MAX_FRAMES:
+                raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
+            at = pos + _COUNT.size
+            frames: list[Buffer] = []
+            for _ in range(count):
+                if end - at < _LENGTH.size:
+                    return pos
+                (length,) = unpack_length(data, at)
+                if length > limit:
+                    raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
+                at += _LENGTH.size
+                if end - at < length:
+                    return pos
+                frames.append(data[at : at + length])
+                at += length
+            out.append(frames)
+            pos = at
+        return pos
+
+    def _resume(self, data: bytes, pos: int, out: list[list[Buffer]]) -> int:
+        """Read the message in progress item by item, until it is complete or data ends."""
+        end = len(data)
+        while True:
+            if self._length >= 0:  # reading a frame's bytes
+                body = self._body
+                take = min(self._length - len(body), end - pos)
+                body += memoryview(data)[pos : pos + take]
+                pos += take
+                if len(body) < self._length:
+                    return pos
+                self._frame_done(out)
+                if not self._remaining:
+                    return pos
+                continue
+            prefix = self._prefix
+            need = _LENGTH.size if self._remaining else _COUNT.size
+            take = min(need - len(prefix), end - pos)
+            prefix += data[pos : pos + take]
+            pos += take
+            if len(prefix) < need:
+                return pos
+            value = int.from_bytes(prefix, "big")
+            prefix.clear()
+            self._prefix_done(value)
+
+    def _prefix_done(self, value: int) -> None:
+        if not self._remaining:
+            if not 1 <= value <= MAX_FRAMES:
+                raise ProtocolError(f"frame count {value} not in 1..{MAX_FRAMES}")
+            self._remaining = value
+        elif value > self._max_frame_size:
+            raise ProtocolError(f"frame of {value} bytes exceeds {self._max_frame_size}")
+        else:
+            self._length = value
+
+    def _frame_done(self, out: list[list[Buffer]]) -> None:
+        body, self._body = self._body, bytearray()
+        self._frames.append(body if len(body) >= LARGE_FRAME else bytes(body))
+        self._length = -1
+        self._remaining -= 1
+        if not self._remaining:
+            out.append(self._frames)
+            self._frames = []
 
 
 def pack_batch(messages: Sequence[Sequence[bytes | bytearray | memoryview]]) -> bytes:
@@ -145,7 +269,7 @@ def pack_batch(messages: Sequence[Sequence[bytes | bytearray | memoryview]]) -> 
     return b"".join(pieces)
 
 
-def split_batch(data: bytes) -> list[list[bytes]]:
+def split_batch(data: Buffer) -> list[list[Buffer]]:
     """Split a batch (one or more messages in this module's layout, back to back).
 
     The batch is already in memory, so splitting allocates no more than its size: the caller
@@ -160,11 +284,13 @@ def split_batch(data: bytes) -> list[list[bytes]]:
     Raises:
         ProtocolError: The batch is empty, has a bad frame count, or ends inside a message.
     """
+    if type(data) is not bytes:
+        data = bytes(data)
     end_all = len(data)
     if not end_all:
         raise ProtocolError("empty batch")
     unpack_count, unpack_length = _COUNT.unpack_from, _LENGTH.unpack_from
-    out: list[list[bytes]] = []
+    out: list[list[Buffer]] = []
     pos = 0
     while pos < end_all:
         if end_all - pos < _COUNT.size:
@@ -173,7 +299,7 @@ def split_batch(data: bytes) -> list[list[bytes]]:
         if not 1 <= count <= MAX_FRAMES:
             raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
         pos += _COUNT.size
-        frames: list[bytes] = []
+        frames: list[Buffer] = []
         for _ in range(count):
             if end_all - pos < _LENGTH.size:
                 raise ProtocolError("batch ends inside a frame length")

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import struct
 import tempfile
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -83,29 +85,57 @@ async def test_a_hostile_batch_is_dropped_and_counted_and_the_link_goes_on() -> 
         await server.aclose()
 
 
-@pytest.mark.timeout(30)
-@pytest.mark.asyncio
-async def test_small_messages_of_one_iteration_leave_in_one_zeromq_message() -> None:
-    transport = ZeroMQTransport()
-    server = await transport.bind(ZeroMQAddress("tcp://127.0.0.1:0"), max_frame_size=1 << 20)
+@contextlib.asynccontextmanager
+async def to_a_raw_router() -> AsyncIterator[tuple[Connection, zmq.Socket[Any]]]:
+    """A connected endpoint of ours, and the raw ROUTER socket it is connected to."""
     raw: zmq.Socket[Any] = zmq.Socket(shared_context(), zmq.ROUTER)
     try:
         port = raw.bind_to_random_port("tcp://127.0.0.1")
-        client = await transport.connect(
+        client = await ZeroMQTransport().connect(
             ZeroMQAddress(f"tcp://127.0.0.1:{port}"), max_frame_size=1 << 20
         )
         try:
             await client.send([b"connected?"])  # IMMEDIATE: queued until the pipe is up
             assert (await receive_raw(raw))[1:] == [b"connected?"]
             await asyncio.sleep(0)  # end the loop iteration that sent it
-            for i in range(100):
-                await client.send([b"h", bytes([i])])
-            first, second = await receive_raw(raw), await receive_raw(raw)
-            assert first[1:] == [b"h", b"\x00"]  # the first left at once, on its own
-            assert second[1] == b""  # the other 99 in one batch
-            assert split_batch(second[2]) == [[b"h", bytes([i])] for i in range(1, 100)]
+            yield client, raw
         finally:
             await client.aclose()
     finally:
         raw.close(linger=0)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_small_messages_of_one_iteration_leave_in_one_zeromq_message() -> None:
+    async with to_a_raw_router() as (client, raw):
+        for i in range(100):
+            await client.send([b"h", bytes([i])])
+        first, second = await receive_raw(raw), await receive_raw(raw)
+        assert first[1:] == [b"h", b"\x00"]  # the first left at once, on its own
+        assert second[1] == b""  # the other 99 in one batch
+        assert split_batch(second[2]) == [[b"h", bytes([i])] for i in range(1, 100)]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_a_large_message_travels_escaped_and_arrives_without_a_copy() -> None:
+    big = bytes(range(256)) * 1024
+    async with to_a_raw_router() as (client, raw):
+        await client.send([b"h", big])
+        assert (await receive_raw(raw))[1:] == [b"", b"", b"h", big]
+    transport = ZeroMQTransport()
+    server = await transport.bind(ZeroMQAddress("tcp://127.0.0.1:0"), max_frame_size=1 << 20)
+    try:
+        main = await transport.connect(ZeroMQAddress(server.local_address), max_frame_size=1 << 20)
+        try:
+            await main.send([b"h", big])
+            while not isinstance(event := await server.receive(), Received):
+                pass
+            assert event.frames == [b"h", big]
+            assert type(event.frames[0]) is bytes
+            assert type(event.frames[1]) is memoryview  # ZeroMQ's buffer, not a copy
+        finally:
+            await main.aclose()
+    finally:
         await server.aclose()

@@ -269,7 +269,7 @@ DECLARED: dict[str, tuple[type, ...]] = {
     "timeout": (float, int, type(None)),
     "stream": (bool,),
     "upload": (bool,),
-    "body": (bytes,),
+    "body": (bytes, bytearray, memoryview),  # the frame as the transport handed it over
     "target": (str, type(None)),
     "origin": (str, type(None)),
     "peer": _STR,
@@ -401,6 +401,21 @@ def test_decoding_accepts_bytearray_and_memoryview_frames(msg: m.Message, compre
     decoded = decode([memoryview(f) for f in frames], max_body_size=BIG)
     assert decoded == msg
     assert_well_typed(decoded)
+
+
+def test_an_uncompressed_body_frame_is_not_copied() -> None:
+    header, body = encode(m.Result(id=1, body=pack_body(b"x" * 100_000)), compress=False)
+    for frame in (body, bytearray(body), memoryview(body)):
+        decoded = decode([header, frame], max_body_size=BIG)
+        assert isinstance(decoded, m.Result)
+        assert decoded.body is frame
+
+
+def test_a_large_bytes_body_packs_as_msgpack_does() -> None:
+    for size in (2**16 - 1, 2**16, 3 * 2**20):
+        value = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        assert pack_body(value) == msgpack.packb(value, use_bin_type=True)
+        assert unpack_body(pack_body(value)) == value
 
 
 @given(value=VALUES)

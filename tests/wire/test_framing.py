@@ -17,8 +17,10 @@ from callosum_like.errors import ProtocolError
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import decode, encode, pack_body
 from callosum_like.wire.framing import (
+    LARGE_FRAME,
     MAX_FRAMES,
     FrameDecoder,
+    FrameEncoder,
     encode_message,
     framed_size,
     pack_batch,
@@ -275,3 +277,69 @@ def test_the_batch_example_of_protocol_md() -> None:
     batch = pack_batch([[b"\x91\x01", b"\xc0"], [b"ab"]])
     assert batch == bytes.fromhex("0002 00000002 9101 00000001 c0  0001 00000002 6162")
     assert split_batch(batch) == [[b"\x91\x01", b"\xc0"], [b"ab"]]
+
+
+# -- the encoder: one buffer for small frames, large ones by reference ------------------------
+
+
+@given(messages=STREAMS, limit=st.integers(1, MAX_FRAME + 1))
+def test_encoder_output_is_the_stream_layout(messages: list[list[bytes]], limit: int) -> None:
+    encoder = FrameEncoder(copy_limit=limit)
+    for frames in messages:
+        encoder.add(frames)
+    assert len(encoder) == len(wire(messages))
+    assert b"".join(encoder.data_to_send()) == wire(messages)
+    assert len(encoder) == 0
+    assert encoder.data_to_send() == []
+
+
+def test_encoder_passes_large_frames_through_without_a_copy() -> None:
+    big = b"x" * 100
+    view = memoryview(b"y" * 200)
+    encoder = FrameEncoder(copy_limit=100)
+    encoder.add([b"small", big])
+    encoder.add([view])
+    encoder.add([b"tail"])
+    pieces = encoder.data_to_send()
+    assert pieces[1] is big
+    assert pieces[3] is view
+    assert len(pieces) == 5
+    assert b"".join(pieces) == wire([[b"small", big], [bytes(view)], [b"tail"]])
+
+
+@pytest.mark.parametrize("count", [0, MAX_FRAMES + 1])
+def test_encoder_refuses_bad_frame_counts(count: int) -> None:
+    with pytest.raises(ValueError, match="frames"):
+        FrameEncoder().add([b"x"] * count)
+    with pytest.raises(ValueError, match="frame"):
+        FrameEncoder().add([_FourGiB(b"x")])
+
+
+# -- the decoder: large frames in pieces, and announced lengths cost nothing ------------------
+
+
+def test_a_large_frame_assembled_from_pieces_is_handed_over_without_a_copy() -> None:
+    big = bytes(range(256)) * (LARGE_FRAME // 256 * 3)
+    data = wire([[b"h", big], [b"next"]])
+    decoder = FrameDecoder(len(big))
+    out: list[list[bytes]] = []
+    for i in range(0, len(data), 10_000):
+        out.extend(decoder.feed(data[i : i + 10_000]))
+    assert out == [[b"h", big], [b"next"]]
+    assert type(out[0][1]) is bytearray
+    assert type(out[0][0]) is bytes
+
+
+def test_a_whole_message_in_one_chunk_gives_bytes() -> None:
+    big = b"z" * (2 * LARGE_FRAME)
+    [[frame]] = FrameDecoder(len(big)).feed(wire([[big]]))
+    assert type(frame) is bytes
+    assert frame == big
+
+
+def test_an_announced_length_holds_no_memory_until_its_bytes_arrive() -> None:
+    decoder = FrameDecoder(2**30)
+    assert decoder.feed(struct.pack("!HI", 1, 2**30)) == []
+    assert decoder.buffered == 0
+    assert decoder.feed(b"abc") == []
+    assert decoder.buffered == 3
