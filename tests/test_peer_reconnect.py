@@ -216,7 +216,17 @@ async def test_a_server_that_hung_is_found_again_after_the_heartbeat_gave_up(
                 assert (event.kind, event.reason) == (DISCONNECTED, "heartbeat lost")
                 server.proc.send_signal(signal.SIGCONT)
                 assert (await next_event(events)).kind is CONNECTED
-            assert await client.invoke("call_back", 4) == 8
+            # The woken server still works through what queued up while it was stopped (its
+            # own heartbeat may end the new link once more, seen once in CI on a loaded
+            # machine): what must hold is that the client gets back without help.
+            for attempt in range(3):
+                await client.wait_for_peer("server", timeout=15)
+                try:
+                    assert await client.invoke("call_back", 4) == 8
+                    break
+                except cl.PeerDisconnectedError:
+                    if attempt == 2:
+                        raise
     finally:
         server.proc.send_signal(signal.SIGCONT)
         server.kill()
