@@ -24,6 +24,12 @@ codec and the dispatcher meet.
   same way, and its order keys are scoped per (link, origin). A ``Forwarder`` (the relay's,
   in ``relay``) plugs into a peer to take the calls it should pass on and the replies,
   cancels and credit of those calls; a peer without one behaves exactly as before.
+* A connecting peer's transport reconnects by itself; each ``Connected`` it reports starts a
+  new link and a new handshake. A heartbeat that expires asks the transport to drop the
+  connection (``disconnect``), which on the connecting side means: make a new one. Only a
+  ``Goodbye`` saying that a newer connection took our identity stops that (no flapping).
+* Every link coming and going is a ``PeerEvent`` (``events``); counters and gauges live in
+  ``stats`` and each call made or served is logged to ``callosum_like.rpc`` when enabled.
 """
 
 from __future__ import annotations
@@ -475,7 +481,7 @@ class Peer:
         )
         finished = False
         try:
-            await self._send(link, msg)
+            await self._send_call(link, msg)
             while True:
                 reply = await self._next_item(inbox, deadline, method)
                 if type(reply) is m.StreamEnd:
@@ -763,7 +769,7 @@ class Peer:
         upload: AsyncIterable[Body] | None = None,
     ) -> m.Message:
         try:
-            await self._send(link, msg)
+            await self._send_call(link, msg)
         except BaseException:
             link.session.call_input(msg.id, CallInput.REPLY)  # it never left whole: forget it
             if future.done() and not future.cancelled():
@@ -814,6 +820,23 @@ class Peer:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _send_call(self, link: Link, msg: m.Call) -> None:
+        """Send a call; if its link turns out to be gone, end the link at once.
+
+        The transport may know the connection is gone before its ``Disconnected`` event is
+        handled. Ending the link now keeps ``peers`` and ``wait_for_peer`` truthful, so a
+        caller that waits for the peer and retries does wait (for the reconnection) instead
+        of failing again and again without ever yielding to the event loop.
+        """
+        try:
+            await self._send(link, msg)
+        except PeerDisconnectedError as exc:
+            if link.pending.pop(msg.id, None) is not None:  # invoke's: it raises this error
+                self._counters.count_error(type(exc).__name__)
+            if self._links.get(link.key) is link:
+                await self._link_lost(link.key, LinkInput.LOST, str(exc))
+            raise
 
     async def _send_quietly(self, link: Link, msg: m.Message) -> None:
         with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
@@ -1210,7 +1233,12 @@ class Peer:
             await self._forwarder.link_lost(link, reason)
         link.session.forget_calls()
         await self._dispatcher.drop_link(key)
-        if self._welcomed is not None and not self._welcomed.done():
+        # A transport that reconnects gets another try, within connect_timeout; but a remote
+        # that turned us away on purpose (Goodbye before its Welcome) gets no retry.
+        retry = why is not LinkInput.GOODBYE and (
+            self._connection is not None and self._connection.reconnects
+        )
+        if self._welcomed is not None and not self._welcomed.done() and not retry:
             self._welcomed.set_exception(PeerDisconnectedError(reason))
         for name in self._routes.drop_link(key):
             self._peer_vanished(name, reason)

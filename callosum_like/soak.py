@@ -81,6 +81,12 @@ CALL_TIMEOUT: Final = 10.0
 #: Heartbeat of every peer of the soak: a dead link is noticed within seconds.
 HEARTBEAT_INTERVAL: Final = 1.0
 HEARTBEAT_TIMEOUT: Final = 4.0
+#: Attempts to start a server life, a quarter of a second apart.
+RESTART_ATTEMPTS: Final = 20
+#: Seconds a kill and restart may take before it counts as a failure.
+RESTART_TIMEOUT: Final = 60.0
+#: Seconds the load gets to stop at the end.
+STOP_TIMEOUT: Final = 30.0
 #: Failure kinds a kill may cause.
 ALLOWED: Final = frozenset({"PeerDisconnectedError"})
 #: What a ZeroMQ client reports when the server dies in the middle of its CURVE handshake:
@@ -244,21 +250,25 @@ class Site:
         self.address: AddressLike = ""
 
     async def start_server(self) -> None:
-        """Start a server life; retried while the killed one's port is released."""
+        """Start a server life; retried while the killed one's port is released.
+
+        Raises:
+            RuntimeError: No server could be started at the port (the soak fails).
+        """
         argv = ["soak-server", "--transport", self.transport, "--port", str(self.port)]
-        for _attempt in range(20):
-            server = ChildProcess(f"{self.transport} server", argv, relay=False)
+        for _attempt in range(RESTART_ATTEMPTS):
+            server = ChildProcess(f"{self.transport} server", argv)  # its output is relayed
             await server.__aenter__()
             try:
                 address = await server.ready()
-            except RuntimeError:  # it could not bind yet
+            except (RuntimeError, TimeoutError) as exc:  # it could not bind (yet), or hung
+                print(f"{self.transport} server did not start: {exc!r}; trying again", flush=True)
                 await server.__aexit__(None, None, None)
                 await asyncio.sleep(0.25)
                 continue
             self.server = server
-            self.address = (
-                TCPAddress("127.0.0.1", self.port) if self.transport == "tcp" else address
-            )
+            tcp = self.transport == "tcp"
+            self.address = TCPAddress("127.0.0.1", self.port) if tcp else address
             return
         raise RuntimeError(f"the {self.transport} server did not start")
 
@@ -266,13 +276,21 @@ class Site:
         """SIGKILL the server, wait ``DOWN_TIME``, and start a new one at the same port."""
         assert self.server is not None
         self.tally.killed(self.transport)
-        self.server_rss.append(rss_mb(self.server.pid))
+        memory = rss_mb(self.server.pid)
+        self.server_rss.append(memory)
         os.kill(self.server.pid, signal.SIGKILL)
         await self.server.__aexit__(None, None, None)
         self.kills += 1
         await asyncio.sleep(DOWN_TIME)
         await self.start_server()
         self.tally.restarted(self.transport)
+        print(
+            f"{time.strftime('%H:%M:%S')} killed the {self.transport} server "
+            f"(RSS {memory:.1f} MiB) and restarted it; "
+            f"{sum(self.tally.ok.values())} calls so far, failures {dict(self.tally.failures)}, "
+            f"this process: RSS {rss_mb():.1f} MiB, {len(asyncio.all_tasks())} tasks",
+            flush=True,
+        )
 
     async def stop_server(self) -> float:
         """Stop the last server life cleanly; return its resident memory at the end."""
@@ -428,7 +446,14 @@ async def killer(site: Site, interval: float, offset: float, stop: asyncio.Event
             async with asyncio.timeout(delay):
                 await stop.wait()
                 return
-        await site.kill_server()
+        try:
+            async with asyncio.timeout(RESTART_TIMEOUT):
+                await site.kill_server()
+        except (RuntimeError, TimeoutError, OSError) as exc:  # fails the soak; keep going
+            site.tally.unexpected["ServerRestartError"] += 1
+            print(f"could not kill and restart the {site.transport} server: {exc!r}", flush=True)
+            if site.server is None or site.server.returncode is not None:
+                await site.start_server()
         delay = interval
 
 
@@ -458,12 +483,13 @@ async def soak(options: Options) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as clients:
         floods = await asyncio.gather(*(flood(site, options.flood) for site in sites))
         report["flood"] = dict(zip(options.transports, floods, strict=True))
+        report["client_rss_warm"] = rss_mb()  # after the flood's thousands of tasks
         stop = asyncio.Event()
         tasks = await _start_load(sites, options, clients, stop)
         remaining = options.duration - (time.monotonic() - started)
         await asyncio.sleep(max(remaining, 0))
         stop.set()
-        await asyncio.gather(*tasks)
+        await _finish(tasks, tally)
         report["last_calls_ok"] = await _final_check(sites, clients)
     report["client_rss_end"] = rss_mb()
     report["server_rss_end"] = {site.transport: await site.stop_server() for site in sites}
@@ -492,6 +518,20 @@ async def _start_load(
         offset = options.kill_interval * (1 + index / max(len(sites), 1) / 2)
         tasks.append(asyncio.create_task(killer(site, options.kill_interval, offset, stop)))
     return tasks
+
+
+async def _finish(tasks: list[asyncio.Task[None]], tally: Tally) -> None:
+    """Wait for the load to stop; a task that does not, or that crashed, fails the soak."""
+    done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+    for task in stuck:
+        tally.unexpected["StuckTask"] += 1
+        print(f"still running {STOP_TIMEOUT:.0f} s after the end: {task!r}", flush=True)
+        task.cancel()
+    await asyncio.gather(*stuck, return_exceptions=True)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            tally.unexpected[f"crashed: {type(task.exception()).__name__}"] += 1
+            print(f"a task of the soak crashed: {task.exception()!r}", flush=True)
 
 
 async def _final_check(sites: list[Site], clients: contextlib.AsyncExitStack) -> bool:
@@ -531,7 +571,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"kills: {', '.join(f'{t} {n}' for t, n in report['kills'].items())}")
     lines.append(
         f"client RSS: {report['client_rss_start']:.1f} MiB at start, "
-        f"{report['client_rss_end']:.1f} MiB at end"
+        f"{report['client_rss_warm']:.1f} after the flood, {report['client_rss_end']:.1f} at end"
     )
     for transport, lives in report["server_rss_lives"].items():
         figures = ", ".join(f"{value:.1f}" for value in lives)
@@ -547,8 +587,8 @@ def run_soak(args: argparse.Namespace) -> int:
         args.duration, tuple(transports), args.kill_interval, args.clients, args.flood, args.json
     )
     print(
-        f"soaking for {options.duration:.0f} s ({'+'.join(transports)}); "
-        f"this process and its servers print the report at the end",
+        f"soaking for {options.duration:.0f} s ({'+'.join(transports)}): a flood first, "
+        f"then mixed load with a line per server kill, and the report at the end",
         flush=True,
     )
     report = asyncio.run(soak(options))

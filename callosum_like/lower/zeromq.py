@@ -42,8 +42,9 @@ Theory of operation:
 * Connected (DEALER, ``IMMEDIATE`` so nothing queues on a dead pipe): ``Connected`` is
   reported at once; a socket monitor reports ``Disconnected`` when the TCP/IPC connection
   drops, ``Connected`` again when it is re-established, and ``AuthFailed`` when the CURVE
-  handshake is refused. ZeroMQ reconnects by itself, after ``reconnect_interval`` and then
-  with the interval doubling up to ``reconnect_max_interval`` (``ZMQ_RECONNECT_IVL`` and
+  handshake is refused (without CURVE a failed handshake is only a broken connection).
+  ZeroMQ reconnects by itself, after ``reconnect_interval`` and then with the interval
+  doubling up to ``reconnect_max_interval`` (``ZMQ_RECONNECT_IVL`` and
   ``ZMQ_RECONNECT_IVL_MAX``).
 * CURVE: with an authenticator, the ROUTER is a CURVE server whose ZAP handler calls the
   authenticator (``lower.zap``); each message then carries the authenticated ``User-Id``.
@@ -570,9 +571,16 @@ class _Dealer(_ZeroMQConnection):
     reconnects = True
 
     def __init__(
-        self, sock: zmq.Socket[Any], endpoint: str, max_frame_size: int, *, monitored: bool
+        self,
+        sock: zmq.Socket[Any],
+        endpoint: str,
+        max_frame_size: int,
+        *,
+        monitored: bool,
+        secure: bool = False,
     ) -> None:
         super().__init__(sock, endpoint, max_frame_size)
+        self._secure = secure  # CURVE: a failed handshake means refused or wrong keys
         self._connected = True
         self._fd: int | None = None  # of the current TCP/IPC connection, from the monitor
         self.reconnects = monitored  # inproc:// reports nothing to reconnect on
@@ -599,12 +607,15 @@ class _Dealer(_ZeroMQConnection):
             if self._fd is not None and event["value"] != self._fd:
                 return True  # a connection that ``disconnect`` already replaced
             self._connected = False
+            self._driver.discard_queued()  # for the lost link: not to reach the next one
             self._events.offer(Disconnected(CONNECTED_KEY, "connection dropped"))
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected:
             self._connected = True
             self._events.offer(Connected(CONNECTED_KEY))
-        elif kind in _AUTH_FAILURES:
+        elif kind in _AUTH_FAILURES and self._secure:
             self._events.offer(AuthFailed(_AUTH_FAILURES[kind]))
+        # Without CURVE a failed handshake is a connection that broke during it (a server
+        # being killed, something else at the port): ZeroMQ tries again, and so do we.
         return True  # a handful of events: never worth pausing for
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
@@ -730,7 +741,9 @@ class ZeroMQTransport(Transport):
             sock.close(linger=0)
             raise
         # inproc:// has no handshake and no monitor events.
-        return _Dealer(sock, uri, max_frame_size, monitored=not uri.startswith("inproc://"))
+        monitored = not uri.startswith("inproc://")
+        secure = authenticator is not None
+        return _Dealer(sock, uri, max_frame_size, monitored=monitored, secure=secure)
 
 
 def _zmq_uri(address: Address) -> str:
