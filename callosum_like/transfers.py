@@ -224,10 +224,10 @@ class Reassembly:
         """Whether ``transfer`` is being assembled (its chunks get acknowledged)."""
         return transfer in self._open
 
-    def abort(self, transfer: int) -> bool:
-        """The sender gave ``transfer`` up; False if it was neither open nor refused."""
-        was_stopped = self._stopped.pop(transfer, 0) is None
-        return self._open.pop(transfer, None) is not None or was_stopped
+    def abort(self, transfer: int) -> None:
+        """The sender gave ``transfer`` up: forget it, whether open, refused or never seen."""
+        self._stopped.pop(transfer, None)
+        self._open.pop(transfer, None)
 
     def _remember_stopped(self, transfer: int) -> None:
         self._stopped[transfer] = None

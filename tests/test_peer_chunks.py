@@ -138,7 +138,7 @@ async def test_a_timeout_while_sending_forgets_the_partial_body(make_pair: PairF
     async def count(request: cl.Request) -> None:
         ran.append(len(request.body))
 
-    # A slow remote: its loop is blocked now and then, so a large body cannot finish in time.
+    # 2,000 chunks cannot go out within a millisecond: the call times out while sending.
     server, client = await make_pair(chunk_size=CHUNK, client={"chunk_size": CHUNK})
     server.handle_function("count", count)
     with pytest.raises(cl.RPCTimeoutError):
