@@ -44,8 +44,9 @@ from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
 from .stats import Counters, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox, UploadBody
+from .transfers import load_body
 from .wire import messages as m
-from .wire.codec import pack_body, unpack_body
+from .wire.codec import pack_body
 
 __all__ = ["Dispatcher", "Registration", "CLOSE_TIMEOUT"]
 
@@ -299,7 +300,7 @@ class Dispatcher:
         await self._answer(inbound, reply)
 
     async def _execute(self, inbound: _Inbound) -> Reply:
-        request = self._request(inbound)
+        request = await self._request(inbound)
         if type(request) is not Request:
             return request  # type: ignore[return-value]
         call = inbound.call
@@ -329,7 +330,7 @@ class Dispatcher:
         except TypeError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
 
-    def _request(self, inbound: _Inbound) -> Request | m.Error:
+    async def _request(self, inbound: _Inbound) -> Request | m.Error:
         """The handler's ``Request`` for ``inbound``, or the error that answers it instead."""
         call = inbound.call
         if call.stream != inbound.registration.stream:
@@ -337,7 +338,7 @@ class Dispatcher:
             msg = f"method {call.method!r} is {kind}"
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
         try:
-            body = self._body_of(inbound)
+            body = await self._body_of(inbound)
         except ProtocolError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
         return Request(
@@ -348,10 +349,10 @@ class Dispatcher:
             headers=call.headers or {},
         )
 
-    def _body_of(self, inbound: _Inbound) -> Any:
+    async def _body_of(self, inbound: _Inbound) -> Any:
         if inbound.upload is None:
             call = inbound.call
-            body = unpack_body(call.body)
+            body = await load_body(call.body)
             if len(call.body) >= RELEASE_BODY_SIZE:  # unpacked: let the packed copy go now
                 inbound.call = dataclasses.replace(call, body=m.EMPTY_BODY)
             return body
@@ -361,7 +362,7 @@ class Dispatcher:
             if not inbound.silent:
                 await self._send(link, msg)
 
-        return UploadBody(inbound.call.id, inbound.upload, send_credit, unpack_body)
+        return UploadBody(inbound.call.id, inbound.upload, send_credit, load_body)
 
     async def _produce(self, inbound: _Inbound, request: Request) -> Reply:
         """Run a stream handler, sending each item as the consumer's credit allows."""

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import secrets
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Hashable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, cast
@@ -86,7 +86,13 @@ from .routing import RouteTable, scoped
 from .session import CallInput, LinkInput, Session
 from .stats import Counters, DropLog, Gauges, PeerStatistics, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox
-from .transfers import DEFAULT_CHUNK_SIZE, OutgoingTransfers, Reassembly, TransferStopped
+from .transfers import (
+    DEFAULT_CHUNK_SIZE,
+    OutgoingTransfers,
+    Reassembly,
+    TransferStopped,
+    load_body,
+)
 from .wire import messages as m
 from .wire.codec import (
     MAX_HEADER_SIZE,
@@ -435,6 +441,8 @@ class Peer:
         )
         reply = await self._await_reply(link, msg, msg.timeout, upload)
         try:
+            if type(reply) is m.Result and type(reply.body) is m.LargeBody:
+                return await _load_result(reply.body)
             return _outcome(reply)
         except Exception as exc:
             self._counters.count_error(type(exc).__name__)
@@ -491,7 +499,7 @@ class Peer:
                     finished = True
                     _outcome(reply)  # raises the remote's error
                     raise RPCInternalError(f"{type(reply).__name__} in a stream")
-                yield unpack_body(reply.body)
+                yield await load_body(reply.body)
                 if inbox.consumed():
                     self._spawn_background(self._send_quietly(link, inbox.credit_message(call_id)))
         finally:
@@ -870,12 +878,9 @@ class Peer:
         finished = False
         try:
             await self._send_frames(link, encode_head(msg, transfer))
-            body = memoryview(msg.body)  # type: ignore[union-attr]
-            step = self._chunk_size
-            for start in range(0, len(body), step):
+            for part in _slices(msg.body, self._chunk_size):  # type: ignore[union-attr]
                 await link.outgoing.take(transfer)
-                part = cast(bytes, body[start : start + step])  # a view: no copy
-                chunk = m.Chunk(transfer=transfer, body=part)
+                chunk = m.Chunk(transfer=transfer, body=cast(bytes, part))
                 await self._send_frames(link, encode(chunk, compress=self._compress))
             finished = True
         except TransferStopped:
@@ -1302,6 +1307,14 @@ def _expire(expiry: _Expiry) -> None:
 _BODY_KINDS: Final = frozenset({m.Call, m.Result, m.StreamItem, m.UploadItem})
 
 
+def _slices(body: m.PackedBody, size: int) -> Iterator[bytes | memoryview]:
+    """``body`` cut into chunks of ``size`` bytes, as views where it can (no copy)."""
+    if type(body) is m.LargeBody:
+        return body.slices(size)
+    view = memoryview(cast(bytes, body))
+    return (view[start : start + size] for start in range(0, len(view), size))
+
+
 async def _after_bulk(link: Link, order_key: str | None) -> None:
     """Wait until no chunked call with ``order_key`` is being sent on ``link``."""
     while order_key is not None and (pending := link.bulk_keys.get(order_key)) is not None:
@@ -1322,6 +1335,14 @@ def _outcome(reply: m.Message) -> Body:
     if type(reply) is m.Cancelled:
         raise RPCCancelledError(reply.reason or "the remote cancelled the call")
     raise AssertionError(f"not a reply: {reply!r}")
+
+
+async def _load_result(body: m.LargeBody) -> Body:
+    """``_outcome`` of a ``Result`` with a large body, which is joined off the event loop."""
+    try:
+        return await load_body(body)
+    except ProtocolError as exc:
+        raise RPCInternalError(f"undecodable result: {exc}") from None
 
 
 def _call_outcome(future: asyncio.Future[m.Message]) -> str:

@@ -14,6 +14,10 @@ it waits behind at most a few chunks, not behind the whole body.
   (``ChunkStop``) before any chunk is buffered, and a transfer whose chunks overrun the size
   its head announced is a protocol error. Buffers grow only as bytes arrive, and a link holds
   at most ``MAX_OPEN_TRANSFERS`` transfers at once.
+* Neither side copies a large body whole on the event loop: the sender cuts its chunks
+  from the ``LargeBody`` that ``pack_body`` made (views of the caller's bytes), and the
+  receiver keeps the chunks as they came and joins them on a worker thread when the body is
+  used (``load_body``; ``bytes.join`` drops the GIL while it copies).
 * A sender that gives up (its caller cancelled or timed out) sends ``ChunkAbort``; the
   receiver forgets the partial body. A link that ends fails every transfer on it.
 
@@ -24,13 +28,15 @@ bookkeeping. Only ``peer`` uses this module.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Final, cast
+from typing import Any, Final
 
 from .errors import ProtocolError
 from .wire import messages as m
-from .wire.codec import ChunkedHead, OversizeBodyError
+from .wire.codec import ChunkedHead, OversizeBodyError, unpack_body
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -39,6 +45,8 @@ __all__ = [
     "TransferStopped",
     "OutgoingTransfers",
     "Reassembly",
+    "OFFLOAD_SIZE",
+    "load_body",
 ]
 
 #: Bytes per chunk unless the peer sets ``chunk_size``. Chosen by measurement (see
@@ -49,6 +57,9 @@ DEFAULT_CHUNK_SIZE: Final = 256 * 1024
 CHUNK_WINDOW: Final = 4
 #: Transfers a receiver assembles at once per link; a sender never opens more.
 MAX_OPEN_TRANSFERS: Final = 16
+#: A received body at least this large is joined on a worker thread, not on the event loop.
+#: Below it the copy takes well under a millisecond, less than handing it to a thread.
+OFFLOAD_SIZE: Final = 1 << 20
 #: Refused transfers whose in-flight chunks are ignored quietly until their sender aborts.
 _STOPPED_MEMORY: Final = 64
 
@@ -150,7 +161,8 @@ def _wake(state: _Outgoing) -> None:
 @dataclass(eq=False)
 class _Incoming:
     head: ChunkedHead
-    buffer: bytearray = field(default_factory=bytearray)
+    parts: list[bytes] = field(default_factory=list)
+    received: int = 0
 
 
 class Reassembly:
@@ -171,7 +183,7 @@ class Reassembly:
     @property
     def buffered(self) -> int:
         """Bytes held in partial bodies."""
-        return sum(len(incoming.buffer) for incoming in self._open.values())
+        return sum(incoming.received for incoming in self._open.values())
 
     def begin(self, head: ChunkedHead) -> None:
         """A chunked message starts.
@@ -196,6 +208,8 @@ class Reassembly:
     def feed(self, chunk: m.Chunk) -> m.Message | None:
         """Add a chunk; the whole message once its last chunk is in, else None.
 
+        The whole message's body is a ``LargeBody`` of the chunks as they came.
+
         Raises:
             ProtocolError: The chunk belongs to no open transfer (and not to one we refused),
                 or overruns the size its head announced (the transfer is dropped).
@@ -205,20 +219,23 @@ class Reassembly:
             if chunk.transfer in self._stopped:
                 return None
             raise ProtocolError(f"chunk of unknown transfer {chunk.transfer}")
-        buffer = incoming.buffer
-        if len(buffer) + len(chunk.body) > incoming.head.size or not chunk.body:
+        size = len(chunk.body)
+        if incoming.received + size > incoming.head.size or not size:
             del self._open[chunk.transfer]
             raise ProtocolError(
-                f"transfer {chunk.transfer}: chunk of {len(chunk.body)} bytes after "
-                f"{len(buffer)} of {incoming.head.size}"
+                f"transfer {chunk.transfer}: chunk of {size} bytes after "
+                f"{incoming.received} of {incoming.head.size}"
             )
-        buffer += chunk.body
-        if len(buffer) < incoming.head.size:
+        # Exact bytes, so that the final join can drop the GIL; a chunk a transport handed
+        # over as a view or a bytearray is copied here, one chunk at a time.
+        body = chunk.body
+        incoming.parts.append(body if type(body) is bytes else bytes(body))
+        incoming.received += size
+        if incoming.received < incoming.head.size:
             return None
         del self._open[chunk.transfer]
-        # The bytearray is the body: unpacking and forwarding take any bytes-like object,
-        # and converting it to bytes would copy the whole body once more.
-        return replace(incoming.head.message, body=cast(bytes, buffer))  # type: ignore[arg-type]
+        whole = m.LargeBody(incoming.parts)
+        return replace(incoming.head.message, body=whole)  # type: ignore[arg-type]
 
     def expects(self, transfer: int) -> bool:
         """Whether ``transfer`` is being assembled (its chunks get acknowledged)."""
@@ -233,3 +250,41 @@ class Reassembly:
         self._stopped[transfer] = None
         while len(self._stopped) > _STOPPED_MEMORY:
             self._stopped.popitem(last=False)
+
+
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _join_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that join large bodies.
+
+    Our own, not the loop's default executor: an application's blocking work there must not
+    delay a reply, nor ours delay that work.
+    """
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="callosum_like-join"
+            )
+        return _executor
+
+
+async def load_body(body: m.PackedBody) -> Any:
+    """Unpack a received body; a large one is joined on a worker thread.
+
+    The event loop goes on serving other messages while megabytes are copied. A body that
+    is one ``bytes`` value (every large ``bytes`` body) needs nothing more; any other large
+    body is joined off the loop and unpacked on it.
+
+    Raises:
+        ProtocolError: The body is not exactly one msgpack value.
+    """
+    if type(body) is not m.LargeBody or len(body) < OFFLOAD_SIZE:
+        return unpack_body(body)
+    loop = asyncio.get_running_loop()
+    payload = body.bin_payload()
+    pieces = body.parts if payload is None else payload
+    joined = await loop.run_in_executor(_join_executor(), b"".join, pieces)
+    return joined if payload is not None else unpack_body(joined)

@@ -9,12 +9,14 @@ import pytest
 from callosum_like.errors import ProtocolError
 from callosum_like.transfers import (
     MAX_OPEN_TRANSFERS,
+    OFFLOAD_SIZE,
     OutgoingTransfers,
     Reassembly,
     TransferStopped,
+    load_body,
 )
 from callosum_like.wire import messages as m
-from callosum_like.wire.codec import ChunkedHead, OversizeBodyError
+from callosum_like.wire.codec import ChunkedHead, OversizeBodyError, pack_body
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -103,3 +105,56 @@ async def test_a_lost_link_fails_every_sender_and_every_later_transfer() -> None
         await asyncio.wait_for(waiting, 1)
     with pytest.raises(ConnectionError):
         await outgoing.open()
+
+
+def test_a_reassembled_body_is_its_chunks_as_exact_bytes() -> None:
+    incoming = Reassembly(max_body_size=100)
+    incoming.begin(head(1, 6))
+    source = bytearray(b"abcdef")
+    incoming.feed(m.Chunk(transfer=1, body=memoryview(source)[:3]))  # type: ignore[arg-type]
+    whole = incoming.feed(m.Chunk(transfer=1, body=b"def"))
+    assert isinstance(whole, m.Call)
+    assert isinstance(whole.body, m.LargeBody)
+    source[:3] = b"XYZ"  # the transport reuses its buffer: the body keeps what arrived
+    assert [type(part) for part in whole.body.parts] == [bytes, bytes]
+    assert whole.body.joined() == b"abcdef"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "value", [b"q" * (3 * OFFLOAD_SIZE), [b"q" * OFFLOAD_SIZE, "tail"], b"s" * 1000]
+)
+async def test_load_body_unpacks_what_pack_body_packed(value: object) -> None:
+    packed = pack_body(value)
+    joined = packed.joined() if isinstance(packed, m.LargeBody) else packed
+    third = len(joined) // 3
+    received = m.LargeBody([joined[:third], joined[third : 2 * third], joined[2 * third :]])
+    assert await load_body(received) == value
+    assert await load_body(joined) == value
+
+
+@pytest.mark.asyncio
+async def test_load_body_leaves_the_event_loop_free_while_it_joins_a_large_body() -> None:
+    value = b"j" * (32 * OFFLOAD_SIZE)
+    received = pack_body(value)
+    ticks: list[None] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(None)
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    before = len(ticks)
+    loaded = await load_body(received)
+    ticker.cancel()
+    # Joined on the loop, the ticker could not have run between the call and its result.
+    assert len(ticks) > before
+    assert loaded == value
+
+
+@pytest.mark.asyncio
+async def test_load_body_of_garbage_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError):
+        await load_body(m.LargeBody([b"\xc1" * OFFLOAD_SIZE]))

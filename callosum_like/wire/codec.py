@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 import cramjam
 import msgpack
@@ -197,16 +197,18 @@ class OversizeBodyError(ProtocolError):
         self.size = size
 
 
-def pack_body(value: Any) -> bytes:
+def pack_body(value: Any) -> m.PackedBody:
     """Pack an application body.
+
+    A ``bytes`` value of 64 KiB or more is not copied: it becomes a ``LargeBody`` of the
+    ``bin 32`` header msgpack would write and the value itself (msgpack would copy the bytes
+    into its own buffer, grown to twice their size, and then copy that buffer out).
 
     Raises:
         TypeError: ``value`` holds something msgpack cannot represent.
     """
     if type(value) is bytes and _DIRECT_BIN <= len(value) <= _MAX_BIN:
-        # What msgpack writes (bin 32), in one copy: msgpack.packb would copy the bytes
-        # into its own buffer (grown to twice their size) and then copy that buffer out.
-        return _BIN32 + len(value).to_bytes(4, "big") + value
+        return m.LargeBody((_BIN32 + len(value).to_bytes(4, "big"), value))
     try:
         packed: bytes = msgpack.packb(value, use_bin_type=True)
         return packed
@@ -214,12 +216,17 @@ def pack_body(value: Any) -> bytes:
         raise TypeError(f"body is not msgpack-serializable: {exc}") from None
 
 
-def unpack_body(data: Frame) -> Any:
-    """Unpack an application body.
+def unpack_body(data: Frame | m.LargeBody) -> Any:
+    """Unpack an application body (a ``LargeBody`` is joined here, on the caller's thread).
 
     Raises:
         ProtocolError: ``data`` is not exactly one msgpack value.
     """
+    if type(data) is m.LargeBody:
+        payload = data.bin_payload()
+        if payload is not None:
+            return b"".join(payload)
+        data = data.joined()
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:
@@ -245,7 +252,9 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[Frame]:
         header.pop()  # optional trailing fields left at None are not sent
     if not layout.has_body:
         return [msgpack.packb(header)]
-    body: Frame = msg.body  # type: ignore[union-attr]
+    given: Frame | m.LargeBody = msg.body  # type: ignore[union-attr]
+    # Only bodies up to the chunk size get here joined (see Peer._send): a small copy.
+    body = given.joined() if type(given) is m.LargeBody else cast(Frame, given)
     if compress and len(body) >= COMPRESS_THRESHOLD:
         packed = _compress(body)
         if packed is not None:

@@ -2,9 +2,11 @@
 
 Theory of operation: these are plain values. They know nothing of sockets, of msgpack
 framing or of futures. ``wire.codec`` turns them into frames and back; ``session`` and the
-Peer act on them. A message that carries an application body keeps it as ``body: bytes``,
-already msgpack-packed, so that a body is packed exactly once on the way out and unpacked
-exactly once on the way in (at the point of use). See docs/PROTOCOL.md for the frame layout.
+Peer act on them. A message that carries an application body keeps it already
+msgpack-packed (``PackedBody``), so that a body is packed exactly once on the way out and
+unpacked exactly once on the way in (at the point of use). A large body is a ``LargeBody``:
+its packed bytes as a list of pieces that are never joined on the event loop. See
+docs/PROTOCOL.md for the frame layout.
 
 Don't subclass these: the codec dispatches on the exact class.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import traceback as tb
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias
 
@@ -45,6 +48,8 @@ __all__ = [
     "Message",
     "CallReply",
     "EMPTY_BODY",
+    "LargeBody",
+    "PackedBody",
     "STREAM_WINDOW",
     "MAX_FAILURE_TEXT",
     "ROUTE_SEPARATOR",
@@ -73,6 +78,96 @@ ROUTE_SEPARATOR: Final = "/"
 #: Longest route (``Call.target``, ``Call.origin``, ``PeerUp.peer``) in characters: deep
 #: enough for any sane relay hierarchy, and it bounds what a remote makes us store per name.
 MAX_ROUTE_LENGTH: Final = 1024
+
+
+class LargeBody:
+    """A large packed body, kept as the pieces it arrived in or leaves in.
+
+    Joining or slicing megabytes copies them, and a copy of 16 MiB holds the event loop for
+    3-10 ms (most of it page faults). So a large ``bytes`` body leaves as
+    ``[bin 32 header, the bytes themselves]`` (``codec.pack_body``) and is cut into chunks
+    from there; a chunked body arrives as its chunks, which the receiver joins on a worker
+    thread (``transfers.load_body``): ``bytes.join`` of exact ``bytes`` drops the GIL while
+    it copies.
+
+    Args:
+        parts: Exact ``bytes`` objects whose concatenation is the packed body; not empty.
+    """
+
+    __slots__ = ("_size", "parts")
+
+    def __init__(self, parts: Sequence[bytes]) -> None:
+        self.parts = tuple(parts)
+        self._size = sum(len(part) for part in self.parts)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        return f"<LargeBody of {self._size} bytes in {len(self.parts)} parts>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LargeBody):
+            return self.joined() == other.joined()
+        if isinstance(other, bytes | bytearray | memoryview):
+            return self.joined() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def joined(self) -> bytes:
+        """The packed body as one ``bytes`` (a copy of all of it)."""
+        return b"".join(self.parts)
+
+    __bytes__ = joined
+
+    def bin_payload(self) -> list[bytes] | None:
+        """The pieces of the value, when the body is exactly one msgpack ``bin 32`` value.
+
+        That is how every large ``bytes`` body is packed; its value is then these pieces
+        joined, with nothing to unpack. None for any other body.
+        """
+        first = self.parts[0]
+        if len(first) < 5 or first[0] != 0xC6:
+            return None
+        if int.from_bytes(first[1:5], "big") != self._size - 5:
+            return None
+        head = first[5:]
+        return [head, *self.parts[1:]] if head else list(self.parts[1:])
+
+    def slices(self, size: int) -> Iterator[bytes | memoryview]:
+        """The packed body cut into pieces of ``size`` bytes (the last may be shorter).
+
+        A piece within one part is a view of it (no copy); only a piece that spans two
+        parts is copied together.
+        """
+        carry: list[bytes | memoryview] = []
+        carried = 0
+        for part in self.parts:
+            view = memoryview(part)
+            start = 0
+            if carried:
+                take = min(size - carried, len(view))
+                carry.append(view[:take])
+                carried += take
+                start = take
+                if carried < size:
+                    continue
+                yield b"".join(carry)
+                carry, carried = [], 0
+            while len(view) - start >= size:
+                yield view[start : start + size]
+                start += size
+            if start < len(view):
+                carry.append(view[start:])
+                carried = len(view) - start
+        if carried:
+            yield carry[0] if len(carry) == 1 else b"".join(carry)
+
+
+#: A packed application body: ``bytes`` (or the ``bytearray``/``memoryview`` a transport
+#: received it in), or a ``LargeBody``.
+PackedBody: TypeAlias = "bytes | LargeBody"
 
 
 def is_route(text: str) -> bool:
@@ -172,7 +267,7 @@ class Call:
     KIND: ClassVar = MessageKind.CALL
     id: int
     method: str
-    body: bytes = EMPTY_BODY
+    body: PackedBody = EMPTY_BODY
     order_key: str | None = None
     headers: dict[str, str | bytes] | None = None
     timeout: float | None = None
@@ -188,7 +283,7 @@ class Result:
 
     KIND: ClassVar = MessageKind.RESULT
     id: int
-    body: bytes = EMPTY_BODY
+    body: PackedBody = EMPTY_BODY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,7 +369,7 @@ class StreamItem:
 
     KIND: ClassVar = MessageKind.STREAM_ITEM
     id: int
-    body: bytes = EMPTY_BODY
+    body: PackedBody = EMPTY_BODY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -338,7 +433,7 @@ class UploadItem:
 
     KIND: ClassVar = MessageKind.UPLOAD_ITEM
     id: int
-    body: bytes = EMPTY_BODY
+    body: PackedBody = EMPTY_BODY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
