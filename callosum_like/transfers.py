@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -269,6 +270,16 @@ def _join_executor() -> concurrent.futures.ThreadPoolExecutor:
                 max_workers=2, thread_name_prefix="callosum_like-join"
             )
         return _executor
+
+
+def _forget_executor() -> None:
+    """In a forked child the parent's worker threads do not exist: start a new pool."""
+    global _executor, _executor_lock
+    _executor = None
+    _executor_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_executor)
 
 
 async def load_body(body: m.PackedBody) -> Any:

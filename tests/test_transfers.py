@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
+import warnings
 
 import pytest
 
@@ -158,3 +162,29 @@ async def test_load_body_leaves_the_event_loop_free_while_it_joins_a_large_body(
 async def test_load_body_of_garbage_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         await load_body(m.LargeBody([b"\xc1" * OFFLOAD_SIZE]))
+
+
+def test_load_body_works_in_a_child_forked_after_the_parent_used_it() -> None:
+    value = b"f" * (2 * OFFLOAD_SIZE)
+
+    def load() -> object:
+        return asyncio.run(asyncio.wait_for(load_body(pack_body(value)), 10))
+
+    assert load() == value  # the parent's pool now has worker threads
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:  # the child: the parent's worker threads were not copied
+        status = 1
+        try:
+            status = 0 if load() == value else 1
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("load_body hung in a forked child")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
