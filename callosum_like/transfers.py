@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from .errors import ProtocolError
 from .wire import messages as m
-from .wire.codec import ChunkedHead, OversizeBodyError, unpack_body
+from .wire.codec import ChunkedHead, OversizeBodyError, bin_value_parts, unpack_body
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -295,7 +295,7 @@ async def load_body(body: m.PackedBody) -> Any:
     if type(body) is not m.LargeBody or len(body) < OFFLOAD_SIZE:
         return unpack_body(body)
     loop = asyncio.get_running_loop()
-    payload = body.bin_payload()
+    payload = bin_value_parts(body)
     pieces = body.parts if payload is None else payload
     joined = await loop.run_in_executor(_join_executor(), b"".join, pieces)
     return joined if payload is not None else unpack_body(joined)

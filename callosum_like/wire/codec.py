@@ -45,6 +45,7 @@ __all__ = [
     "decode",
     "pack_body",
     "unpack_body",
+    "bin_value_parts",
 ]
 
 #: What the codec accepts as a frame: transports hand over bytes or zero-copy views.
@@ -216,6 +217,22 @@ def pack_body(value: Any) -> m.PackedBody:
         raise TypeError(f"body is not msgpack-serializable: {exc}") from None
 
 
+def bin_value_parts(body: m.LargeBody) -> list[bytes] | None:
+    """The pieces of the value, when ``body`` is exactly one msgpack ``bin 32`` value.
+
+    That is how ``pack_body`` packs every large ``bytes`` value; the value is then these
+    pieces joined, with nothing to unpack. None for any other body (also when the 5-byte
+    header is split over two pieces: the body is then unpacked the general way).
+    """
+    first = body.parts[0]
+    if len(first) < 5 or first[:1] != _BIN32:
+        return None
+    if int.from_bytes(first[1:5], "big") != len(body) - 5:
+        return None
+    head = first[5:]
+    return [head, *body.parts[1:]] if head else list(body.parts[1:])
+
+
 def unpack_body(data: Frame | m.LargeBody) -> Any:
     """Unpack an application body (a ``LargeBody`` is joined here, on the caller's thread).
 
@@ -223,7 +240,7 @@ def unpack_body(data: Frame | m.LargeBody) -> Any:
         ProtocolError: ``data`` is not exactly one msgpack value.
     """
     if type(data) is m.LargeBody:
-        payload = data.bin_payload()
+        payload = bin_value_parts(data)
         if payload is not None:
             return b"".join(payload)
         data = data.joined()

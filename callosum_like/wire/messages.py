@@ -88,7 +88,8 @@ class LargeBody:
     ``[bin 32 header, the bytes themselves]`` (``codec.pack_body``) and is cut into chunks
     from there; a chunked body arrives as its chunks, which the receiver joins on a worker
     thread (``transfers.load_body``): ``bytes.join`` of exact ``bytes`` drops the GIL while
-    it copies.
+    it copies. (Which pieces make a ``bytes`` value is the codec's business:
+    ``codec.bin_value_parts``.)
 
     Args:
         parts: Exact ``bytes`` objects whose concatenation is the packed body; not empty.
@@ -120,20 +121,6 @@ class LargeBody:
         return b"".join(self.parts)
 
     __bytes__ = joined
-
-    def bin_payload(self) -> list[bytes] | None:
-        """The pieces of the value, when the body is exactly one msgpack ``bin 32`` value.
-
-        That is how every large ``bytes`` body is packed; its value is then these pieces
-        joined, with nothing to unpack. None for any other body.
-        """
-        first = self.parts[0]
-        if len(first) < 5 or first[0] != 0xC6:
-            return None
-        if int.from_bytes(first[1:5], "big") != self._size - 5:
-            return None
-        head = first[5:]
-        return [head, *self.parts[1:]] if head else list(self.parts[1:])
 
     def slices(self, size: int) -> Iterator[bytes | memoryview]:
         """The packed body cut into pieces of ``size`` bytes (the last may be shorter).

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from callosum_like.wire import messages as m
-from callosum_like.wire.codec import decode, encode, pack_body, unpack_body
+from callosum_like.wire.codec import bin_value_parts, decode, encode, pack_body, unpack_body
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,28 +35,28 @@ def test_small_and_non_bytes_bodies_stay_plain_bytes() -> None:
         assert msgpack.unpackb(packed) == value
 
 
-def test_bin_payload_is_the_value_only_for_exactly_one_bin_value() -> None:
+def test_bin_value_parts_is_the_value_only_for_exactly_one_bin_value() -> None:
     value = b"v" * 70_000
     packed = pack_body(value)
     assert isinstance(packed, m.LargeBody)
-    assert b"".join(packed.bin_payload() or []) == value
+    assert b"".join(bin_value_parts(packed) or []) == value
     # The header split over two parts (chunks under 5 bytes): not recognised, yet unpacked.
     joined = packed.joined()
     split = m.LargeBody([joined[:3], joined[3:]])
-    assert split.bin_payload() is None
+    assert bin_value_parts(split) is None
     assert unpack_body(split) == value
     # A list holding the bytes, a bin whose length disagrees, a non-bin first byte.
     wrapped = msgpack.packb([value], use_bin_type=True)
-    assert m.LargeBody([wrapped]).bin_payload() is None
-    assert m.LargeBody([joined, b"extra"]).bin_payload() is None
-    assert m.LargeBody([b"\xc0"]).bin_payload() is None
+    assert bin_value_parts(m.LargeBody([wrapped])) is None
+    assert bin_value_parts(m.LargeBody([joined, b"extra"])) is None
+    assert bin_value_parts(m.LargeBody([b"\xc0"])) is None
     assert unpack_body(m.LargeBody([wrapped[:10], wrapped[10:]])) == [value]
 
 
-def test_bin_payload_when_the_header_is_a_part_of_its_own() -> None:
+def test_bin_value_parts_when_the_header_is_a_part_of_its_own() -> None:
     value = b"w" * 70_000
     body = m.LargeBody([b"\xc6" + len(value).to_bytes(4, "big"), value])
-    assert body.bin_payload() == [value]
+    assert bin_value_parts(body) == [value]
 
 
 @given(
