@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import zmq
 
 import callosum_like as cl
 
@@ -35,6 +37,24 @@ def bind_address(kind: str) -> Any:
     if kind == "tcp":
         return cl.TCPAddress("127.0.0.1", 0)
     raise ValueError(kind)
+
+
+async def open_rebinding(make: Callable[[], cl.Peer], timeout: float = 10) -> cl.Peer:
+    """Open the bound peer ``make()`` builds, retried while its address is still in use.
+
+    For a server restarted on the address of one just closed in the same process: libzmq
+    releases a closed socket's port in its I/O thread, a moment after ``close`` returns.
+    Any other failure to open is raised at once. Close the peer with ``aclose()``.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            peer = make()
+            try:
+                return await peer.__aenter__()
+            except (OSError, zmq.ZMQError) as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+            await asyncio.sleep(0.05)
 
 
 def connect_address(server: cl.Peer) -> Any:

@@ -19,12 +19,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import zmq
 
 import callosum_like as cl
 from callosum_like.lower.base import CONNECTED_KEY
 
-from .conftest import bind_address, connect_address
+from .conftest import bind_address, connect_address, open_rebinding
 
 pytestmark = pytest.mark.timeout(40)
 FAST_HEARTBEAT = {"heartbeat_interval": 0.2, "heartbeat_timeout": 2.0}  # slack for a busy CI
@@ -50,20 +49,14 @@ def same_address(kind: str, address: str) -> Any:
 
 
 async def open_server(kind: str, address: Any = None) -> cl.Peer:
-    """A bound peer; at a given address, retried while the previous one releases it.
+    """A bound peer; at a given address, retried while the previous one releases it."""
 
-    ZeroMQ closes a socket in its I/O thread, a moment after ``close()`` returns.
-    """
-    async with asyncio.timeout(10):
-        while True:
-            server = cl.Peer(
-                bind=address or bind_address(kind), identity="server", **FAST_HEARTBEAT
-            )
-            server.handle_function("double", double)
-            try:
-                return await server.__aenter__()
-            except (OSError, zmq.ZMQError):
-                await asyncio.sleep(0.05)
+    def make() -> cl.Peer:
+        server = cl.Peer(bind=address or bind_address(kind), identity="server", **FAST_HEARTBEAT)
+        server.handle_function("double", double)
+        return server
+
+    return await open_rebinding(make)
 
 
 @contextlib.asynccontextmanager

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 from typing import Any
 
 import pytest
-import zmq
 
 import callosum_like as cl
 from callosum_like.wire.messages import STREAM_WINDOW
 
-from .conftest import Meeting, bind_address, connect_address
+from .conftest import Meeting, bind_address, connect_address, open_rebinding
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 #: Heartbeats fast enough to see a dead ZeroMQ peer quickly, slow enough for a loaded machine.
@@ -417,29 +415,14 @@ async def test_the_relay_reconnects_when_the_manager_comes_back(
     with pytest.raises(cl.PeerDisconnectedError, match="no upstream"):
         await agent.invoke("whoami")
     async with contextlib.AsyncExitStack() as second:
-        manager_2 = await _rebind(second, address)
+        manager_2 = await open_rebinding(
+            lambda: cl.Peer(bind=address, identity="manager-2", **FAST)
+        )
+        second.push_async_callback(manager_2.aclose)
         manager_2.handle_function("whoami", whoami)
         await manager_2.wait_for_peer("cluster-b/agent-1", timeout=10)
         assert await manager_2.invoke("whoami", to="cluster-b/agent-1") == "cluster-b"
         assert await agent.invoke("whoami") == "cluster-b/agent-1"
-
-
-async def _rebind(stack: contextlib.AsyncExitStack, address: str) -> cl.Peer:
-    """A new manager on the address of one just closed.
-
-    libzmq releases a closed socket's port in its I/O thread, a moment after ``close``
-    returns; in the same process the new bind may meet EADDRINUSE for that moment (across
-    processes, the usual case, the old process is gone).
-    """
-    for _ in range(50):
-        try:
-            peer = cl.Peer(bind=address, identity="manager-2", **FAST)
-            return await stack.enter_async_context(peer)
-        except (zmq.ZMQError, OSError) as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{address} stayed in use for 5 s after its peer closed")
 
 
 async def _until(condition: Any) -> None:
