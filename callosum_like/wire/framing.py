@@ -46,9 +46,9 @@ _COUNT = struct.Struct("!H")
 _LENGTH = struct.Struct("!I")
 #: The largest length a u32 prefix can state: frames must be under 4 GiB.
 _MAX_LENGTH: Final = 2**32 - 1
-#: A frame at least this large that arrives in pieces is handed over as the ``bytearray``
-#: it was assembled in: copying it once more into ``bytes`` costs time and a second copy of
-#: it in memory at once.
+#: A frame at least this large that arrives in pieces is kept as those pieces (whole chunks
+#: read off the socket are kept as they are, not copied) and joined once, into ``bytes``, when
+#: its last piece arrives. Smaller frames are gathered in one growing buffer.
 LARGE_FRAME: Final = 64 * 1024
 
 
@@ -135,10 +135,11 @@ class FrameDecoder:
     Complete messages are parsed straight out of each chunk (one copy per frame: its slice).
     Only a message that a chunk boundary splits is held, item by item: a partial count or
     length prefix (a few bytes), the frames already complete, and the bytes of the frame in
-    progress, which grow as they arrive (never allocated ahead from a length prefix, so an
-    announced length costs nothing until its bytes come). A frame of ``LARGE_FRAME`` bytes
-    or more that was assembled across chunks is handed over as that ``bytearray``, with no
-    final copy.
+    progress, which are kept as they arrive (never allocated ahead from a length prefix, so
+    an announced length costs nothing until its bytes come). Every frame is handed over as
+    ``bytes``. A frame of ``LARGE_FRAME`` bytes or more that spans chunks is held as a list of
+    pieces, a chunk that is all frame bytes by reference, and joined once at its end: one
+    copy of it in all, and exact ``bytes``, which later joins can do without the GIL.
 
     Args:
         max_frame_size: The largest frame accepted, in bytes.
@@ -152,12 +153,14 @@ class FrameDecoder:
         self._remaining = 0  # frames still to read in the current message; 0 = need a count
         self._prefix = bytearray()  # a count or length prefix begun in an earlier chunk
         self._length = -1  # length of the frame whose bytes are being read, -1 = none
-        self._body = bytearray()  # the bytes of that frame so far
+        self._body = bytearray()  # the bytes of that frame so far (a small frame)
+        self._pieces: list[bytes] = []  # or its pieces so far (a large frame)
+        self._have = 0  # bytes of the frame in progress so far
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete message."""
-        return len(self._prefix) + len(self._body) + sum(len(f) for f in self._frames)
+        return len(self._prefix) + self._have + sum(len(f) for f in self._frames)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[list[Buffer]]:
         """Add bytes; return every message they complete, in order.
@@ -206,11 +209,15 @@ class FrameDecoder:
         end = len(data)
         while True:
             if self._length >= 0:  # reading a frame's bytes
-                body = self._body
-                take = min(self._length - len(body), end - pos)
-                body += memoryview(data)[pos : pos + take]
+                take = min(self._length - self._have, end - pos)
+                if self._length < LARGE_FRAME:
+                    self._body += memoryview(data)[pos : pos + take]
+                elif take:
+                    whole = pos == 0 and take == end  # the chunk is all frame: keep it
+                    self._pieces.append(data if whole else data[pos : pos + take])
                 pos += take
-                if len(body) < self._length:
+                self._have += take
+                if self._have < self._length:
                     return pos
                 self._frame_done(out)
                 if not self._remaining:
@@ -238,8 +245,13 @@ class FrameDecoder:
             self._length = value
 
     def _frame_done(self, out: list[list[Buffer]]) -> None:
-        body, self._body = self._body, bytearray()
-        self._frames.append(body if len(body) >= LARGE_FRAME else bytes(body))
+        if self._length < LARGE_FRAME:
+            self._frames.append(bytes(self._body))
+            self._body.clear()
+        else:
+            pieces, self._pieces = self._pieces, []
+            self._frames.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        self._have = 0
         self._length = -1
         self._remaining -= 1
         if not self._remaining:

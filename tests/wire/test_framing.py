@@ -318,7 +318,7 @@ def test_encoder_refuses_bad_frame_counts(count: int) -> None:
 # -- the decoder: large frames in pieces, and announced lengths cost nothing ------------------
 
 
-def test_a_large_frame_assembled_from_pieces_is_handed_over_without_a_copy() -> None:
+def test_a_large_frame_assembled_from_pieces_is_handed_over_as_exact_bytes() -> None:
     big = bytes(range(256)) * (LARGE_FRAME // 256 * 3)
     data = wire([[b"h", big], [b"next"]])
     decoder = FrameDecoder(len(big))
@@ -326,8 +326,30 @@ def test_a_large_frame_assembled_from_pieces_is_handed_over_without_a_copy() -> 
     for i in range(0, len(data), 10_000):
         out.extend(decoder.feed(data[i : i + 10_000]))
     assert out == [[b"h", big], [b"next"]]
-    assert type(out[0][1]) is bytearray
-    assert type(out[0][0]) is bytes
+    assert [type(frame) for frames in out for frame in frames] == [bytes, bytes, bytes]
+
+
+def test_chunks_that_are_all_frame_bytes_are_kept_not_copied() -> None:
+    big = bytes(range(256)) * (LARGE_FRAME // 256 * 2)
+    data = wire([[big]])
+    head, middle, tail = data[:1000], data[1000:70_000], data[70_000:]
+    decoder = FrameDecoder(len(big))
+    assert decoder.feed(head) == []
+    assert decoder.feed(middle) == []
+    assert decoder._pieces[-1] is middle  # held by reference until the frame is whole
+    assert decoder.buffered == len(head) - 6 + len(middle)
+    assert decoder.feed(tail) == [[big]]
+    assert decoder.buffered == 0
+
+
+def test_a_large_frame_in_one_piece_after_its_prefix_is_that_piece() -> None:
+    big = b"q" * LARGE_FRAME
+    data = wire([[big]])
+    decoder = FrameDecoder(len(big))
+    assert decoder.feed(data[:6]) == []
+    piece = data[6:]
+    [[frame]] = decoder.feed(piece)
+    assert frame is piece
 
 
 def test_a_whole_message_in_one_chunk_gives_bytes() -> None:
