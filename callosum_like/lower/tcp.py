@@ -1,27 +1,30 @@
-"""The plain asyncio TCP transport: length-prefixed messages over asyncio streams.
+"""The plain asyncio TCP transport: length-prefixed messages over asyncio protocols.
 
 Theory of operation: every TCP connection carries messages framed by ``wire.framing``. A
-bound endpoint (``asyncio.start_server``) numbers each accepted connection; that number is
-the remote's key. Each connection has one reader task that feeds a ``FrameDecoder`` and
-puts ``Connected``, ``Received`` and finally ``Disconnected`` into the endpoint's bounded
-``EventQueue``; a full queue stops the readers and TCP flow control pushes back on the
-senders. A framing violation (an oversized frame, a bad count) closes that connection only.
+bound endpoint (``loop.create_server``) numbers each accepted connection; that number is the
+remote's key. Each connection is a ``_Stream`` protocol: its ``data_received`` callback feeds
+a ``FrameDecoder`` and offers ``Connected``, ``Received`` and finally ``Disconnected`` to the
+endpoint's bounded ``EventQueue`` directly, with no reader task (a task step per read was a
+measurable part of a small call). A full queue pauses reading on every connection that
+offers to it, and TCP flow control pushes back on the senders; reading resumes once the
+queue has drained to half. A framing violation (an oversized frame, a bad count) closes
+that connection only.
 
 Writes: the first message of a loop iteration is written at once; the rest of the
 iteration's messages go out together in one ``write`` at its end (one ``writelines`` when
 large frames are among them, which are not copied). A sender waits for ``drain`` only once
-that batch or the socket's write buffer is past its high-water mark, so small messages cost
-no extra await. Reads feed a ``FrameDecoder``, which parses whole messages straight out
-of each chunk read.
+that batch, or the transport's write buffer, is past ``WRITE_HIGH_WATER`` (the buffer's
+high-water mark), and then until the buffer is under a quarter of it; small messages cost no
+extra await.
 
 Slow consumers (bound side): one remote that does not read what we send must neither stall
 the others nor grow our memory. So on a bound endpoint a sender never waits for one remote;
-instead, while a remote's unsent output is over ``WRITE_HIGH_WATER``, its reader stops
-reading (it cannot hand us more work, and TCP pushes back on it). A remote is dropped, as
+instead, while a remote's unsent output is over ``WRITE_HIGH_WATER``, we stop reading from
+it (it cannot hand us more work, and TCP pushes back on it). A remote is dropped, as
 ``Disconnected(slow=True)``, when its unsent output passes ``max_unsent_size`` or when it
 reads none of it for ``slow_remote_timeout`` seconds. The connected side keeps the plain
-backpressure (its senders wait): it has one remote, and its reader never stops, so the two
-sides cannot wait on each other.
+backpressure (its senders wait): it has one remote, and it never stops reading for a
+backlog, so the two sides cannot wait on each other.
 
 An optional ``ssl.SSLContext`` encrypts every connection (server and client side).
 
@@ -45,7 +48,7 @@ import random
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from ..addresses import Address, TCPAddress
 from ..errors import PeerClosedError, PeerDisconnectedError, ProtocolError
@@ -93,31 +96,144 @@ DEFAULT_SLOW_REMOTE_TIMEOUT: Final = 10.0
 MIN_UNSENT_SIZE: Final = 64 * 1024 * 1024
 
 
-class _Stream:
-    """One TCP connection: its writer, its reader task, and its write batch.
+class _Stream(asyncio.Protocol):
+    """One TCP connection: the protocol that reads and frames it, and its write batch.
 
-    The first message of a loop iteration is written at once, so a lone message waits for
-    nothing; the messages sent after it in the same iteration go out together in one write
-    at the end of it (one system call instead of one per message). The ``FrameEncoder``
-    copies small frames into one buffer and passes frames of ``COPY_LIMIT`` bytes or more
-    through without a copy.
+    Reading: ``data_received`` feeds the connection's ``FrameDecoder`` and offers each message
+    to the endpoint's ``EventQueue`` from the callback itself (no task per connection). When
+    the queue is full, reading pauses until it has drained to half.
+
+    Writing: the first message of a loop iteration is written at once, so a lone message
+    waits for nothing; the messages sent after it in the same iteration go out together in
+    one write at the end of it (one system call instead of one per message). The
+    ``FrameEncoder`` copies small frames into one buffer and passes frames of ``COPY_LIMIT``
+    bytes or more through without a copy. The transport's high-water mark is
+    ``WRITE_HIGH_WATER``: above it a connected endpoint's senders wait (``drain``), and a bound
+    endpoint stops reading from that remote instead (see the module doc).
     """
 
-    def __init__(self, writer: asyncio.StreamWriter, limits: _Limits | None = None) -> None:
-        self.writer = writer
-        self.task: asyncio.Task[Any] | None = None
-        self._transport = writer.transport
-        self._batch = FrameEncoder(COPY_LIMIT)
-        self._holding = False  # a message was written this iteration: batch the rest
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, owner: _TCPConnection, key: bytes, limits: _Limits | None) -> None:
+        self._owner = owner
+        self.key = key
         #: A bound endpoint's slow-consumer limits; ``None``: senders wait for ``drain``.
         self.limits = limits
         #: Why we dropped the remote as a slow consumer, once we did.
         self.slow: str | None = None
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(owner.max_frame_size)
+        self._events = owner.events
+        self._batch = FrameEncoder(COPY_LIMIT)
+        self._holding = False  # a message was written this iteration: batch the rest
+        self._reason = "closed by the remote"
+        self._broken = False  # a framing error: the rest of the stream is ignored
+        self._queue_full = False  # reading paused until the event queue has room
+        self._backlog = False  # reading paused: a bound remote does not read our output
+        self._reading = True
+        self._write_paused = False
+        self._drainers: list[asyncio.Future[None]] = []
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._lost: str | None = None
+        #: Resolved once the connection is gone (``connection_lost``).
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if not self._owner.admit(self):
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            messages = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._broken = True
+            self._reason = f"framing error: {exc}"
+            self._owner.dropped += 1
+            self._owner.drop_log.dropped(f"{self._reason} (the connection is closed)")
+            self.close()
+            return
+        key = self.key
+        for frames in messages:
+            self.offer(Received(key, frames))
+
+    def eof_received(self) -> None:
+        return None  # the transport closes; ``connection_lost`` reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._broken:
+            if exc is not None:
+                self._reason = f"connection error: {exc}"
+            if self._decoder.buffered:
+                self._owner.dropped += 1
+                self._owner.drop_log.dropped(
+                    f"the connection ended {self._decoder.buffered} bytes into one"
+                )
+        self._lost = self.slow or self._reason
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        drainers, self._drainers = self._drainers, []
+        for waiter in drainers:
+            if not waiter.done():
+                waiter.set_exception(PeerDisconnectedError(f"the TCP connection broke: {exc}"))
+        self._owner.lost(self, self._lost)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.limits is not None and self._transport is not None:
+            self._backlog = True  # it cannot hand us more work while it does not read ours
+            self._set_reading()
+            self._arm_watchdog(self._transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drainers, self._drainers = self._drainers, []
+        for waiter in drainers:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._backlog:
+            self._backlog = False
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+            self._set_reading()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def offer(self, event: Connected | Received) -> None:
+        """Queue ``event``; pause reading while the endpoint's queue is full."""
+        if not self._events.offer(event) and not self._queue_full:
+            self._queue_full = True
+            self._set_reading()
+            self._events.when_space(self._queue_has_room)
+
+    def _queue_has_room(self) -> None:
+        self._queue_full = False
+        self._set_reading()
+
+    def _set_reading(self) -> None:
+        want = not (self._queue_full or self._backlog)
+        transport = self._transport
+        if want == self._reading or transport is None or transport.is_closing():
+            return
+        self._reading = want
+        if want:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+
+    # -- writing -----------------------------------------------------------------------------
 
     def queue(self, frames: Sequence[Frame]) -> bool:
         """Add one message to the batch; return whether the sender must ``drain()`` now."""
-        if self._transport.is_closing():
+        transport = self._transport
+        if transport is None or transport.is_closing():
             raise PeerDisconnectedError("the TCP connection is closed")
         batch = self._batch
         batch.add(frames)
@@ -125,23 +241,23 @@ class _Stream:
             self._holding = True
             self._loop.call_soon(self._release)
             self._flush()
-        if (
-            len(batch) <= WRITE_HIGH_WATER
-            and self._transport.get_write_buffer_size() <= WRITE_HIGH_WATER
-        ):
+        if len(batch) <= WRITE_HIGH_WATER and not self._write_paused:
             return False
         self._flush()
         if self.limits is not None:
             self._check_unsent(self.limits.max_unsent_size)
-            return False  # a bound endpoint never waits for one remote: its reader pauses
-        return True
+            return False  # a bound endpoint never waits for one remote: its reading pauses
+        return self._write_paused
 
     async def drain(self) -> None:
-        """Wait until the socket's write buffer is below its high-water mark."""
-        try:
-            await self.writer.drain()
-        except ConnectionError as exc:
-            raise PeerDisconnectedError(f"the TCP connection broke: {exc}") from None
+        """Wait until the socket's write buffer is back under its low-water mark."""
+        if self._lost is not None:
+            raise PeerDisconnectedError(f"the TCP connection is closed: {self._lost}")
+        if not self._write_paused:
+            return
+        waiter = self._loop.create_future()
+        self._drainers.append(waiter)
+        await waiter
 
     def _release(self) -> None:
         """The loop iteration ended: write what was sent after its first message."""
@@ -150,53 +266,56 @@ class _Stream:
 
     def _flush(self) -> None:
         pieces = self._batch.data_to_send()
-        if not pieces or self._transport.is_closing():
+        transport = self._transport
+        if not pieces or transport is None or transport.is_closing():
             return
         if len(pieces) == 1:
-            self._transport.write(pieces[0])
+            transport.write(pieces[0])
         else:
-            self._transport.writelines(pieces)
+            transport.writelines(pieces)
+
+    def unsent(self) -> int:
+        """Bytes written to the transport and not yet taken by the socket."""
+        return 0 if self._transport is None else self._transport.get_write_buffer_size()
 
     def close(self) -> None:
+        """Write what is batched, then close (once the socket has taken it all)."""
         self._flush()
-        self.writer.close()
+        if self._transport is not None:
+            self._transport.close()
 
     def abort(self) -> None:
         """Drop the connection now, discarding what is unsent (the remote may not read)."""
         self._batch.data_to_send()
-        self.writer.transport.abort()
+        if self._transport is not None:
+            self._transport.abort()
 
     # -- slow consumers (bound side) -----------------------------------------------------------
 
-    def backlogged(self) -> bool:
-        """Whether reading should pause: a bound remote has a backlog of unsent output."""
-        return (
-            self.limits is not None
-            and self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
-        )
-
     def _check_unsent(self, limit: int) -> None:
-        unsent = self.writer.transport.get_write_buffer_size()
+        unsent = self.unsent()
         if unsent > limit:
             self.drop_slow(f"{unsent} bytes unsent, over max_unsent_size {limit}")
             raise PeerDisconnectedError(f"the remote was dropped: {self.slow}")
 
-    async def wait_for_room(self) -> None:
-        """Wait until the remote has read its backlog; drop it if it reads none for a while."""
+    def _arm_watchdog(self, unsent: int) -> None:
         assert self.limits is not None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         timeout = self.limits.slow_remote_timeout
-        unsent = self.writer.transport.get_write_buffer_size()
-        while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.writer.drain()
-                return
-            except TimeoutError:
-                now = self.writer.transport.get_write_buffer_size()
-                if now >= unsent:
-                    self.drop_slow(f"it read none of {now} unsent bytes for {timeout} s")
-                    return
-                unsent = now  # it reads, slowly: give it more time
+        self._watchdog = self._loop.call_later(timeout, self._check_backlog, unsent)
+
+    def _check_backlog(self, unsent: int) -> None:
+        """The backlog's age reached the timeout: drop the remote unless it read some of it."""
+        self._watchdog = None
+        if not self._backlog or self._lost is not None:
+            return
+        now = self.unsent()
+        if now >= unsent:
+            timeout = self.limits.slow_remote_timeout if self.limits else 0
+            self.drop_slow(f"it read none of {now} unsent bytes for {timeout} s")
+        else:
+            self._arm_watchdog(now)  # it reads, slowly: give it more time
 
     def drop_slow(self, why: str) -> None:
         """Drop a remote that does not read what we send."""
@@ -209,9 +328,9 @@ class _Stream:
 class _TCPConnection(Connection):
     def __init__(self, *, bound: bool, max_frame_size: int) -> None:
         self.bound = bound
-        self._max_frame_size = max_frame_size
-        self._events = EventQueue()
-        self._drop_log = DropLog(log)
+        self.max_frame_size = max_frame_size
+        self.events = EventQueue()
+        self.drop_log = DropLog(log)
         self._streams: dict[bytes, _Stream] = {}
         self._closed = False
         self._address = ""
@@ -221,42 +340,24 @@ class _TCPConnection(Connection):
         """See ``Connection.local_address``."""
         return self._address
 
-    async def _pump(self, key: bytes, reader: asyncio.StreamReader, stream: _Stream) -> None:
-        """Read one connection until it ends, then report it gone."""
-        decoder = FrameDecoder(self._max_frame_size)
-        reason = "closed by the remote"
-        try:
-            await self._events.put(Connected(key))
-            events = self._events
-            while data := await reader.read(READ_SIZE):
-                for frames in decoder.feed(data):
-                    if not events.offer(Received(key, frames)):
-                        await events.wait_space()
-                if stream.backlogged():
-                    await stream.wait_for_room()
-            self._count_cut_short(decoder)
-        except ProtocolError as exc:
-            reason = f"framing error: {exc}"
-            self.dropped += 1
-            self._drop_log.dropped(f"{reason} (the connection is closed)")
-        except (ConnectionError, OSError) as exc:
-            reason = f"connection error: {exc}"
-            self._count_cut_short(decoder)
-        finally:
-            stream.close()
-            if self._streams.pop(key, None) is not None:
-                slow = stream.slow is not None
-                await self._events.put(Disconnected(key, stream.slow or reason, slow=slow))
+    def admit(self, stream: _Stream) -> bool:
+        """A connection was made: make it the remote ``stream.key``; False once closed."""
+        if self._closed:
+            return False
+        self._streams[stream.key] = stream
+        stream.offer(Connected(stream.key))
+        return True
 
-    def _count_cut_short(self, decoder: FrameDecoder) -> None:
-        """The connection ended in the middle of a message: that message is dropped."""
-        if decoder.buffered:
-            self.dropped += 1
-            self._drop_log.dropped(f"the connection ended {decoder.buffered} bytes into one")
+    def lost(self, stream: _Stream, reason: str) -> None:
+        """A connection ended: report it, unless we forgot the remote ourselves."""
+        if self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
+            slow = stream.slow is not None
+            self.events.offer(Disconnected(stream.key, reason, slow=slow))
 
     async def receive(self) -> Received | Connected | Disconnected:
         """See ``Connection.receive``."""
-        return await self._events.get()  # type: ignore[return-value]
+        return await self.events.get()  # type: ignore[return-value]
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
         """See ``Connection.send``."""
@@ -273,7 +374,7 @@ class _TCPConnection(Connection):
         stream = self._streams.pop(peer, None)
         if stream is not None:
             stream.close()
-            if stream.writer.transport.get_write_buffer_size():
+            if stream.unsent():
                 stream.abort()  # a remote that does not read would hold it open for minutes
 
     async def aclose(self) -> None:
@@ -281,22 +382,14 @@ class _TCPConnection(Connection):
         if self._closed:
             return
         self._closed = True
-        self._events.close()
+        self.events.close()
         streams = list(self._streams.values())
         self._streams.clear()
-        tasks = [s.task for s in streams if s.task is not None]
         for stream in streams:
             stream.close()
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(self._finish(streams, tasks))
-
-    async def _finish(self, streams: list[_Stream], tasks: list[asyncio.Task[None]]) -> None:
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for stream in streams:
-            with contextlib.suppress(Exception):
-                await stream.writer.wait_closed()
+        if streams:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(asyncio.gather(*(s.closed for s in streams)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,20 +408,14 @@ class _TCPServer(_TCPConnection):
         self._limits = limits
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
-        self._server = await asyncio.start_server(self._accept, host, port, ssl=ssl_context)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._new_stream, host, port, ssl=ssl_context)
         sockname = self._server.sockets[0].getsockname()
         self._address = f"{sockname[0]}:{sockname[1]}"
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._closed:
-            writer.close()
-            return
-        key = next(self._numbers).to_bytes(8, "big")
-        stream = _Stream(writer, self._limits)
-        self._streams[key] = stream
-        # Our own task, not asyncio's callback task: closing cancels it, and 3.11's
-        # start_server logs an error when its callback task ends cancelled.
-        stream.task = asyncio.create_task(self._pump(key, reader, stream))
+    def _new_stream(self) -> _Stream:
+        """Each accepted connection is the remote numbered next."""
+        return _Stream(self, next(self._numbers).to_bytes(8, "big"), self._limits)
 
     async def aclose(self) -> None:
         """See ``Connection.aclose``."""
@@ -351,13 +438,16 @@ class _Target:
     interval: float
     max_interval: float
 
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(
+    async def open(self, connection: _TCPClient) -> _Stream:
+        """Connect; the new stream has made itself ``connection``'s remote when this returns."""
+        _, stream = await asyncio.get_running_loop().create_connection(
+            lambda: _Stream(connection, CONNECTED_KEY, None),
             self.host,
             self.port,
             ssl=self.ssl,
             server_hostname=self.server_hostname if self.ssl else None,
         )
+        return stream
 
 
 class _TCPClient(_TCPConnection):
@@ -372,33 +462,23 @@ class _TCPClient(_TCPConnection):
 
     async def start(self) -> None:
         """Make the first connection; fail fast if it cannot be made."""
-        target = self._target
         try:
-            reader, writer = await target.open()
+            stream = await self._target.open(self)
         except ssl.SSLError:
             raise  # a certificate problem is clearer as itself
         except OSError as exc:
             raise PeerDisconnectedError(f"cannot connect to {self._address}: {exc}") from exc
-        stream = self._attach(writer)
-        self._life = stream.task = asyncio.create_task(self._live(stream, reader))
+        self._life = asyncio.create_task(self._live(stream))
 
-    def _attach(self, writer: asyncio.StreamWriter) -> _Stream:
-        """Make a new connection the current one: ``send`` uses it from now on."""
-        stream = _Stream(writer)
-        stream.task = self._life
-        self._streams[CONNECTED_KEY] = stream
-        return stream
-
-    async def _live(self, stream: _Stream, reader: asyncio.StreamReader) -> None:
-        """Pump the connection; when it ends, reconnect (with backoff) and pump again."""
+    async def _live(self, stream: _Stream) -> None:
+        """Wait for the connection to end; then reconnect (with backoff), and wait again."""
         while True:
-            await self._pump(CONNECTED_KEY, reader, stream)
+            await stream.closed
             if self._closed or not self._target.reconnect:
                 return
-            reader, writer = await self._reconnect()
-            stream = self._attach(writer)
+            stream = await self._reconnect()
 
-    async def _reconnect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _reconnect(self) -> _Stream:
         target = self._target
         delay = target.interval
         attempts = 0
@@ -408,13 +488,13 @@ class _TCPClient(_TCPConnection):
             attempts += 1
             try:
                 async with asyncio.timeout(CONNECT_ATTEMPT_TIMEOUT):
-                    connection = await target.open()
+                    stream = await target.open(self)
             except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 log.debug("reconnection attempt %d to %s failed: %s", attempts, self._address, exc)
                 delay = min(delay * 2, target.max_interval)
                 continue
             log.info("reconnected to %s after %d attempt(s)", self._address, attempts)
-            return connection
+            return stream
 
     async def aclose(self) -> None:
         """See ``Connection.aclose``."""

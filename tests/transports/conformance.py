@@ -20,6 +20,7 @@ import zmq
 from callosum_like.errors import PeerClosedError, PeerDisconnectedError
 from callosum_like.lower.base import (
     CONNECTED_KEY,
+    RECEIVE_QUEUE_SIZE,
     Connected,
     Connection,
     Disconnected,
@@ -165,6 +166,27 @@ class TransportConformance:
                 for _ in range(500)
             ]
             assert got == list(range(500))
+
+    async def test_a_receiver_that_falls_behind_loses_nothing(self) -> None:
+        """More than the receive queue holds, sent while nobody receives, all arrives in order.
+
+        The full queue pauses reading (TCP: the socket's buffers then push back on the
+        sender); taking events out must resume it.
+        """
+        count, body = 4 * RECEIVE_QUEUE_SIZE, b"p" * 2048
+        async with self.pair() as (server, [client]):
+            await self.hello(server, client)
+
+            async def flood() -> None:
+                for i in range(count):
+                    await client.send([i.to_bytes(4, "big"), body])
+
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(flood())
+                await asyncio.sleep(0.3)  # the queue fills up and reading stops
+                for i in range(count):
+                    frames = (await next_event(server, Received)).frames
+                    assert frames == [i.to_bytes(4, "big"), body]
 
     async def test_send_to_an_unknown_key_raises(self) -> None:
         async with self.pair() as (server, [_client]):
