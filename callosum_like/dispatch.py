@@ -44,9 +44,9 @@ from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
 from .stats import Counters, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox, UploadBody
-from .transfers import load_body
+from .transfers import OFFLOAD_SIZE, load_body
 from .wire import messages as m
-from .wire.codec import pack_body
+from .wire.codec import pack_body, unpack_body
 
 __all__ = ["Dispatcher", "Registration", "CLOSE_TIMEOUT"]
 
@@ -61,6 +61,8 @@ Reply = m.Result | m.Failure | m.Error | m.Cancelled | m.StreamEnd
 #: Packed bodies from this size on are dropped from a call as soon as they are unpacked,
 #: so that the packed and the unpacked body are not both held while the handler runs.
 RELEASE_BODY_SIZE: Final = 64 * 1024
+#: Bodies under this size are unpacked at once, on the loop; ``load_body`` takes the rest.
+OFFLOAD: Final = min(RELEASE_BODY_SIZE, OFFLOAD_SIZE)
 
 SendReply = Callable[[Hashable, m.Message], Awaitable[None]]
 
@@ -338,7 +340,10 @@ class Dispatcher:
             msg = f"method {call.method!r} is {kind}"
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
         try:
-            body = await self._body_of(inbound)
+            if inbound.upload is None and type(call.body) is bytes and len(call.body) < OFFLOAD:
+                body = unpack_body(call.body)  # small: no thread, and no coroutine to await
+            else:
+                body = await self._body_of(inbound)
         except ProtocolError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
         return Request(

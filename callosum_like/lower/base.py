@@ -32,7 +32,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, dataclass_transform
 
 from ..addresses import Address
 from ..errors import PeerClosedError
@@ -65,7 +65,21 @@ CONNECTED_KEY: Final = b""
 RECEIVE_QUEUE_SIZE: Final = 1024
 
 
-@dataclass(frozen=True, slots=True)
+_C = TypeVar("_C", bound=type)
+
+
+@dataclass_transform(frozen_default=True)
+def _event(cls: _C) -> _C:
+    """Make ``cls`` a transport event: a dataclass with slots, frozen for the type checker.
+
+    Not frozen at run time: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__`` (0.48 us for a ``Received`` instead of 0.15 us, once per message
+    on each side). Events hash by value, as frozen ones would. Never assign to a field.
+    """
+    return dataclass(slots=True, unsafe_hash=True)(cls)  # type: ignore[return-value]
+
+
+@_event
 class Received:
     """A message from remote ``peer``.
 
@@ -81,7 +95,7 @@ class Received:
     user_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class Connected:
     """Remote ``peer`` appeared. It precedes every ``Received`` from that key."""
 
@@ -89,7 +103,7 @@ class Connected:
     user_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class Disconnected:
     """Remote ``peer`` is gone; nothing more will arrive from it under this key.
 
@@ -105,7 +119,7 @@ class Disconnected:
     slow: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class AuthFailed:
     """The remote refused our credentials, or its keys were not the expected ones."""
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeAlias, cast
 
 import cramjam
@@ -142,6 +143,9 @@ class _Layout:
     types: tuple[tuple[type, ...], ...]
     has_body: bool
     required: int  # header fields before the optional trailing ones
+    values: Callable[[m.Message], tuple[Any, ...]]  # the header fields of a message, in order
+    routes: tuple[str, ...]  # its fields that hold a route
+    checked: bool  # whether it has fields whose values are checked beyond their type
 
 
 def _layout(cls: type[m.Message]) -> _Layout:
@@ -152,7 +156,15 @@ def _layout(cls: type[m.Message]) -> _Layout:
         required -= 1
     assert not _OPTIONAL_TRAILING & set(header[:required]), f"{cls}: optional fields go last"
     types = tuple(_FIELD_TYPES[n] for n in header)
-    return _Layout(cls, header, types, "body" in names, required)
+    values: Callable[[Any], tuple[Any, ...]]
+    if len(header) >= 2:
+        values = operator.attrgetter(*header)  # a tuple of them
+    else:  # attrgetter would need a name, and return the value itself
+        one = operator.attrgetter(*header) if header else None
+        values = lambda msg: () if one is None else (one(msg),)  # noqa: E731
+    routes = tuple(n for n in header if n in _ROUTE_FIELDS)
+    checked = bool(routes) or "timeout" in header or "headers" in header
+    return _Layout(cls, header, types, "body" in names, required, values, routes, checked)
 
 
 _BY_KIND: Final[dict[int, _Layout]] = {int(c.KIND): _layout(c) for c in _CLASSES}
@@ -262,9 +274,7 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[Frame]:
         ``[header]`` or ``[header, body]``.
     """
     layout = _BY_CLASS[type(msg)]
-    flags = 0
-    header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), flags]
-    header.extend(getattr(msg, name) for name in layout.fields)
+    header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), 0, *layout.values(msg)]
     while len(header) > 3 + layout.required and header[-1] is None:
         header.pop()  # optional trailing fields left at None are not sent
     if not layout.has_body:
@@ -290,8 +300,7 @@ def encode_head(msg: m.Message, transfer: int) -> list[Frame]:
     layout = _BY_CLASS[type(msg)]
     if not layout.has_body or layout.cls is m.Chunk:
         raise TypeError(f"{type(msg).__name__} has no body to chunk")
-    header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), FLAG_CHUNKED]
-    header.extend(getattr(msg, name) for name in layout.fields)
+    header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), FLAG_CHUNKED, *layout.values(msg)]
     header.extend((transfer, len(msg.body)))  # type: ignore[union-attr]
     return [msgpack.packb(header)]
 
@@ -388,7 +397,9 @@ def _check_fields(layout: _Layout, raw: list[Any]) -> dict[str, Any]:
             if type(value) not in types:
                 raise ProtocolError(f"{layout.cls.__name__}.{name} has type {type(value).__name__}")
     values = dict(zip(layout.fields, raw, strict=False))
-    for name in _ROUTE_FIELDS:
+    if not layout.checked:
+        return values
+    for name in layout.routes:
         route = values.get(name)
         if route is not None and not m.is_route(route):
             raise ProtocolError(f"{layout.cls.__name__}.{name} is not a route: {route[:80]!r}")
