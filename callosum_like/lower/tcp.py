@@ -173,13 +173,13 @@ class _Stream(asyncio.Protocol):
                 self._owner.drop_log.dropped(
                     f"the connection ended {self._decoder.buffered} bytes into one"
                 )
-        self._lost = self.slow or self._reason
+        self._lost = lost = self.slow or self._reason
         if self._watchdog is not None:
             self._watchdog.cancel()
         drainers, self._drainers = self._drainers, []
         for waiter in drainers:
             if not waiter.done():
-                waiter.set_exception(PeerDisconnectedError(f"the TCP connection broke: {exc}"))
+                waiter.set_exception(PeerDisconnectedError(f"the TCP connection ended: {lost}"))
         self._owner.lost(self, self._lost)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -252,7 +252,7 @@ class _Stream(asyncio.Protocol):
     async def drain(self) -> None:
         """Wait until the socket's write buffer is back under its low-water mark."""
         if self._lost is not None:
-            raise PeerDisconnectedError(f"the TCP connection is closed: {self._lost}")
+            raise PeerDisconnectedError(f"the TCP connection ended: {self._lost}")
         if not self._write_paused:
             return
         waiter = self._loop.create_future()
