@@ -44,7 +44,6 @@ from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
 from .stats import Counters, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox, UploadBody
-from .transfers import OFFLOAD_SIZE, load_body
 from .wire import messages as m
 from .wire.codec import pack_body, unpack_body
 
@@ -61,8 +60,6 @@ Reply = m.Result | m.Failure | m.Error | m.Cancelled | m.StreamEnd
 #: Packed bodies from this size on are dropped from a call as soon as they are unpacked,
 #: so that the packed and the unpacked body are not both held while the handler runs.
 RELEASE_BODY_SIZE: Final = 64 * 1024
-#: Bodies under this size are unpacked at once, on the loop; ``load_body`` takes the rest.
-OFFLOAD: Final = min(RELEASE_BODY_SIZE, OFFLOAD_SIZE)
 
 SendReply = Callable[[Hashable, m.Message], Awaitable[None]]
 
@@ -302,7 +299,7 @@ class Dispatcher:
         await self._answer(inbound, reply)
 
     async def _execute(self, inbound: _Inbound) -> Reply:
-        request = await self._request(inbound)
+        request = self._request(inbound)
         if type(request) is not Request:
             return request  # type: ignore[return-value]
         call = inbound.call
@@ -332,7 +329,7 @@ class Dispatcher:
         except TypeError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
 
-    async def _request(self, inbound: _Inbound) -> Request | m.Error:
+    def _request(self, inbound: _Inbound) -> Request | m.Error:
         """The handler's ``Request`` for ``inbound``, or the error that answers it instead."""
         call = inbound.call
         if call.stream != inbound.registration.stream:
@@ -340,10 +337,7 @@ class Dispatcher:
             msg = f"method {call.method!r} is {kind}"
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
         try:
-            if inbound.upload is None and type(call.body) is bytes and len(call.body) < OFFLOAD:
-                body = unpack_body(call.body)  # small: no thread, and no coroutine to await
-            else:
-                body = await self._body_of(inbound)
+            body = self._body_of(inbound)
         except ProtocolError as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
         return Request(
@@ -354,10 +348,10 @@ class Dispatcher:
             headers=call.headers or {},
         )
 
-    async def _body_of(self, inbound: _Inbound) -> Any:
+    def _body_of(self, inbound: _Inbound) -> Any:
         if inbound.upload is None:
             call = inbound.call
-            body = await load_body(call.body)
+            body = unpack_body(call.body)
             if len(call.body) >= RELEASE_BODY_SIZE:  # unpacked: let the packed copy go now
                 inbound.call = dataclasses.replace(call, body=m.EMPTY_BODY)
             return body
@@ -367,7 +361,7 @@ class Dispatcher:
             if not inbound.silent:
                 await self._send(link, msg)
 
-        return UploadBody(inbound.call.id, inbound.upload, send_credit, load_body)
+        return UploadBody(inbound.call.id, inbound.upload, send_credit, unpack_body)
 
     async def _produce(self, inbound: _Inbound, request: Request) -> Reply:
         """Run a stream handler, sending each item as the consumer's credit allows."""

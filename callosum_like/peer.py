@@ -91,7 +91,6 @@ from .transfers import (
     OutgoingTransfers,
     Reassembly,
     TransferStopped,
-    load_body,
 )
 from .wire import messages as m
 from .wire.codec import (
@@ -441,8 +440,6 @@ class Peer:
         )
         reply = await self._await_reply(link, msg, msg.timeout, upload)
         try:
-            if type(reply) is m.Result and type(reply.body) is m.LargeBody:
-                return await _load_result(reply.body)
             return _outcome(reply)
         except Exception as exc:
             self._counters.count_error(type(exc).__name__)
@@ -499,7 +496,7 @@ class Peer:
                     finished = True
                     _outcome(reply)  # raises the remote's error
                     raise RPCInternalError(f"{type(reply).__name__} in a stream")
-                yield await load_body(reply.body)
+                yield unpack_body(reply.body)
                 if inbox.consumed():
                     self._spawn_background(self._send_quietly(link, inbox.credit_message(call_id)))
         finally:
@@ -1340,14 +1337,6 @@ def _outcome(reply: m.Message) -> Body:
     if type(reply) is m.Cancelled:
         raise RPCCancelledError(reply.reason or "the remote cancelled the call")
     raise AssertionError(f"not a reply: {reply!r}")
-
-
-async def _load_result(body: m.LargeBody) -> Body:
-    """``_outcome`` of a ``Result`` with a large body, which is joined off the event loop."""
-    try:
-        return await load_body(body)
-    except ProtocolError as exc:
-        raise RPCInternalError(f"undecodable result: {exc}") from None
 
 
 def _call_outcome(future: asyncio.Future[m.Message]) -> str:

@@ -137,7 +137,7 @@ class UploadBody:
         call_id: The call, as the caller numbered it.
         inbox: Where the receive loop puts ``UploadItem`` and ``UploadEnd``.
         send_credit: Sends an ``UploadCredit`` to the caller.
-        unpack: Turns an item's packed body into its value (``transfers.load_body``).
+        unpack: Turns an item's packed body into its value (``codec.unpack_body``).
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class UploadBody:
         call_id: int,
         inbox: StreamInbox,
         send_credit: Callable[[m.Message], Awaitable[None]],
-        unpack: Callable[[m.PackedBody], Awaitable[Any]],
+        unpack: Callable[[m.PackedBody], Any],
     ) -> None:
         self._id = call_id
         self._inbox = inbox
@@ -168,4 +168,4 @@ class UploadBody:
             raise StopAsyncIteration
         if self._inbox.consumed():
             await self._send_credit(self._inbox.credit_message(self._id))
-        return await self._unpack(msg.body)
+        return self._unpack(msg.body)

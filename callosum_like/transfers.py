@@ -12,12 +12,12 @@ it waits behind at most a few chunks, not behind the whole body.
   transfer, whatever the transport, and ties the sender's pace to the receiver's.
 * Reassembly enforces ``max_body_size`` from the head on: an oversize body is refused
   (``ChunkStop``) before any chunk is buffered, and a transfer whose chunks overrun the size
-  its head announced is a protocol error. Buffers grow only as bytes arrive, and a link holds
-  at most ``MAX_OPEN_TRANSFERS`` transfers at once.
-* Neither side copies a large body whole on the event loop: the sender cuts its chunks
-  from the ``LargeBody`` that ``pack_body`` made (views of the caller's bytes), and the
-  receiver keeps the chunks as they came and joins them on a worker thread when the body is
-  used (``load_body``; ``bytes.join`` drops the GIL while it copies).
+  its head announced is a protocol error. A body's buffer grows only as bytes arrive (to at
+  most twice what arrived), and a link holds at most ``MAX_OPEN_TRANSFERS`` transfers at once.
+* Neither side copies a large body whole at once: the sender cuts its chunks from the
+  ``LargeBody`` that ``pack_body`` made (views of the caller's bytes), and the receiver
+  copies each chunk, as it arrives, into the one buffer that becomes the body. A ``bytes``
+  body reaches the application as that buffer, with nothing joined or unpacked.
 * A sender that gives up (its caller cancelled or timed out) sends ``ChunkAbort``; the
   receiver forgets the partial body. A link that ends fails every transfer on it.
 
@@ -28,16 +28,19 @@ bookkeeping. Only ``peer`` uses this module.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import os
-import threading
+import io
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from dataclasses import dataclass, replace
+from typing import Final
 
 from .errors import ProtocolError
 from .wire import messages as m
-from .wire.codec import ChunkedHead, OversizeBodyError, bin_value_parts, unpack_body
+from .wire.codec import (
+    BIN_HEADER_SIZE,
+    ChunkedHead,
+    OversizeBodyError,
+    bin_value_size,
+)
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -46,8 +49,6 @@ __all__ = [
     "TransferStopped",
     "OutgoingTransfers",
     "Reassembly",
-    "OFFLOAD_SIZE",
-    "load_body",
 ]
 
 #: Bytes per chunk unless the peer sets ``chunk_size``. Chosen by measurement (see
@@ -58,9 +59,6 @@ DEFAULT_CHUNK_SIZE: Final = 256 * 1024
 CHUNK_WINDOW: Final = 4
 #: Transfers a receiver assembles at once per link; a sender never opens more.
 MAX_OPEN_TRANSFERS: Final = 16
-#: A received body at least this large is joined on a worker thread, not on the event loop.
-#: Below it the copy takes well under a millisecond, less than handing it to a thread.
-OFFLOAD_SIZE: Final = 1 << 20
 #: Refused transfers whose in-flight chunks are ignored quietly until their sender aborts.
 _STOPPED_MEMORY: Final = 64
 
@@ -159,11 +157,51 @@ def _wake(state: _Outgoing) -> None:
         state.waiter.set_result(None)
 
 
+class _Buffer:
+    """One body's bytes, written in order into a single ``bytes`` object as they arrive.
+
+    It grows by doubling, so it is never more than twice the bytes written so far, and
+    ``value`` hands over the buffer itself: CPython's ``BytesIO.getvalue`` returns its own
+    ``bytes`` when the buffer is exactly full and nothing else views it. So each byte is
+    copied once, from the transport's frame into the body the application gets, where
+    collecting the chunks and joining them copied it twice and held the body twice.
+    """
+
+    __slots__ = ("_capacity", "_io", "_position", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._io = io.BytesIO()
+        self._size = size
+        self._capacity = 0
+        self._position = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        end = self._position + len(data)
+        if end > self._capacity:
+            # Extend by writing the new last byte: BytesIO then resizes its buffer once, to
+            # exactly this size, where appending would resize it at every write.
+            self._capacity = min(self._size, 2 * end)
+            self._io.seek(self._capacity - 1)
+            self._io.write(b"\0")
+            self._io.seek(self._position)
+        self._io.write(data)
+        self._position = end
+
+    def value(self) -> bytes:
+        """The whole body (all ``size`` bytes must have been written)."""
+        value = self._io.getvalue()
+        self._io.close()
+        return value
+
+
 @dataclass(eq=False)
 class _Incoming:
     head: ChunkedHead
-    parts: list[bytes] = field(default_factory=list)
     received: int = 0
+    #: The body's ``bin 32`` header when it is one ``bytes`` value: the buffer then holds
+    #: just the value, which becomes the application's body as it is.
+    header: bytes = b""
+    buffer: _Buffer | None = None
 
 
 class Reassembly:
@@ -209,7 +247,8 @@ class Reassembly:
     def feed(self, chunk: m.Chunk) -> m.Message | None:
         """Add a chunk; the whole message once its last chunk is in, else None.
 
-        The whole message's body is a ``LargeBody`` of the chunks as they came.
+        The whole message's body is a ``LargeBody``: the ``bin 32`` header and the value
+        itself when the body is one ``bytes`` value, else the packed body in one piece.
 
         Raises:
             ProtocolError: The chunk belongs to no open transfer (and not to one we refused),
@@ -227,15 +266,19 @@ class Reassembly:
                 f"transfer {chunk.transfer}: chunk of {size} bytes after "
                 f"{incoming.received} of {incoming.head.size}"
             )
-        # Exact bytes, so that the final join can drop the GIL; a chunk a transport handed
-        # over as a view or a bytearray is copied here, one chunk at a time.
-        body = chunk.body
-        incoming.parts.append(body if type(body) is bytes else bytes(body))
+        data = memoryview(chunk.body)
+        if incoming.buffer is None:  # the first chunk: is the body one ``bytes`` value?
+            if bin_value_size(data) == incoming.head.size - BIN_HEADER_SIZE:
+                incoming.header = bytes(data[:BIN_HEADER_SIZE])
+                data = data[BIN_HEADER_SIZE:]
+            incoming.buffer = _Buffer(incoming.head.size - len(incoming.header))
+        incoming.buffer.write(data)
         incoming.received += size
         if incoming.received < incoming.head.size:
             return None
         del self._open[chunk.transfer]
-        whole = m.LargeBody(incoming.parts)
+        value = incoming.buffer.value()
+        whole = m.LargeBody((incoming.header, value) if incoming.header else (value,))
         return replace(incoming.head.message, body=whole)  # type: ignore[arg-type]
 
     def expects(self, transfer: int) -> bool:
@@ -251,51 +294,3 @@ class Reassembly:
         self._stopped[transfer] = None
         while len(self._stopped) > _STOPPED_MEMORY:
             self._stopped.popitem(last=False)
-
-
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _join_executor() -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that join large bodies.
-
-    Our own, not the loop's default executor: an application's blocking work there must not
-    delay a reply, nor ours delay that work.
-    """
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=2, thread_name_prefix="callosum_like-join"
-            )
-        return _executor
-
-
-def _forget_executor() -> None:
-    """In a forked child the parent's worker threads do not exist: start a new pool."""
-    global _executor, _executor_lock
-    _executor = None
-    _executor_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_executor)
-
-
-async def load_body(body: m.PackedBody) -> Any:
-    """Unpack a received body; a large one is joined on a worker thread.
-
-    The event loop goes on serving other messages while megabytes are copied. A body that
-    is one ``bytes`` value (every large ``bytes`` body) needs nothing more; any other large
-    body is joined off the loop and unpacked on it.
-
-    Raises:
-        ProtocolError: The body is not exactly one msgpack value.
-    """
-    if type(body) is not m.LargeBody or len(body) < OFFLOAD_SIZE:
-        return unpack_body(body)
-    loop = asyncio.get_running_loop()
-    payload = bin_value_parts(body)
-    pieces = body.parts if payload is None else payload
-    joined = await loop.run_in_executor(_join_executor(), b"".join, pieces)
-    return joined if payload is not None else unpack_body(joined)

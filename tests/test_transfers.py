@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
-import signal
-import time
-import warnings
+import tracemalloc
+from typing import cast
 
 import pytest
 
 from callosum_like.errors import ProtocolError
 from callosum_like.transfers import (
     MAX_OPEN_TRANSFERS,
-    OFFLOAD_SIZE,
     OutgoingTransfers,
     Reassembly,
     TransferStopped,
-    load_body,
 )
 from callosum_like.wire import messages as m
-from callosum_like.wire.codec import ChunkedHead, OversizeBodyError, pack_body
+from callosum_like.wire.codec import ChunkedHead, OversizeBodyError, pack_body, unpack_body
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -111,7 +109,20 @@ async def test_a_lost_link_fails_every_sender_and_every_later_transfer() -> None
         await outgoing.open()
 
 
-def test_a_reassembled_body_is_its_chunks_as_exact_bytes() -> None:
+def reassemble(packed: bytes, cuts: list[int]) -> m.LargeBody:
+    """The body that ``packed``, sent in chunks cut at ``cuts``, arrives as."""
+    incoming = Reassembly(max_body_size=len(packed))
+    incoming.begin(head(1, len(packed)))
+    whole = None
+    for start, end in itertools.pairwise([0, *cuts, len(packed)]):
+        assert whole is None  # only the last chunk completes the message
+        whole = incoming.feed(m.Chunk(transfer=1, body=packed[start:end]))
+    assert isinstance(whole, m.Call)
+    assert isinstance(whole.body, m.LargeBody)
+    return whole.body
+
+
+def test_a_reassembled_body_keeps_what_arrived_when_the_transport_reuses_its_buffer() -> None:
     incoming = Reassembly(max_body_size=100)
     incoming.begin(head(1, 6))
     source = bytearray(b"abcdef")
@@ -120,71 +131,54 @@ def test_a_reassembled_body_is_its_chunks_as_exact_bytes() -> None:
     assert isinstance(whole, m.Call)
     assert isinstance(whole.body, m.LargeBody)
     source[:3] = b"XYZ"  # the transport reuses its buffer: the body keeps what arrived
-    assert [type(part) for part in whole.body.parts] == [bytes, bytes]
+    assert [type(part) for part in whole.body.parts] == [bytes]
     assert whole.body.joined() == b"abcdef"
 
 
-@pytest.mark.asyncio
+def test_a_reassembled_bytes_value_reaches_the_application_without_another_copy() -> None:
+    value = os.urandom(300_000)
+    packed = cast(m.LargeBody, pack_body(value)).joined()
+    body = reassemble(packed, [65_536, 131_072, 262_144])
+    header, assembled = body.parts
+    assert header == packed[:5]
+    assert assembled == value
+    assert unpack_body(body) is assembled  # the buffer itself, not a join of it
+
+
 @pytest.mark.parametrize(
-    "value", [b"q" * (3 * OFFLOAD_SIZE), [b"q" * OFFLOAD_SIZE, "tail"], b"s" * 1000]
+    ("value", "cuts"),
+    [
+        ([b"q" * 100_000, "tail"], [7, 50_000]),
+        ({"k": b"v" * 100_000, "n": 1}, [1, 2, 3]),
+        (b"h" * 100_000, [3, 4]),  # the bin 32 header split over two chunks
+    ],
 )
-async def test_load_body_unpacks_what_pack_body_packed(value: object) -> None:
+def test_a_reassembled_body_of_any_shape_unpacks_to_its_value(
+    value: object, cuts: list[int]
+) -> None:
     packed = pack_body(value)
-    joined = packed.joined() if isinstance(packed, m.LargeBody) else packed
-    third = len(joined) // 3
-    received = m.LargeBody([joined[:third], joined[third : 2 * third], joined[2 * third :]])
-    assert await load_body(received) == value
-    assert await load_body(joined) == value
+    data = packed.joined() if isinstance(packed, m.LargeBody) else packed
+    assert unpack_body(reassemble(data, cuts)) == value
 
 
-@pytest.mark.asyncio
-async def test_load_body_leaves_the_event_loop_free_while_it_joins_a_large_body() -> None:
-    value = b"j" * (32 * OFFLOAD_SIZE)
-    received = pack_body(value)
-    ticks: list[None] = []
-
-    async def tick() -> None:
-        while True:
-            ticks.append(None)
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0)
-    before = len(ticks)
-    loaded = await load_body(received)
-    ticker.cancel()
-    # Joined on the loop, the ticker could not have run between the call and its result.
-    assert len(ticks) > before
-    assert loaded == value
-
-
-@pytest.mark.asyncio
-async def test_load_body_of_garbage_is_a_protocol_error() -> None:
+def test_a_reassembled_body_that_is_not_msgpack_is_a_protocol_error() -> None:
+    body = reassemble(b"\xc1" * 200_000, [100_000])
     with pytest.raises(ProtocolError):
-        await load_body(m.LargeBody([b"\xc1" * OFFLOAD_SIZE]))
+        unpack_body(body)
 
 
-def test_load_body_works_in_a_child_forked_after_the_parent_used_it() -> None:
-    value = b"f" * (2 * OFFLOAD_SIZE)
-
-    def load() -> object:
-        return asyncio.run(asyncio.wait_for(load_body(pack_body(value)), 10))
-
-    assert load() == value  # the parent's pool now has worker threads
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
-        pid = os.fork()
-    if pid == 0:  # the child: the parent's worker threads were not copied
-        status = 1
-        try:
-            status = 0 if load() == value else 1
-        finally:
-            os._exit(status)
-    deadline = time.monotonic() + 20
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("load_body hung in a forked child")
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+def test_an_announced_body_takes_memory_only_as_its_bytes_arrive() -> None:
+    announced, chunk = 64 << 20, 64 << 10
+    incoming = Reassembly(max_body_size=announced)
+    tracemalloc.start()
+    try:
+        for transfer in range(1, MAX_OPEN_TRANSFERS + 1):
+            incoming.begin(head(transfer, announced))
+            incoming.feed(m.Chunk(transfer=transfer, body=b"\xc1" * chunk))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Each partial body is at most twice what arrived of it, however large its head said
+    # it would be.
+    assert held < MAX_OPEN_TRANSFERS * 3 * chunk
+    assert incoming.buffered == MAX_OPEN_TRANSFERS * chunk

@@ -47,6 +47,8 @@ __all__ = [
     "pack_body",
     "unpack_body",
     "bin_value_parts",
+    "bin_value_size",
+    "BIN_HEADER_SIZE",
 ]
 
 #: What the codec accepts as a frame: transports hand over bytes or zero-copy views.
@@ -72,6 +74,8 @@ _KNOWN_FLAGS: Final = FLAG_COMPRESSED | FLAG_CHUNKED
 _DIRECT_BIN: Final = 1 << 16
 _MAX_BIN: Final = 2**32 - 1
 _BIN32: Final = b"\xc6"
+#: Bytes in the header of a ``bin 32`` value (its type byte and its length).
+BIN_HEADER_SIZE: Final = 5
 
 _OptStr = (str, type(None))
 _OptNum = (float, int, type(None))
@@ -227,6 +231,16 @@ def pack_body(value: Any) -> m.PackedBody:
         return packed
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"body is not msgpack-serializable: {exc}") from None
+
+
+def bin_value_size(prefix: Frame) -> int | None:
+    """The length of the ``bin 32`` value that ``prefix`` starts with; None if it does not.
+
+    ``prefix`` is the start of a packed body (at least ``BIN_HEADER_SIZE`` bytes of it).
+    """
+    if len(prefix) < BIN_HEADER_SIZE or prefix[0] != _BIN32[0]:
+        return None
+    return int.from_bytes(prefix[1:BIN_HEADER_SIZE], "big")
 
 
 def bin_value_parts(body: m.LargeBody) -> list[bytes] | None:

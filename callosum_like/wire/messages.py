@@ -5,8 +5,8 @@ framing or of futures. ``wire.codec`` turns them into frames and back; ``session
 Peer act on them. A message that carries an application body keeps it already
 msgpack-packed (``PackedBody``), so that a body is packed exactly once on the way out and
 unpacked exactly once on the way in (at the point of use). A large body is a ``LargeBody``:
-its packed bytes as a list of pieces that are never joined on the event loop. See
-docs/PROTOCOL.md for the frame layout.
+its packed bytes as a few pieces, so that a large ``bytes`` value is never copied whole.
+See docs/PROTOCOL.md for the frame layout.
 
 Don't subclass these: the codec dispatches on the exact class.
 """
@@ -82,14 +82,14 @@ MAX_ROUTE_LENGTH: Final = 1024
 
 
 class LargeBody:
-    """A large packed body, kept as the pieces it arrived in or leaves in.
+    """A large packed body, kept in pieces so that its ``bytes`` value is never copied whole.
 
     Joining or slicing megabytes copies them, and a copy of 16 MiB holds the event loop for
     3-10 ms (most of it page faults). So a large ``bytes`` body leaves as
     ``[bin 32 header, the bytes themselves]`` (``codec.pack_body``) and is cut into chunks
-    from there; a chunked body arrives as its chunks, which the receiver joins on a worker
-    thread (``transfers.load_body``): ``bytes.join`` of exact ``bytes`` drops the GIL while
-    it copies. (Which pieces make a ``bytes`` value is the codec's business:
+    from there; a chunked body arrives in the same shape, its value assembled chunk by chunk
+    as it came (``transfers.Reassembly``), or as one piece when it is not one ``bytes``
+    value. (Which pieces make a ``bytes`` value is the codec's business:
     ``codec.bin_value_parts``.)
 
     Args:
