@@ -39,7 +39,7 @@ import contextlib
 import logging
 import secrets
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Hashable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, cast
@@ -117,6 +117,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: Requests a peer holds (running plus waiting) before it refuses new ones as overloaded.
 DEFAULT_MAX_PENDING: Final = 10_000
+#: Seconds within which two messages from the remote (other than chunks and their acks)
+#: make a link count as shared, and for which it then stays shared: chunks are small.
+SHARED_SPAN: Final = 0.1
+#: How many times ``chunk_size`` a chunk is while its link is not shared.
+BULK_CHUNKS: Final = 4
 #: The Goodbye reason a bound peer gives a link whose identity a newer connection took.
 REPLACED: Final = "replaced by a newer connection"
 
@@ -136,6 +141,17 @@ class Link:
     #: Order keys of calls whose chunked body is being sent, and when that is done: a later
     #: call with the same key waits, so that the remote sees the calls in the order made.
     bulk_keys: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    #: When the remote's last two messages other than chunks and their acks came within
+    #: ``SHARED_SPAN`` of each other, chunks stay small until ``SHARED_SPAN`` after the
+    #: latest (see ``Peer._chunk_size_for``).
+    last_other: float = -SHARED_SPAN
+    shared_until: float = 0.0
+
+    def saw_other(self, now: float) -> None:
+        """A message arrived that is not part of a chunked transfer."""
+        if now - self.last_other < SHARED_SPAN:
+            self.shared_until = now + SHARED_SPAN
+        self.last_other = now
 
     @property
     def identity(self) -> str:
@@ -198,7 +214,8 @@ class Peer:
         compress: Snappy-compress large bodies we send.
         max_body_size: Largest body in bytes we send or accept.
         chunk_size: Bodies larger than this many bytes travel in chunks of this size, with
-            other messages interleaved between them.
+            other messages interleaved between them. While the remote sends nothing but
+            the transfers' own messages, chunks are ``BULK_CHUNKS`` times this size.
         heartbeat_interval: Seconds between pings on every link.
         heartbeat_timeout: Seconds of silence after which a remote is considered gone.
         connect_timeout: Seconds ``__aenter__`` of a connecting peer waits for the handshake,
@@ -877,7 +894,8 @@ class Peer:
         finished = False
         try:
             await self._send_frames(link, encode_head(msg, transfer))
-            for part in _slices(msg.body, self._chunk_size):  # type: ignore[union-attr]
+            size = self._chunk_size_for(link)
+            for part in _slices(msg.body, size):  # type: ignore[union-attr]
                 await link.outgoing.take(transfer)
                 chunk = m.Chunk(transfer=transfer, body=cast(bytes, part))
                 await self._send_frames(link, encode(chunk, compress=self._compress))
@@ -891,6 +909,24 @@ class Peer:
             if done is not None:
                 del link.bulk_keys[order_key]  # type: ignore[arg-type]
                 done.set_result(None)
+
+    def _chunk_size_for(self, link: Link) -> Callable[[], int]:
+        """The size of the next chunk on ``link``: ``chunk_size``, or more while it is quiet.
+
+        Small chunks are for the small messages that would otherwise wait behind a large
+        body. While the remote sends nothing else (two messages within ``SHARED_SPAN`` of
+        each other mark the link as shared), no one waits, and chunks are ``BULK_CHUNKS``
+        times larger: over ZeroMQ each chunk costs about 0.1 ms of CPU on either side beyond
+        its bytes (docs/performance.md). A small message that comes when the link was quiet
+        waits behind at most a window of large chunks; the chunks after it are small.
+        """
+        small, bulk = self._chunk_size, self._chunk_size * BULK_CHUNKS
+        clock = asyncio.get_running_loop().time
+
+        def size() -> int:
+            return small if clock() < link.shared_until else bulk
+
+        return size
 
     async def _send_reply(self, key: Hashable, reply: m.Message) -> None:
         link = self._links.get(key)  # type: ignore[call-overload]
@@ -986,7 +1022,10 @@ class Peer:
             link.session.receive(msg.message, asyncio.get_running_loop().time())
             await self._on_chunked_head(link, msg)
             return
-        link.session.receive(msg, asyncio.get_running_loop().time())  # type: ignore[arg-type]
+        now = asyncio.get_running_loop().time()
+        link.session.receive(msg, now)  # type: ignore[arg-type]
+        if type(msg) not in _TRANSFER_KINDS:
+            link.saw_other(now)
         handler = self._HANDLERS[type(msg)]
         await handler(self, link, msg)
 
@@ -1309,12 +1348,14 @@ def _expire(expiry: _Expiry) -> None:
 _BODY_KINDS: Final = frozenset({m.Call, m.Result, m.StreamItem, m.UploadItem})
 
 
-def _slices(body: m.PackedBody, size: int) -> Iterator[bytes | memoryview]:
-    """``body`` cut into chunks of ``size`` bytes, as views where it can (no copy)."""
-    if type(body) is m.LargeBody:
-        return body.slices(size)
-    view = memoryview(cast(bytes, body))
-    return (view[start : start + size] for start in range(0, len(view), size))
+#: The messages of chunked transfers themselves: they do not make a link count as shared.
+_TRANSFER_KINDS: Final = frozenset({m.Chunk, m.ChunkAck, m.ChunkStop, m.ChunkAbort})
+
+
+def _slices(body: m.PackedBody, size: Callable[[], int]) -> Iterator[bytes | memoryview]:
+    """``body`` cut into chunks of ``size()`` bytes each, as views where it can (no copy)."""
+    large = body if type(body) is m.LargeBody else m.LargeBody((cast(bytes, body),))
+    return large.slices(size)
 
 
 async def _after_bulk(link: Link, order_key: str | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 from typing import Any
 
@@ -16,8 +17,9 @@ import pytest
 
 import callosum_like as cl
 from callosum_like.errors import ErrorCode
+from callosum_like.peer import BULK_CHUNKS, SHARED_SPAN
 from callosum_like.wire import messages as m
-from callosum_like.wire.codec import encode_head, pack_body
+from callosum_like.wire.codec import ChunkedHead, encode_head, pack_body
 
 from .conftest import PairFactory, bind_address, connect_address
 from .rawpeer import RawClient
@@ -253,6 +255,59 @@ async def test_a_chunked_call_by_hand_is_served(
         assert await raw.receive() == m.Result(id=3, body=body)
     finally:
         await raw.aclose()
+
+
+async def download_chunk_sizes(raw: RawClient, *, chatter: bool) -> list[int]:
+    """Call ``download`` by hand and take its chunked result, acking every chunk.
+
+    With ``chatter``, a small call goes out before the download and after every chunk, as
+    small calls do beside a large body; their results are taken as they come.
+    """
+    if chatter:
+        await raw.send(m.Call(id=1, method="echo", body=pack_body("small")))
+    await raw.send(m.Call(id=2, method="download", body=pack_body(None)))
+    sizes: list[int] = []
+    head = None
+    calls = itertools.count(3)
+    while head is None or sum(sizes) < head.size:
+        msg = await raw.receive_any()
+        if isinstance(msg, ChunkedHead):
+            head = msg
+        elif isinstance(msg, m.Chunk):
+            assert head is not None
+            sizes.append(len(msg.body))
+            await raw.send(m.ChunkAck(transfer=head.transfer, amount=1))
+            if chatter:
+                await raw.send(m.Call(id=next(calls), method="echo", body=pack_body("small")))
+        else:
+            assert isinstance(msg, m.Result), msg  # a small call's
+    return sizes
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("chatter", [False, True], ids=["quiet", "shared"])
+async def test_chunks_are_larger_while_nothing_else_uses_the_link(
+    transport_kind: str, peers: contextlib.AsyncExitStack, chatter: bool
+) -> None:
+    server = await peers.enter_async_context(
+        cl.Peer(bind=bind_address(transport_kind), chunk_size=CHUNK)
+    )
+    server.handle_function("echo", echo)
+
+    async def download(request: cl.Request) -> bytes:
+        return os.urandom(40 * CHUNK)
+
+    server.handle_function("download", download)
+    raw = await RawClient.connect(server, transport_kind)
+    try:
+        await raw.handshake()
+        await asyncio.sleep(2 * SHARED_SPAN)  # the handshake does not count as chatter
+        sizes = await download_chunk_sizes(raw, chatter=chatter)
+    finally:
+        await raw.aclose()
+    assert sum(sizes) == len(pack_body(os.urandom(40 * CHUNK)))
+    expected = CHUNK if chatter else BULK_CHUNKS * CHUNK
+    assert set(sizes[:-1]) == {expected}
 
 
 def test_chunk_size_is_checked() -> None:

@@ -123,32 +123,35 @@ class LargeBody:
 
     __bytes__ = joined
 
-    def slices(self, size: int) -> Iterator[bytes | memoryview]:
-        """The packed body cut into pieces of ``size`` bytes (the last may be shorter).
+    def slices(self, size: int | Callable[[], int]) -> Iterator[bytes | memoryview]:
+        """The packed body cut into consecutive pieces of ``size`` bytes (the last may be shorter).
 
-        A piece within one part is a view of it (no copy); only a piece that spans two
-        parts is copied together.
+        ``size`` may be a function: it is asked for the size of each piece just before that
+        piece is cut, so a sender can change its chunk size during a transfer. A piece
+        within one part is a view of it (no copy); only a piece that spans two parts is
+        copied together.
         """
-        carry: list[bytes | memoryview] = []
+        next_size: Callable[[], int] = size if callable(size) else lambda: size
+        want = next_size()
+        carry: list[memoryview] = []  # the start of a piece that spans parts
         carried = 0
         for part in self.parts:
             view = memoryview(part)
             start = 0
-            if carried:
-                take = min(size - carried, len(view))
-                carry.append(view[:take])
-                carried += take
-                start = take
-                if carried < size:
+            while start < len(view):
+                if not carried and len(view) - start >= want:
+                    yield view[start : start + want]
+                    start += want
+                    want = next_size()
                     continue
-                yield b"".join(carry)
-                carry, carried = [], 0
-            while len(view) - start >= size:
-                yield view[start : start + size]
-                start += size
-            if start < len(view):
-                carry.append(view[start:])
-                carried = len(view) - start
+                take = min(want - carried, len(view) - start)
+                carry.append(view[start : start + take])
+                carried += take
+                start += take
+                if carried == want:
+                    yield b"".join(carry)
+                    carry, carried = [], 0
+                    want = next_size()
         if carried:
             yield carry[0] if len(carry) == 1 else b"".join(carry)
 

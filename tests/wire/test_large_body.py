@@ -7,6 +7,8 @@ same bytes as the plain packing would, whatever the cut.
 
 from __future__ import annotations
 
+import itertools
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -69,6 +71,26 @@ def test_slices_cut_the_joined_body_at_every_step(sizes: list[int], step: int) -
     joined = body.joined()
     pieces = [bytes(piece) for piece in body.slices(step)]
     assert pieces == [joined[i : i + step] for i in range(0, len(joined), step)]
+
+
+@given(
+    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=8),
+    steps=st.lists(st.integers(1, 60), min_size=1, max_size=10),
+)
+def test_slices_take_a_new_size_for_every_piece(sizes: list[int], steps: list[int]) -> None:
+    parts = [bytes([i]) * size for i, size in enumerate(sizes)]
+    body = m.LargeBody(parts)
+    asked = itertools.cycle(steps)
+    cut: list[int] = []
+
+    def next_size() -> int:
+        cut.append(next(asked))
+        return cut[-1]
+
+    pieces = [bytes(piece) for piece in body.slices(next_size)]
+    assert b"".join(pieces) == body.joined()
+    assert [len(piece) for piece in pieces[:-1]] == cut[: len(pieces) - 1]
+    assert 0 < len(pieces[-1]) <= cut[len(pieces) - 1]
 
 
 def test_slices_within_one_part_are_views_not_copies() -> None:
