@@ -247,15 +247,13 @@ def bin_value_parts(body: m.LargeBody) -> list[bytes] | None:
     """The pieces of the value, when ``body`` is exactly one msgpack ``bin 32`` value.
 
     That is how ``pack_body`` packs every large ``bytes`` value; the value is then these
-    pieces joined, with nothing to unpack. None for any other body (also when the 5-byte
-    header is split over two pieces: the body is then unpacked the general way).
+    pieces joined, with nothing to unpack. None for any other body (also when the header
+    is split over two pieces: the body is then unpacked the general way).
     """
     first = body.parts[0]
-    if len(first) < 5 or first[:1] != _BIN32:
+    if bin_value_size(first) != len(body) - BIN_HEADER_SIZE:
         return None
-    if int.from_bytes(first[1:5], "big") != len(body) - 5:
-        return None
-    head = first[5:]
+    head = first[BIN_HEADER_SIZE:]
     return [head, *body.parts[1:]] if head else list(body.parts[1:])
 
 
