@@ -54,6 +54,9 @@ class Deadlines:
     def __init__(self) -> None:
         self._groups: dict[float, deque[Deadline]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        #: The loop of the first ``add`` (until ``clear``): ``asyncio.get_running_loop`` is a
+        #: ``getpid`` system call per use on Python 3.11, and ``add`` runs on every call.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer_at = math.inf
         self._held = 0  # deadlines in the groups, live or dead
         self._live = 0
@@ -69,7 +72,9 @@ class Deadlines:
 
     def add(self, seconds: float, callback: Callable[[Any], object], arg: object) -> Deadline:
         """Call ``callback(arg)`` from the loop in ``seconds``, unless discarded first."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = Deadline(loop.time() + seconds, callback, arg)
         group = self._groups.get(seconds)
         if group is None:
@@ -97,6 +102,7 @@ class Deadlines:
                 deadline.callback = deadline.arg = None
         self._groups.clear()
         self._held = self._live = 0
+        self._loop = None
         if self._timer is not None:
             self._timer.cancel()
         self._timer, self._timer_at = None, math.inf

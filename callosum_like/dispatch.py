@@ -131,6 +131,7 @@ class Dispatcher:
         self._reorder: ReplyReorder[Reply] = ReplyReorder()
         self._serial: SerialQueue[_Inbound] = SerialQueue()
         self._scheduler: aiojobs.Scheduler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # from ``start`` on
         self._deadlines = Deadlines()  # execute timeouts
         self._closing = False
 
@@ -162,6 +163,7 @@ class Dispatcher:
 
     def start(self) -> None:
         """Create the scheduler; needs a running loop."""
+        self._loop = asyncio.get_running_loop()
         self._scheduler = aiojobs.Scheduler(
             limit=self._max_concurrency,
             pending_limit=self._max_pending + 1,
@@ -306,7 +308,7 @@ class Dispatcher:
         timeout = _earliest(self._execute_timeout, call.timeout)
         deadline = None
         if timeout is not None:  # one shared timer, not a timeout context per call
-            inbound.task = asyncio.current_task()
+            inbound.task = asyncio.current_task(self._loop)
             deadline = self._deadlines.add(timeout, _expire, inbound)
         try:
             if call.stream:

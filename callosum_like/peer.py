@@ -302,6 +302,9 @@ class Peer:
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._welcomed: asyncio.Future[None] | None = None
+        #: The loop we run on, from ``open`` on (``asyncio.get_running_loop`` costs a
+        #: ``getpid`` system call per use on Python 3.11; the hot path used it 4 times a call).
+        self._loop: asyncio.AbstractEventLoop
         self._events = EventHub()
         self._state = "new"
 
@@ -591,6 +594,7 @@ class Peer:
         await self.aclose()
 
     async def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         max_frame = self._max_body_size + MAX_HEADER_SIZE
         self._dispatcher.start()
         if self._bound:
@@ -600,7 +604,7 @@ class Peer:
                 authenticator=self._authenticator,
             )
         else:
-            self._welcomed = asyncio.get_running_loop().create_future()
+            self._welcomed = self._loop.create_future()
             self._connection = await self._transport.connect(
                 self._address,
                 max_frame_size=max_frame,
@@ -758,7 +762,7 @@ class Peer:
         timeout: float | None,
         upload: AsyncIterable[Body] | None = None,
     ) -> m.Message:
-        future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[m.Message] = self._loop.create_future()
         link.pending[msg.id] = future
         self._counters.calls_out += 1
         started = rpc_started()
@@ -766,7 +770,7 @@ class Peer:
         try:
             if timeout is not None:  # one shared timer, not a timeout context per call
                 # The timeout covers sending too: a chunked body may take a while to go out.
-                expiry = _Expiry(future)
+                expiry = _Expiry(future, asyncio.current_task(self._loop))
                 deadline = self._deadlines.add(timeout, _expire, expiry)
             return await self._send_and_wait(link, msg, future, upload)
         except asyncio.CancelledError:
@@ -1019,10 +1023,10 @@ class Peer:
             await self._refuse_oversize(link, exc)
             return
         if type(msg) is ChunkedHead:
-            link.session.receive(msg.message, asyncio.get_running_loop().time())
+            link.session.receive(msg.message, self._loop.time())
             await self._on_chunked_head(link, msg)
             return
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         link.session.receive(msg, now)  # type: ignore[arg-type]
         if type(msg) not in _TRANSFER_KINDS:
             link.saw_other(now)
@@ -1331,9 +1335,9 @@ class _Expiry:
 
     __slots__ = ("fired", "future", "task")
 
-    def __init__(self, future: asyncio.Future[m.Message]) -> None:
+    def __init__(self, future: asyncio.Future[m.Message], task: asyncio.Task[Any] | None) -> None:
         self.future = future
-        self.task = asyncio.current_task()
+        self.task = task
         self.fired = False
 
 

@@ -45,7 +45,18 @@ __all__ = [
 ]
 
 
-class LinkState(enum.Enum):
+class _Enum(enum.Enum):
+    """An enum whose members hash by identity, in C.
+
+    ``Enum.__hash__`` is a Python function (hash of the name); these members are looked up
+    in the transition tables several times per call. Members are singletons compared by
+    identity, so hashing by identity is consistent with equality.
+    """
+
+    __hash__ = object.__hash__
+
+
+class LinkState(_Enum):
     """Where a link is in its life."""
 
     CONNECTING = "connecting"
@@ -55,7 +66,7 @@ class LinkState(enum.Enum):
     BROKEN = "broken"
 
 
-class LinkInput(enum.Enum):
+class LinkInput(_Enum):
     """What can happen to a link."""
 
     HANDSHAKE = "handshake"  # Hello (bound side) or Welcome (connecting side) accepted
@@ -84,7 +95,7 @@ LINK_TRANSITIONS: Final[dict[tuple[LinkState, LinkInput], LinkState]] = {
 }
 
 
-class CallState(enum.Enum):
+class CallState(_Enum):
     """Where one call we sent is."""
 
     SENT = "sent"
@@ -92,7 +103,7 @@ class CallState(enum.Enum):
     DONE = "done"
 
 
-class CallInput(enum.Enum):
+class CallInput(_Enum):
     """What can happen to a call we sent."""
 
     REPLY = "reply"  # Result, Failure, Error or Cancelled arrived
