@@ -453,6 +453,8 @@ class _ZeroMQConnection(Connection):
                 batch = split_batch(parts[1])
             except ProtocolError as exc:
                 return self._drop(f"a bad batch: {exc}")
+            if len(parts[1]) <= self._max_frame_size:
+                return batch  # no frame in it can be over the limit
             return [m for m in batch if not self._oversize(m)]
         if len(parts) > 2 and not parts[1]:
             return [] if self._oversize(parts[2:]) else [parts[2:]]

@@ -44,6 +44,8 @@ MAX_FRAMES: Final = 16
 
 _COUNT = struct.Struct("!H")
 _LENGTH = struct.Struct("!I")
+#: A message's frame count and the length of its first frame, read or written at once.
+_HEAD = struct.Struct("!HI")
 #: The largest length a u32 prefix can state: frames must be under 4 GiB.
 _MAX_LENGTH: Final = 2**32 - 1
 #: A frame at least this large that arrives in pieces is kept as those pieces (whole chunks
@@ -82,6 +84,8 @@ class FrameEncoder:
     """
 
     def __init__(self, copy_limit: int = 16 * 1024) -> None:
+        if not 0 < copy_limit <= _MAX_LENGTH:
+            raise ValueError(f"copy_limit must be in 1..{_MAX_LENGTH}, got {copy_limit}")
         self._copy_limit = copy_limit
         self._small = bytearray()  # framed bytes after the last large frame
         self._pieces: list[bytes | bytearray | memoryview] = []  # all before ``_small``
@@ -99,7 +103,17 @@ class FrameEncoder:
         """
         if not 1 <= len(frames) <= MAX_FRAMES:
             raise ValueError(f"a message has 1..{MAX_FRAMES} frames, got {len(frames)}")
-        small = self._small
+        small, limit = self._small, self._copy_limit
+        if len(frames) == 2:  # a header and a body, the common case, unrolled
+            head, body = frames
+            head_size, body_size = len(head), len(body)
+            if head_size < limit and body_size < limit:
+                small += _HEAD.pack(2, head_size)
+                small += head
+                small += _LENGTH.pack(body_size)
+                small += body
+                self._size += _COUNT.size + 2 * _LENGTH.size + head_size + body_size
+                return
         small += _COUNT.pack(len(frames))
         size = _COUNT.size
         for frame in frames:
@@ -107,7 +121,7 @@ class FrameEncoder:
             if length > _MAX_LENGTH:
                 raise ValueError(f"a frame must be under 4 GiB, got {length} bytes")
             small += _LENGTH.pack(length)
-            if length < self._copy_limit:
+            if length < limit:
                 small += frame
             else:
                 self._pieces += [small, frame]
@@ -181,28 +195,7 @@ class FrameDecoder:
 
     def _whole(self, data: bytes, pos: int, out: list[list[Buffer]]) -> int:
         """Take every complete message from ``data[pos:]``; return where the rest starts."""
-        end, limit = len(data), self._max_frame_size
-        unpack_count, unpack_length = _COUNT.unpack_from, _LENGTH.unpack_from
-        while end - pos >= _COUNT.size:
-            (count,) = unpack_count(data, pos)
-            if not 1 <= count <= MAX_FRAMES:
-                raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
-            at = pos + _COUNT.size
-            frames: list[Buffer] = []
-            for _ in range(count):
-                if end - at < _LENGTH.size:
-                    return pos
-                (length,) = unpack_length(data, at)
-                if length > limit:
-                    raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
-                at += _LENGTH.size
-                if end - at < length:
-                    return pos
-                frames.append(data[at : at + length])
-                at += length
-            out.append(frames)
-            pos = at
-        return pos
+        return _parse(data, pos, self._max_frame_size, out)
 
     def _resume(self, data: bytes, pos: int, out: list[list[Buffer]]) -> int:
         """Read the message in progress item by item, until it is complete or data ends."""
@@ -268,8 +261,14 @@ def pack_batch(messages: Sequence[Sequence[bytes | bytearray | memoryview]]) -> 
     """
     pieces: list[bytes | bytearray | memoryview] = []
     add = pieces.append
-    pack_count, pack_length = _COUNT.pack, _LENGTH.pack
+    pack_count, pack_length, pack_head = _COUNT.pack, _LENGTH.pack, _HEAD.pack
     for frames in messages:
+        if len(frames) == 2:  # a header and a body, the common case, unrolled
+            head, body = frames
+            head_size, body_size = len(head), len(body)
+            if head_size <= _MAX_LENGTH and body_size <= _MAX_LENGTH:
+                pieces += (pack_head(2, head_size), head, pack_length(body_size), body)
+                continue
         if not 1 <= len(frames) <= MAX_FRAMES:
             raise ValueError(f"a message has 1..{MAX_FRAMES} frames, got {len(frames)}")
         add(pack_count(len(frames)))
@@ -298,29 +297,46 @@ def split_batch(data: Buffer) -> list[list[Buffer]]:
     """
     if type(data) is not bytes:
         data = bytes(data)
-    end_all = len(data)
-    if not end_all:
+    if not data:
         raise ProtocolError("empty batch")
-    unpack_count, unpack_length = _COUNT.unpack_from, _LENGTH.unpack_from
     out: list[list[Buffer]] = []
-    pos = 0
-    while pos < end_all:
-        if end_all - pos < _COUNT.size:
-            raise ProtocolError("batch ends inside a frame count")
-        (count,) = unpack_count(data, pos)
+    pos = _parse(data, 0, _MAX_LENGTH, out)
+    if pos < len(data):
+        raise ProtocolError(f"batch ends inside a message (at byte {pos} of {len(data)})")
+    return out
+
+
+def _parse(data: bytes, pos: int, limit: int, out: list[list[Buffer]]) -> int:
+    """Append every complete message of ``data[pos:]`` to ``out``; return where the rest starts.
+
+    Each frame is a slice of ``data`` (a copy). The hot path of both transports: the count
+    and the first length are read at once, and each frame's end is checked once.
+
+    Raises:
+        ProtocolError: A frame count out of range, or a frame over ``limit`` bytes.
+    """
+    end = len(data)
+    unpack_head, unpack_length = _HEAD.unpack_from, _LENGTH.unpack_from
+    while end - pos >= _HEAD.size:
+        count, length = unpack_head(data, pos)
         if not 1 <= count <= MAX_FRAMES:
             raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
-        pos += _COUNT.size
-        frames: list[Buffer] = []
-        for _ in range(count):
-            if end_all - pos < _LENGTH.size:
-                raise ProtocolError("batch ends inside a frame length")
-            (length,) = unpack_length(data, pos)
-            pos += _LENGTH.size
-            end = pos + length
-            if end > end_all:
-                raise ProtocolError("batch ends inside a frame")
-            frames.append(data[pos:end])
-            pos = end
+        if length > limit:
+            raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
+        at = pos + _HEAD.size + length
+        if at > end:
+            return pos
+        frames: list[Buffer] = [data[at - length : at]]
+        for _ in range(1, count):
+            if end - at < _LENGTH.size:
+                return pos
+            (length,) = unpack_length(data, at)
+            if length > limit:
+                raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
+            at += _LENGTH.size + length
+            if at > end:
+                return pos
+            frames.append(data[at - length : at])
         out.append(frames)
-    return out
+        pos = at
+    return pos

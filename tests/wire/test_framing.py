@@ -217,6 +217,8 @@ def test_encode_message_refuses_a_frame_of_4_gib() -> None:
 
     with pytest.raises(ValueError, match="frame"):
         pack_batch([[b"ok"], [_FourGiB(b"x")]])
+    with pytest.raises(ValueError, match="4 GiB"):  # the two-frame case has its own path
+        pack_batch([[b"ok"], [b"head", _FourGiB(b"x")]])
 
 
 # -- batches: the same layout in one buffer --------------------------------------------------
@@ -313,6 +315,14 @@ def test_encoder_refuses_bad_frame_counts(count: int) -> None:
         FrameEncoder().add([b"x"] * count)
     with pytest.raises(ValueError, match="frame"):
         FrameEncoder().add([_FourGiB(b"x")])
+    with pytest.raises(ValueError, match="4 GiB"):  # the two-frame case has its own path
+        FrameEncoder().add([b"head", _FourGiB(b"x")])
+
+
+@pytest.mark.parametrize("limit", [0, 2**32])
+def test_encoder_refuses_a_copy_limit_a_length_prefix_cannot_state(limit: int) -> None:
+    with pytest.raises(ValueError, match="copy_limit"):
+        FrameEncoder(copy_limit=limit)
 
 
 # -- the decoder: large frames in pieces, and announced lengths cost nothing ------------------
