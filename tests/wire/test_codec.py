@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from callosum_like.errors import ErrorCode, ProtocolError
+from callosum_like.wire import codec
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import (
     COMPRESS_THRESHOLD,
@@ -769,7 +770,19 @@ def test_a_mistyped_header_is_refused_before_the_body_size() -> None:
 @pytest.mark.parametrize("value", [object(), 2**64, -(2**63) - 1, {1, 2}, "\ud800"], ids=repr)
 def test_pack_body_refuses_what_msgpack_cannot_hold(value: Any) -> None:
     with pytest.raises(TypeError, match="msgpack"):
-        pack_body(value)
+        pack_body([1, "before the bad value", value])
+    # The packer is reused: nothing of the failed value is left in it.
+    assert pack_body([1, "x"]) == msgpack.packb([1, "x"])
+
+
+def test_the_reused_packer_lets_a_grown_buffer_go() -> None:
+    threads_packer = codec._pack._pack  # this thread's
+    assert pack_body(["small"]) == msgpack.packb(["small"])
+    assert codec._pack._pack is threads_packer
+    large = ["x" * codec.PACKER_BUFFER]  # a str: packed by msgpack, not passed through
+    assert pack_body(large) == msgpack.packb(large)
+    assert codec._pack._pack is not threads_packer
+    assert pack_body(["small"]) == msgpack.packb(["small"])
 
 
 @pytest.mark.parametrize("data", [b"", b"\xc1", b"\x92\x01", b"\x01\x02"], ids=repr)
