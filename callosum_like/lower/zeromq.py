@@ -473,7 +473,7 @@ class _ZeroMQConnection(Connection):
 
     def _oversize(self, parts: Sequence[Frame]) -> bool:
         """Our ``MAXMSGSIZE`` admits whole batches, and inproc:// bypasses it: check here."""
-        if any(len(p) > self._max_frame_size for p in parts):
+        if max(map(len, parts)) > self._max_frame_size:
             self._drop(f"a message with a frame over {self._max_frame_size} bytes")
             return True
         return False

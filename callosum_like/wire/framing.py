@@ -131,6 +131,8 @@ class FrameEncoder:
 
     def data_to_send(self) -> list[bytes | bytearray | memoryview]:
         """Everything queued, in order, for ``writelines`` (often one buffer); then empty."""
+        if not self._size:
+            return []
         pieces, small = self._pieces, self._small
         self._pieces, self._small, self._size = [], bytearray(), 0
         if small:
