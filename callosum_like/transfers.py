@@ -12,12 +12,15 @@ it waits behind at most a few chunks, not behind the whole body.
   transfer, whatever the transport, and ties the sender's pace to the receiver's.
 * Reassembly enforces ``max_body_size`` from the head on: an oversize body is refused
   (``ChunkStop``) before any chunk is buffered, and a transfer whose chunks overrun the size
-  its head announced is a protocol error. A body's buffer grows only as bytes arrive (to at
-  most twice what arrived), and a link holds at most ``MAX_OPEN_TRANSFERS`` transfers at once.
+  its head announced is a protocol error. A body takes memory only as its bytes arrive, and
+  a link holds at most ``MAX_OPEN_TRANSFERS`` transfers at once.
 * Neither side copies a large body whole at once: the sender cuts its chunks from the
   ``LargeBody`` that ``pack_body`` made (views of the caller's bytes), and the receiver
-  copies each chunk, as it arrives, into the one buffer that becomes the body. A ``bytes``
-  body reaches the application as that buffer, with nothing joined or unpacked.
+  copies each chunk, as it arrives, into the one buffer that becomes the body. On CPython
+  that buffer is the body's final ``bytes`` object, made at its full size but uninitialized,
+  so the system commits its pages only as chunks are written there (``_DirectBuffer``);
+  elsewhere it is a ``BytesIO`` that doubles as bytes arrive. A ``bytes`` body reaches the
+  application as that buffer, with nothing joined or unpacked.
 * A sender that gives up (its caller cancelled or timed out) sends ``ChunkAbort``; the
   receiver forgets the partial body. A link that ends fails every transfer on it.
 
@@ -28,8 +31,11 @@ bookkeeping. Only ``peer`` uses this module.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
+import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -59,6 +65,10 @@ DEFAULT_CHUNK_SIZE: Final = 256 * 1024
 CHUNK_WINDOW: Final = 4
 #: Transfers a receiver assembles at once per link; a sender never opens more.
 MAX_OPEN_TRANSFERS: Final = 16
+#: Bodies from this size on are reassembled in place in their final ``bytes`` object
+#: (``_DirectBuffer``); smaller ones in a ``BytesIO``.
+DIRECT_BUFFER_SIZE: Final = 64 * 1024
+_PYBUF_WRITE: Final = 0x200  # PyMemoryView_FromMemory: a writable view
 #: Refused transfers whose in-flight chunks are ignored quietly until their sender aborts.
 _STOPPED_MEMORY: Final = 64
 
@@ -157,14 +167,12 @@ def _wake(state: _Outgoing) -> None:
         state.waiter.set_result(None)
 
 
-class _Buffer:
-    """One body's bytes, written in order into a single ``bytes`` object as they arrive.
+class _GrowingBuffer:
+    """One body's bytes in a ``BytesIO`` that grows by doubling as they arrive.
 
-    It grows by doubling, so it is never more than twice the bytes written so far, and
-    ``value`` hands over the buffer itself: CPython's ``BytesIO.getvalue`` returns its own
-    ``bytes`` when the buffer is exactly full and nothing else views it. So each byte is
-    copied once, from the transport's frame into the body the application gets, where
-    collecting the chunks and joining them copied it twice and held the body twice.
+    It is never more than twice the bytes written so far, and ``value`` hands over the
+    buffer itself: CPython's ``BytesIO.getvalue`` returns its own ``bytes`` when the buffer
+    is exactly full and nothing else views it. The fallback of ``_DirectBuffer``.
     """
 
     __slots__ = ("_capacity", "_io", "_position", "_size")
@@ -194,6 +202,71 @@ class _Buffer:
         return value
 
 
+class _DirectBuffer:
+    """One body's bytes, written in order into the ``bytes`` object the application gets.
+
+    The object is created at its full size with uninitialized contents (CPython's
+    ``PyBytes_FromStringAndSize(NULL, size)``, the way C extensions build ``bytes``) and
+    filled through a writable view of its storage before anyone else sees it. Its memory is
+    not touched until bytes are written there, so the pages the system commits follow the
+    bytes that arrived, as with doubling; but nothing is zero-filled, and nothing is moved
+    when it would have grown: each byte is copied once, from the transport's frame.
+    """
+
+    __slots__ = ("_position", "_value", "_view")
+
+    def __init__(self, value: bytes, view: memoryview) -> None:
+        self._value = value
+        self._view = view
+        self._position = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        end = self._position + len(data)
+        self._view[self._position : end] = data
+        self._position = end
+
+    def value(self) -> bytes:
+        """The whole body (all ``size`` bytes must have been written)."""
+        self._view.release()
+        return self._value
+
+
+def _direct_api() -> Callable[[int], tuple[bytes, memoryview]] | None:
+    """How to make an uninitialized ``bytes`` and a view to fill it; None off CPython."""
+    if sys.implementation.name != "cpython" or not hasattr(ctypes, "pythonapi"):
+        return None
+    api = ctypes.pythonapi
+    new_bytes = api.PyBytes_FromStringAndSize
+    new_bytes.restype = ctypes.py_object
+    new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    view_of = api.PyMemoryView_FromMemory
+    view_of.restype = ctypes.py_object
+    view_of.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)
+    offset = bytes.__basicsize__ - 1  # where a ``bytes`` object's data starts (ob_sval)
+
+    def make(size: int) -> tuple[bytes, memoryview]:
+        value = new_bytes(None, size)
+        return value, view_of(id(value) + offset, size, _PYBUF_WRITE)
+
+    value, view = make(8)
+    view[:] = b"selftest"
+    view.release()
+    return make if value == b"selftest" else None  # a layout we do not know: not ours
+
+
+def _new_buffer(size: int) -> _DirectBuffer | _GrowingBuffer:
+    """The buffer for a body of ``size`` bytes."""
+    if _make_direct is not None and size >= DIRECT_BUFFER_SIZE:
+        try:
+            return _DirectBuffer(*_make_direct(size))
+        except MemoryError:  # no room to reserve it whole (strict overcommit): grow instead
+            pass
+    return _GrowingBuffer(size)
+
+
+_make_direct = _direct_api()
+
+
 @dataclass(eq=False)
 class _Incoming:
     head: ChunkedHead
@@ -201,7 +274,7 @@ class _Incoming:
     #: The body's ``bin 32`` header when it is one ``bytes`` value: the buffer then holds
     #: just the value, which becomes the application's body as it is.
     header: bytes = b""
-    buffer: _Buffer | None = None
+    buffer: _DirectBuffer | _GrowingBuffer | None = None
 
 
 class Reassembly:
@@ -271,7 +344,7 @@ class Reassembly:
             if bin_value_size(data) == incoming.head.size - BIN_HEADER_SIZE:
                 incoming.header = bytes(data[:BIN_HEADER_SIZE])
                 data = data[BIN_HEADER_SIZE:]
-            incoming.buffer = _Buffer(incoming.head.size - len(incoming.header))
+            incoming.buffer = _new_buffer(incoming.head.size - len(incoming.header))
         incoming.buffer.write(data)
         incoming.received += size
         if incoming.received < incoming.head.size:

@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 
+from callosum_like import transfers
 from callosum_like.errors import ProtocolError
 from callosum_like.transfers import (
     MAX_OPEN_TRANSFERS,
@@ -23,10 +24,23 @@ from callosum_like.wire.codec import ChunkedHead, OversizeBodyError, pack_body, 
 pytestmark = pytest.mark.timeout(10)
 
 
+@pytest.fixture(params=["direct", "growing"])
+def buffers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Reassemble in the body's own ``bytes`` (CPython) or in a ``BytesIO`` that grows."""
+    if request.param == "direct":
+        if transfers._make_direct is None:
+            pytest.skip("no direct buffer on this interpreter")
+        monkeypatch.setattr(transfers, "DIRECT_BUFFER_SIZE", 1)
+    else:
+        monkeypatch.setattr(transfers, "DIRECT_BUFFER_SIZE", 1 << 62)
+    return str(request.param)
+
+
 def head(transfer: int, size: int) -> ChunkedHead:
     return ChunkedHead(m.Call(id=transfer, method="echo", body=b""), transfer, size)
 
 
+@pytest.mark.usefixtures("buffers")
 def test_chunks_reassemble_into_the_message_and_buffer_only_what_arrived() -> None:
     incoming = Reassembly(max_body_size=100)
     incoming.begin(head(1, 10))
@@ -122,6 +136,7 @@ def reassemble(packed: bytes, cuts: list[int]) -> m.LargeBody:
     return whole.body
 
 
+@pytest.mark.usefixtures("buffers")
 def test_a_reassembled_body_keeps_what_arrived_when_the_transport_reuses_its_buffer() -> None:
     incoming = Reassembly(max_body_size=100)
     incoming.begin(head(1, 6))
@@ -135,6 +150,7 @@ def test_a_reassembled_body_keeps_what_arrived_when_the_transport_reuses_its_buf
     assert whole.body.joined() == b"abcdef"
 
 
+@pytest.mark.usefixtures("buffers")
 def test_a_reassembled_bytes_value_reaches_the_application_without_another_copy() -> None:
     value = os.urandom(300_000)
     packed = cast(m.LargeBody, pack_body(value)).joined()
@@ -145,6 +161,7 @@ def test_a_reassembled_bytes_value_reaches_the_application_without_another_copy(
     assert unpack_body(body) is assembled  # the buffer itself, not a join of it
 
 
+@pytest.mark.usefixtures("buffers")
 @pytest.mark.parametrize(
     ("value", "cuts"),
     [
@@ -161,24 +178,51 @@ def test_a_reassembled_body_of_any_shape_unpacks_to_its_value(
     assert unpack_body(reassemble(data, cuts)) == value
 
 
+@pytest.mark.usefixtures("buffers")
 def test_a_reassembled_body_that_is_not_msgpack_is_a_protocol_error() -> None:
     body = reassemble(b"\xc1" * 200_000, [100_000])
     with pytest.raises(ProtocolError):
         unpack_body(body)
 
 
-def test_an_announced_body_takes_memory_only_as_its_bytes_arrive() -> None:
-    announced, chunk = 64 << 20, 64 << 10
+def announce_and_start(announced: int, chunk: bytes) -> Reassembly:
+    """Open every transfer a link may have with a body of ``announced`` bytes; send a chunk."""
     incoming = Reassembly(max_body_size=announced)
+    for transfer in range(1, MAX_OPEN_TRANSFERS + 1):
+        incoming.begin(head(transfer, announced))
+        incoming.feed(m.Chunk(transfer=transfer, body=chunk))
+    assert incoming.buffered == MAX_OPEN_TRANSFERS * len(chunk)
+    return incoming
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+@pytest.mark.usefixtures("buffers")
+def test_an_announced_body_takes_memory_only_as_its_bytes_arrive() -> None:
+    # What the system commits (resident memory): 16 bodies of 64 MiB announced (1 GiB)
+    # and 256 KiB of each arrived. The direct buffer reserves each body whole but writes
+    # only the pages that arrived; the growing one is at most twice what arrived.
+    announced, chunk = 64 << 20, b"\xc1" * (256 << 10)
+    before = resident_bytes()
+    incoming = announce_and_start(announced, chunk)
+    grown = resident_bytes() - before
+    assert grown < MAX_OPEN_TRANSFERS * 3 * len(chunk) + (8 << 20)  # 12 MiB, plus slack
+    del incoming
+
+
+def test_a_growing_buffer_allocates_at_most_twice_what_arrived(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transfers, "DIRECT_BUFFER_SIZE", 1 << 62)
+    chunk = b"\xc1" * (64 << 10)
     tracemalloc.start()
     try:
-        for transfer in range(1, MAX_OPEN_TRANSFERS + 1):
-            incoming.begin(head(transfer, announced))
-            incoming.feed(m.Chunk(transfer=transfer, body=b"\xc1" * chunk))
+        announce_and_start(64 << 20, chunk)
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # Each partial body is at most twice what arrived of it, however large its head said
-    # it would be.
-    assert held < MAX_OPEN_TRANSFERS * 3 * chunk
-    assert incoming.buffered == MAX_OPEN_TRANSFERS * chunk
+    assert held < MAX_OPEN_TRANSFERS * 3 * len(chunk)
