@@ -31,7 +31,6 @@ bookkeeping. Only ``peer`` uses this module.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import io
 import sys
 from collections import OrderedDict
@@ -233,9 +232,15 @@ class _DirectBuffer:
 
 def _direct_api() -> Callable[[int], tuple[bytes, memoryview]] | None:
     """How to make an uninitialized ``bytes`` and a view to fill it; None off CPython."""
+    try:
+        import ctypes
+    except ImportError:  # a Python built without it
+        return None
     if sys.implementation.name != "cpython" or not hasattr(ctypes, "pythonapi"):
         return None
     api = ctypes.pythonapi
+    if not hasattr(api, "PyMemoryView_FromMemory"):
+        return None
     new_bytes = api.PyBytes_FromStringAndSize
     new_bytes.restype = ctypes.py_object
     new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
