@@ -190,14 +190,10 @@ class FrameDecoder:
         pos = 0
         if self._remaining or self._prefix:  # finish the message a chunk boundary split
             pos = self._resume(data, pos, out)
-        pos = self._whole(data, pos, out)
+        pos = _parse(data, pos, self._max_frame_size, out)  # every complete message
         if pos < len(data):
             self._resume(data, pos, out)
         return out
-
-    def _whole(self, data: bytes, pos: int, out: list[list[Buffer]]) -> int:
-        """Take every complete message from ``data[pos:]``; return where the rest starts."""
-        return _parse(data, pos, self._max_frame_size, out)
 
     def _resume(self, data: bytes, pos: int, out: list[list[Buffer]]) -> int:
         """Read the message in progress item by item, until it is complete or data ends."""
