@@ -17,7 +17,11 @@ The client measures: wall time with ``time.perf_counter``; CPU time of both proc
 ``/proc/<pid>/stat`` (all threads, so ZeroMQ's I/O thread counts); resident memory from
 ``/proc/<pid>/status``: the idle ``VmRSS`` after connecting, then the peak ``VmHWM`` after the
 workload, with the peak reset in between through ``/proc/<pid>/clear_refs``. Off Linux the
-CPU and memory figures are left out. Bodies are random bytes (incompressible), so snappy
+CPU and memory figures are left out. With ``--pin`` every server process runs on one CPU and
+every client process on another (the affinity is set in the parent around each spawn, so
+every thread a child starts, ZeroMQ's I/O thread included, inherits it): the two no longer
+trade places on the cores, nor share one, which steadies the small-call figures. Bodies are
+random bytes (incompressible), so snappy
 compression cannot flatter a system. MB/s counts 10**6 bytes of body per second: an echo's
 body twice (there and back), a stream's chunks once.
 
@@ -47,7 +51,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +84,7 @@ __all__ = [
     "run_bench_server",
     "run_bench_client",
     "Progress",
+    "Pinning",
 ]
 
 log = logging.getLogger(__name__)
@@ -755,10 +760,13 @@ async def _connect_like(transport: str, address: str) -> AsyncIterator[EchoClien
 class _Child:
     """A benchmark child process; its output is read for READY/RESULT and kept for errors."""
 
-    def __init__(self, label: str, argv: Sequence[str], root: str | None = None) -> None:
+    def __init__(
+        self, label: str, argv: Sequence[str], root: str | None = None, cpu: int | None = None
+    ) -> None:
         self.label = label
         self._argv = list(argv)
         self._root = root
+        self._cpu = cpu
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # set on the READY line, or at the end of the output
@@ -773,13 +781,14 @@ class _Child:
 
     async def __aenter__(self) -> Self:
         env = {**os.environ, "PYTHONPATH": _python_path(self._root)}
-        self._process = await asyncio.create_subprocess_exec(
-            *self._argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
+        with _pinned(self._cpu):  # the fork happens in here: the child starts on its CPU
+            self._process = await asyncio.create_subprocess_exec(
+                *self._argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+            )
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -860,6 +869,42 @@ def _python_path(root: str | None = None) -> str:
     return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
 
 
+@dataclass(frozen=True, slots=True)
+class Pinning:
+    """The CPUs that ``--pin`` confines every server and every client process to."""
+
+    server: int
+    client: int
+
+    @classmethod
+    def choose(cls) -> Pinning:
+        """The last CPU this process may run on for servers, the one before it for clients.
+
+        Raises:
+            RuntimeError: Fewer than two CPUs are usable, or the platform cannot pin.
+        """
+        if not hasattr(os, "sched_setaffinity"):
+            raise RuntimeError("--pin needs os.sched_setaffinity (Linux)")
+        usable = sorted(os.sched_getaffinity(0))
+        if len(usable) < 2:
+            raise RuntimeError(f"--pin needs two usable CPUs, this process has {usable}")
+        return cls(server=usable[-1], client=usable[-2])
+
+
+@contextlib.contextmanager
+def _pinned(cpu: int | None) -> Iterator[None]:
+    """Confine this thread to ``cpu`` for the block (processes forked meanwhile inherit it)."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Outcome:
     """What one step gave: figures, a reason it was skipped, or an error."""
@@ -871,13 +916,16 @@ class _Outcome:
     stream_kind: str = ""
 
 
-async def _run_step(system: System, workload: Workload, loop: str, timeout: float) -> _Outcome:
+async def _run_step(
+    system: System, workload: Workload, loop: str, timeout: float, pin: Pinning | None = None
+) -> _Outcome:
     """Start a server and a client for one (system, workload) and collect the result."""
     argv = [*system.argv("server"), "--loop", loop]
-    server = _Child(f"{system.key} {workload.key} server", argv, system.root)
+    cpu = None if pin is None else pin.server
+    server = _Child(f"{system.key} {workload.key} server", argv, system.root, cpu)
     try:
         async with server:
-            text = await _client_step(system, workload, loop, timeout, server)
+            text = await _client_step(system, workload, loop, timeout, server, pin)
     except (OSError, RuntimeError, TimeoutError) as exc:
         detail = f" (server: {server.tail()})" if server.tail() else ""
         return _Outcome(error=f"{type(exc).__name__}: {exc}{detail}"[:500])
@@ -885,7 +933,12 @@ async def _run_step(system: System, workload: Workload, loop: str, timeout: floa
 
 
 async def _client_step(
-    system: System, workload: Workload, loop: str, timeout: float, server: _Child
+    system: System,
+    workload: Workload,
+    loop: str,
+    timeout: float,
+    server: _Child,
+    pin: Pinning | None = None,
 ) -> str:
     address = await server.ready()
     argv = [
@@ -899,7 +952,9 @@ async def _client_step(
         "--workload",
         json.dumps(dataclasses.asdict(workload)),
     ]
-    async with _Child(f"{system.key} {workload.key} client", argv, system.root) as client:
+    label = f"{system.key} {workload.key} client"
+    cpu = None if pin is None else pin.client
+    async with _Child(label, argv, system.root, cpu) as client:
         try:
             return await client.finish(timeout)
         except (RuntimeError, TimeoutError) as exc:
@@ -1357,6 +1412,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="also run this project's systems from the source tree DIR (e.g. a 'git archive' "
         "of main), interleaved with ours, as base-zeromq and base-tcp",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run every server on one CPU and every client on another (steadier small-call "
+        "figures on a busy or small host; needs two usable CPUs)",
+    )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -1400,17 +1461,23 @@ def run_bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    try:
+        pin = Pinning.choose() if args.pin else None
+    except RuntimeError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     systems = _with_baseline([s for s in SYSTEMS if s.key in keys], args.baseline)
     workloads = [w for w in catalogue if w.key in workload_keys]
     loop = _resolve_loop(args.loop)
+    pinned = "" if pin is None else f", servers on CPU {pin.server}, clients on CPU {pin.client}"
     print(
         f"callosum_like bench ({'quick, ' if args.quick else ''}{args.repeat} run(s) per "
-        f"step, children on {loop}): each step is a fresh server and client process on "
-        "127.0.0.1"
+        f"step, children on {loop}{pinned}): each step is a fresh server and client process "
+        "on 127.0.0.1"
     )
     host_before = _host_load()  # other load on the host shows up as spread
-    summaries = asyncio.run(_run_all(systems, workloads, args, loop))
-    return _report(systems, workloads, summaries, args, loop, host_before)
+    summaries = asyncio.run(_run_all(systems, workloads, args, loop, pin))
+    return _report(systems, workloads, summaries, args, loop, host_before, pin)
 
 
 def _with_baseline(systems: list[System], root: str | None) -> list[System]:
@@ -1435,7 +1502,11 @@ def _resolve_loop(loop: str) -> str:
 
 
 async def _run_all(
-    systems: Sequence[System], workloads: Sequence[Workload], args: argparse.Namespace, loop: str
+    systems: Sequence[System],
+    workloads: Sequence[Workload],
+    args: argparse.Namespace,
+    loop: str,
+    pin: Pinning | None = None,
 ) -> dict[tuple[str, str], _Summary]:
     timeout = args.timeout or (QUICK_STEP_TIMEOUT if args.quick else STEP_TIMEOUT)
     missing = {s.key: reason for s in systems if (reason := s.missing()) is not None}
@@ -1450,7 +1521,7 @@ async def _run_all(
         for system in runnable:
             for workload in workloads:
                 progress.step(f"{system.key} {workload.key} (run {run + 1}/{args.repeat})")
-                outcome = await _run_step(system, workload, loop, timeout)
+                outcome = await _run_step(system, workload, loop, timeout, pin)
                 outcomes[(system.key, workload.key)].append(outcome)
     progress.close()
     return {key: _summarize(*key, runs) for key, runs in outcomes.items()}
@@ -1463,6 +1534,7 @@ def _report(
     args: argparse.Namespace,
     loop: str,
     host_before: _HostLoad,
+    pin: Pinning | None = None,
 ) -> int:
     text, markdown = _tables(workloads, summaries)
     judged = [_judge(t, summaries) for t in _TARGETS if (t.system, t.workload) in summaries]
@@ -1476,7 +1548,7 @@ def _report(
     chart_note = (
         "chart skipped (--no-chart)" if args.no_chart else _write_chart(workloads, summaries, chart)
     )
-    report = _json_report(systems, workloads, summaries, judged, args, loop, host_before)
+    report = _json_report(systems, workloads, summaries, judged, args, loop, host_before, pin)
     report["chart"] = str(chart) if chart_note.startswith("wrote") else None
     output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     output.with_suffix(".md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
@@ -1507,6 +1579,7 @@ def _json_report(
     args: argparse.Namespace,
     loop: str,
     host_before: _HostLoad,
+    pin: Pinning | None = None,
 ) -> dict[str, object]:
     return {
         "benchmark": "callosum_like bench (issue 7)",
@@ -1514,6 +1587,7 @@ def _json_report(
         "quick": bool(args.quick),
         "repeat": args.repeat,
         "loop": loop,
+        "pinned": None if pin is None else dataclasses.asdict(pin),
         "reference": REFERENCE,
         "versions": _versions(systems),
         "host": {**_host(), **host_before.until_now()},

@@ -177,6 +177,7 @@ def test_quick_bench_of_our_systems(tmp_path: Path) -> None:
     assert report["repeat"] == 1
     assert report["loop"] in {"uvloop", "asyncio"}
     assert report["chart"] is None
+    assert report["pinned"] is None
     assert {"python", "libzmq", "pyzmq", "callosum-like"} <= set(report["versions"])
     assert {"cpu_count", "cpu_model", "python", "os"} <= set(report["host"])
     assert [w["key"] for w in report["workloads"]] == WORKLOAD_KEYS
@@ -209,6 +210,7 @@ def test_bench_filters_and_repeats(tmp_path: Path) -> None:
         "W1",
         "--repeat",
         "2",
+        "--pin",
         "--no-chart",
         "--no-progress",
         "--output",
@@ -218,6 +220,9 @@ def test_bench_filters_and_repeats(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""
     report = json.loads(output.read_text())
+    pin = bench.Pinning.choose()
+    assert report["pinned"] == {"server": pin.server, "client": pin.client}
+    assert f"servers on CPU {pin.server}, clients on CPU {pin.client}" in result.stdout
     [only] = report["results"]
     assert (only["system"], only["workload"]) == ("like-tcp", "W1")
     assert len(only["runs"]) == 2
@@ -226,6 +231,46 @@ def test_bench_filters_and_repeats(tmp_path: Path) -> None:
     )
     assert "±" in result.stdout  # the spread of two runs
     assert "chart skipped (--no-chart)" in result.stdout
+
+
+CHILD_CPUS = """
+import os, threading
+seen = []
+thread = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0))))
+thread.start()
+thread.join()
+print("READY", sorted(os.sched_getaffinity(0)), seen[0], flush=True)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_a_pinned_child_and_its_threads_run_on_its_cpu_only() -> None:
+    pin = bench.Pinning.choose()
+    before = os.sched_getaffinity(0)
+    assert pin.server != pin.client
+    assert {pin.server, pin.client} <= before
+    for cpu in (pin.server, pin.client):
+        async with bench._Child("pinned", [sys.executable, "-c", CHILD_CPUS], cpu=cpu) as child:
+            assert await child.ready() == f"[{cpu}] [{cpu}]"
+        assert os.sched_getaffinity(0) == before  # the parent is not left pinned
+    async with bench._Child("free", [sys.executable, "-c", CHILD_CPUS]) as child:
+        everywhere = str(sorted(before))
+        assert await child.ready() == f"{everywhere} {everywhere}"
+
+
+@pytest.mark.timeout(30)
+def test_pin_needs_two_cpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    with pytest.raises(RuntimeError, match="two usable CPUs"):
+        bench.Pinning.choose()
+    argv = ["bench", "--quick", "--pin", "--output", str(tmp_path / "x.json")]
+    assert main(argv) == 2
+    assert "--pin needs two usable CPUs, this process has [3]" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
 
 
 @pytest.mark.timeout(60)
