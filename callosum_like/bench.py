@@ -21,9 +21,9 @@ CPU and memory figures are left out. With ``--pin`` every server process runs on
 every client process on another (the affinity is set in the parent around each spawn, so
 every thread a child starts, ZeroMQ's I/O thread included, inherits it): the two no longer
 trade places on the cores, nor share one, which steadies the small-call figures. Bodies are
-random bytes (incompressible), so snappy
-compression cannot flatter a system. MB/s counts 10**6 bytes of body per second: an echo's
-body twice (there and back), a stream's chunks once.
+random bytes (incompressible), so snappy compression cannot flatter a system. MB/s counts
+10**6 bytes of body per second: an echo's body twice (there and back), a stream's chunks
+once.
 
 The rest is reporting: medians and spread over repeats, a terminal table per workload, JSON
 (versions, host facts, event loop), a Markdown copy of the tables, the issue's targets with
