@@ -7,6 +7,8 @@ import pkgutil
 import re
 from pathlib import Path
 
+import pytest
+
 import callosum_like as cl
 from callosum_like import auth
 
@@ -37,11 +39,33 @@ def test_all_is_the_contract_plus_documented_extras() -> None:
     assert len(cl.__all__) == len(set(cl.__all__))
 
 
-def test_contract_file_names_nothing_we_lack() -> None:
+#: Names the contract's "Additions" section fixes for issues still open, by issue number. A
+#: name leaves this table in the commit that adds it to ``cl.__all__`` (the test below fails
+#: while both hold), so the table always says exactly what is still to come.
+AWAITED_NAMES = {
+    "UnixAddress": 18,
+    "QUICAddress": 21,
+    "QUICTransport": 21,
+    "NATSAddress": 22,
+    "NATSTransport": 22,
+}
+
+
+def contract_text() -> str:
     if not CONTRACT.exists():  # the contract lives beside the repository, in shared/
-        return
-    mentioned = set(re.findall(r"\bcl\.([A-Z][A-Za-z]+)", CONTRACT.read_text()))
-    assert mentioned <= set(cl.__all__)
+        pytest.skip(f"no contract file at {CONTRACT} (CI and a developer checkout have one)")
+    return CONTRACT.read_text()
+
+
+def test_contract_file_names_nothing_we_lack() -> None:
+    mentioned = set(re.findall(r"\bcl\.([A-Z][A-Za-z]+)", contract_text()))
+    assert mentioned - AWAITED_NAMES.keys() <= set(cl.__all__)
+    assert AWAITED_NAMES.keys() <= mentioned  # awaited by the contract, not made up here
+
+
+def test_awaited_names_are_not_there_yet() -> None:
+    landed = AWAITED_NAMES.keys() & set(cl.__all__)
+    assert not landed, f"landed: take {sorted(landed)} out of AWAITED_NAMES"
 
 
 def test_public_classes_claim_the_package_as_their_module() -> None:
