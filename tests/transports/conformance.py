@@ -4,6 +4,11 @@ A transport's test module subclasses ``TransportConformance`` and provides ``tra
 ``bind_address()`` and ``connect_address(server)``. Every test here then runs against it.
 Capabilities a transport may lack are declared on the connection (``reports_disconnects``)
 or by the subclass (``client_reports_disconnects``), and the tests check whichever applies.
+
+A transport whose connected endpoints reconnect subclasses ``ReconnectingTransportConformance``
+instead, which adds the reconnection tests: a transport that cannot reconnect never collects
+them (rather than passing or skipping them). Both suites check that the connection's
+``reconnects`` capability is the one the subclass declared.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ async def rebind(transport: Transport, address: Any) -> Connection:
 @pytest.mark.asyncio
 class TransportConformance:
     client_reports_disconnects = True
+    #: Whether this transport's connected endpoints reconnect (``Connection.reconnects``);
+    #: ``ReconnectingTransportConformance`` declares it and adds the tests that need it.
+    client_reconnects = False
 
     @pytest.fixture(autouse=True)
     def _reset_seen(self) -> None:
@@ -249,40 +257,10 @@ class TransportConformance:
             else:
                 assert await nothing_arrives(client)
 
-    async def test_client_reconnects_to_a_restarted_server_when_supported(self) -> None:
-        transport = self.transport()
-        async with self.pair() as (server, [client]):
-            await self.hello(server, client)
-            assert isinstance(await next_event(client), Connected)
-            address = self.connect_address(server)
-            await server.aclose()
-            if not client.reconnects:
-                return
-            assert isinstance(await next_event(client, Disconnected), Disconnected)
-            again = await rebind(transport, address)
-            try:
-                assert isinstance(await next_event(client, Connected), Connected)
-                await client.send([b"back"])
-                event = await next_event(again, Received)
-                assert event.frames == [b"back"]
-                await again.send([b"welcome back"], to=event.peer)
-                assert (await next_event(client, Received)).frames == [b"welcome back"]
-            finally:
-                await again.aclose()
-
-    async def test_disconnect_makes_a_reconnecting_client_connect_anew(self) -> None:
-        async with self.pair() as (server, [client]):
-            first = await self.hello(server, client)
-            assert isinstance(await next_event(client), Connected)
-            await client.disconnect(CONNECTED_KEY)
-            if not client.reconnects:
-                return
-            event = await next_event(client)
-            assert isinstance(event, Connected)  # and no Disconnected: we dropped it ourselves
-            second = await self.hello(server, client)
-            assert second != first
-            await server.send([b"new"], to=second)
-            assert (await next_event(client, Received)).frames == [b"new"]
+    async def test_reconnect_capability_is_the_declared_one(self) -> None:
+        """The connection's ``reconnects`` decides which suite a transport belongs to."""
+        async with self.pair() as (_server, [client]):
+            assert client.reconnects is self.client_reconnects
 
     @contextlib.asynccontextmanager
     async def limited(self) -> AsyncIterator[tuple[Connection, Connection, Connection]]:
@@ -389,3 +367,49 @@ class TransportConformance:
                         event = await server.receive()
                         if isinstance(event, Received):
                             assert all(len(f) <= 1024 for f in event.frames)
+
+
+class ReconnectingTransportConformance(TransportConformance):
+    """The conformance suite, and the tests of a connected endpoint's reconnection."""
+
+    client_reconnects = True
+
+    @staticmethod
+    def require_reconnects(client: Connection) -> None:
+        # A guard only: the subclass declared the capability, and
+        # ``test_reconnect_capability_is_the_declared_one`` fails when the connection lacks it.
+        if not client.reconnects:
+            pytest.skip("this connection does not reconnect (Connection.reconnects is False)")
+
+    async def test_client_reconnects_to_a_restarted_server(self) -> None:
+        transport = self.transport()
+        async with self.pair() as (server, [client]):
+            self.require_reconnects(client)
+            await self.hello(server, client)
+            assert isinstance(await next_event(client), Connected)
+            address = self.connect_address(server)
+            await server.aclose()
+            assert isinstance(await next_event(client, Disconnected), Disconnected)
+            again = await rebind(transport, address)
+            try:
+                assert isinstance(await next_event(client, Connected), Connected)
+                await client.send([b"back"])
+                event = await next_event(again, Received)
+                assert event.frames == [b"back"]
+                await again.send([b"welcome back"], to=event.peer)
+                assert (await next_event(client, Received)).frames == [b"welcome back"]
+            finally:
+                await again.aclose()
+
+    async def test_disconnect_makes_a_reconnecting_client_connect_anew(self) -> None:
+        async with self.pair() as (server, [client]):
+            self.require_reconnects(client)
+            first = await self.hello(server, client)
+            assert isinstance(await next_event(client), Connected)
+            await client.disconnect(CONNECTED_KEY)
+            event = await next_event(client)
+            assert isinstance(event, Connected)  # and no Disconnected: we dropped it ourselves
+            second = await self.hello(server, client)
+            assert second != first
+            await server.send([b"new"], to=second)
+            assert (await next_event(client, Received)).frames == [b"new"]

@@ -10,10 +10,10 @@ from callosum_like.errors import PeerDisconnectedError
 from callosum_like.lower.base import Connection, Transport
 from callosum_like.lower.tcp import TCPTransport
 
-from .conformance import TransportConformance
+from .conformance import ReconnectingTransportConformance
 
 
-class TestTCPTransport(TransportConformance):
+class TestTCPTransport(ReconnectingTransportConformance):
     def transport(self) -> Transport:
         return TCPTransport()
 
