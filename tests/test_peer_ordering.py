@@ -38,6 +38,11 @@ class Recorder:
         self.events.append(("end", n))
         return n
 
+    def running_now(self) -> set[int]:
+        """The handlers started and not yet ended."""
+        started = {n for kind, n in self.events if kind == "start"}
+        return started - {n for kind, n in self.events if kind == "end"}
+
     async def wait_started(self, count: int) -> None:
         async with asyncio.timeout(5):
             while sum(1 for kind, _ in self.events if kind == "start") < count:
@@ -159,25 +164,65 @@ async def test_per_method_ordering_overrides_the_default(make_pair: PairFactory)
     assert replies == [0, 1, 2]
 
 
+def runnable(ordering: cl.Ordering, keys: list[str | None], done: set[int]) -> list[int]:
+    """The calls that may run now by the ordering's rules, ignoring the concurrency cap."""
+    waiting = [n for n in range(len(keys)) if n not in done]
+    if ordering is not cl.Ordering.SERIALIZED:
+        return waiting
+    heads: dict[str | None, int] = {}  # the earliest call still waiting, per key
+    for n in waiting:
+        heads.setdefault(keys[n], n)
+    return [n for n in waiting if keys[n] is None or heads[keys[n]] == n]
+
+
 @pytest.mark.parametrize("ordering", list(cl.Ordering))
 async def test_max_concurrency_caps_running_handlers_and_keeps_guarantees(
     make_pair: PairFactory, ordering: cl.Ordering
 ) -> None:
-    server, client = await make_pair(ordering=ordering, max_concurrency=2)
-    count = 6
+    """Six calls, the odd ones on one key, at most two running: the test releases handlers
+    one at a time, unkeyed ones first and the latest keyed one next, so keyed handlers that
+    run together finish in reverse; after each release it waits until as many handlers run
+    as the ordering's rules and the cap allow, and checks that only allowed ones do."""
+    cap, count = 2, 6
+    keys = ["k" if n % 2 else None for n in range(count)]
+    server, client = await make_pair(ordering=ordering, max_concurrency=cap)
     rec = Recorder(count)
     server.handle_function("work", rec.handler)
-    tasks = []
-    for n in range(count):
-        tasks.append(
-            asyncio.create_task(client.invoke("work", n, order_key="k" if n % 2 else None))
-        )
-        await asyncio.sleep(0.01)
-    await rec.wait_started(1 if ordering is cl.Ordering.SERIALIZED else 2)
-    for gate in rec.gates:
-        gate.set()
-    assert await asyncio.gather(*tasks) == list(range(count))
-    assert rec.max_running <= 2
+    replies: list[int] = []
+
+    async def call(n: int) -> None:
+        replies.append(await client.invoke("work", n, order_key=keys[n]))
+
+    tasks = [asyncio.create_task(call(n)) for n in range(count)]  # sent in this order
+    done: set[int] = set()
+    async with asyncio.timeout(10):
+        while len(done) < count:
+            allowed = runnable(ordering, keys, done)
+            while len(running := rec.running_now()) < min(cap, len(allowed)):
+                await asyncio.sleep(0.005)
+            assert running <= set(allowed), f"{sorted(running)} run, only {allowed} may"
+            unkeyed = [n for n in running if keys[n] is None]
+            n = max(unkeyed or running)
+            rec.gates[n].set()
+            while ("end", n) not in rec.events:
+                await asyncio.sleep(0.005)
+            done.add(n)
+        await asyncio.gather(*tasks)
+    assert rec.max_running <= cap
+    ends = [n for kind, n in rec.events if kind == "end"]
+    keyed_ends = [n for n in ends if keys[n] is not None]
+    keyed_replies = [n for n in replies if keys[n] is not None]
+    if ordering is cl.Ordering.UNORDERED:
+        assert replies == ends  # each reply as its handler finished
+        assert keyed_replies != sorted(keyed_replies)  # so the key's replies came out of order
+    elif ordering is cl.Ordering.ORDERED:
+        assert keyed_ends != sorted(keyed_ends)  # handlers of the key finished out of order,
+        assert keyed_replies == sorted(keyed_replies)  # yet their replies came in order
+        assert [n for n in replies if keys[n] is None] == [n for n in ends if keys[n] is None]
+    else:
+        assert keyed_ends == sorted(keyed_ends)
+        keyed_events = [(kind, n) for kind, n in rec.events if keys[n] is not None]
+        assert keyed_events == [(kind, n) for n in sorted(keyed_ends) for kind in ("start", "end")]
 
 
 async def test_ordered_with_a_cancelled_call_releases_the_rest(make_pair: PairFactory) -> None:
