@@ -26,6 +26,11 @@ from .rawpeer import MAX, RawClient, gated_echo
 
 pytestmark = pytest.mark.timeout(30)
 FAST_HEARTBEAT = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5}
+#: The contract "within heartbeat_timeout", with FAST_HEARTBEAT: the timeout, two ticks of
+#: the heartbeat loop, and a second of slack for a loaded machine.
+WITHIN_HEARTBEAT_TIMEOUT = (
+    FAST_HEARTBEAT["heartbeat_timeout"] + 2 * FAST_HEARTBEAT["heartbeat_interval"] + 1.0
+)
 
 
 async def echo(request: cl.Request) -> Any:
@@ -107,13 +112,14 @@ async def test_silent_client_fails_calls_to_it_within_heartbeat_timeout(
     )
     raw = await RawClient.connect(server, transport_kind)
     try:
-        await raw.handshake("mute")
-        assert server.peers == {"mute"}
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        with pytest.raises(cl.PeerDisconnectedError, match="heartbeat"):
-            await server.invoke("anything", to="mute")
-        assert loop.time() - started < 2.0  # heartbeat_timeout plus a tick, with slack
+        hello_sent = loop.time()
+        await raw.handshake("mute")  # and nothing after it, not even an answer to a Ping
+        assert server.peers == {"mute"}
+        with pytest.raises(cl.PeerDisconnectedError, match="mute: heartbeat lost"):
+            async with asyncio.timeout(WITHIN_HEARTBEAT_TIMEOUT):  # the contract's bound
+                await server.invoke("anything", to="mute")
+        assert loop.time() - hello_sent >= FAST_HEARTBEAT["heartbeat_timeout"]
         assert server.peers == frozenset()
     finally:
         await raw.aclose()
@@ -129,15 +135,18 @@ async def test_silent_server_fails_calls_within_heartbeat_timeout(
         addr = cl.ZeroMQAddress(addr)
     conn = await transport.bind(addr, max_frame_size=MAX)
 
-    async def welcome_then_ignore() -> None:
+    async def welcome_then_ignore(welcomed: asyncio.Future[float]) -> None:
         while True:
             event = await conn.receive()
             if isinstance(event, Received) and len(event.frames) == 1:
+                welcomed.set_result(asyncio.get_running_loop().time())
                 hello = encode(m.Welcome(identity="mute", assigned="me", max_body_size=MAX))
                 await conn.send(hello, to=event.peer)
                 return
 
-    responder = asyncio.create_task(welcome_then_ignore())
+    loop = asyncio.get_running_loop()
+    welcomed: asyncio.Future[float] = loop.create_future()
+    responder = asyncio.create_task(welcome_then_ignore(welcomed))
     try:
         target = conn.local_address
         if not target.startswith("tcp://"):
@@ -147,8 +156,13 @@ async def test_silent_server_fails_calls_within_heartbeat_timeout(
         await responder
         assert client.identity == "me"
         assert client.peers == {"mute"}
-        with pytest.raises(cl.PeerDisconnectedError):
-            await client.invoke("anything")
+        # Nothing comes from the server after its Welcome: the client's call fails once the
+        # server was silent for heartbeat_timeout, not before, and not much later.
+        with pytest.raises(cl.PeerDisconnectedError, match="mute: heartbeat lost"):
+            async with asyncio.timeout(WITHIN_HEARTBEAT_TIMEOUT):  # the contract's bound
+                await client.invoke("anything")
+        assert loop.time() - welcomed.result() >= FAST_HEARTBEAT["heartbeat_timeout"]
+        assert "mute" not in client.peers
     finally:
         responder.cancel()
         await asyncio.gather(responder, return_exceptions=True)
