@@ -83,7 +83,7 @@ from .lower.zeromq import ZeroMQTransport
 from .ordering import Ordering
 from .request import Body, Handler, Headers, StreamHandler
 from .routing import RouteTable, scoped
-from .session import CallInput, LinkInput, Session
+from .session import CallInput, LinkInput, LinkState, Session
 from .stats import Counters, DropLog, Gauges, PeerStatistics, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox
 from .transfers import (
@@ -637,9 +637,9 @@ class Peer:
         for link in self._links.values():
             self._fail_pending(link, closed)
             link.outgoing.fail(closed)
-        await self._dispatcher.aclose()
+        await self._dispatcher.aclose()  # its Cancelled replies still go out on open links
         for link in list(self._links.values()):
-            if link.session.is_open:
+            if link.session.transition(LinkInput.CLOSE) is LinkState.CLOSING:  # it was open
                 with contextlib.suppress(Exception):
                     await self._send(link, m.Goodbye(reason="closing"))
         for waiters in self._peer_waiters.values():
@@ -665,10 +665,13 @@ class Peer:
         for link in self._links.values():
             for name in self._routes.drop_link(link.key):
                 self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, name, "this peer closed"))
-            if link.session.is_open:
+            if link.session.state in _LIVE:  # it connected while we said our goodbyes
+                link.session.transition(LinkInput.CLOSE)
+            if link.session.state is LinkState.CLOSING:
                 self._events.emit(
                     PeerEvent(PeerEventKind.DISCONNECTED, link.identity, "this peer closed")
                 )
+                link.session.transition(LinkInput.CLOSED)
         self._links.clear()
         self._by_identity.clear()
         self._events.close()
@@ -1227,7 +1230,9 @@ class Peer:
         """Liveness was recorded by ``session.receive``; nothing else to do."""
 
     async def _on_goodbye(self, link: Link, msg: m.Goodbye) -> None:
-        await self._link_lost(link.key, LinkInput.GOODBYE, f"the remote closed ({msg.reason})")
+        reason = f"the remote closed ({msg.reason})"
+        if not await self._link_lost(link.key, LinkInput.GOODBYE, reason):
+            return  # we are closing too
         assert self._connection is not None
         if not self._bound and msg.reason == REPLACED:
             # Another live peer took our identity. Reconnecting would replace it in turn,
@@ -1265,13 +1270,20 @@ class Peer:
 
     # -- links ending -----------------------------------------------------------------------------
 
-    async def _link_lost(self, key: bytes, why: LinkInput, reason: str) -> None:
-        link = self._links.pop(key, None)
+    async def _link_lost(self, key: bytes, why: LinkInput, reason: str) -> bool:
+        """Apply ``why`` (lost, expired, goodbye) to the link; end it if its session says so.
+
+        Returns:
+            Whether the link ended now: False for an unknown key, and for a link we are
+            closing ourselves (``_close`` ends those).
+        """
+        link = self._links.get(key)
         if link is None:
-            return
+            return False
         was_open = link.session.is_open
-        with contextlib.suppress(ProtocolError):
-            link.session.transition(why)
+        if link.session.transition(why) is not LinkState.BROKEN:
+            return False
+        del self._links[key]
         if self._by_identity.get(link.identity) is link:
             del self._by_identity[link.identity]
         lost = PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}")
@@ -1293,6 +1305,7 @@ class Peer:
         if was_open:
             self._counters.disconnects += 1
             self._peer_vanished(link.identity, reason)
+        return True
 
     def _fail_pending(self, link: Link, error: Exception) -> None:
         for inbox in link.streams.values():
@@ -1319,8 +1332,8 @@ class Peer:
             log.warning(
                 "%r went silent for %s s", link.identity or link.key, self._heartbeat_timeout
             )
-            await self._link_lost(link.key, LinkInput.EXPIRE, "heartbeat lost")
-            await self._connection.disconnect(link.key)  # type: ignore[union-attr]
+            if await self._link_lost(link.key, LinkInput.EXPIRE, "heartbeat lost"):
+                await self._connection.disconnect(link.key)  # type: ignore[union-attr]
         elif link.session.is_open and link.session.ping_due(now):
             if self._bound:  # a bound transport's send never waits
                 await self._send_quietly(link, m.Ping())
@@ -1345,6 +1358,9 @@ def _expire(expiry: _Expiry) -> None:
         expiry.fired = True
         expiry.task.cancel()
 
+
+#: The link states a link is in until we close it (CLOSE applies to them).
+_LIVE: Final = frozenset({LinkState.CONNECTING, LinkState.OPEN})
 
 #: The message kinds that carry a body, and so may travel in chunks.
 _BODY_KINDS: Final = frozenset({m.Call, m.Result, m.StreamItem, m.UploadItem})

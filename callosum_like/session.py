@@ -12,6 +12,10 @@ state; anything missing raises ``ProtocolError`` (h2's state machine style)::
          \\                          \\--GOODBYE/LOST/EXPIRE--> BROKEN
           \\--CLOSE/LOST/EXPIRE/GOODBYE--> CLOSED/BROKEN
 
+The Peer acts on what the table answers, not beside it: a link ends (its calls fail with
+``PeerDisconnectedError``, the transport drops it) exactly when an input takes it to BROKEN;
+its close sends a Goodbye to the links that CLOSE takes to CLOSING, and ends each with CLOSED.
+
 Rule 2 — which messages a state accepts is a table too (``ACCEPTS``): before the handshake
 only the handshake message; after it everything but the handshake.
 
