@@ -175,6 +175,7 @@ SERVER_SCRIPT = textwrap.dedent(
     import callosum_like as cl
 
     async def block(request):
+        print("blocking", flush=True)
         await asyncio.sleep(3600)
 
     async def main():
@@ -205,16 +206,16 @@ async def test_killed_server_fails_pending_calls_promptly(transport_kind: str) -
         if transport_kind == "tcp":
             host, port = address.rsplit(":", 1)
             address = cl.TCPAddress(host, int(port))
-        async with cl.Peer(connect=address) as client:
+        # A heartbeat far longer than the wait below: only the connection drop can end the
+        # call in time.
+        slow_heartbeat = {"heartbeat_interval": 20.0, "heartbeat_timeout": 60.0}
+        async with cl.Peer(connect=address, **slow_heartbeat) as client:
             call = asyncio.create_task(client.invoke("block"))
-            await asyncio.sleep(0.2)
-            loop = asyncio.get_running_loop()
-            started = loop.time()
+            assert await asyncio.to_thread(proc.stdout.readline) == "blocking\n"
             proc.send_signal(signal.SIGKILL)
-            with pytest.raises(cl.PeerDisconnectedError):
+            with pytest.raises(cl.PeerDisconnectedError, match="doomed") as info:
                 await asyncio.wait_for(call, 10)
-            # The connection drop is seen at once, well before heartbeat_timeout (15 s).
-            assert loop.time() - started < 5.0
+            assert "heartbeat" not in str(info.value)
     finally:
         proc.kill()
         proc.wait()
@@ -383,7 +384,9 @@ async def test_duplicate_call_id_is_dropped(make_pair: PairFactory, transport_ki
         await raw.handshake()
         await raw.send(m.Call(id=1, method="wait", body=pack_body("a")))
         await raw.send(m.Call(id=1, method="wait", body=pack_body("b")))
-        await asyncio.sleep(0.1)
+        async with asyncio.timeout(5):  # the second arrived while the first still runs
+            while server.statistics().dropped_messages < 1:
+                await asyncio.sleep(0.01)
         gate.set()
         assert await raw.receive() == m.Result(id=1, body=pack_body("a"))
         assert server.statistics().dropped_messages == 1
@@ -418,9 +421,9 @@ async def test_close_while_cancelled_still_releases_everything(transport_kind: s
     await asyncio.gather(closer, return_exceptions=True)
     await server.aclose()
     await client.aclose()
-    for _ in range(5):
-        await asyncio.sleep(0.01)
-    assert asyncio.all_tasks() - before == set()
+    async with asyncio.timeout(5):  # what the cancelled close left running ends by itself
+        while asyncio.all_tasks() - before:
+            await asyncio.sleep(0.01)
 
 
 @pytest.mark.asyncio
@@ -442,8 +445,11 @@ async def test_tcp_server_closing_under_a_connected_client_logs_no_error(
 ) -> None:
     server = cl.Peer(bind=cl.TCPAddress("127.0.0.1", 0))
     await server.__aenter__()
-    async with cl.Peer(connect=connect_address(server)):
+    async with cl.Peer(connect=connect_address(server)) as client, client.events() as events:
         await server.aclose()
-        await asyncio.sleep(0.1)
+        async with asyncio.timeout(5):  # the client saw the connection end
+            async for event in events:
+                if event.kind is cl.PeerEventKind.DISCONNECTED:
+                    break
     errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
     assert errors == []
