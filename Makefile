@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning
+PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning -rs
 
-.PHONY: install setup lint test test-fast cov demo demo-federation bench soak clean
+.PHONY: install setup lint test test-fast cov mutants demo demo-federation bench soak clean
 
 install setup: $(STAMP)
 
@@ -22,8 +22,8 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check callosum_like tests examples fuzz
-	$(BIN)/ruff format --check callosum_like tests examples fuzz
+	$(BIN)/ruff check callosum_like tests examples fuzz tools
+	$(BIN)/ruff format --check callosum_like tests examples fuzz tools
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -37,6 +37,11 @@ cov: $(STAMP)
 	$(BIN)/python -m coverage run -m pytest -q -W error::ResourceWarning
 	$(BIN)/python -m coverage report
 	PYTHONASYNCIODEBUG=1 $(PYTEST) -q -p no:cacheprovider
+
+# Deliberate breaks of the core, each run against the tests that should catch it (by hand,
+# not part of `make test`; docs/contributing.md). MUTANTS=name-part runs only those.
+mutants: $(STAMP)
+	$(BIN)/python tools/mutants.py $(if $(MUTANTS),-k $(MUTANTS))
 
 demo: $(STAMP)
 	$(BIN)/python -m callosum_like demo

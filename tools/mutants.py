@@ -1,0 +1,427 @@
+"""Deliberate breaks of the core, each run against the tests that claim to catch it.
+
+Run it as ``make mutants`` (or ``.venv/bin/python tools/mutants.py [-k NAME] [--list]``).
+
+Theory of operation: ``MUTANTS`` is a fixed, reviewed list of meaningful breaks of the protocol
+core (session, ordering, dispatch, transfers, framing, streams, and the Peer where it acts on
+them). Each names one exact snippet of one source file, what replaces it, and the tests that
+cover that behaviour. The runner copies the working tree (the files git tracks, and the
+untracked ones it does not ignore) into a temporary folder, runs the union of the listed tests
+there once unbroken, then for each mutant applies its edit, runs only its tests (``-x``: the
+first failure kills it), and restores the file. The working tree is never touched.
+
+A mutant whose snippet is not found exactly once is *stale*: the code moved on and the list
+must follow. A mutant whose tests all pass *survived*: a test claims more than it proves.
+Either makes the run exit 1; the table at the end names them.
+
+Mutants of a state table's rows run against the Peer's tests only: the session tests pin the
+rows by equality, and the point is that the Peer acts on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Seconds one mutant's tests may take; past it the mutant counts as killed (a hang is
+#: caught: every test has its own timeout, so this is only a backstop).
+MUTANT_TIMEOUT = 600
+PYTEST = ["-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "error::ResourceWarning"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Mutant:
+    """One deliberate break: replace ``old`` (found exactly once in ``path``) by ``new``."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    why: str
+
+
+PEER_LINK_TESTS = ("tests/test_peer_lifecycle.py", "tests/test_peer_reconnect.py")
+
+MUTANTS: tuple[Mutant, ...] = (
+    # -- session: the link table, as the Peer acts on it ----------------------------------------
+    Mutant(
+        name="session-expiry-keeps-link-open",
+        path="callosum_like/session.py",
+        old="(_S.OPEN, _I.EXPIRE): _S.BROKEN,",
+        new="(_S.OPEN, _I.EXPIRE): _S.OPEN,",
+        tests=PEER_LINK_TESTS,
+        why="a silent remote must fail calls within heartbeat_timeout",
+    ),
+    Mutant(
+        name="session-loss-keeps-link-open",
+        path="callosum_like/session.py",
+        old="(_S.OPEN, _I.LOST): _S.BROKEN,",
+        new="(_S.OPEN, _I.LOST): _S.OPEN,",
+        tests=PEER_LINK_TESTS,
+        why="a dropped connection must fail the calls pending on it",
+    ),
+    Mutant(
+        name="session-goodbye-keeps-link-open",
+        path="callosum_like/session.py",
+        old="(_S.OPEN, _I.GOODBYE): _S.BROKEN,",
+        new="(_S.OPEN, _I.GOODBYE): _S.OPEN,",
+        tests=PEER_LINK_TESTS,
+        why="a remote that closes says why, and its link ends at once",
+    ),
+    Mutant(
+        name="session-close-says-no-goodbye",
+        path="callosum_like/session.py",
+        old="(_S.OPEN, _I.CLOSE): _S.CLOSING,",
+        new="(_S.OPEN, _I.CLOSE): _S.CLOSED,",
+        tests=PEER_LINK_TESTS,
+        why="closing tells every open remote (Goodbye), which fails its calls at once",
+    ),
+    Mutant(
+        name="session-refusal-ignored",
+        path="callosum_like/session.py",
+        old="(_S.CONNECTING, _I.GOODBYE): _S.BROKEN,",
+        new="(_S.CONNECTING, _I.GOODBYE): _S.CONNECTING,",
+        tests=PEER_LINK_TESTS,
+        why="a connecting peer turned away in its handshake fails at once, with the reason",
+    ),
+    Mutant(
+        name="session-traffic-before-handshake",
+        path="callosum_like/session.py",
+        old="LinkState.CONNECTING: _HANDSHAKE | {m.MessageKind.GOODBYE},",
+        new="LinkState.CONNECTING: frozenset(m.MessageKind),",
+        tests=("tests/test_session.py", "tests/test_peer_fuzz.py", "tests/test_peer_security.py"),
+        why="nothing but the handshake is served before it",
+    ),
+    Mutant(
+        name="session-traffic-is-no-sign-of-life",
+        path="callosum_like/session.py",
+        old="        self._heard = now\n\n    def handshake",
+        new="        pass\n\n    def handshake",
+        tests=("tests/test_session.py",),
+        why="every message heard keeps a link alive, not only the handshake",
+    ),
+    Mutant(
+        name="session-never-pings",
+        path="callosum_like/session.py",
+        old="if now - self._pinged < self._interval:",
+        new="if True:",
+        tests=("tests/test_session.py", "tests/test_peer_lifecycle.py"),
+        why="an idle link stays up: pings go out every heartbeat_interval",
+    ),
+    Mutant(
+        name="session-abandoned-call-forgotten",
+        path="callosum_like/session.py",
+        old="(CallState.SENT, CallInput.ABANDON): CallState.CANCELLING,",
+        new="(CallState.SENT, CallInput.ABANDON): CallState.DONE,",
+        tests=("tests/test_peer_errors.py", "tests/test_peer_observability.py"),
+        why="the late answer to a call we abandoned is expected, not counted as garbage",
+    ),
+    # -- ordering ---------------------------------------------------------------------------------
+    Mutant(
+        name="ordering-reorder-releases-at-once",
+        path="callosum_like/ordering.py",
+        old="        done[ticket] = reply\n        released: list[T] = []\n",
+        new=(
+            "        done[ticket] = None\n"
+            "        released: list[T] = [] if reply is None else [reply]\n"
+        ),
+        tests=("tests/test_peer_ordering.py",),
+        why="ORDERED replies are released in arrival order",
+    ),
+    Mutant(
+        name="ordering-serial-queue-last-first",
+        path="callosum_like/ordering.py",
+        old="            return queue.popleft()",
+        new="            return queue.pop()",
+        tests=("tests/test_peer_ordering.py",),
+        why="SERIALIZED requests of a key run in arrival order",
+    ),
+    Mutant(
+        name="ordering-serial-queue-admits-all",
+        path="callosum_like/ordering.py",
+        old="        queue.append(item)\n        return False",
+        new="        return True",
+        tests=("tests/test_peer_ordering.py",),
+        why="SERIALIZED requests of a key run one at a time",
+    ),
+    # -- dispatch ---------------------------------------------------------------------------------
+    Mutant(
+        name="dispatch-ordered-not-reordered",
+        path="callosum_like/dispatch.py",
+        old="        if inbound.ordering is Ordering.ORDERED:\n            held =",
+        new="        if False:\n            held =",
+        tests=("tests/test_peer_ordering.py",),
+        why="ORDERED replies go through the reorder buffer",
+    ),
+    Mutant(
+        name="dispatch-cap-plus-one",
+        path="callosum_like/dispatch.py",
+        old="limit=self._max_concurrency,",
+        new="limit=self._max_concurrency + 1,",
+        tests=("tests/test_peer_ordering.py", "tests/test_peer_overload.py"),
+        why="max_concurrency caps the handlers running at once",
+    ),
+    Mutant(
+        name="dispatch-serialized-not-queued",
+        path="callosum_like/dispatch.py",
+        old="elif inbound.ordering is Ordering.SERIALIZED and not self._serial.arrive(",
+        new="elif False and not self._serial.arrive(",
+        tests=("tests/test_peer_ordering.py",),
+        why="SERIALIZED requests wait for the running one of their key",
+    ),
+    Mutant(
+        name="dispatch-cancel-ignored",
+        path="callosum_like/dispatch.py",
+        old='        await self._stop(inbound, "cancelled by the caller")',
+        new="        return",
+        tests=("tests/test_peer_errors.py", "tests/test_peer_calls.py"),
+        why="a caller's timeout or cancellation cancels the remote handler",
+    ),
+    Mutant(
+        name="dispatch-max-pending-unbounded",
+        path="callosum_like/dispatch.py",
+        old="if len(self._inflight) >= self._max_pending:",
+        new="if False:",
+        tests=("tests/test_peer_overload.py",),
+        why="past max_pending, requests are refused (OverloadedError), not queued",
+    ),
+    Mutant(
+        name="dispatch-execute-timeout-ignored",
+        path="callosum_like/dispatch.py",
+        old="timeout = _earliest(self._execute_timeout, call.timeout)",
+        new="timeout = None",
+        tests=("tests/test_peer_errors.py",),
+        why="execute_timeout cancels a handler that runs too long",
+    ),
+    Mutant(
+        name="dispatch-lost-link-keeps-handlers",
+        path="callosum_like/dispatch.py",
+        old='                await self._stop(inbound, "link lost")',
+        new="                pass",
+        tests=("tests/test_peer_lifecycle.py", "tests/test_relay.py"),
+        why="the handlers of a remote that went away are cancelled",
+    ),
+    Mutant(
+        name="dispatch-stream-ignores-credit",
+        path="callosum_like/dispatch.py",
+        old="                await inbound.credit.take()\n",
+        new="",
+        tests=("tests/test_peer_streams.py", "tests/test_stream_memory.py"),
+        why="a slow stream consumer holds the producer back",
+    ),
+    # -- transfers --------------------------------------------------------------------------------
+    Mutant(
+        name="transfers-window-ignored",
+        path="callosum_like/transfers.py",
+        old="while state.credit < 1 and state.error is None:",
+        new="while False:",
+        tests=("tests/test_transfers.py", "tests/test_peer_chunks.py"),
+        why="a chunked body runs at most a window of chunks ahead of the receiver",
+    ),
+    Mutant(
+        name="transfers-overrun-accepted",
+        path="callosum_like/transfers.py",
+        old="if incoming.received + size > incoming.head.size or not size:",
+        new="if not size:",
+        tests=("tests/test_transfers.py",),
+        why="a chunk past the announced size is a protocol violation, not more memory",
+    ),
+    Mutant(
+        name="transfers-oversize-head-accepted",
+        path="callosum_like/transfers.py",
+        old="if head.size > self._max_body_size:",
+        new="if False:",
+        tests=("tests/test_transfers.py", "tests/test_peer_chunks.py"),
+        why="a chunked body over max_body_size is refused before any chunk is buffered",
+    ),
+    Mutant(
+        name="transfers-stop-ignored",
+        path="callosum_like/transfers.py",
+        old="        state.error = TransferStopped(transfer)\n",
+        new="",
+        tests=("tests/test_transfers.py", "tests/test_peer_chunks.py"),
+        why="a refused transfer stops sending",
+    ),
+    Mutant(
+        name="transfers-open-transfers-unbounded",
+        path="callosum_like/transfers.py",
+        old="if len(self._open) >= MAX_OPEN_TRANSFERS:",
+        new="if False:",
+        tests=("tests/test_transfers.py",),
+        why="a remote cannot open transfers without bound",
+    ),
+    # -- framing ----------------------------------------------------------------------------------
+    Mutant(
+        name="framing-frame-size-unchecked",
+        path="callosum_like/wire/framing.py",
+        old="elif value > self._max_frame_size:",
+        new="elif False:",
+        tests=("tests/wire/test_framing.py", "tests/transports/test_tcp_transport.py"),
+        why="a frame over max_frame_size is refused before it is buffered",
+    ),
+    Mutant(
+        name="framing-frame-count-unchecked",
+        path="callosum_like/wire/framing.py",
+        old="            if not 1 <= value <= MAX_FRAMES:\n                raise ProtocolError",
+        new="            if False:\n                raise ProtocolError",
+        tests=("tests/wire/test_framing.py",),
+        why="a message announces 1..MAX_FRAMES frames",
+    ),
+    Mutant(
+        name="framing-keeps-a-shared-read-whole",
+        path="callosum_like/wire/framing.py",
+        old="whole = pos == 0 and take == end",
+        new="whole = pos == 0",
+        tests=("tests/wire/test_framing.py",),
+        why="a read that holds the end of a large frame and more is split where the frame ends",
+    ),
+    # -- streams ----------------------------------------------------------------------------------
+    Mutant(
+        name="streams-credit-unbounded",
+        path="callosum_like/streams.py",
+        old="while self.available <= 0 and self._error is None:",
+        new="while False:",
+        tests=("tests/test_peer_uploads.py", "tests/test_peer_streams.py"),
+        why="a streamed body runs at most a window ahead of the handler reading it",
+    ),
+    Mutant(
+        name="streams-inbox-over-window-accepted",
+        path="callosum_like/streams.py",
+        old="if len(self._items) >= self._window or self._ended:",
+        new="if self._ended:",
+        tests=("tests/test_peer_streams.py", "tests/test_peer_fuzz.py"),
+        why="items past the credit granted are dropped and counted, not buffered",
+    ),
+    # -- the Peer, where it acts on the above -----------------------------------------------------
+    Mutant(
+        name="peer-stream-timeout-leaves-generator-running",
+        path="callosum_like/peer.py",
+        old="            if not finished:\n                self._abandon(link, call_id)",
+        new="            if False:\n                self._abandon(link, call_id)",
+        tests=("tests/test_peer_streams.py",),
+        why="leaving a stream early or by timeout cancels the remote generator",
+    ),
+    Mutant(
+        name="peer-upload-pump-left-running",
+        path="callosum_like/peer.py",
+        old="            if not pump.done():\n                pump.cancel()",
+        new="            if False:\n                pump.cancel()",
+        tests=("tests/test_peer_uploads.py",),
+        why="a handler that answers before reading its upload stops the caller's iterator",
+    ),
+)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How one mutant fared."""
+
+    mutant: Mutant
+    status: str  # "killed", "SURVIVED", "STALE"
+    seconds: float
+    detail: str
+
+
+def copy_tree(into: Path) -> None:
+    """Copy the working tree's files (tracked, and untracked but not ignored) into ``into``."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for raw in filter(None, listed):
+        source = ROOT / os.fsdecode(raw)
+        if source.is_file():
+            target = into / os.fsdecode(raw)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, str]:
+    """Run ``tests`` in ``tree``; return whether they passed and the first failure's name."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # children import the copy, too
+    try:
+        done = subprocess.run(
+            [sys.executable, *PYTEST, *tests],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout} s"
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
+    if done.returncode == 0:
+        return True, ""
+    return False, failed[0] if failed else done.stdout.strip().splitlines()[-1:][0]
+
+
+def try_mutant(tree: Path, mutant: Mutant) -> Outcome:
+    """Apply ``mutant`` in ``tree``, run its tests, and restore the file."""
+    started = time.monotonic()
+    path = tree / mutant.path
+    original = path.read_text()
+    count = original.count(mutant.old)
+    if count != 1:
+        return Outcome(mutant, "STALE", 0.0, f"snippet found {count} times in {mutant.path}")
+    path.write_text(original.replace(mutant.old, mutant.new))
+    try:
+        passed, detail = run_tests(tree, mutant.tests, MUTANT_TIMEOUT)
+    finally:
+        path.write_text(original)
+    status = "SURVIVED" if passed else "killed"
+    return Outcome(mutant, status, time.monotonic() - started, detail or "all tests passed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the mutants; exit 1 if one survived or is stale, 2 if the unbroken tests fail."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-k", dest="select", help="only mutants whose name contains this")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the run of the unbroken tests"
+    )
+    args = parser.parse_args(argv)
+    chosen = [mu for mu in MUTANTS if not args.select or args.select in mu.name]
+    if args.list:
+        for mu in chosen:
+            print(f"{mu.name:48} {mu.path}: {mu.why}")
+        return 0
+    if not chosen:
+        parser.error(f"no mutant name contains {args.select!r}")
+    with tempfile.TemporaryDirectory(prefix="mutants-") as folder:
+        tree = Path(folder)
+        copy_tree(tree)
+        if not args.no_baseline:
+            union = tuple(dict.fromkeys(t for mu in chosen for t in mu.tests))
+            print(f"baseline: {len(union)} test files, unbroken ...", flush=True)
+            passed, detail = run_tests(tree, union, MUTANT_TIMEOUT * 2)
+            if not passed:
+                print(f"the unbroken tests fail ({detail}): fix that first")
+                return 2
+        outcomes = []
+        for mutant in chosen:
+            outcome = try_mutant(tree, mutant)
+            outcomes.append(outcome)
+            print(f"{outcome.status:8} {mutant.name:48} {outcome.seconds:6.1f} s  {outcome.detail}")
+    bad = [o for o in outcomes if o.status != "killed"]
+    print(f"\n{len(outcomes) - len(bad)} of {len(outcomes)} mutants killed")
+    for o in bad:
+        print(f"  {o.status}: {o.mutant.name} ({o.mutant.path}): {o.mutant.why}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
