@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from typing import Any
 
@@ -9,7 +11,11 @@ import pytest
 import trustme
 
 import callosum_like as cl
+from callosum_like.lower.base import Connected, Disconnected
+from callosum_like.wire import messages as m
+from callosum_like.wire.codec import encode, pack_body
 
+from .rawpeer import MAX
 from .test_peer_security import MARKER, Recorder, echo
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
@@ -73,26 +79,54 @@ async def test_client_rejects_an_untrusted_server(ca: trustme.CA, peers: Any) ->
 
 
 async def test_client_certificate_required(ca: trustme.CA, peers: Any) -> None:
+    ran: list[Any] = []
+
+    async def recording_echo(request: cl.Request) -> Any:
+        ran.append(request.body)
+        return request.body
+
+    # TLS 1.3 (pinned, so that what the client sees does not depend on the OpenSSL build):
+    # the client's side of the TLS handshake completes before the server checks the client's
+    # certificate; the server then drops the connection, with no alert that reaches us.
+    context = server_context(ca, require_client_cert=True)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
     server = await peers.enter_async_context(
-        cl.Peer(
-            bind=cl.TCPAddress("127.0.0.1", 0),
-            transport=cl.TCPTransport(ssl=server_context(ca, require_client_cert=True)),
-        )
+        cl.Peer(bind=cl.TCPAddress("127.0.0.1", 0), transport=cl.TCPTransport(ssl=context))
     )
-    server.handle_function("echo", echo)
+    server.handle_function("echo", recording_echo)
     target = cl.TCPAddress("127.0.0.1", port_of(server))
     async with cl.Peer(
         connect=target, transport=cl.TCPTransport(ssl=client_context(ca, with_cert=True))
     ) as client:
         assert await client.invoke("echo", 1) == 1
-    with pytest.raises((ssl.SSLError, ConnectionError, cl.PeerDisconnectedError, TimeoutError)):
+    assert ran == [1]
+
+    # A Peer without a certificate never gets its handshake through: every connection the
+    # transport makes is dropped, until connect_timeout.
+    with pytest.raises(cl.RPCTimeoutError, match=r"^no handshake from .* within connect_timeout"):
         async with cl.Peer(
-            connect=target,
-            transport=cl.TCPTransport(ssl=client_context(ca)),
-            connect_timeout=3,
+            connect=target, transport=cl.TCPTransport(ssl=client_context(ca)), connect_timeout=1
         ):
             pass
+
+    # And a remote that speaks the protocol by itself gets nothing from the server: its
+    # Hello and Call are not answered, the connection ends, no handler runs.
+    raw = await cl.TCPTransport(ssl=client_context(ca), reconnect=False).connect(
+        target, max_frame_size=MAX
+    )
+    try:
+        assert isinstance(await raw.receive(), Connected)  # our side of TLS 1.3 completed
+        with contextlib.suppress(cl.PeerDisconnectedError):  # it may end before we are done
+            await raw.send(encode(m.Hello(identity="certless", max_body_size=MAX)))
+            await raw.send(encode(m.Call(id=1, method="echo", body=pack_body(2))))
+        async with asyncio.timeout(5):
+            event = await raw.receive()
+        assert isinstance(event, Disconnected), event  # not a Welcome, not a Result
+    finally:
+        await raw.aclose()
+    assert ran == [1]
     assert server.peers == frozenset()
+    assert server.statistics().calls_in == 1
 
 
 async def test_ssl_option_is_type_checked() -> None:
