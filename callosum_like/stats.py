@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Final
+from typing import Final, NoReturn
 
 __all__ = [
     "PeerStatistics",
+    "CountsByName",
     "Counters",
     "Gauges",
     "DropLog",
@@ -78,9 +78,37 @@ def log_rpc(direction: str, method: str, remote: str, started: float, outcome: s
     )
 
 
+class CountsByName(dict[str, int]):
+    """A read-only ``dict`` of counts by name, as ``PeerStatistics`` holds them.
+
+    A ``dict`` so that ``dataclasses.asdict``, ``json.dumps``, ``copy`` and ``pickle`` take
+    it as they take any dict (a ``MappingProxyType`` defeats all four); read-only so that a
+    snapshot never changes under whoever holds it. Every mutating method raises
+    ``TypeError``.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, counts: Mapping[str, int] | Iterable[tuple[str, int]] = ()) -> None:
+        super().__init__(counts)
+
+    def __reduce__(self) -> tuple[type[CountsByName], tuple[dict[str, int]]]:
+        return type(self), (dict(self),)
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("statistics are a snapshot: their counts are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerStatistics:
     """A snapshot of a Peer's counters and gauges.
+
+    ``dataclasses.asdict(stats)`` is plain data (ints, and dicts of counts by name) that
+    ``json.dumps`` writes as it is, for exporting to metrics; a snapshot also copies and
+    pickles. Its count mappings are read-only.
 
     Attributes:
         calls_out: Calls (and streams) this peer sent.
@@ -172,8 +200,8 @@ class Counters:
             requests_running=gauges.requests_running,
             requests_queued=gauges.requests_queued,
             requests_refused=self.requests_refused,
-            errors=MappingProxyType(dict(self.errors)),
-            request_errors=MappingProxyType(dict(self.request_errors)),
+            errors=CountsByName(self.errors),
+            request_errors=CountsByName(self.request_errors),
             bytes_out=self.bytes_out,
             bytes_in=self.bytes_in,
             dropped_messages=self.dropped_messages + gauges.transport_dropped,
