@@ -8,9 +8,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 import callosum_like as cl
 from callosum_like import auth
+from callosum_like.lower.zeromq import shared_context
+from callosum_like.wire import messages as m
+from callosum_like.wire.codec import encode, pack_body
+
+from .rawpeer import MAX
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -84,14 +91,69 @@ async def test_wrong_server_key_is_refused(peers: Any) -> None:
             pass
 
 
+async def plain_handshake_outcome(address: str, frames: list[list[bytes]]) -> tuple[int, bool]:
+    """Send ``frames`` from a plain DEALER; return its security handshake's monitor event.
+
+    Also returns whether anything at all arrived on the socket by then (or 0.2 s after a
+    successful handshake).
+    """
+    sock: zmq.Socket[Any] = zmq.Socket(shared_context(), zmq.DEALER)
+    monitor = sock.get_monitor_socket()
+    try:
+        sock.connect(address)
+        for parts in frames:
+            sock.send_multipart(parts)
+        async with asyncio.timeout(5):
+            while True:  # the monitor is a socket of the asyncio context: awaitable
+                event = parse_monitor_message(await monitor.recv_multipart())["event"]
+                if event in HANDSHAKE_OUTCOMES:
+                    break
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            await asyncio.sleep(0.2)  # a broken server: let its answer arrive, to show it
+        return event, bool(sock.poll(0, zmq.POLLIN))
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
+
+HANDSHAKE_OUTCOMES = {
+    zmq.EVENT_HANDSHAKE_SUCCEEDED,
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+}
+
+
 async def test_plain_client_gets_nothing_from_a_curve_server(peers: Any) -> None:
+    ran: list[Any] = []
+
+    async def recording_echo(request: cl.Request) -> Any:
+        ran.append(request.body)
+        return request.body
+
     server = await peers.enter_async_context(
         cl.Peer(bind="tcp://127.0.0.1:0", authenticator=server_auth(agent_1=CLIENT_KEYS.public))
     )
-    with pytest.raises((cl.AuthenticationError, TimeoutError)):
-        async with cl.Peer(connect=server.address, connect_timeout=1):
+    server.handle_function("echo", recording_echo)
+    # A plain Peer: ZeroMQ retries the refused handshake, so the Peer waits for a Welcome
+    # until connect_timeout, and it never hears a byte from the server.
+    client = cl.Peer(connect=server.address, connect_timeout=1)
+    with pytest.raises(cl.RPCTimeoutError, match=r"^no handshake from .* within connect_timeout"):
+        async with client:
             pass
+    assert client.statistics().bytes_in == 0
+    # A plain socket that sends a Hello and a Call: ZeroMQ refuses its handshake (NULL
+    # against CURVE), and nothing comes back.
+    hello = encode(m.Hello(identity="plain", max_body_size=MAX))
+    call = encode(m.Call(id=1, method="echo", body=pack_body(MARKER)))
+    event, answered = await plain_handshake_outcome(server.address, [hello, call])
+    assert event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.Event(event).name
+    assert not answered
+    assert ran == []
     assert server.peers == frozenset()
+    stats = server.statistics()
+    assert (stats.calls_in, stats.bytes_in, stats.bytes_out) == (0, 0, 0)
 
 
 async def test_revoked_key_is_refused_on_its_next_connection(peers: Any) -> None:
