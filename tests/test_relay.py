@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 import callosum_like as cl
 from callosum_like.wire.messages import STREAM_WINDOW
 
 from .conftest import Meeting, bind_address, connect_address, open_rebinding
+from .relayproc import Children
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 #: Heartbeats fast enough to see a dead ZeroMQ peer quickly, slow enough for a loaded machine.
@@ -82,6 +85,23 @@ class Federation:
 @pytest.fixture
 def federation(transport_kind: str, peers: Stack) -> Federation:
     return Federation(peers, transport_kind)
+
+
+@pytest_asyncio.fixture
+async def children() -> AsyncIterator[Children]:
+    """Relays and peers in child processes (tests/relayproc.py), killed and reaped at the end."""
+    started = Children()
+    try:
+        yield started
+    finally:
+        await started.reap_all()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait until ``condition()`` holds, polling; TimeoutError after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 async def test_calls_cross_one_relay_both_ways(federation: Federation) -> None:
@@ -200,19 +220,29 @@ async def test_a_slow_consumer_holds_the_producer_back_across_a_relay(
     async def count(request: cl.Request) -> Any:
         nonlocal produced
         for i in range(request.body):
-            produced += 1
             yield i
+            produced += 1  # item i went out: its peer asks for the next one
 
     agent.handle_function("count", count)
     await reachable(manager, "cluster-b/sub/agent-1")
-    items, ahead = [], []
+    items: list[int] = []
+    ahead: list[int] = []  # items sent and not yet taken, each time the consumer stalled
+
+    def unacknowledged() -> int:  # the item in hand counts until the consumer asks for more
+        return produced - (len(items) - 1)
+
     async for item in manager.stream("count", 80, to="cluster-b/sub/agent-1"):
         items.append(item)
-        await asyncio.sleep(0.005)  # a slow consumer: the producer waits for credit
-        ahead.append(produced - len(items))
+        # Credit returns in batches of half a window, as the consumer asks for more: at these
+        # points it has returned all it took, and the producer may send a whole window ahead.
+        if len(items) % STREAM_WINDOW == 1:  # the consumer stalls: the producer fills it...
+            await until(lambda: unacknowledged() >= STREAM_WINDOW)
+            # ... and no further: a round trip to the agent gives it time to go on if it could.
+            assert await manager.invoke("echo", 0, to="cluster-b/sub/agent-1") == 0
+            ahead.append(unacknowledged())
     assert items == list(range(80))
     # End-to-end credit: the relays add no window of their own.
-    assert max(ahead) <= STREAM_WINDOW
+    assert ahead == [STREAM_WINDOW] * 5
     # The other direction: the manager streams to an agent.
     manager.handle_function("count", count)
     assert [i async for i in agent.stream("count", 40)] == list(range(40))
@@ -252,7 +282,8 @@ async def test_timeouts_and_cancellation_cross_a_relay(federation: Federation) -
     with pytest.raises(TimeoutError):
         await agent.invoke("block", timeout=0.3)
     await asyncio.wait_for(up.cancelled.wait(), 10)
-    # Cancelling the calling task cancels the far handler.
+    # Cancelling the calling task (a call without a timeout) cancels the far handler: only
+    # the Cancel that the relay passes on can do that.
     down.started.clear()
     down.cancelled.clear()
     call = asyncio.create_task(manager.invoke("block", to="cluster-b/agent-1"))
@@ -261,8 +292,69 @@ async def test_timeouts_and_cancellation_cross_a_relay(federation: Federation) -
     with pytest.raises(asyncio.CancelledError):
         await call
     await asyncio.wait_for(down.cancelled.wait(), 10)
-    # The Call's timeout reaches the agent, whose deadline cancels the handler itself.
     assert await manager.invoke("echo", "still fine", to="cluster-b/agent-1") == "still fine"
+
+
+#: Heartbeats that let a frozen (SIGSTOP) caller keep its links for the whole test.
+PATIENT = {"heartbeat_interval": 0.25, "heartbeat_timeout": 60.0}
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+async def test_a_call_timeout_travels_through_the_relay_and_ends_the_far_handler(
+    transport_kind: str, direction: str, peers: Stack, children: Children
+) -> None:
+    """The far side enforces the caller's deadline: the caller is frozen, so no Cancel can.
+
+    The caller (a child process) calls with ``timeout=`` and is stopped (SIGSTOP) as soon as
+    the handler behind the relay starts. Its links stay up (nobody's heartbeat gives up), so
+    neither its own timer nor a lost link can cancel the handler: only the deadline that
+    travelled with the call can. The relay forgets the call (it holds at most one here).
+    """
+    federation = Federation(peers, transport_kind)
+    gate, timeout = Gate(), 2.0
+    block = {"method": "block", "body": "late", "timeout": timeout}
+    if direction == "up":  # an agent calls the manager
+        manager = await federation.manager()
+        relay = await federation.relay(manager, "cluster-b", max_forwarded=1, **PATIENT)
+        manager.handle_function("block", gate)
+        caller = await children.start(
+            role="peer", identity="agent-1", connect=relay.address, options=PATIENT, invoke=[block]
+        )
+        witness = await federation.agent(relay, "agent-2")
+        await reachable(manager, "cluster-b/agent-1", "cluster-b/agent-2")
+    else:  # the manager calls an agent
+        block.update(to="cluster-b/agent-1", wait_for="cluster-b/agent-1")
+        bind = {"kind": transport_kind}
+        caller = await children.start(
+            role="peer", identity="manager", bind=bind, options=PATIENT, invoke=[block]
+        )
+        relay = await federation.relay(caller, "cluster-b", max_forwarded=1, **PATIENT)
+        witness = await federation.agent(relay, "agent-1")
+        witness.handle_function("block", gate)
+    await asyncio.wait_for(gate.started.wait(), 10)
+    caller.stop()
+    await asyncio.wait_for(gate.cancelled.wait(), 10)  # its deadline, far from the caller
+    assert relay.upstream_connected
+    if direction == "up":
+        assert "cluster-b/agent-1" in manager.peers  # no link was lost on the way
+        await until(lambda: manager.statistics().request_errors["RPCCancelledError"] == 1)
+        # The relay forgot the call: with max_forwarded=1, the next call through it passes.
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    assert await manager.invoke("echo", "next", to="cluster-b/agent-2") == "next"
+                    break
+                except cl.OverloadedError:  # the far side's Cancelled is still on its way
+                    await asyncio.sleep(0.01)
+    else:
+        assert relay.peers == {"agent-1"}  # no link was lost on the way
+        await until(lambda: witness.statistics().request_errors["RPCCancelledError"] == 1)
+    caller.resume()
+    # Its own timer and the far side's Cancelled race once it wakes: either is its answer.
+    outcome = await caller.line("raised")
+    assert outcome.split()[0] in {"RPCTimeoutError", "RPCCancelledError"}, outcome
+    if direction == "down":  # the relay forgot the call: with max_forwarded=1, this passes
+        assert await witness.invoke("echo", "next") == "next"
 
 
 async def test_an_execute_timeout_behind_a_relay_is_a_remote_cancellation(
