@@ -168,12 +168,25 @@ async def test_remote_dying_mid_transfer_fails_the_call(
         raise AssertionError("the body cannot have arrived whole")
 
     server.handle_function("never", never)
-    call = asyncio.create_task(client.invoke("never", os.urandom(60_000 * CHUNK // 10)))
-    await asyncio.sleep(0.05)
-    await server.aclose()
-    with pytest.raises(cl.PeerDisconnectedError):
-        async with asyncio.timeout(15):
-            await call
+    body = os.urandom(60_000 * CHUNK // 10)
+    before = server.statistics().bytes_in
+    call = asyncio.create_task(client.invoke("never", body))
+    try:
+        # The transfer is under way: the server has received many chunks' worth of bytes (a
+        # chunked call's head carries none of the body), and not the whole body.
+        async with asyncio.timeout(10):
+            while server.statistics().bytes_in - before < 10 * CHUNK:
+                await asyncio.sleep(0.001)
+        assert not call.done()
+        received = server.statistics().bytes_in - before
+        await server.aclose()
+        assert received < len(body), "the transfer was over before the remote went away"
+        with pytest.raises(cl.PeerDisconnectedError):
+            async with asyncio.timeout(15):
+                await call
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
 
 
 def _fast_heartbeat() -> dict[str, float]:
