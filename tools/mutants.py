@@ -91,7 +91,7 @@ MUTANTS: tuple[Mutant, ...] = (
         path="callosum_like/session.py",
         old="(_S.CONNECTING, _I.GOODBYE): _S.BROKEN,",
         new="(_S.CONNECTING, _I.GOODBYE): _S.CONNECTING,",
-        tests=PEER_LINK_TESTS,
+        tests=("tests/test_peer_routes.py",),
         why="a connecting peer turned away in its handshake fails at once, with the reason",
     ),
     Mutant(
@@ -299,7 +299,7 @@ MUTANTS: tuple[Mutant, ...] = (
         path="callosum_like/streams.py",
         old="if len(self._items) >= self._window or self._ended:",
         new="if self._ended:",
-        tests=("tests/test_peer_streams.py", "tests/test_peer_fuzz.py"),
+        tests=("tests/test_stream_credit.py",),
         why="items past the credit granted are dropped and counted, not buffered",
     ),
     # -- the Peer, where it acts on the above -----------------------------------------------------
