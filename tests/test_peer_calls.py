@@ -113,7 +113,8 @@ async def test_wait_for_peer(transport_kind: str, peers: Any) -> None:
     with pytest.raises(TimeoutError):
         await server.wait_for_peer("late", timeout=0.1)
     waiter = asyncio.create_task(server.wait_for_peer("late", timeout=5))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one step of the waiter: it registers (no I/O, load-independent)
+    assert not waiter.done()  # so it is woken by the connection, not already satisfied
     await peers.enter_async_context(cl.Peer(connect=connect_address(server), identity="late"))
     await waiter
     await server.wait_for_peer("late")  # already there: returns at once
