@@ -7,6 +7,7 @@ transport, always closed) come from tests/conftest.py.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,17 @@ import thriftpy2
 from callosum_like.upper import schema
 
 IDL = Path(__file__).resolve().parents[2] / "idl"
+
+
+async def until(condition: Callable[[], bool], what: str, seconds: float = 10) -> None:
+    """Wait until ``condition()`` holds; fail, saying ``what`` did not happen, after ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            while not condition():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"not within {seconds} s: {what}") from None
+
 
 SIMPLE_THRIFT: Any = thriftpy2.load(str(IDL / "simple.thrift"), module_name="simple_thrift")
 KV_THRIFT: Any = thriftpy2.load(str(IDL / "kvstore.thrift"), module_name="kvstore_thrift")

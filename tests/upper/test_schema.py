@@ -11,7 +11,7 @@ import callosum_like as cl
 from callosum_like.upper import schema
 
 from ..conftest import PairFactory
-from .conftest import KV_SCHEMA, SIMPLE_SCHEMA, SchemaSimple, schema_kvstore
+from .conftest import KV_SCHEMA, SIMPLE_SCHEMA, SchemaSimple, schema_kvstore, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -279,23 +279,31 @@ async def test_thrift_and_schema_services_on_one_peer(make_pair: PairFactory) ->
 
 
 class Recorder(SchemaSimple):
-    """A Simple whose echo records who called it, and how many ran at once."""
+    """A Simple whose echo records its callers, the order they started in and how many run.
+
+    Each call is held until the test opens ``gate``; ``"too slow"`` is never answered.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.running = 0
-        self.most = 0
+        self.started: list[str] = []
         self.seen: list[tuple[str, str | None, dict[str, Any], str]] = []
+        self.gate = asyncio.Event()
 
     async def echo(self, text: str) -> str:
         request = schema.current_request()
         self.seen.append(
             (request.peer_id, request.order_key, dict(request.headers), request.method)
         )
+        self.started.append(text)
         self.running += 1
-        self.most = max(self.most, self.running)
-        await asyncio.sleep(2.0 if text == "too slow" else 0.02)
-        self.running -= 1
+        try:
+            if text == "too slow":
+                await asyncio.Event().wait()  # only the caller's timeout ends this call
+            await self.gate.wait()
+        finally:
+            self.running -= 1
         return text
 
 
@@ -306,12 +314,25 @@ async def test_order_keys_timeouts_and_headers_are_client_options(make_pair: Pai
     schema.SchemaServer(S, recorder).attach(server, ordering={"echo": cl.Ordering.SERIALIZED})
     simple = schema.SchemaClient(agent, S, order_key="k", headers={"token": b"secret"})
     texts = [str(i) for i in range(5)]
-    assert await asyncio.gather(*(simple.echo(text) for text in texts)) == texts
-    assert recorder.most == 1
+    keyed = [asyncio.ensure_future(simple.echo(text)) for text in texts]
+    await until(lambda: server.statistics().requests_in_flight == 5, "the 5 calls arrive")
+    # A call of another key, sent after them, runs: had the 4 behind the first not waited for
+    # it, they would have started before it (handlers start in arrival order).
+    marker = asyncio.ensure_future(simple.with_options(order_key="m").echo("marker"))
+    await until(lambda: "marker" in recorder.started, "the call of key 'm' starts")
+    assert recorder.started == ["0", "marker"]
+    recorder.gate.set()
+    assert await asyncio.gather(*keyed) == texts
+    assert await marker == "marker"
+    assert recorder.started == ["0", "marker", "1", "2", "3", "4"]
     assert recorder.seen[0] == ("agent-1", "k", {"token": b"secret"}, "Simple.echo")
-    recorder.most = 0
-    await asyncio.gather(*(simple.with_options(order_key=t).echo(t) for t in texts))
-    assert recorder.most > 1
+
+    recorder.gate.clear()
+    calls = [asyncio.ensure_future(simple.with_options(order_key=t).echo(t)) for t in texts]
+    await until(lambda: recorder.running == 5, "5 calls of 5 keys run at once")
+    recorder.gate.set()
+    assert await asyncio.gather(*calls) == texts
+
     unkeyed = simple.with_options(order_key=None, timeout=0.1)
     assert unkeyed.options == schema.CallOptions(timeout=0.1, headers={"token": b"secret"})
     with pytest.raises(TimeoutError):

@@ -14,7 +14,7 @@ import callosum_like as cl
 from callosum_like.upper.thrift import ThriftClient, ThriftServer, current_request
 
 from ..conftest import PairFactory
-from .conftest import KV_THRIFT, SIMPLE_THRIFT, ThriftSimple, thrift_kvstore
+from .conftest import KV_THRIFT, SIMPLE_THRIFT, ThriftSimple, thrift_kvstore, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -272,25 +272,31 @@ async def test_a_custom_name_prefixes_the_peer_methods(make_pair: PairFactory) -
         await ThriftClient(agent, S.Simple, name="v2.simple").echo("hi")
 
 
-class Recorder:
-    """A Simple whose echo records who called it, and how many ran at once."""
+class Recorder(ThriftSimple):
+    """A Simple whose echo records its callers, the order they started in and how many run.
+
+    Each call is held until the test opens ``gate``; ``"too slow"`` is never answered.
+    """
 
     def __init__(self) -> None:
+        super().__init__()
         self.running = 0
-        self.most = 0
+        self.started: list[str] = []
         self.seen: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.gate = asyncio.Event()
 
     async def echo(self, text: str) -> str:
         request = current_request()
         self.seen.append((request.peer_id, request.order_key, dict(request.headers)))
+        self.started.append(text)
         self.running += 1
-        self.most = max(self.most, self.running)
-        await asyncio.sleep(2.0 if text == "too slow" else 0.02)
-        self.running -= 1
+        try:
+            if text == "too slow":
+                await asyncio.Event().wait()  # only the caller's timeout ends this call
+            await self.gate.wait()
+        finally:
+            self.running -= 1
         return text
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(ThriftSimple(), name)
 
 
 @pytest.mark.asyncio
@@ -303,12 +309,25 @@ async def test_order_keys_timeouts_and_headers_are_client_options(make_pair: Pai
     assert keyed.options.order_key == "k"
     assert simple.options.order_key is None
     texts = [str(i) for i in range(5)]
-    assert await asyncio.gather(*(keyed.echo(text) for text in texts)) == texts
-    assert recorder.most == 1  # one key, serialized
+    calls = [asyncio.ensure_future(keyed.echo(text)) for text in texts]
+    await until(lambda: server.statistics().requests_in_flight == 5, "the 5 calls arrive")
+    # A call of another key, sent after them, runs: had the 4 behind the first not waited for
+    # it (one key, serialized), they would have started before it, in arrival order.
+    marker = asyncio.ensure_future(keyed.with_options(order_key="m").echo("marker"))
+    await until(lambda: "marker" in recorder.started, "the call of key 'm' starts")
+    assert recorder.started == ["0", "marker"]
+    recorder.gate.set()
+    assert await asyncio.gather(*calls) == texts
+    assert await marker == "marker"
+    assert recorder.started == ["0", "marker", "1", "2", "3", "4"]
     assert recorder.seen[0] == ("agent-1", "k", {"trace": "t1"})
-    recorder.most = 0
-    await asyncio.gather(*(simple.with_options(order_key=t).echo(t) for t in texts))
-    assert recorder.most > 1  # different keys run side by side
+
+    recorder.gate.clear()
+    calls = [asyncio.ensure_future(simple.with_options(order_key=t).echo(t)) for t in texts]
+    await until(lambda: recorder.running == 5, "5 calls of 5 keys run at once")
+    recorder.gate.set()
+    assert await asyncio.gather(*calls) == texts
+
     with pytest.raises(TimeoutError):
         await keyed.with_options(timeout=0.1).echo("too slow")
 
@@ -319,8 +338,15 @@ async def test_per_function_ordering(make_pair: PairFactory) -> None:
     recorder = Recorder()
     ThriftServer(S.Simple, recorder).attach(server, ordering={"echo": cl.Ordering.SERIALIZED})
     keyed = ThriftClient(agent, S.Simple, order_key="same")
-    await asyncio.gather(*(keyed.echo(str(i)) for i in range(4)))
-    assert recorder.most == 1
+    calls = [asyncio.ensure_future(keyed.echo(str(i))) for i in range(4)]
+    await until(lambda: server.statistics().requests_in_flight == 4, "the 4 calls arrive")
+    marker = asyncio.ensure_future(keyed.with_options(order_key="other").echo("marker"))
+    await until(lambda: "marker" in recorder.started, "the call of key 'other' starts")
+    assert recorder.started == ["0", "marker"]  # the other 3 wait: echo is serialized
+    recorder.gate.set()
+    assert await asyncio.gather(*calls) == ["0", "1", "2", "3"]
+    assert await marker == "marker"
+    assert recorder.started == ["0", "marker", "1", "2", "3"]
 
 
 def test_misuse_raises_type_and_value_errors() -> None:
