@@ -88,6 +88,16 @@ def test_open_transfers_are_bounded_and_ids_unique() -> None:
         Reassembly(max_body_size=100).begin(head(1, 0))
 
 
+async def settle() -> None:
+    """Let the tasks just created run until they finish or wait.
+
+    No I/O and no timers are involved: each pass of the loop runs every ready step, so the
+    number of passes needed does not depend on the machine's load (``take`` needs one).
+    """
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
 @pytest.mark.asyncio
 async def test_the_sender_waits_for_acks_and_stops_when_refused() -> None:
     outgoing = OutgoingTransfers(window=2)
@@ -95,12 +105,13 @@ async def test_the_sender_waits_for_acks_and_stops_when_refused() -> None:
     await outgoing.take(transfer)
     await outgoing.take(transfer)
     third = asyncio.create_task(outgoing.take(transfer))
-    await asyncio.sleep(0)
+    await settle()
     assert not third.done()  # the window is used up
     assert outgoing.ack(transfer, 1)
     await asyncio.wait_for(third, 1)
     fourth = asyncio.create_task(outgoing.take(transfer))
-    await asyncio.sleep(0)
+    await settle()
+    assert not fourth.done()  # waiting for credit when the refusal comes: it wakes it
     assert outgoing.stop(transfer)
     with pytest.raises(TransferStopped):
         await asyncio.wait_for(fourth, 1)
@@ -115,7 +126,8 @@ async def test_a_lost_link_fails_every_sender_and_every_later_transfer() -> None
     transfer = await outgoing.open()
     await outgoing.take(transfer)
     waiting = asyncio.create_task(outgoing.take(transfer))
-    await asyncio.sleep(0)
+    await settle()
+    assert not waiting.done()  # waiting for credit when the link is lost: it wakes it
     outgoing.fail(ConnectionError("gone"))
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(waiting, 1)
