@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import random
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import callosum_like as cl
+from callosum_like.errors import ProtocolError
 from callosum_like.lower.base import Received
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import decode, encode, pack_body
@@ -231,10 +233,36 @@ def load_fuzz_target() -> Any:
     return module
 
 
-def test_the_codec_fuzz_target_runs_without_atheris() -> None:
+def test_the_codec_fuzz_target_runs_without_atheris(capsys: pytest.CaptureFixture[str]) -> None:
     target = load_fuzz_target()
-    assert target.run_random(3000, seed=random.randrange(1 << 30)) > 3000
-    assert target.main(["fuzz_codec.py", "--random", "50"]) == 0
+    seed = random.randrange(1 << 30)
+    reproduce = f"seed {seed}: reproduce with python fuzz/fuzz_codec.py --random 3000 --seed {seed}"
+    print(reproduce)  # shown with the captured output of a failure
+    outcomes: Counter[str] = Counter()
+
+    def checked(data: bytes) -> None:
+        target.test_one_input(data)  # every property, on this input
+        try:
+            decode(target.split_frames(data), max_body_size=target.MAX_BODY)
+        except ProtocolError:
+            outcomes["refused"] += 1
+        else:
+            outcomes["decoded"] += 1
+
+    try:
+        ran = target.run_random(3000, seed=seed, target=checked)
+    except Exception as exc:
+        exc.add_note(reproduce)
+        raise
+    # Every input went through the properties, and the inputs reached both sides of the
+    # decoder: a codec that refused everything would pass the properties vacuously.
+    assert ran == outcomes.total() == 3000 + len(target.seed_inputs()), reproduce
+    assert outcomes["decoded"] > 0, (outcomes, reproduce)
+    assert outcomes["refused"] > 0, (outcomes, reproduce)
+    capsys.readouterr()
+    assert target.main(["fuzz_codec.py", "--random", "50", "--seed", str(seed)]) == 0, reproduce
+    out = capsys.readouterr().out
+    assert out == f"{50 + len(target.seed_inputs())} inputs, no property violated\n", reproduce
 
 
 def test_the_codec_fuzz_target_catches_a_broken_property() -> None:
