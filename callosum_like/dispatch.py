@@ -12,8 +12,9 @@ Theory of operation: the Peer hands every decoded ``Call`` to ``Dispatcher.call`
 * bounds what waits: past ``max_pending`` requests held (running or waiting) a new request
   is answered ``Error(OVERLOADED)`` at once instead of queued;
 * turns the outcome into one reply: ``Result``, ``Failure`` (handler raised, with its
-  traceback), ``Error(INTERNAL)`` (undecodable body, unencodable result) or ``Cancelled``
-  (execute timeout, caller's Cancel, or we are closing);
+  traceback, which is also logged once to ``callosum_like.handlers`` at ERROR),
+  ``Error(INTERNAL)`` (undecodable body, unencodable result) or ``Cancelled`` (execute
+  timeout, caller's Cancel, or we are closing);
 * runs a stream handler (an async generator) for a stream call: each yielded item goes out
   as a ``StreamItem`` once the consumer has granted credit (``STREAM_WINDOW`` at the start,
   more with each ``Credit``), so a slow consumer stops the generator; ``StreamEnd`` is the
@@ -50,6 +51,9 @@ from .wire.codec import pack_body, unpack_body
 __all__ = ["Dispatcher", "Registration", "CLOSE_TIMEOUT"]
 
 log = logging.getLogger(__name__)
+#: Where a handler that raised is logged, once, at ERROR with its traceback: a logger of its
+#: own, so that users can turn it down (or up) apart from the framework's own records.
+handler_log = logging.getLogger("callosum_like.handlers")
 
 #: Seconds a handler gets to react to cancellation when the peer closes, before aiojobs
 #: gives up on it (and logs it).
@@ -321,6 +325,13 @@ class Dispatcher:
         except _UnencodableItem as exc:
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"stream item: {exc}")
         except Exception as exc:
+            handler_log.error(
+                "handler of %r for %r raised %r (the caller gets RPCUserError)",
+                call.method,
+                inbound.peer_id,
+                exc,
+                exc_info=exc,
+            )
             return m.Failure.from_exception(call.id, exc)
         finally:
             inbound.task = None  # from here on, the deadline can cancel nothing
