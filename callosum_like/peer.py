@@ -836,7 +836,7 @@ class Peer:
         finally:
             link.uploads.pop(call_id, None)
             if not pump.done():
-                pass  # BREAK-H17-A
+                pump.cancel()
             with contextlib.suppress(BaseException):
                 await pump
 
@@ -870,7 +870,9 @@ class Peer:
         try:
             await self._send(link, msg)
         except PeerDisconnectedError as exc:
-            if link.pending.pop(msg.id, None) is not None:  # invoke's: it raises this error
+            # The caller (invoke or stream) raises this error: count it, as for any error.
+            waiting = link.pending.pop(msg.id, None) or link.streams.pop(msg.id, None)
+            if waiting is not None:
                 self._counters.count_error(type(exc).__name__)
             if self._links.get(link.key) is link:
                 await self._link_lost(link.key, LinkInput.LOST, str(exc))

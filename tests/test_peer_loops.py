@@ -1,4 +1,4 @@
-"""A Peer whose transport stops delivering events fails its pending calls and says why.
+"""A Peer whose transport fails under it fails its calls, says why, and counts them.
 
 The transport here is the real TCP transport, wrapped so that the test can make its
 ``receive()`` raise: the one fault a real socket cannot be made to produce on demand.
@@ -31,12 +31,15 @@ class BreakingConnection(Connection):
         self.bound = inner.bound
         self.reconnects = inner.reconnects
         self.broken = asyncio.Event()
+        self.sends_fail = False  # as when the transport knows before the Peer that it broke
 
     @property
     def local_address(self) -> str:
         return self._inner.local_address
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
+        if self.sends_fail:
+            raise cl.PeerDisconnectedError("the connection broke (injected by the test)")
         await self._inner.send(frames, to=to)
 
     async def receive(self) -> TransportEvent:
@@ -133,3 +136,26 @@ async def test_a_bound_peer_that_stops_receiving_fails_its_calls_to_every_remote
                 await call
         assert "the transport broke" in caplog.text
         assert server.peers == frozenset()
+
+
+@pytest.mark.parametrize("kind", ["invoke", "stream"])
+async def test_a_send_that_finds_the_link_gone_fails_and_counts_the_call(kind: str) -> None:
+    async def numbers(request: cl.Request):  # type: ignore[no-untyped-def]
+        yield 1
+
+    breaking = BreakingTransport()
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(cl.Peer(bind=bind_address("tcp")))
+        server.handle_function("numbers", numbers)
+        connecting = cl.Peer(connect=connect_address(server), transport=breaking)
+        client = await stack.enter_async_context(connecting)
+        assert [n async for n in client.stream("numbers")] == [1]
+        breaking.connections[0].sends_fail = True
+        with pytest.raises(cl.PeerDisconnectedError, match="injected"):
+            if kind == "invoke":
+                await client.invoke("numbers")
+            else:
+                async for _ in client.stream("numbers"):
+                    pass
+        assert client.statistics().errors == {"PeerDisconnectedError": 1}
+        assert client.statistics().calls_in_flight == 0
