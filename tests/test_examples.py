@@ -88,10 +88,12 @@ def test_ordering() -> None:
     # Guaranteed by the orderings (timing-independent):
     assert "replies 1 2 3 4" in lines["ORDERED"]
     assert "started 1 2 3 4 | finished 1 2 3 4 | replies 1 2 3 4 | at once 1" in lines["SERIALIZED"]
-    # With sleeps 50 ms apart and all calls sent at once, these hold on any sane machine:
-    assert "at once 4" in lines["UNORDERED"]
-    assert "at once 4" in lines["ORDERED"]
-    assert "at once 2" in lines["two keys"]  # each key serialized, the two keys side by side
+    # Side by side: #2 (50 ms) arrives while #1 (200 ms) runs, unless the machine stalls
+    # for 200 ms. All 4 at once would need all of them within 50 ms: not on a loaded machine.
+    at_once = {name: int(re.findall(r"at once (\d+)", line)[0]) for name, line in lines.items()}
+    assert at_once["UNORDERED"] > 1
+    assert at_once["ORDERED"] > 1
+    assert at_once["two keys"] == 2  # each key serialized, the two keys side by side
 
 
 @pytest.mark.timeout(90)
