@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -57,6 +57,18 @@ async def test_items_larger_than_a_chunk(make_pair: PairFactory) -> None:
     assert await client.invoke("total", items_of(parts)) == {"count": 4, "size": 6027}
 
 
+async def until(
+    condition: Callable[[], bool], what: Callable[[], str], timeout: float = 10
+) -> None:
+    """Poll ``condition`` until it holds; after ``timeout`` seconds, fail with ``what()``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        pytest.fail(f"not within {timeout} s: {what()}")
+
+
 @pytest.mark.asyncio
 async def test_a_slow_handler_holds_the_caller_a_window_ahead(make_pair: PairFactory) -> None:
     produced = 0
@@ -72,33 +84,71 @@ async def test_a_slow_handler_holds_the_caller_a_window_ahead(make_pair: PairFac
         await release.wait()
         return sum([item async for item in request.body])
 
+    async def echo(request: cl.Request) -> Any:
+        return request.body
+
     server, client = await make_pair()
     server.handle_function("slow", slow)
+    server.handle_function("echo", echo)
+    ahead = cl.Peer.UPLOAD_WINDOW + 1  # the window sent, and one item waiting for credit
     call = asyncio.create_task(client.invoke("slow", counting()))
-    await asyncio.sleep(0.3)
-    # The window (16) plus the item waiting for credit: the rest is not produced yet.
-    assert produced <= cl.Peer.UPLOAD_WINDOW + 1
-    release.set()
-    assert await call == sum(range(200))
-    assert produced == 200
+    try:
+        # The caller runs ahead of a handler that reads nothing, up to the window...
+        await until(lambda: produced >= ahead, lambda: f"{ahead} items produced, not {produced}")
+        # ...and no further. Round trips on the same link give a producer that had credit it
+        # should not have the loop turns to run on; with the window kept, nothing can make
+        # ``produced`` pass ``ahead`` while the handler waits, so this cannot fail falsely.
+        for number in range(3):
+            assert await client.invoke("echo", number) == number
+        assert produced == ahead
+        assert not call.done()
+        release.set()  # the handler reads: the caller goes on to the end
+        assert await call == sum(range(200))
+        assert produced == 200
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
 
 
 @pytest.mark.asyncio
 async def test_a_handler_may_answer_before_reading_everything(make_pair: PairFactory) -> None:
+    """``invoke`` returns the handler's value, and the caller's iterator is stopped: pulled
+    no further than the window, and closed (its ``finally`` runs) once ``invoke`` let go."""
+    pulled = 0
+    closed = asyncio.Event()
+
     async def first(request: cl.Request) -> Any:
         async for item in request.body:
             return item
         return None
 
     async def endless() -> AsyncIterator[int]:
-        number = 0
-        while True:
-            yield number
-            number += 1
+        nonlocal pulled
+        try:
+            while True:
+                pulled += 1
+                yield pulled
+        finally:
+            closed.set()
 
     server, client = await make_pair()
     server.handle_function("first", first)
-    assert await client.invoke("first", endless()) == 0
+    call = asyncio.create_task(client.invoke("first", endless()))
+    # Not asyncio.timeout: invoke swallows a cancellation that reaches it while it waits for
+    # its upload to stop, so a timeout would pass unnoticed.
+    await asyncio.wait({call}, timeout=10)
+    if not call.done():
+        call.cancel()
+        pytest.fail("invoke did not return: it waits for the upload it should have stopped")
+    assert call.result() == 1
+    at_return = pulled
+    try:
+        async with asyncio.timeout(10):
+            await closed.wait()
+    except TimeoutError:
+        pytest.fail(f"the caller's iterator was never closed ({pulled} items pulled)")
+    assert pulled == at_return  # nothing pulled once the answer came
+    assert 1 <= pulled <= cl.Peer.UPLOAD_WINDOW + 1  # the window, and the one awaiting credit
     assert await client.invoke("first", items_of(["again"])) == "again"  # the link is fine
 
 
