@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -398,6 +399,9 @@ async def serve_demo(transport: str, keys: str | None = None) -> int:
         invoke_timeout=CALL_TIMEOUT,
         authenticator=server_authenticator(keys),
     ) as server:
+        # The client makes handlers fail on purpose, to show the errors it gets; the server
+        # need not log those expected errors too (it would, at ERROR, with tracebacks).
+        logging.getLogger("callosum_like.handlers").setLevel(logging.CRITICAL)
         DemoService(server).register()
         register_typed(server)
         print(f"READY {server.address}", flush=True)
