@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -598,6 +599,42 @@ async def test_relay_arguments_are_checked() -> None:
         cl.Relay(bind="tcp://127.0.0.1:0", upstream="tcp://127.0.0.1:1", reconnect_interval=0)
     with pytest.raises(TypeError, match="max_forwarded"):
         cl.Relay(bind="tcp://127.0.0.1:0", upstream="tcp://127.0.0.1:1", max_forwarded=1.5)  # type: ignore[arg-type]
+
+
+async def test_the_relay_retries_upstream_with_capped_exponential_backoff(peers: Stack) -> None:
+    """Each failed upstream attempt doubles the wait before the next, up to the cap.
+
+    The "manager" accepts each connection and hangs up at once, and notes when: one
+    connection per attempt of the relay (its TCP transport does not reconnect by itself).
+    Waits are only bounded from below (a loaded machine makes them longer, never shorter);
+    the cap shows as many attempts within a deadline that doubling alone would need 100 s for.
+    """
+    loop = asyncio.get_running_loop()
+    attempts: list[float] = []
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempts.append(loop.time())
+        writer.close()
+
+    refusing = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    peers.push_async_callback(refusing.wait_closed)
+    peers.callback(refusing.close)
+    port = refusing.sockets[0].getsockname()[1]
+    interval, cap, count = 0.05, 0.25, 12
+    relay = cl.Relay(
+        bind=bind_address("tcp"),
+        upstream=cl.TCPAddress("127.0.0.1", port),
+        upstream_transport=cl.TCPTransport(reconnect=False),
+        reconnect_interval=interval,
+        max_reconnect_interval=cap,
+    )
+    async with relay:
+        # Capped: about 0.05 + 0.1 + 0.2 + 9 * 0.25 = 2.6 s. Uncapped: 0.05 * (2**11 - 1) s.
+        await until(lambda: len(attempts) >= count, timeout=20)
+        assert not relay.upstream_connected
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts[:count])]
+    waits = [min(interval * 2**k, cap) for k in range(count - 1)]
+    assert all(gap >= 0.9 * wait for gap, wait in zip(gaps, waits, strict=True)), (gaps, waits)
 
 
 async def test_curve_on_both_hops_with_the_relay_scoped_by_its_authenticated_name(
