@@ -2,6 +2,9 @@
 
 Topology of most tests: a bound "manager", a relay "cluster-b" connected to it, and agents
 connected to the relay. Everything runs on 127.0.0.1 with ports chosen by the OS.
+
+What must die or freeze (a relay, an agent, a caller) runs in a child process
+(tests/relayproc.py) and gets SIGKILL or SIGSTOP; the ``children`` fixture reaps them all.
 """
 
 from __future__ import annotations
