@@ -117,6 +117,7 @@ SERVER_SCRIPT = textwrap.dedent(
     import callosum_like as cl
 
     async def block(request):
+        print("blocking", flush=True)
         await asyncio.sleep(3600)
 
     async def call_back(request):
@@ -148,12 +149,16 @@ class ServerProcess:
             env={**os.environ, "PYTHONPATH": os.getcwd()},
         )
 
-    async def address(self) -> str:
+    async def line(self) -> str:
+        """The next line the server prints: its address first, then one per blocked call."""
         assert self.proc.stdout is not None
         async with asyncio.timeout(20):
             line = await asyncio.to_thread(self.proc.stdout.readline)
         assert line, "the server process died"
         return line.strip()
+
+    async def address(self) -> str:
+        return await self.line()
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -175,7 +180,8 @@ async def test_killed_and_restarted_server_is_reconnected(transport_kind: str) -
             assert await client.invoke("call_back", 5) == 10
             async with client.events() as events:
                 pending = [asyncio.create_task(client.invoke("block")) for _ in range(3)]
-                await asyncio.sleep(0.2)
+                for _ in pending:  # all three run in the server when it dies
+                    assert await first.line() == "blocking"
                 first.kill()
                 for call in pending:
                     with pytest.raises(cl.PeerDisconnectedError):
@@ -235,7 +241,11 @@ async def test_a_first_handshake_that_breaks_is_tried_again_within_connect_timeo
     the client tries again until a server answers, within ``connect_timeout``.
     """
 
+    hung_up = 0
+
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hung_up
+        hung_up += 1
         writer.close()
 
     impostor = await asyncio.start_server(hang_up, "127.0.0.1", 0)
@@ -244,7 +254,9 @@ async def test_a_first_handshake_that_breaks_is_tried_again_within_connect_timeo
     target = f"tcp://127.0.0.1:{port}" if zeromq else cl.TCPAddress("127.0.0.1", port)
     client = cl.Peer(connect=target, connect_timeout=15, **FAST_HEARTBEAT)
     opening = asyncio.create_task(client.__aenter__())
-    await asyncio.sleep(0.5)  # several connections hung up on by now
+    async with asyncio.timeout(10):  # it tries again: several connections hung up on
+        while hung_up < 3:
+            await asyncio.sleep(0.01)
     assert not opening.done()
     impostor.close()
     await impostor.wait_closed()
