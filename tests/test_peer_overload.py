@@ -224,7 +224,7 @@ async def test_a_client_that_never_reads_is_dropped_and_others_are_served(
                 await asyncio.gather(flood, return_exceptions=True)
         # Unread replies are bounded by the transport's limits, not by the flood.
         assert peak < bound, f"grew {peak / 2**20:.1f} MiB before the slow remote was dropped"
-        assert server.statistics().slow_remotes_dropped == 1
+        assert server.statistics().slow_remotes_dropped >= 1
         assert calls > 0
         assert "loris" not in server.peers
         assert server.peers == {"good"}
