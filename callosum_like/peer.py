@@ -837,8 +837,10 @@ class Peer:
             link.uploads.pop(call_id, None)
             if not pump.done():
                 pump.cancel()
-            with contextlib.suppress(BaseException):
-                await pump
+            # Let it stop, but not by swallowing a cancellation of our own caller.
+            await asyncio.wait((pump,))
+            if not pump.cancelled():
+                pump.exception()  # retrieved: raised above, or moot once the reply came
 
     async def _pump_upload(self, link: Link, call_id: int, items: AsyncIterable[Body]) -> None:
         window = link.uploads[call_id]
