@@ -128,3 +128,15 @@ async def connect_client(
         return await peers.enter_async_context(cl.Peer(connect=connect_address(server), **kwargs))
 
     return factory
+
+
+async def until(
+    condition: Callable[[], bool], what: Callable[[], str], timeout: float = 10
+) -> None:
+    """Poll ``condition`` until it holds; after ``timeout`` seconds, fail with ``what()``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        pytest.fail(f"not within {timeout} s: {what()}")

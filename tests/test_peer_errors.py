@@ -238,3 +238,30 @@ async def test_overload_is_refused_at_once(make_pair: PairFactory) -> None:
     for task in held:
         task.cancel()
     await asyncio.gather(*held, return_exceptions=True)
+
+
+async def test_the_late_answer_to_an_abandoned_call_is_expected_not_garbage(
+    make_pair: PairFactory,
+) -> None:
+    server, client = await make_pair()
+    started = asyncio.Event()
+
+    async def hang(request: cl.Request) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def echo(request: cl.Request) -> Any:
+        return request.body
+
+    server.handle_function("hang", hang)
+    server.handle_function("echo", echo)
+    call = asyncio.create_task(client.invoke("hang"))
+    await started.wait()
+    call.cancel()  # the client sends Cancel; the server answers Cancelled, which comes late
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    async with asyncio.timeout(10):
+        while server.statistics().request_errors.get("RPCCancelledError") != 1:
+            await asyncio.sleep(0.005)
+    assert await client.invoke("echo", 1) == 1  # its reply comes after the Cancelled one
+    assert client.statistics().dropped_messages == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -83,15 +83,21 @@ class BreakingTransport(Transport):
         return wrapped
 
 
-async def test_a_connecting_peer_that_stops_receiving_fails_its_pending_calls(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def hanging_handler() -> tuple[asyncio.Event, Callable[[cl.Request], Awaitable[None]]]:
+    """A handler that never returns, and the event it sets once it started."""
     started = asyncio.Event()
 
     async def hang(request: cl.Request) -> None:
         started.set()
         await asyncio.Event().wait()
 
+    return started, hang
+
+
+async def test_a_connecting_peer_that_stops_receiving_fails_its_pending_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started, hang = hanging_handler()
     breaking = BreakingTransport()
     async with cl.Peer(bind=bind_address("tcp"), identity="server") as server:
         server.handle_function("hang", hang)
@@ -114,12 +120,7 @@ async def test_a_connecting_peer_that_stops_receiving_fails_its_pending_calls(
 async def test_a_bound_peer_that_stops_receiving_fails_its_calls_to_every_remote(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    started = asyncio.Event()
-
-    async def hang(request: cl.Request) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
+    started, hang = hanging_handler()
     breaking = BreakingTransport()
     async with contextlib.AsyncExitStack() as stack:
         bound = cl.Peer(bind=cl.TCPAddress("127.0.0.1", 0), transport=breaking)

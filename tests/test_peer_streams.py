@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,21 +11,9 @@ import pytest
 import callosum_like as cl
 from callosum_like.wire.messages import STREAM_WINDOW
 
-from .conftest import PairFactory
+from .conftest import PairFactory, until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
-
-
-async def until(
-    condition: Callable[[], bool], what: Callable[[], str], timeout: float = 10
-) -> None:
-    """Poll ``condition`` until it holds; after ``timeout`` seconds, fail with ``what()``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        pytest.fail(f"not within {timeout} s: {what()}")
 
 
 async def echo(request: cl.Request) -> Any:

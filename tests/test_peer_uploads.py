@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import callosum_like as cl
 
-from .conftest import PairFactory
+from .conftest import PairFactory, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -55,18 +55,6 @@ async def test_items_larger_than_a_chunk(make_pair: PairFactory) -> None:
     server.handle_function("total", total)
     parts = [os.urandom(5000), b"", os.urandom(1024), os.urandom(3)]
     assert await client.invoke("total", items_of(parts)) == {"count": 4, "size": 6027}
-
-
-async def until(
-    condition: Callable[[], bool], what: Callable[[], str], timeout: float = 10
-) -> None:
-    """Poll ``condition`` until it holds; after ``timeout`` seconds, fail with ``what()``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        pytest.fail(f"not within {timeout} s: {what()}")
 
 
 @pytest.mark.asyncio
