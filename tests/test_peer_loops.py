@@ -94,6 +94,17 @@ def hanging_handler() -> tuple[asyncio.Event, Callable[[cl.Request], Awaitable[N
     return started, hang
 
 
+async def break_and_expect_the_call_failed(
+    breaking: BreakingTransport, call: asyncio.Task[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Break the peer's receiving; its pending ``call`` fails, and the reason is logged."""
+    with caplog.at_level(logging.ERROR, logger="callosum_like.peer"):
+        breaking.connections[0].broken.set()
+        with pytest.raises(cl.PeerDisconnectedError, match="stopped receiving"):
+            await call
+    assert "the transport broke" in caplog.text
+
+
 async def test_a_connecting_peer_that_stops_receiving_fails_its_pending_calls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -106,11 +117,7 @@ async def test_a_connecting_peer_that_stops_receiving_fails_its_pending_calls(
         ) as client:
             call = asyncio.create_task(client.invoke("hang"))
             await started.wait()
-            with caplog.at_level(logging.ERROR, logger="callosum_like.peer"):
-                breaking.connections[0].broken.set()
-                with pytest.raises(cl.PeerDisconnectedError, match="stopped receiving"):
-                    await call
-            assert "the transport broke" in caplog.text
+            await break_and_expect_the_call_failed(breaking, call, caplog)
             assert client.statistics().errors == {"PeerDisconnectedError": 1}
             assert client.peers == frozenset()
             with pytest.raises(cl.PeerDisconnectedError):
@@ -131,11 +138,7 @@ async def test_a_bound_peer_that_stops_receiving_fails_its_calls_to_every_remote
         await server.wait_for_peer("agent-1", timeout=10)
         call = asyncio.create_task(server.invoke("hang", to="agent-1"))
         await started.wait()
-        with caplog.at_level(logging.ERROR, logger="callosum_like.peer"):
-            breaking.connections[0].broken.set()
-            with pytest.raises(cl.PeerDisconnectedError, match="stopped receiving"):
-                await call
-        assert "the transport broke" in caplog.text
+        await break_and_expect_the_call_failed(breaking, call, caplog)
         assert server.peers == frozenset()
 
 

@@ -7,7 +7,7 @@ transport, always closed) come from tests/conftest.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,32 @@ async def until(condition: Callable[[], bool], what: str, seconds: float = 10) -
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"not within {seconds} s: {what}") from None
+
+
+async def check_one_key_runs_serialized(
+    server: Any,
+    started: list[str],
+    gate: asyncio.Event,
+    echo: Callable[[str], Awaitable[str]],
+    other_key_echo: Callable[[str], Awaitable[str]],
+) -> None:
+    """Five echoes of one SERIALIZED key wait behind the first; another key's does not.
+
+    ``echo`` calls with the serialized key, ``other_key_echo`` with another one; the handler
+    appends each text to ``started`` when it starts and holds it until ``gate`` opens.
+    """
+    texts = [str(i) for i in range(5)]
+    keyed = [asyncio.ensure_future(echo(text)) for text in texts]
+    await until(lambda: server.statistics().requests_in_flight == 5, "the 5 calls arrive")
+    # A call of another key, sent after them, runs: had the 4 behind the first not waited for
+    # it, they would have started before it (handlers start in arrival order).
+    marker = asyncio.ensure_future(other_key_echo("marker"))
+    await until(lambda: "marker" in started, "the call of key 'm' starts")
+    assert started == ["0", "marker"]
+    gate.set()
+    assert await asyncio.gather(*keyed) == texts
+    assert await marker == "marker"
+    assert started == ["0", "marker", "1", "2", "3", "4"]
 
 
 SIMPLE_THRIFT: Any = thriftpy2.load(str(IDL / "simple.thrift"), module_name="simple_thrift")

@@ -11,7 +11,14 @@ import callosum_like as cl
 from callosum_like.upper import schema
 
 from ..conftest import PairFactory
-from .conftest import KV_SCHEMA, SIMPLE_SCHEMA, SchemaSimple, schema_kvstore, until
+from .conftest import (
+    KV_SCHEMA,
+    SIMPLE_SCHEMA,
+    SchemaSimple,
+    check_one_key_runs_serialized,
+    schema_kvstore,
+    until,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -313,21 +320,14 @@ async def test_order_keys_timeouts_and_headers_are_client_options(make_pair: Pai
     recorder = Recorder()
     schema.SchemaServer(S, recorder).attach(server, ordering={"echo": cl.Ordering.SERIALIZED})
     simple = schema.SchemaClient(agent, S, order_key="k", headers={"token": b"secret"})
-    texts = [str(i) for i in range(5)]
-    keyed = [asyncio.ensure_future(simple.echo(text)) for text in texts]
-    await until(lambda: server.statistics().requests_in_flight == 5, "the 5 calls arrive")
-    # A call of another key, sent after them, runs: had the 4 behind the first not waited for
-    # it, they would have started before it (handlers start in arrival order).
-    marker = asyncio.ensure_future(simple.with_options(order_key="m").echo("marker"))
-    await until(lambda: "marker" in recorder.started, "the call of key 'm' starts")
-    assert recorder.started == ["0", "marker"]
-    recorder.gate.set()
-    assert await asyncio.gather(*keyed) == texts
-    assert await marker == "marker"
-    assert recorder.started == ["0", "marker", "1", "2", "3", "4"]
+    other = simple.with_options(order_key="m")
+    await check_one_key_runs_serialized(
+        server, recorder.started, recorder.gate, simple.echo, other.echo
+    )
     assert recorder.seen[0] == ("agent-1", "k", {"token": b"secret"}, "Simple.echo")
 
     recorder.gate.clear()
+    texts = [str(i) for i in range(5)]
     calls = [asyncio.ensure_future(simple.with_options(order_key=t).echo(t)) for t in texts]
     await until(lambda: recorder.running == 5, "5 calls of 5 keys run at once")
     recorder.gate.set()

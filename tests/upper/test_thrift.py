@@ -14,7 +14,14 @@ import callosum_like as cl
 from callosum_like.upper.thrift import ThriftClient, ThriftServer, current_request
 
 from ..conftest import PairFactory
-from .conftest import KV_THRIFT, SIMPLE_THRIFT, ThriftSimple, thrift_kvstore, until
+from .conftest import (
+    KV_THRIFT,
+    SIMPLE_THRIFT,
+    ThriftSimple,
+    check_one_key_runs_serialized,
+    thrift_kvstore,
+    until,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -308,21 +315,14 @@ async def test_order_keys_timeouts_and_headers_are_client_options(make_pair: Pai
     keyed = simple.with_options(order_key="k")
     assert keyed.options.order_key == "k"
     assert simple.options.order_key is None
-    texts = [str(i) for i in range(5)]
-    calls = [asyncio.ensure_future(keyed.echo(text)) for text in texts]
-    await until(lambda: server.statistics().requests_in_flight == 5, "the 5 calls arrive")
-    # A call of another key, sent after them, runs: had the 4 behind the first not waited for
-    # it (one key, serialized), they would have started before it, in arrival order.
-    marker = asyncio.ensure_future(keyed.with_options(order_key="m").echo("marker"))
-    await until(lambda: "marker" in recorder.started, "the call of key 'm' starts")
-    assert recorder.started == ["0", "marker"]
-    recorder.gate.set()
-    assert await asyncio.gather(*calls) == texts
-    assert await marker == "marker"
-    assert recorder.started == ["0", "marker", "1", "2", "3", "4"]
+    other = keyed.with_options(order_key="m")
+    await check_one_key_runs_serialized(
+        server, recorder.started, recorder.gate, keyed.echo, other.echo
+    )
     assert recorder.seen[0] == ("agent-1", "k", {"trace": "t1"})
 
     recorder.gate.clear()
+    texts = [str(i) for i in range(5)]
     calls = [asyncio.ensure_future(simple.with_options(order_key=t).echo(t)) for t in texts]
     await until(lambda: recorder.running == 5, "5 calls of 5 keys run at once")
     recorder.gate.set()
