@@ -4,7 +4,8 @@ Theory of operation:
 
 * One ZeroMQ context per process (``shared_context()``), not one per peer: each context
   costs an I/O thread, and one thread moves far more than one process can produce. Sockets
-  are closed with ``linger=0``; the shared context is never terminated by us.
+  are closed with a short linger (``CLOSE_LINGER_MS``), which libzmq's I/O thread spends
+  sending what they took before; the shared context is never terminated by us.
 * No future per message. pyzmq's asyncio sockets create and resolve a future for every send
   and receive, which profiles showed to be most of the per-call cost. Instead a
   ``_SocketDriver`` owns a plain (non-async) socket of the shared context and watches its
@@ -102,6 +103,10 @@ SEND_QUEUE_SIZE: Final = 1024
 DEFAULT_RECONNECT_INTERVAL: Final = 0.05
 #: The longest wait between reconnection attempts: a restarted server is found within it.
 DEFAULT_RECONNECT_MAX_INTERVAL: Final = 2.0
+#: Milliseconds libzmq keeps sending, after a socket is closed, what it had taken before: a
+#: closing Peer's last words (its Cancelled replies, its Goodbye) reach a remote that reads,
+#: without anything of ours waiting for them. Bounded, for a remote that does not read.
+CLOSE_LINGER_MS: Final = 1_000
 #: Frames from this size on are handed to ZeroMQ without a copy. Measured on loopback
 #: (docs/performance.md): below 64 KiB a copy costs less than the zmq.Frame and the release
 #: notification that zero-copy needs; from 128 KiB zero-copy moves 1.5-2x the bytes per CPU
@@ -406,14 +411,26 @@ class _SocketDriver:
         self._outbox.append(self._batches.pop(route).message(route))
 
     def close(self) -> None:
-        """Stop watching the socket and close it (discarding what was not sent)."""
+        """Stop watching the socket and close it, letting what was sent before leave.
+
+        What waits in our queue goes to the socket if it takes it, and libzmq's I/O thread
+        keeps sending what the socket holds for ``CLOSE_LINGER_MS`` more (in the background:
+        the shared context is never terminated, so nothing waits for it here). The rest,
+        for a remote that does not read, is discarded.
+        """
         if self._closed:
             return
+        for route in list(self._batches):
+            self._seal(route)
+        for parts in self._outbox:  # once each: a remote whose pipe is full gets no more
+            with contextlib.suppress(zmq.ZMQError):
+                self._send_parts(parts)
+        self._outbox.clear()
         self._closed = True
         self._loop.remove_reader(self._fd)
         if self._space is not None and not self._space.done():
             self._space.set_result(None)
-        self._sock.close(linger=0)
+        self._sock.close(linger=CLOSE_LINGER_MS)
 
 
 class _ZeroMQConnection(Connection):
@@ -736,9 +753,12 @@ class ZeroMQTransport(Transport):
     ) -> Connection:
         """See ``Transport.connect``."""
         uri = _zmq_uri(address)
+        # Not ZMQ_IMMEDIATE: with it, libzmq discards the messages of a connection that
+        # dropped before we read them (a closing server's Cancelled replies and Goodbye). What
+        # the socket takes while no connection is up goes to the next one, where the new
+        # link refuses it before its handshake; disconnect() starts a new pipe, without it.
         sock = self._socket(zmq.DEALER, max_frame_size)
         try:
-            sock.setsockopt(zmq.IMMEDIATE, 1)
             if authenticator is not None:
                 from .zap import configure_curve_client
 

@@ -257,6 +257,30 @@ class TransportConformance:
             else:
                 assert await nothing_arrives(client)
 
+    async def test_a_servers_last_messages_arrive_before_it_is_reported_gone(self) -> None:
+        """What a server sent before it closed reaches the client before ``Disconnected``.
+
+        A Peer's last words are its Cancelled replies and its Goodbye; a transport that
+        reports the drop first, or drops what was not read yet, loses them. Tried several
+        times, as the order is a race.
+        """
+        for _ in range(10):
+            async with self.pair() as (server, [client]):
+                key = await self.hello(server, client)
+                assert isinstance(await next_event(client), Connected)
+                for n in range(20):  # small ones, batched; and large ones, on their own
+                    await server.send([b"last", str(n).encode(), bytes(n % 2 * 200_000)], to=key)
+                await server.aclose()
+                got: list[int] = []
+                while len(got) < 20:
+                    event = await next_event(client)
+                    assert not isinstance(event, Disconnected), f"gone after only {got}"
+                    if isinstance(event, Received):
+                        got.append(int(event.frames[1]))
+                assert got == list(range(20))
+                if self.client_reports_disconnects:
+                    assert isinstance(await next_event(client), Disconnected)
+
     async def test_reconnect_capability_is_the_declared_one(self) -> None:
         """The connection's ``reconnects`` decides which suite a transport belongs to."""
         async with self.pair() as (_server, [client]):
