@@ -97,12 +97,12 @@ class EventHub:
             except Exception:
                 log.exception("event listener %r failed on %r", listener, event)
         for events in self._iterators:
-            events._put(event)
+            events.deliver(event)
 
     def close(self) -> None:
         """The peer closed: every iterator ends once it has drained its buffer."""
         for events in list(self._iterators):
-            events._end()
+            events.end()
         self._iterators.clear()
         self._listeners.clear()
 
@@ -123,7 +123,8 @@ class PeerEvents:
         #: Events dropped because this consumer fell more than ``maxsize`` behind.
         self.dropped = 0
 
-    def _put(self, event: PeerEvent) -> None:
+    def deliver(self, event: PeerEvent) -> None:
+        """Keep ``event`` for the consumer (the hub calls this); the oldest goes when full."""
         if len(self._buffer) >= self._maxsize:
             self._buffer.popleft()
             self.dropped += 1
@@ -132,7 +133,8 @@ class PeerEvents:
         self._buffer.append(event)
         self._wake()
 
-    def _end(self) -> None:
+    def end(self) -> None:
+        """No event will come again: the iteration ends once the kept ones are taken."""
         self._ended = True
         self._wake()
 
@@ -157,7 +159,7 @@ class PeerEvents:
     async def aclose(self) -> None:
         """Stop receiving events; a pending ``__anext__`` ends the iteration."""
         self._hub.unsubscribe(self)
-        self._end()
+        self.end()
 
     async def __aenter__(self) -> Self:
         return self

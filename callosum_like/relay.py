@@ -29,8 +29,9 @@ body, it only rewrites the call ``id`` of each hop and the ``target``/``origin``
   rebuilt after its link is lost. Failed attempts back off exponentially from
   ``reconnect_interval`` to ``max_reconnect_interval``.
 
-Only the Relay touches the Peer internals it needs (``_send``, ``_lookup``, ``_links``); the
-Peer calls back through the ``Forwarder`` protocol that ``peer`` defines.
+The relay uses only the Peer's documented surface for it: a ``Forwarder`` given at
+construction (the Peer calls back through it), ``Peer.lookup``, ``Peer.uplink``,
+``Peer.reconnects``, and each ``Link``'s ``send``/``send_quietly``.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ from .errors import (
     RPCError,
 )
 from .events import PeerEventKind, PeerEvents
-from .lower.base import CONNECTED_KEY, Transport
-from .lower.zeromq import ZeroMQTransport
-from .peer import DEFAULT_CONNECT_TIMEOUT, Link, Peer, _check_count, _check_positive
+from .link import Link
+from .lower.base import Transport
+from .options import DEFAULT_CONNECT_TIMEOUT, check_count, check_positive
+from .peer import Peer
 from .routing import scoped
 from .session import CallInput
 from .wire import messages as m
@@ -80,10 +82,8 @@ DEFAULT_MAX_RECONNECT_INTERVAL: Final = 5.0
 class _Forward:
     """One call in flight through the relay: where it came from and where it went."""
 
-    caller: Peer
     caller_link: Link
     caller_id: int
-    callee: Peer
     callee_link: Link
     callee_id: int
 
@@ -200,28 +200,30 @@ class Relay:
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
         )
-        self._below = options(bind=bind, transport=transport, authenticator=authenticator)
+        self._below = options(
+            bind=bind, transport=transport, authenticator=authenticator, forwarder=_Below(self)
+        )
         self._make_upstream = functools.partial(
             options,
             connect=upstream,
             transport=upstream_transport,
             authenticator=upstream_authenticator,
             connect_timeout=connect_timeout,
+            forwarder=_Above(self),
         )
         try:
             self._above: Peer | None = self._make_upstream()
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"upstream: {exc}") from None
-        _check_count("max_forwarded", max_forwarded)
+        check_count("max_forwarded", max_forwarded)
         self._upstream = upstream
-        self._reconnect_interval = _check_positive("reconnect_interval", reconnect_interval)
+        self._reconnect_interval = check_positive("reconnect_interval", reconnect_interval)
         self._max_reconnect_interval = max(
             self._reconnect_interval,
-            _check_positive("max_reconnect_interval", max_reconnect_interval),
+            check_positive("max_reconnect_interval", max_reconnect_interval),
         )
         self._max_forwarded = max_forwarded
         self._heartbeat_timeout = float(heartbeat_timeout)
-        self._below._forwarder = _Below(self, self._below)
         self._forwards = _Forwards()
         self._dirty: dict[str, str] = {}  # names to announce -> why they went (if they did)
         self._wake = asyncio.Event()
@@ -316,7 +318,7 @@ class Relay:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for fwd in self._forwards.pop_everything():
-            await _answer(fwd.caller, fwd.caller_link, fwd.caller_id, "the relay closed")
+            await _answer(fwd.caller_link, fwd.caller_id, "the relay closed")
             await _cancel(fwd)
         above, self._above = self._above, None
         if above is not None:
@@ -329,14 +331,12 @@ class Relay:
         above = self._above
         if above is None or self._state != "open":
             return None
-        link = above._links.get(CONNECTED_KEY)
-        return link if link is not None and link.session.is_open else None
+        return above.uplink
 
     async def _keep_upstream(self) -> None:
         delay = self._reconnect_interval
         while True:
             peer = self._above or self._make_upstream()
-            peer._forwarder = _Above(self, peer)
             self._above = peer
             try:
                 await peer.__aenter__()
@@ -360,7 +360,7 @@ class Relay:
         A ZeroMQ DEALER reconnects by itself, and the Peer says Hello again: it gets
         ``heartbeat_timeout`` to do so. Other transports are rebuilt at once.
         """
-        grace = self._heartbeat_timeout if isinstance(peer._transport, ZeroMQTransport) else 0
+        grace = self._heartbeat_timeout if peer.reconnects else 0
         async with peer.events() as events:
             while True:
                 if peer.peers:
@@ -379,7 +379,8 @@ class Relay:
 
     # -- announcements ----------------------------------------------------------------------------
 
-    def _mark(self, name: str, reason: str) -> None:
+    def mark(self, name: str, reason: str) -> None:
+        """``name`` below appeared or vanished (``reason``): announce its state upstream."""
         if not m.is_route(name):  # a direct identity too long to be a route
             log.warning("%r cannot be announced: not a route", name[:80])
             return
@@ -401,62 +402,60 @@ class Relay:
                     break
                 name = next(iter(self._dirty))
                 reason = self._dirty.pop(name)
-                up = self._below._lookup(name) is not None
+                up = self._below.lookup(name) is not None
                 msg = m.PeerUp(peer=name) if up else m.PeerDown(peer=name, reason=reason)
-                await self._above._send_quietly(link, msg)
+                await link.send_quietly(msg)
 
     # -- forwarding -------------------------------------------------------------------------------
 
-    async def forward_down(self, peer: Peer, link: Link, msg: m.Call) -> bool:
+    async def forward_down(self, link: Link, msg: m.Call) -> bool:
         """A call from above for ``msg.target``: pass it to the link below that reaches it."""
         assert msg.target is not None
-        found = self._below._lookup(msg.target)
+        found = self._below.lookup(msg.target)
         if found is None:
             return False  # the peer answers PeerDisconnected: no such peer here
         callee_link, target = found
-        await self._forward(peer, link, msg, self._below, callee_link, target, msg.origin)
+        await self._forward(link, msg, callee_link, target, msg.origin)
         return True
 
     async def forward_up(self, link: Link, msg: m.Call) -> bool:
         """A call from below that the relay does not serve: pass it upstream."""
         if msg.target is not None:
             return False  # no routes between the peers below
-        uplink, above = self._uplink(), self._above
-        if uplink is None or above is None:
-            await _answer(self._below, link, msg.id, "the relay has no upstream link")
+        uplink = self._uplink()
+        if uplink is None:
+            await _answer(link, msg.id, "the relay has no upstream link")
             return True
         origin = scoped(link.identity, msg.origin)
         if not m.is_route(origin):
             text = f"the caller's route is longer than {m.MAX_ROUTE_LENGTH} characters"
-            await self._below._send_quietly(link, _error(msg.id, ErrorCode.INTERNAL, text))
+            await link.send_quietly(_error(msg.id, ErrorCode.INTERNAL, text))
             return True
-        await self._forward(self._below, link, msg, above, uplink, None, origin)
+        await self._forward(link, msg, uplink, None, origin)
         return True
 
     async def _forward(
         self,
-        caller: Peer,
         caller_link: Link,
         msg: m.Call,
-        callee: Peer,
         callee_link: Link,
         target: str | None,
         origin: str | None,
     ) -> None:
         refusal = self._refusal(msg, callee_link)
         if refusal is not None:
-            await caller._send_quietly(caller_link, refusal)
+            await caller_link.send_quietly(refusal)
             return
         callee_id = callee_link.session.start_call()
-        fwd = _Forward(caller, caller_link, msg.id, callee, callee_link, callee_id)
+        fwd = _Forward(caller_link, msg.id, callee_link, callee_id)
         self._forwards.add(fwd)
         call = dataclasses.replace(msg, id=callee_id, target=target, origin=origin)
         try:
-            await callee._send(callee_link, call)
+            await callee_link.send(call)
         except (PeerDisconnectedError, PeerClosedError) as exc:
             self._forwards.remove(fwd)
             callee_link.session.call_input(callee_id, CallInput.REPLY)
-            await _answer(caller, caller_link, msg.id, f"could not pass the call on: {exc}")
+            await _answer(caller_link, msg.id, f"could not pass the call on: {exc}")
 
     def _refusal(self, msg: m.Call, callee_link: Link) -> m.Error | None:
         if self._state != "open":
@@ -491,7 +490,7 @@ class Relay:
                 return True
             text = f"the reply of {len(body)} bytes exceeds max_body_size {limit}"
             reply = _error(fwd.caller_id, ErrorCode.MESSAGE_TOO_LARGE, text)
-        await fwd.caller._send_quietly(fwd.caller_link, reply)
+        await fwd.caller_link.send_quietly(reply)
         return True
 
     async def forward_control(self, link: Link, msg: m.Cancel | m.Credit) -> bool:
@@ -501,14 +500,14 @@ class Relay:
             return False
         if type(msg) is m.Cancel:
             fwd.callee_link.session.call_input(fwd.callee_id, CallInput.ABANDON)
-        await fwd.callee._send_quietly(fwd.callee_link, dataclasses.replace(msg, id=fwd.callee_id))
+        await fwd.callee_link.send_quietly(dataclasses.replace(msg, id=fwd.callee_id))
         return True
 
     async def link_lost(self, link: Link, reason: str) -> None:
         """``link`` ended: answer the callers of what went out on it, cancel what came in."""
         who = link.identity or "the remote"
         for fwd in self._forwards.pop_callee(link):
-            await _answer(fwd.caller, fwd.caller_link, fwd.caller_id, f"{who}: {reason}")
+            await _answer(fwd.caller_link, fwd.caller_id, f"{who}: {reason}")
         for fwd in self._forwards.pop_caller(link):
             await _cancel(fwd)
 
@@ -517,13 +516,16 @@ class Relay:
         self._upstream_open.set()
         self._mark_everything()
 
+    def uplink_lost(self) -> None:
+        """The upstream link ended: the relay's identity is its configured one again."""
+        self._upstream_open.clear()
+
 
 class _Side:
     """The ``Forwarder`` the relay plugs into one of its two peers."""
 
-    def __init__(self, relay: Relay, peer: Peer) -> None:
+    def __init__(self, relay: Relay) -> None:
         self._relay = relay
-        self._peer = peer
 
     async def forward_call(self, link: Link, msg: m.Call) -> bool:
         raise NotImplementedError
@@ -551,7 +553,7 @@ class _Below(_Side):
         return await self._relay.forward_up(link, msg)
 
     def peer_changed(self, name: str, up: bool, reason: str) -> None:
-        self._relay._mark(name, reason)
+        self._relay.mark(name, reason)
 
 
 class _Above(_Side):
@@ -560,10 +562,10 @@ class _Above(_Side):
     async def forward_call(self, link: Link, msg: m.Call) -> bool:
         if msg.target is None:
             return False  # for the relay itself
-        return await self._relay.forward_down(self._peer, link, msg)
+        return await self._relay.forward_down(link, msg)
 
     async def link_lost(self, link: Link, reason: str) -> None:
-        self._relay._upstream_open.clear()
+        self._relay.uplink_lost()
         await super().link_lost(link, reason)
 
     def uplink_opened(self, link: Link) -> None:
@@ -582,13 +584,13 @@ def _error(call_id: int, code: ErrorCode, text: str) -> m.Error:
     return m.Error(id=call_id, code=code, message=text)
 
 
-async def _answer(peer: Peer, link: Link, call_id: int, text: str) -> None:
+async def _answer(link: Link, call_id: int, text: str) -> None:
     """Tell the caller of ``call_id`` that the peer it called is gone."""
-    await peer._send_quietly(link, _error(call_id, ErrorCode.PEER_DISCONNECTED, text))
+    await link.send_quietly(_error(call_id, ErrorCode.PEER_DISCONNECTED, text))
 
 
 async def _cancel(fwd: _Forward) -> None:
     """The caller of ``fwd`` is gone: cancel the call on the callee's side."""
     with contextlib.suppress(ProtocolError):  # already abandoned by its caller
         fwd.callee_link.session.call_input(fwd.callee_id, CallInput.ABANDON)
-    await fwd.callee._send_quietly(fwd.callee_link, m.Cancel(id=fwd.callee_id))
+    await fwd.callee_link.send_quietly(m.Cancel(id=fwd.callee_id))

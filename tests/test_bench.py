@@ -252,10 +252,10 @@ async def test_a_pinned_child_and_its_threads_run_on_its_cpu_only() -> None:
     assert pin.server != pin.client
     assert {pin.server, pin.client} <= before
     for cpu in (pin.server, pin.client):
-        async with bench._Child("pinned", [sys.executable, "-c", CHILD_CPUS], cpu=cpu) as child:
+        async with bench._Child("pinned", [sys.executable, "-c", CHILD_CPUS], cpu=cpu) as child:  # noqa: SLF001 (the supervisor, white-box)
             assert await child.ready() == f"[{cpu}] [{cpu}]"
         assert os.sched_getaffinity(0) == before  # the parent is not left pinned
-    async with bench._Child("free", [sys.executable, "-c", CHILD_CPUS]) as child:
+    async with bench._Child("free", [sys.executable, "-c", CHILD_CPUS]) as child:  # noqa: SLF001
         everywhere = str(sorted(before))
         assert await child.ready() == f"{everywhere} {everywhere}"
 

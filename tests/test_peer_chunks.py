@@ -146,7 +146,7 @@ async def test_a_timeout_while_sending_forgets_the_partial_body(make_pair: PairF
     with pytest.raises(cl.RPCTimeoutError):
         await client.invoke("count", os.urandom(2000 * CHUNK), timeout=0.001)
     assert await client.invoke("count", b"ok") is None  # the link still works
-    link = next(iter(server._links.values()))
+    link, _ = server.lookup("agent-1") or pytest.fail("agent-1 is not connected")
     async with asyncio.timeout(10):
         while len(link.incoming):
             await asyncio.sleep(0.01)
@@ -244,7 +244,8 @@ async def test_chunks_past_the_announced_size_are_refused(
         assert await raw.receive() == m.ChunkStop(transfer=77, reason="bad chunk")
         assert await raw.receive() == m.Result(id=2, body=pack_body("ok"))
         assert server.statistics().dropped_messages == 2
-        assert not next(iter(server._links.values())).incoming.buffered
+        link, _ = server.lookup("raw") or pytest.fail("raw is not connected")
+        assert not link.incoming.buffered
     finally:
         await raw.aclose()
 

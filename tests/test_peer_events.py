@@ -11,6 +11,7 @@ import callosum_like as cl
 from callosum_like.events import EventHub
 
 from .conftest import PairFactory, bind_address, connect_address
+from .rawpeer import RawClient
 
 pytestmark = pytest.mark.timeout(30)
 FAST_HEARTBEAT = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5}
@@ -63,13 +64,14 @@ async def test_heartbeat_loss_is_an_event(
     server = await peers.enter_async_context(
         cl.Peer(bind=bind_address(transport_kind), identity="server", **FAST_HEARTBEAT)
     )
-    client = await peers.enter_async_context(
-        cl.Peer(connect=connect_address(server), identity="agent-1", **FAST_HEARTBEAT)
-    )
     async with server.events() as events:
-        for task in client._loops:  # silence the client: no pings, no pongs
-            task.cancel()
-        event = await next_event(events)
+        raw = await RawClient.connect(server, transport_kind)  # says Hello, then nothing
+        try:
+            await raw.handshake("agent-1")
+            assert await next_event(events) == cl.PeerEvent(cl.PeerEventKind.CONNECTED, "agent-1")
+            event = await next_event(events)
+        finally:
+            await raw.aclose()
     assert (event.kind, event.identity, event.reason) == (DISCONNECTED, "agent-1", "heartbeat lost")
 
 

@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 import callosum_like as cl
-from callosum_like.lower.base import CONNECTED_KEY
+from callosum_like.lower.base import CONNECTED_KEY, Connection, Transport
+from callosum_like.lower.tcp import TCPTransport
+from callosum_like.lower.zeromq import ZeroMQTransport
 
 from .conftest import bind_address, connect_address, open_rebinding
 
@@ -281,11 +283,20 @@ async def test_a_failed_call_and_peers_agree_so_a_retry_loop_waits(
     """
     first = await open_server(transport_kind)
     peers.push_async_callback(first.aclose)
+    base: type[Transport] = TCPTransport if transport_kind == "tcp" else ZeroMQTransport
+    connections: list[Connection] = []
+
+    class Keeping(base):  # type: ignore[valid-type,misc]
+        """The real transport; the test keeps a handle on the connection it makes."""
+
+        async def connect(self, *args: Any, **kwargs: Any) -> Connection:
+            connections.append(await super().connect(*args, **kwargs))
+            return connections[-1]
+
     client = await peers.enter_async_context(
-        cl.Peer(connect=connect_address(first), **FAST_HEARTBEAT)
+        cl.Peer(connect=connect_address(first), transport=Keeping(), **FAST_HEARTBEAT)
     )
-    assert client._connection is not None
-    await client._connection.disconnect(CONNECTED_KEY)
+    await connections[0].disconnect(CONNECTED_KEY)
     async with asyncio.timeout(20):
         while True:  # the documented retry loop: wait for the peer, then call again
             try:

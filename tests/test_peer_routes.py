@@ -195,10 +195,10 @@ async def test_announcements_to_a_connecting_peer_are_dropped(transport_kind: st
         cl.Peer(bind=bind_address(transport_kind), identity="manager") as server,
         cl.Peer(connect=connect_address(server), identity="agent") as client,
     ):
-        # The bound side has no public way to send a PeerUp; go under the hood once.
-        link = server._by_identity["agent"]
-        await server._send(link, m.PeerUp(peer="x"))
-        await server._send(link, m.Ping())
+        # Only relays announce names: send a PeerUp on the link as a relay's forwarder would.
+        link, _ = server.lookup("agent") or pytest.fail("agent is not connected")
+        await link.send(m.PeerUp(peer="x"))
+        await link.send(m.Ping())
         await wait_until(lambda: client.statistics().dropped_messages == 1)
         assert client.peers == {"manager"}
 

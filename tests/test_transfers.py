@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(10)
 def buffers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Reassemble in the body's own ``bytes`` (CPython) or in a ``BytesIO`` that grows."""
     if request.param == "direct":
-        if transfers._make_direct is None:
+        if transfers._make_direct is None:  # noqa: SLF001 (white-box)
             pytest.skip("no direct buffer on this interpreter")
         monkeypatch.setattr(transfers, "DIRECT_BUFFER_SIZE", 1)
     else:

@@ -544,11 +544,18 @@ class _Router(_ZeroMQConnection):
     reports_disconnects = False
 
     def __init__(
-        self, sock: zmq.Socket[Any], endpoint: str, max_frame_size: int, *, authenticated: bool
+        self,
+        sock: zmq.Socket[Any],
+        endpoint: str,
+        max_frame_size: int,
+        *,
+        authenticated: bool,
+        zap_domain: str | None,
     ) -> None:
         self._known: set[bytes] = set()
         self._copy_frames = not authenticated  # the User-Id property lives on zmq.Frame
         super().__init__(sock, endpoint, max_frame_size)
+        self._zap_domain = zap_domain  # unregistered from the ZAP server on close
 
     def _on_message(self, parts: list[Any]) -> bool:
         if len(parts) < 2:
@@ -740,9 +747,13 @@ class ZeroMQTransport(Transport):
 
                 await ZAPServer.for_context(sock.context).unregister(zap_domain)
             raise
-        conn = _Router(sock, endpoint, max_frame_size, authenticated=authenticator is not None)
-        conn._zap_domain = zap_domain
-        return conn
+        return _Router(
+            sock,
+            endpoint,
+            max_frame_size,
+            authenticated=authenticator is not None,
+            zap_domain=zap_domain,
+        )
 
     async def connect(
         self,

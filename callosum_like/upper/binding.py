@@ -306,8 +306,8 @@ class BoundClient:
             TypeError: An unknown option, or an option of the wrong type.
             ValueError: A negative ``timeout``.
         """
-        clone = copy.copy(self)
-        clone._options = dataclasses.replace(self._options, **changes)
+        clone = copy.copy(self)  # keeps every other attribute, a subclass's too
+        object.__setattr__(clone, "_options", dataclasses.replace(self._options, **changes))
         return clone
 
     def __getattr__(self, function: str) -> Callable[..., Awaitable[Result]]:

@@ -1,0 +1,362 @@
+"""The caller's side of a Peer: calls and streams we make, their timeouts and outcomes.
+
+Theory of operation: ``Peer.invoke`` and ``Peer.stream`` pick the link (``remotes``) and
+hand the rest to ``Caller``:
+
+* ``call`` builds the ``Call`` (the body packed and checked against both sides'
+  ``max_body_size`` before anything is sent), registers a future on the link, sends, and
+  waits for the reply *message*; the receive loop only resolves the future, and the
+  caller's own task unpacks the body (``outcome``), so the loop does no per-body work.
+* A timeout is one entry in the shared ``Deadlines`` timer, not a timeout context per
+  call; when it fires it cancels the calling task, which turns that into
+  ``RPCTimeoutError``. A cancelled or timed-out call is *abandoned*: the link sends
+  ``Cancel`` and the session keeps the call as CANCELLING until the late answer comes.
+* A streamed body (an async iterable) is pumped a credit window ahead of the handler; a
+  handler may answer before reading it all, which stops the pump.
+* ``stream`` iterates a stream call's inbox, granting credit back as items are consumed;
+  leaving early (or its timeout) abandons it.
+* A send that finds the link gone ends the link at once (``link_gone``), so that ``peers``
+  and ``wait_for_peer`` are truthful for a caller that retries.
+
+Only ``peer`` uses this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+from .deadlines import Deadlines
+from .errors import (
+    PeerDisconnectedError,
+    ProtocolError,
+    RPCCancelledError,
+    RPCInternalError,
+    RPCTimeoutError,
+    RPCUserError,
+    error_for_code,
+)
+from .link import Link
+from .options import check_call_args, check_timeout
+from .request import Body, Headers
+from .session import CallInput
+from .stats import Counters, log_rpc, rpc_started
+from .streams import CreditWindow, StreamInbox
+from .wire import messages as m
+from .wire.codec import pack_body, unpack_body
+
+__all__ = ["Caller", "outcome", "UPLOAD_WINDOW"]
+
+#: Items of a streamed body that may run ahead of the handler reading them.
+UPLOAD_WINDOW: Final = m.STREAM_WINDOW
+
+#: Ends a link whose send found it gone: ``(link, the send's error)``.
+LinkGone = Callable[[Link, PeerDisconnectedError], Awaitable[None]]
+
+
+class Caller:
+    """Makes the calls and streams of one Peer.
+
+    Args:
+        counters: Where calls made and their errors are counted.
+        invoke_timeout: The default timeout of a call, or ``None``.
+        link_gone: Ends a link whose send found it gone.
+    """
+
+    def __init__(
+        self, *, counters: Counters, invoke_timeout: float | None, link_gone: LinkGone
+    ) -> None:
+        self._counters = counters
+        self._invoke_timeout = invoke_timeout
+        self._link_gone = link_gone
+        self.deadlines = Deadlines()  # the timeouts of our calls
+        #: The loop we run on, from ``start`` on: every later use takes it from here
+        #: (``asyncio.get_running_loop`` is a ``getpid`` system call on Python 3.11).
+        self._loop: asyncio.AbstractEventLoop
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The Peer opened on ``loop``."""
+        self._loop = loop
+
+    def prepare(
+        self,
+        route: Callable[[str | None], tuple[Link, str | None]],
+        to: str | None,
+        method: str,
+        body: Body,
+        *,
+        order_key: str | None,
+        timeout: float | None,
+        headers: Headers | None,
+        stream: bool = False,
+        upload: bool = False,
+    ) -> tuple[Link, m.Call]:
+        """Check a call's arguments, pick its link, and build its ``Call`` (nothing is sent).
+
+        Args:
+            route: Finds the link that reaches ``to`` and the target to send with.
+            to: The remote to call (see ``Peer.invoke``).
+            method: As for ``Peer.invoke``.
+            body: As for ``Peer.invoke``.
+            order_key: As for ``Peer.invoke``.
+            timeout: As for ``Peer.invoke``; ``None`` for the default.
+            headers: As for ``Peer.invoke``.
+            stream: Whether this is a stream call.
+            upload: Whether the body is streamed.
+
+        Returns:
+            The link and the call.
+
+        Raises:
+            TypeError, ValueError: Misused arguments; ``body`` not msgpack-serializable.
+            UnknownPeerError, PeerDisconnectedError: ``route`` found no link.
+            MessageTooLargeError: ``body`` exceeds either side's ``max_body_size``.
+        """
+        call_timeout = check_timeout(
+            "timeout", self._invoke_timeout if timeout is None else timeout
+        )
+        check_call_args(method, order_key, headers)
+        link, target = route(to)
+        packed = pack_body(body)
+        link.check_size(len(packed))
+        return link, m.Call(
+            id=link.session.start_call(),
+            method=method,
+            body=packed,
+            order_key=order_key,
+            headers=dict(headers) if headers else None,
+            timeout=call_timeout,
+            stream=stream,
+            upload=upload,
+            target=target,
+        )
+
+    async def call(
+        self, link: Link, msg: m.Call, upload: AsyncIterable[Body] | None = None
+    ) -> Body:
+        """Send ``msg`` (and its streamed body) and return its outcome (see ``Peer.invoke``)."""
+        reply = await self._await_reply(link, msg, upload)
+        try:
+            return outcome(reply)
+        except Exception as exc:
+            self._counters.count_error(type(exc).__name__)
+            raise
+
+    async def _await_reply(
+        self, link: Link, msg: m.Call, upload: AsyncIterable[Body] | None
+    ) -> m.Message:
+        future: asyncio.Future[m.Message] = self._loop.create_future()
+        link.pending[msg.id] = future
+        self._counters.calls_out += 1
+        started = rpc_started()
+        timeout = msg.timeout
+        expiry = deadline = None
+        try:
+            if timeout is not None:
+                # The timeout covers sending too: a chunked body may take a while to go out.
+                expiry = _Expiry(future, asyncio.current_task(self._loop))
+                deadline = self.deadlines.add(timeout, _expire, expiry)
+            return await self._send_and_wait(link, msg, future, upload)
+        except asyncio.CancelledError:
+            link.abandon(msg.id)
+            if expiry is None or not expiry.fired or expiry.task.uncancel():  # type: ignore[union-attr]
+                self._counters.count_error("CancelledError")
+                raise  # cancelled, not (only) timed out
+            self._counters.count_error(RPCTimeoutError.__name__)
+            raise RPCTimeoutError(f"{msg.method!r} took longer than {timeout} s") from None
+        finally:
+            if deadline is not None:
+                self.deadlines.discard(deadline)
+            link.pending.pop(msg.id, None)
+            if started is not None:
+                log_rpc("invoked", msg.method, link.identity, started, _call_outcome(future))
+
+    async def _send_and_wait(
+        self,
+        link: Link,
+        msg: m.Call,
+        future: asyncio.Future[m.Message],
+        upload: AsyncIterable[Body] | None,
+    ) -> m.Message:
+        try:
+            await self.send_call(link, msg)
+        except BaseException:
+            link.session.call_input(msg.id, CallInput.REPLY)  # it never left whole: forget it
+            if future.done() and not future.cancelled():
+                future.exception()  # the link failed it too; the send's error is the one raised
+            raise
+        if upload is None:
+            return await future
+        return await self._upload_and_wait(link, msg.id, future, upload)
+
+    async def send_call(self, link: Link, msg: m.Call) -> None:
+        """Send a call; if its link turns out to be gone, end the link at once.
+
+        The transport may know the connection is gone before its ``Disconnected`` event is
+        handled. Ending the link now keeps ``peers`` and ``wait_for_peer`` truthful, so a
+        caller that waits for the peer and retries does wait (for the reconnection) instead
+        of failing again and again without ever yielding to the event loop.
+        """
+        try:
+            await link.send(msg)
+        except PeerDisconnectedError as exc:
+            # The caller (invoke or stream) raises this error: count it, as for any error.
+            waiting = link.pending.pop(msg.id, None) or link.streams.pop(msg.id, None)
+            if waiting is not None:
+                self._counters.count_error(type(exc).__name__)
+            await self._link_gone(link, exc)
+            raise
+
+    async def _upload_and_wait(
+        self,
+        link: Link,
+        call_id: int,
+        future: asyncio.Future[m.Message],
+        upload: AsyncIterable[Body],
+    ) -> m.Message:
+        """Stream ``upload`` as the body of call ``call_id`` until it ends or a reply comes."""
+        link.uploads[call_id] = CreditWindow(UPLOAD_WINDOW)
+        pump = asyncio.ensure_future(self._pump_upload(link, call_id, upload))
+        try:
+            await asyncio.wait((future, pump), return_when=asyncio.FIRST_COMPLETED)
+            if not future.done() and (error := pump.exception()) is not None:
+                link.abandon(call_id)  # our iterator failed: stop the handler
+                raise error
+            return await future  # the handler may answer before it read everything
+        finally:
+            link.uploads.pop(call_id, None)
+            if not pump.done():
+                pump.cancel()
+            # Let it stop, but not by swallowing a cancellation of our own caller.
+            await asyncio.wait((pump,))
+            if not pump.cancelled():
+                pump.exception()  # retrieved: raised above, or moot once the reply came
+
+    async def _pump_upload(self, link: Link, call_id: int, items: AsyncIterable[Body]) -> None:
+        window = link.uploads[call_id]
+        async for item in items:
+            packed = pack_body(item)
+            link.check_size(len(packed))
+            await window.take()
+            await link.send(m.UploadItem(id=call_id, body=packed))
+        await link.send(m.UploadEnd(id=call_id))
+
+    async def stream(
+        self,
+        route: Callable[[str | None], tuple[Link, str | None]],
+        to: str | None,
+        method: str,
+        body: Body,
+        *,
+        order_key: str | None,
+        timeout: float | None,
+        headers: Headers | None,
+    ) -> AsyncIterator[Body]:
+        """Make a stream call and yield its items (see ``Peer.stream``).
+
+        The arguments are those of ``prepare``, checked when the iteration starts.
+        """
+        link, msg = self.prepare(
+            route,
+            to,
+            method,
+            body,
+            order_key=order_key,
+            timeout=timeout,
+            headers=headers,
+            stream=True,
+        )
+        call_id, call_timeout = msg.id, msg.timeout
+        inbox = StreamInbox(m.STREAM_WINDOW)
+        link.streams[call_id] = inbox
+        self._counters.calls_out += 1
+        deadline = None if call_timeout is None else self._loop.time() + call_timeout
+        finished = False
+        try:
+            await self.send_call(link, msg)
+            while True:
+                reply = await self._next_item(inbox, deadline, msg.method)
+                if type(reply) is m.StreamEnd:
+                    finished = True
+                    return
+                if type(reply) is not m.StreamItem:
+                    finished = True
+                    outcome(reply)  # raises the remote's error
+                    raise RPCInternalError(f"{type(reply).__name__} in a stream")
+                yield unpack_body(reply.body)
+                if inbox.consumed():
+                    link.send_in_background(inbox.credit_message(call_id))
+        finally:
+            link.streams.pop(call_id, None)
+            if not finished:
+                link.abandon(call_id)
+
+    async def _next_item(
+        self, inbox: StreamInbox, deadline: float | None, method: str
+    ) -> m.Message:
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                return await inbox.get()
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            self._counters.count_error(RPCTimeoutError.__name__)
+            raise RPCTimeoutError(f"stream {method!r} passed its timeout") from None
+
+
+class _Expiry:
+    """What the timeout of one call cancels: the task that sends it and waits for the reply."""
+
+    __slots__ = ("fired", "future", "task")
+
+    def __init__(self, future: asyncio.Future[m.Message], task: asyncio.Task[Any] | None) -> None:
+        self.future = future
+        self.task = task
+        self.fired = False
+
+
+def _expire(expiry: _Expiry) -> None:
+    """A call's timeout passed: cancel its task, unless the reply is already there."""
+    if not expiry.future.done() and expiry.task is not None:
+        expiry.fired = True
+        expiry.task.cancel()
+
+
+def outcome(reply: m.Message) -> Body:
+    """Turn a reply message into the value ``invoke`` returns or the error it raises."""
+    if type(reply) is m.Result:
+        try:
+            return unpack_body(reply.body)
+        except ProtocolError as exc:
+            raise RPCInternalError(f"undecodable result: {exc}") from None
+    if type(reply) is m.Failure:
+        raise RPCUserError(reply.name, reply.repr, reply.traceback)
+    if type(reply) is m.Error:
+        raise error_for_code(reply.code, reply.message)
+    if type(reply) is m.Cancelled:
+        raise RPCCancelledError(reply.reason or "the remote cancelled the call")
+    raise AssertionError(f"not a reply: {reply!r}")
+
+
+def _call_outcome(future: asyncio.Future[m.Message]) -> str:
+    """For the RPC log, from ``_await_reply``'s ``finally``: how the call ended."""
+    if future.done() and not future.cancelled():
+        error = future.exception()
+        if error is not None:
+            return type(error).__name__
+        reply = future.result()
+        if type(reply) is m.Error:
+            return type(error_for_code(reply.code, "")).__name__
+        return _REPLY_OUTCOMES.get(type(reply), "RPCInternalError")
+    error = sys.exc_info()[1]  # the exception leaving _await_reply: timeout, cancellation
+    return "ok" if error is None else type(error).__name__
+
+
+#: What the caller of ``invoke`` gets for each kind of reply; errors by their code.
+_REPLY_OUTCOMES: Final[dict[type, str]] = {
+    m.Result: "ok",
+    m.Failure: "RPCUserError",
+    m.Cancelled: "RPCCancelledError",
+}

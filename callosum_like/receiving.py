@@ -1,0 +1,272 @@
+"""What a Peer does with each event its transport reports: one handler per message kind.
+
+Theory of operation: the Peer's receive loop hands every transport event to ``Receiver``:
+``received`` for a message (the common case), ``other`` for a remote connecting, going away,
+or failing authentication. A message is decoded, checked against its link's state
+(``Session.receive``, which also counts it as a sign of life), and dispatched through
+``HANDLERS``, a table with one handler per message class:
+
+* calls go to the dispatcher (or the relay's forwarder, for a call with a ``target`` or one
+  this peer does not serve); cancels and credit likewise;
+* replies resolve the caller's future (or feed its stream's inbox) with the reply *message*;
+  a reply for a call no local caller made goes to the forwarder;
+* the handshake, goodbyes and names announced by relays go to the remotes' registry;
+* chunks are reassembled per link, acknowledged, and the whole message dispatched again.
+
+A handler may raise ``ProtocolError``: the loop drops that message (logged, counted) and
+goes on. Only ``peer`` uses this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from .dispatch import Dispatcher
+from .errors import AuthenticationError, ErrorCode, MessageTooLargeError, ProtocolError
+from .link import TRANSFER_KINDS, Link
+from .lower.base import AuthFailed, Connected, Disconnected, Received, TransportEvent
+from .remotes import Remotes
+from .routing import scoped
+from .session import CallInput, LinkInput
+from .stats import Counters
+from .wire import messages as m
+from .wire.codec import ChunkedHead, OversizeBodyError, decode
+
+__all__ = ["Receiver"]
+
+log = logging.getLogger(__name__)
+
+
+class Receiver:
+    """Turns a Peer's transport events into what they mean.
+
+    Args:
+        remotes: The Peer's links.
+        dispatcher: The serving side.
+        counters: Where calls received and bytes in are counted.
+        drop: Counts and logs a message dropped, with the reason.
+        clock: The event loop's clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        remotes: Remotes,
+        dispatcher: Dispatcher,
+        counters: Counters,
+        drop: Callable[[str], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._remotes = remotes
+        self._links = remotes.links
+        self._forwarder = remotes.forwarder
+        self._dispatcher = dispatcher
+        self._counters = counters
+        self._drop = drop
+        self._clock = clock
+        self._max_body_size = remotes.options.max_body_size
+
+    async def received(self, event: Received) -> None:
+        """A message arrived: decode it, check it against its link, and handle it.
+
+        Raises:
+            ProtocolError: The message is garbage, or not allowed now (it is dropped).
+        """
+        self._counters.bytes_in += sum(map(len, event.frames))
+        link = self._links.get(event.peer)
+        if link is None:
+            self._drop("message from an unknown remote")
+            return
+        try:
+            msg = decode(event.frames, max_body_size=self._max_body_size)
+        except OversizeBodyError as exc:
+            await self._refuse_oversize(link, exc)
+            return
+        if type(msg) is ChunkedHead:
+            link.session.receive(msg.message, self._clock())
+            await self._chunked_head(link, msg)
+            return
+        now = self._clock()
+        link.session.receive(msg, now)  # type: ignore[arg-type]
+        if type(msg) not in TRANSFER_KINDS:
+            link.saw_other(now)
+        await self.HANDLERS[type(msg)](self, link, msg)
+
+    async def other(self, event: TransportEvent) -> None:
+        """A remote connected or went away, or authentication failed."""
+        if type(event) is Connected:
+            await self._remotes.connected(event)
+        elif type(event) is Disconnected:
+            if event.slow:
+                self._counters.slow_remotes_dropped += 1
+            await self._remotes.lost(event.peer, LinkInput.LOST, event.reason)
+        elif type(event) is AuthFailed:
+            log.warning("authentication failed: %s", event.reason)
+            welcomed = self._remotes.welcomed
+            if welcomed is not None and not welcomed.done():
+                welcomed.set_exception(AuthenticationError(event.reason))
+
+    # -- calls and what belongs to them -----------------------------------------------------------
+
+    async def _call(self, link: Link, msg: m.Call) -> None:
+        self._counters.calls_in += 1
+        if (msg.target is not None or self._forwarder is not None) and await self._forward(
+            link, msg
+        ):
+            return
+        peer_id = link.identity if msg.origin is None else scoped(link.identity, msg.origin)
+        await self._dispatcher.call(link.key, peer_id, msg)
+
+    async def _forward(self, link: Link, msg: m.Call) -> bool:
+        """Pass on a call for a peer behind us (or one we do not serve); True once handled."""
+        if msg.target is None and self._dispatcher.serves(msg.method):
+            return False
+        if self._forwarder is not None and await self._forwarder.forward_call(link, msg):
+            return True
+        if msg.target is None:
+            return False  # ours to answer: the dispatcher says MethodNotFound
+        text = f"no peer {scoped(self._remotes.identity, msg.target)!r} is reachable here"
+        await link.send(m.Error(id=msg.id, code=ErrorCode.PEER_DISCONNECTED, message=text))
+        return True
+
+    async def _cancel(self, link: Link, msg: m.Cancel) -> None:
+        if self._forwarder is not None and await self._forwarder.forward_control(link, msg):
+            return
+        await self._dispatcher.cancel(link.key, msg.id)
+
+    async def _credit(self, link: Link, msg: m.Credit) -> None:
+        if self._forwarder is not None and await self._forwarder.forward_control(link, msg):
+            return
+        self._dispatcher.credit(link.key, msg.id, msg.amount)
+
+    async def _upload(self, link: Link, msg: m.UploadItem | m.UploadEnd) -> None:
+        if self._dispatcher.upload(link.key, msg) is False:
+            self._drop(f"upload item for call {msg.id} past its credit or its end")
+
+    # -- replies to our calls ---------------------------------------------------------------------
+
+    async def _reply(self, link: Link, msg: m.Message) -> None:
+        call_id: int = msg.id  # type: ignore[union-attr]
+        if link.session.call_input(call_id, CallInput.REPLY) is None:
+            self._drop(f"reply to unknown call {call_id}")
+            return
+        inbox = link.streams.get(call_id)
+        if inbox is not None:
+            inbox.put(msg)
+            return
+        future = link.pending.get(call_id)
+        if future is not None:
+            if not future.done():
+                future.set_result(msg)
+        elif self._forwarder is not None:
+            await self._forwarder.forward_reply(link, msg)
+
+    async def _stream_item(self, link: Link, msg: m.StreamItem) -> None:
+        inbox = link.streams.get(msg.id)
+        if inbox is None:
+            if self._forwarder is None or not await self._forwarder.forward_reply(link, msg):
+                self._drop(f"stream item for unknown stream {msg.id}")
+        elif not inbox.put(msg):
+            self._drop(f"stream {msg.id} sent past its credit")
+
+    async def _upload_credit(self, link: Link, msg: m.UploadCredit) -> None:
+        window = link.uploads.get(msg.id)
+        if window is not None and msg.amount >= 1:  # else the upload ended meanwhile
+            window.grant(msg.amount)
+
+    # -- the link itself --------------------------------------------------------------------------
+
+    async def _hello(self, link: Link, msg: m.Hello) -> None:
+        await self._remotes.hello(link, msg)
+
+    async def _welcome(self, link: Link, msg: m.Welcome) -> None:
+        self._remotes.welcome(link, msg)
+
+    async def _goodbye(self, link: Link, msg: m.Goodbye) -> None:
+        await self._remotes.goodbye(link, msg)
+
+    async def _ping(self, link: Link, msg: m.Ping) -> None:
+        await link.send(m.Pong())
+
+    async def _pong(self, link: Link, msg: m.Pong) -> None:
+        """Liveness was recorded by ``session.receive``; nothing else to do."""
+
+    async def _announced(self, link: Link, msg: m.PeerUp | m.PeerDown) -> None:
+        self._remotes.announced(link, msg)
+
+    # -- chunked bodies ---------------------------------------------------------------------------
+
+    async def _chunked_head(self, link: Link, head: ChunkedHead) -> None:
+        try:
+            link.incoming.begin(head)
+        except OversizeBodyError as exc:
+            stop = m.ChunkStop(transfer=head.transfer, reason="body exceeds max_body_size")
+            await link.send(stop)
+            await self._refuse_oversize(link, exc)
+
+    async def _chunk(self, link: Link, msg: m.Chunk) -> None:
+        try:
+            whole = link.incoming.feed(msg)
+        except ProtocolError:
+            await link.send(m.ChunkStop(transfer=msg.transfer, reason="bad chunk"))
+            raise
+        if link.incoming.expects(msg.transfer):  # the last chunk needs no ack
+            await link.send(m.ChunkAck(transfer=msg.transfer, amount=1))
+        if whole is not None:
+            await self.HANDLERS[type(whole)](self, link, whole)
+
+    async def _chunk_ack(self, link: Link, msg: m.ChunkAck) -> None:
+        if not link.outgoing.ack(msg.transfer, msg.amount):
+            self._drop(f"ack of {msg.amount} for transfer {msg.transfer}, which we never sent")
+
+    async def _chunk_stop(self, link: Link, msg: m.ChunkStop) -> None:
+        link.outgoing.stop(msg.transfer)  # a transfer that just finished needs nothing
+
+    async def _chunk_abort(self, link: Link, msg: m.ChunkAbort) -> None:
+        link.incoming.abort(msg.transfer)  # one we never saw (its head failed) needs nothing
+
+    async def _refuse_oversize(self, link: Link, exc: OversizeBodyError) -> None:
+        self._drop(f"body of {exc.size} bytes exceeds max_body_size {self._max_body_size}")
+        if isinstance(exc.message, m.Call) and link.session.is_open:
+            code = MessageTooLargeError.code
+            text = f"body of {exc.size} bytes exceeds the remote's max_body_size"
+            await link.send(m.Error(id=exc.message.id, code=code, message=text))
+        elif isinstance(exc.message, m.Result):
+            future = link.pending.get(exc.message.id)
+            link.session.call_input(exc.message.id, CallInput.REPLY)
+            text = f"the reply of {exc.size} bytes exceeds max_body_size"
+            if future is not None and not future.done():
+                future.set_exception(MessageTooLargeError(text))
+            elif future is None and self._forwarder is not None:
+                code = MessageTooLargeError.code
+                error = m.Error(id=exc.message.id, code=code, message=text)
+                await self._forwarder.forward_reply(link, error)
+
+    #: The handler of each message class.
+    HANDLERS: Final[dict[type, Callable[[Receiver, Link, Any], Awaitable[None]]]] = {
+        m.Hello: _hello,
+        m.Welcome: _welcome,
+        m.Call: _call,
+        m.Cancel: _cancel,
+        m.Result: _reply,
+        m.Failure: _reply,
+        m.Error: _reply,
+        m.Cancelled: _reply,
+        m.Ping: _ping,
+        m.Pong: _pong,
+        m.Goodbye: _goodbye,
+        m.StreamItem: _stream_item,
+        m.StreamEnd: _reply,
+        m.Credit: _credit,
+        m.Chunk: _chunk,
+        m.ChunkAck: _chunk_ack,
+        m.ChunkStop: _chunk_stop,
+        m.ChunkAbort: _chunk_abort,
+        m.UploadItem: _upload,
+        m.UploadEnd: _upload,
+        m.UploadCredit: _upload_credit,
+        m.PeerUp: _announced,
+        m.PeerDown: _announced,
+    }

@@ -1,0 +1,442 @@
+"""The registry of a Peer's remotes: links coming and going, identities, names, heartbeats.
+
+Theory of operation: ``Remotes`` owns every ``Link`` of one Peer, by transport key, and on
+the bound side by identity too, with the names that relays below announce (a ``RouteTable``).
+
+* A transport's ``Connected`` makes a link (``connected``); on the connecting side it says
+  ``Hello`` at once. The bound side registers the link under the remote's identity when its
+  ``Hello`` arrives (the identity the transport proved wins over the one claimed); a newer
+  link with a taken identity replaces the older one, which is told so (``Goodbye``).
+* A link ends only through its session: ``lost`` applies the input (lost, expired, goodbye)
+  and ends the link exactly when the session says BROKEN: its calls fail with
+  ``PeerDisconnectedError``, its handlers are cancelled, its names vanish, listeners hear
+  of it. ``close`` sends a Goodbye to the links that CLOSE takes to CLOSING and ends them.
+* The heartbeat task pings each open link every ``heartbeat_interval`` and expires a link
+  that was silent for ``heartbeat_timeout``, asking the transport to drop it (on the
+  connecting side: to make a new connection).
+* A ``Forwarder`` (the relay's) hears of names appearing and vanishing, of links lost and
+  of the uplink opening; a peer without one behaves exactly the same otherwise.
+
+Only ``peer`` and ``receiving`` use this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, Protocol
+
+from .errors import PeerClosedError, PeerDisconnectedError, ProtocolError, UnknownPeerError
+from .events import EventHub, PeerEvent, PeerEventKind
+from .link import Link, Spawn
+from .lower.base import CONNECTED_KEY, Connected, Connection
+from .options import PeerOptions
+from .routing import RouteTable
+from .session import LinkInput, LinkState, Session
+from .stats import Counters
+from .wire import messages as m
+from .wire.messages import ROUTE_SEPARATOR
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher
+
+__all__ = ["Remotes", "Forwarder", "REPLACED"]
+
+log = logging.getLogger(__name__)
+
+#: The Goodbye reason a bound peer gives a link whose identity a newer connection took.
+REPLACED: Final = "replaced by a newer connection"
+#: The link states a link is in until we close it (CLOSE applies to them).
+_LIVE: Final = frozenset({LinkState.CONNECTING, LinkState.OPEN})
+
+
+class Forwarder(Protocol):
+    """What a relay plugs into a Peer (``Peer(..., forwarder=...)``) to pass calls on.
+
+    The Peer calls these from its receive loop; none may raise for a link that is gone.
+    """
+
+    async def forward_call(self, link: Link, msg: m.Call) -> bool:
+        """Take a call with a ``target``, or one for a method this peer does not serve.
+
+        Returns False to let the peer answer it itself (``MethodNotFoundError`` or, for a
+        target, ``PeerDisconnectedError``).
+        """
+        ...
+
+    async def forward_reply(self, link: Link, msg: m.Message) -> bool:
+        """A reply or stream item arrived on ``link`` for a call no local caller made."""
+        ...
+
+    async def forward_control(self, link: Link, msg: m.Cancel | m.Credit) -> bool:
+        """A Cancel or Credit for a call that arrived on ``link``; False if not forwarded."""
+        ...
+
+    async def link_lost(self, link: Link, reason: str) -> None:
+        """``link`` ended; fail or cancel what was forwarded through it."""
+        ...
+
+    def peer_changed(self, name: str, up: bool, reason: str) -> None:
+        """A name (direct or announced) appeared in or vanished from ``peer.peers``."""
+        ...
+
+    def uplink_opened(self, link: Link) -> None:
+        """A connecting peer completed its handshake (also after a reconnection)."""
+        ...
+
+
+class Remotes:
+    """The links of one Peer and what happens as they come and go.
+
+    Args:
+        options: The Peer's options.
+        counters: Where reconnections and disconnections are counted.
+        dispatcher: The serving side, which forgets the handlers of a lost link.
+        events: Where ``PeerEvent``s go.
+        forwarder: The relay's hooks, or ``None``.
+        spawn: Runs a coroutine in the background, owned by the Peer.
+        drop: Counts and logs a message dropped, with the reason.
+    """
+
+    def __init__(
+        self,
+        *,
+        options: PeerOptions,
+        counters: Counters,
+        dispatcher: Dispatcher,
+        events: EventHub,
+        forwarder: Forwarder | None,
+        spawn: Spawn,
+        drop: Callable[[str], None],
+    ) -> None:
+        self.options = options
+        self.identity = options.identity  # ours; the bound side may assign another
+        self.links: dict[bytes, Link] = {}  # by transport key
+        self.by_identity: dict[str, Link] = {}  # open links, bound side
+        self.routes = RouteTable()  # names announced by relays below us, bound side
+        self.forwarder = forwarder
+        #: Set on the connecting side while ``__aenter__`` waits for the first Welcome.
+        self.welcomed: asyncio.Future[None] | None = None
+        self._counters = counters
+        self._dispatcher = dispatcher
+        self._events = events
+        self._spawn = spawn
+        self._drop = drop
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._connection: Connection | None = None
+        self._clock: Callable[[], float] = lambda: 0.0
+
+    def start(self, connection: Connection, clock: Callable[[], float]) -> None:
+        """The Peer opened ``connection``: links are made on it from now on."""
+        self._connection = connection
+        self._clock = clock
+
+    # -- looking remotes up -----------------------------------------------------------------------
+
+    @property
+    def peers(self) -> frozenset[str]:
+        """Identities of the connected remotes with a completed handshake."""
+        if self.options.bound:
+            return frozenset(self.by_identity).union(self.routes)
+        link = self.links.get(CONNECTED_KEY)
+        return frozenset({link.identity}) if link and link.session.is_open else frozenset()
+
+    @property
+    def uplink(self) -> Link | None:
+        """The open link of a connecting peer, or ``None`` (always, on the bound side)."""
+        link = self.links.get(CONNECTED_KEY)
+        return link if link is not None and link.session.is_open else None
+
+    def route(self, to: str | None) -> tuple[Link, str | None]:
+        """The link a call ``to`` goes out on, and the ``Call.target`` to send with it.
+
+        Raises:
+            TypeError: ``to`` is not a str or None.
+            PeerDisconnectedError: A connecting peer has no open link.
+            UnknownPeerError: ``to`` names no connected remote (bound side).
+        """
+        if to is not None and not isinstance(to, str):
+            raise TypeError(f"to must be a str or None, not {type(to).__name__}")
+        if not self.options.bound:
+            link = self.uplink
+            if link is None:
+                raise PeerDisconnectedError("not connected to the remote")
+            return link, None
+        if to is None:
+            count = len(self.by_identity) + len(self.routes)
+            if count != 1:
+                text = f"to=None needs exactly one connected peer, there are {count}"
+                raise UnknownPeerError(text)
+            return next(iter(self.by_identity.values())), None
+        found = self.lookup(to)
+        if found is None:
+            raise UnknownPeerError(f"no connected peer is named {to!r}")
+        return found
+
+    def lookup(self, name: str) -> tuple[Link, str | None] | None:
+        """The link that reaches ``name`` (direct or announced) and the target to send with."""
+        link = self.by_identity.get(name)
+        if link is not None:
+            return link, None
+        found = self.routes.lookup(name)
+        if found is None:
+            return None
+        key, target = found
+        link = self.links.get(key)  # type: ignore[call-overload]
+        return None if link is None else (link, target)
+
+    async def wait_for(self, identity: str, timeout: float | None) -> None:
+        """Wait until a remote named ``identity`` has connected (see ``Peer.wait_for_peer``)."""
+        if identity in self.peers:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(identity, []).append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        finally:
+            waiters = self._waiters.get(identity, [])
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(identity, None)
+
+    # -- links coming ------------------------------------------------------------------------------
+
+    async def connected(self, event: Connected) -> None:
+        """The transport connected a remote: make its link (on the connecting side, say Hello)."""
+        if event.peer in self.links:
+            await self.lost(event.peer, LinkInput.LOST, "reconnected")
+        options, connection = self.options, self._connection
+        assert connection is not None
+        session = Session(
+            heartbeat_interval=options.heartbeat_interval,
+            heartbeat_timeout=options.heartbeat_timeout,
+            now=self._clock(),
+        )
+        link = Link(
+            event.peer,
+            session,
+            connection=connection,
+            counters=self._counters,
+            max_body_size=options.max_body_size,
+            chunk_size=options.chunk_size,
+            compress=options.compress,
+            clock=self._clock,
+            spawn=self._spawn,
+            user_id=event.user_id,
+        )
+        self.links[event.peer] = link
+        if not options.bound:
+            # In the background: a ZeroMQ DEALER holds the send until its security handshake
+            # completes, and the receive loop must stay free to hear that it failed.
+            link.send_in_background(
+                m.Hello(identity=self.identity, max_body_size=options.max_body_size)
+            )
+
+    async def hello(self, link: Link, msg: m.Hello) -> None:
+        """The bound side's half of the handshake: register the remote, and welcome it."""
+        if not self.options.bound:
+            raise ProtocolError("Hello sent to a connecting peer")
+        if not msg.identity or msg.max_body_size < 1:
+            raise ProtocolError(f"bad Hello: {msg!r}")
+        identity = link.user_id or msg.identity
+        if ROUTE_SEPARATOR in identity:
+            await self._refuse(link, f"identity {identity!r} contains {ROUTE_SEPARATOR!r}")
+            return
+        link.session.handshake(identity, msg.max_body_size)
+        previous = self.by_identity.get(identity)
+        if previous is not None and previous is not link:
+            log.warning("%r connected again; the older link is dropped", identity)
+            await previous.send_quietly(m.Goodbye(reason=REPLACED))
+            await self.lost(previous.key, LinkInput.LOST, REPLACED)
+            await self._disconnect(previous.key)
+        self.by_identity[identity] = link
+        welcome = m.Welcome(
+            identity=self.identity, assigned=identity, max_body_size=self.options.max_body_size
+        )
+        await link.send(welcome)
+        self.appeared(identity)
+
+    async def _refuse(self, link: Link, reason: str) -> None:
+        """Turn a remote away during the handshake, telling it why."""
+        self._drop(f"refused a Hello: {reason}")
+        await link.send_quietly(m.Goodbye(reason=reason))
+        await self.lost(link.key, LinkInput.LOST, reason)
+        await self._disconnect(link.key)
+
+    def welcome(self, link: Link, msg: m.Welcome) -> None:
+        """The connecting side's half of the handshake: the link is open."""
+        if self.options.bound:
+            raise ProtocolError("Welcome sent to a bound peer")
+        if not msg.assigned or msg.max_body_size < 1:
+            raise ProtocolError(f"bad Welcome: {msg!r}")
+        link.session.handshake(msg.identity, msg.max_body_size)
+        self.identity = msg.assigned
+        if self.welcomed is not None and not self.welcomed.done():
+            self.welcomed.set_result(None)
+        else:
+            self._counters.reconnects += 1
+            log.info("reconnected to %r", msg.identity)
+        self._opened(msg.identity)
+        if self.forwarder is not None:
+            self.forwarder.uplink_opened(link)
+
+    def appeared(self, name: str) -> None:
+        """``name`` (direct or announced) is in ``peers`` now."""
+        self._opened(name)
+        if self.forwarder is not None:
+            self.forwarder.peer_changed(name, True, "")
+
+    def vanished(self, name: str, reason: str) -> None:
+        """``name`` is no longer in ``peers``."""
+        self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, name, reason))
+        if self.forwarder is not None:
+            self.forwarder.peer_changed(name, False, reason)
+
+    def _opened(self, identity: str) -> None:
+        for waiter in self._waiters.pop(identity, []):
+            if not waiter.done():
+                waiter.set_result(None)
+        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, identity))
+
+    # -- links going -------------------------------------------------------------------------------
+
+    async def goodbye(self, link: Link, msg: m.Goodbye) -> None:
+        """The remote closed on purpose: end its link (a connecting peer reconnects)."""
+        if not await self.lost(link.key, LinkInput.GOODBYE, f"the remote closed ({msg.reason})"):
+            return  # we are closing too
+        assert self._connection is not None
+        if not self.options.bound and msg.reason == REPLACED:
+            # Another live peer took our identity. Reconnecting would replace it in turn,
+            # and the two would take turns for ever: this link stays down.
+            log.warning("a newer connection took identity %r; not reconnecting", self.identity)
+            await self._connection.aclose()
+            return
+        await self._connection.disconnect(link.key)
+
+    async def lost(self, key: bytes, why: LinkInput, reason: str) -> bool:
+        """Apply ``why`` (lost, expired, goodbye) to the link; end it if its session says so.
+
+        Returns:
+            Whether the link ended now: False for an unknown key, and for a link we are
+            closing ourselves (``close`` ends those).
+        """
+        link = self.links.get(key)
+        if link is None:
+            return False
+        was_open = link.session.is_open
+        if link.session.transition(why) is not LinkState.BROKEN:
+            return False
+        del self.links[key]
+        if self.by_identity.get(link.identity) is link:
+            del self.by_identity[link.identity]
+        link.fail(PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}"))
+        if self.forwarder is not None:
+            await self.forwarder.link_lost(link, reason)
+        link.session.forget_calls()
+        await self._dispatcher.drop_link(key)
+        # A transport that reconnects gets another try, within connect_timeout; but a remote
+        # that turned us away on purpose (Goodbye before its Welcome) gets no retry.
+        connection = self._connection
+        retry = why is not LinkInput.GOODBYE and connection is not None and connection.reconnects
+        if self.welcomed is not None and not self.welcomed.done() and not retry:
+            self.welcomed.set_exception(PeerDisconnectedError(reason))
+        for name in self.routes.drop_link(key):
+            self.vanished(name, reason)
+        if was_open:
+            self._counters.disconnects += 1
+            self.vanished(link.identity, reason)
+        return True
+
+    async def end_all(self, reason: str) -> None:
+        """No event will come again: end every link, and a handshake still awaited."""
+        for key in list(self.links):
+            await self.lost(key, LinkInput.LOST, reason)
+        if self.welcomed is not None and not self.welcomed.done():
+            self.welcomed.set_exception(PeerDisconnectedError(reason))
+
+    async def _disconnect(self, key: bytes) -> None:
+        assert self._connection is not None
+        await self._connection.disconnect(key)
+
+    # -- closing -----------------------------------------------------------------------------------
+
+    def fail_all(self, error: Exception) -> None:
+        """We close: fail every call, stream and transfer of ours, on every link."""
+        for link in self.links.values():
+            link.fail(error)
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(PeerClosedError("the peer was closed"))
+        if self.welcomed is not None and not self.welcomed.done():
+            self.welcomed.cancel()
+
+    async def say_goodbye(self) -> None:
+        """Tell each open remote that we close (CLOSE takes its link to CLOSING)."""
+        for link in list(self.links.values()):
+            if link.session.transition(LinkInput.CLOSE) is LinkState.CLOSING:  # it was open
+                with contextlib.suppress(Exception):
+                    await link.send(m.Goodbye(reason="closing"))
+
+    def end_links(self) -> None:
+        """Our connection is closed: every link ends (CLOSED), and listeners hear of it."""
+        for link in self.links.values():
+            for name in self.routes.drop_link(link.key):
+                self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, name, "this peer closed"))
+            if link.session.state in _LIVE:  # it connected while we said our goodbyes
+                link.session.transition(LinkInput.CLOSE)
+            if link.session.state is LinkState.CLOSING:
+                self._events.emit(
+                    PeerEvent(PeerEventKind.DISCONNECTED, link.identity, "this peer closed")
+                )
+                link.session.transition(LinkInput.CLOSED)
+        self.links.clear()
+        self.by_identity.clear()
+        self._events.close()
+
+    # -- heartbeats --------------------------------------------------------------------------------
+
+    async def keep_alive(self) -> None:
+        """Ping every open link each ``heartbeat_interval``; expire the silent ones. Forever."""
+        options = self.options
+        tick = min(options.heartbeat_interval, options.heartbeat_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = self._clock()
+            for link in list(self.links.values()):
+                try:
+                    await self._heartbeat(link, now)
+                except Exception:
+                    log.exception("heartbeat of %r failed", link.identity)
+
+    async def _heartbeat(self, link: Link, now: float) -> None:
+        if link.session.expired(now):
+            log.warning(
+                "%r went silent for %s s", link.identity or link.key, self.options.heartbeat_timeout
+            )
+            if await self.lost(link.key, LinkInput.EXPIRE, "heartbeat lost"):
+                await self._disconnect(link.key)
+        elif link.session.is_open and link.session.ping_due(now):
+            if self.options.bound:  # a bound transport's send never waits
+                await link.send_quietly(m.Ping())
+            else:  # a connected one waits while the remote reads nothing: not this loop
+                link.send_in_background(m.Ping())
+
+    # -- names announced by relays below ---------------------------------------------------
+
+    def announced(self, link: Link, msg: m.PeerUp | m.PeerDown) -> None:
+        """A relay below announced a name appearing (``PeerUp``) or vanishing (``PeerDown``)."""
+        if not self.options.bound:
+            raise ProtocolError(f"{type(msg).__name__} sent to a connecting peer")
+        if type(msg) is m.PeerUp:
+            name = self.routes.announce(link.key, link.identity, msg.peer)
+            if name is not None:
+                self.appeared(name)
+        else:
+            name = self.routes.withdraw(link.key, link.identity, msg.peer)
+            if name is not None:
+                self.vanished(name, msg.reason or "gone")  # type: ignore[union-attr]
