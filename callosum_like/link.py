@@ -45,9 +45,9 @@ SHARED_SPAN: Final = 0.1
 #: How many times ``chunk_size`` a chunk is while its link is not shared.
 BULK_CHUNKS: Final = 4
 #: The message kinds that carry a body, and so may travel in chunks.
-_BODY_KINDS: Final = frozenset({m.Call, m.Result, m.StreamItem, m.UploadItem})
+_BODY_KINDS: Final = m.kinds_with(m.Trait.BODY)
 #: The messages of chunked transfers themselves: they do not make a link count as shared.
-TRANSFER_KINDS: Final = frozenset({m.Chunk, m.ChunkAck, m.ChunkStop, m.ChunkAbort})
+TRANSFER_KINDS: Final = m.kinds_with(m.Trait.TRANSFER)
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 

@@ -244,21 +244,17 @@ class Receiver:
                 error = m.Error(id=exc.message.id, code=code, message=text)
                 await self._forwarder.forward_reply(link, error)
 
-    #: The handler of each message class.
+    #: The handler of each message class: every kind that settles a call is a reply.
     HANDLERS: Final[dict[type, Callable[[Receiver, Link, Any], Awaitable[None]]]] = {
+        **dict.fromkeys(m.kinds_with(m.Trait.REPLY), _reply),
         m.Hello: _hello,
         m.Welcome: _welcome,
         m.Call: _call,
         m.Cancel: _cancel,
-        m.Result: _reply,
-        m.Failure: _reply,
-        m.Error: _reply,
-        m.Cancelled: _reply,
         m.Ping: _ping,
         m.Pong: _pong,
         m.Goodbye: _goodbye,
         m.StreamItem: _stream_item,
-        m.StreamEnd: _reply,
         m.Credit: _credit,
         m.Chunk: _chunk,
         m.ChunkAck: _chunk_ack,

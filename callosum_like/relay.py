@@ -11,8 +11,8 @@ body, it only rewrites the call ``id`` of each hop and the ``target``/``origin``
   of the route as its target.
 * Up: a call from below without a target, for a method the relay does not serve, goes
   upstream with ``origin`` set to the caller's route below the relay.
-* Back: replies, stream items, ``Cancel`` and ``Credit`` are matched to their forwarded call
-  by (link, id) in ``_Forwards`` and sent on with the other hop's id, verbatim otherwise.
+* Back: replies, stream items, ``Cancel`` and ``Credit`` (rules by kind: ``hops``) are
+  matched by (link, id) in ``_Forwards``, sent on with the other hop's id, else verbatim.
   Stream credit therefore passes end to end: the relay holds no items and buffers nothing
   beyond its transports' bounded queues.
 * Faults: when the link a call was forwarded *to* ends, its caller is answered
@@ -29,9 +29,8 @@ body, it only rewrites the call ``id`` of each hop and the ``target``/``origin``
   rebuilt after its link is lost. Failed attempts back off exponentially from
   ``reconnect_interval`` to ``max_reconnect_interval``.
 
-The relay uses only the Peer's documented surface for it: a ``Forwarder`` given at
-construction (the Peer calls back through it), ``Peer.lookup``, ``Peer.uplink``,
-``Peer.reconnects``, and each ``Link``'s ``send``/``send_quietly``.
+The relay uses only the Peer's surface for it: a ``Forwarder`` given at construction,
+``Peer.lookup``/``uplink``/``reconnects``, and each ``Link``'s ``send``/``send_quietly``.
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ from .errors import (
     RPCError,
 )
 from .events import PeerEventKind, PeerEvents
+from .hops import FORWARDING, Hop
 from .link import Link
 from .lower.base import Transport
 from .options import DEFAULT_CONNECT_TIMEOUT, check_count, check_positive
@@ -531,9 +531,13 @@ class _Side:
         raise NotImplementedError
 
     async def forward_reply(self, link: Link, msg: m.Message) -> bool:
+        if FORWARDING[type(msg)] is not Hop.TO_CALLER:
+            return False
         return await self._relay.forward_reply(link, msg)
 
     async def forward_control(self, link: Link, msg: m.Cancel | m.Credit) -> bool:
+        if FORWARDING[type(msg)] is not Hop.TO_CALLEE:
+            return False
         return await self._relay.forward_control(link, msg)
 
     async def link_lost(self, link: Link, reason: str) -> None:

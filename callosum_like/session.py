@@ -120,7 +120,7 @@ CALL_TRANSITIONS: Final[dict[tuple[CallState, CallInput], CallState]] = {
     (CallState.CANCELLING, CallInput.REPLY): CallState.DONE,
 }
 
-_HANDSHAKE = frozenset({m.MessageKind.HELLO, m.MessageKind.WELCOME})
+_HANDSHAKE = frozenset(cls.KIND for cls in m.kinds_with(m.Trait.HANDSHAKE))
 _TRAFFIC = frozenset(m.MessageKind) - _HANDSHAKE
 #: Which message kinds each link state accepts from the remote.
 ACCEPTS: Final[dict[LinkState, frozenset[m.MessageKind]]] = {

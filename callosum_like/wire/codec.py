@@ -143,31 +143,7 @@ _ROUTE_FIELDS: Final = ("target", "origin", "peer")
 #: Fields that may be left out at the end of a header when they are ``None``; they must come
 #: last in their class.
 _OPTIONAL_TRAILING: Final = frozenset({"target", "origin"})
-_CLASSES: Final[tuple[type[m.Message], ...]] = (
-    m.Hello,
-    m.Welcome,
-    m.Call,
-    m.Result,
-    m.Failure,
-    m.Error,
-    m.Cancel,
-    m.Cancelled,
-    m.Ping,
-    m.Pong,
-    m.Goodbye,
-    m.StreamItem,
-    m.StreamEnd,
-    m.Credit,
-    m.Chunk,
-    m.ChunkAck,
-    m.ChunkAbort,
-    m.ChunkStop,
-    m.UploadItem,
-    m.UploadEnd,
-    m.UploadCredit,
-    m.PeerUp,
-    m.PeerDown,
-)
+_CLASSES: Final[tuple[type[m.Message], ...]] = m.MESSAGE_CLASSES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

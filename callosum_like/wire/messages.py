@@ -22,6 +22,9 @@ from typing import Any, ClassVar, Final, TypeAlias, TypeVar, dataclass_transform
 __all__ = [
     "PROTOCOL_VERSION",
     "MessageKind",
+    "Trait",
+    "MESSAGE_CLASSES",
+    "kinds_with",
     "value_class",
     "Hello",
     "Welcome",
@@ -232,6 +235,29 @@ class MessageKind(enum.IntEnum):
     UPLOAD_CREDIT = 26
 
 
+class Trait(enum.Enum):
+    """What a message kind is, declared once on its class (``TRAITS``).
+
+    The codec, the session's tables, the Peer's send and receive paths and the relay's
+    forwarding rules derive what they do with a kind from these: a new kind declares its
+    traits and gets a handler (tests fail for a kind without one).
+    """
+
+    HANDSHAKE = "handshake"  # opens a link: the only kinds a new link accepts
+    LINK = "link"  # about the link itself, between the two ends of one hop (ping, goodbye)
+    CALL = "call"  # starts a call
+    BODY = "body"  # carries an application body, so may travel in chunks
+    REPLY = "reply"  # settles a call: the last message its caller gets
+    STREAM = "stream"  # an item of a call's streamed answer, towards the caller
+    CONTROL = "control"  # from a call's caller about the call in flight, towards its callee
+    UPLOAD = "upload"  # a call's streamed body and its credit
+    TRANSFER = "transfer"  # the chunks of one large message, within one hop
+    ROUTES = "routes"  # names a relay below announces
+
+
+_T = Trait
+
+
 @value_class(kw_only=True)
 class Hello:
     """First message of the connecting side: who it is and what it accepts.
@@ -242,6 +268,7 @@ class Hello:
     """
 
     KIND: ClassVar = MessageKind.HELLO
+    TRAITS: ClassVar = frozenset({_T.HANDSHAKE})
     identity: str
     max_body_size: int
 
@@ -258,6 +285,7 @@ class Welcome:
     """
 
     KIND: ClassVar = MessageKind.WELCOME
+    TRAITS: ClassVar = frozenset({_T.HANDSHAKE})
     identity: str
     assigned: str
     max_body_size: int
@@ -284,6 +312,7 @@ class Call:
     """
 
     KIND: ClassVar = MessageKind.CALL
+    TRAITS: ClassVar = frozenset({_T.CALL, _T.BODY})
     id: int
     method: str
     body: PackedBody = EMPTY_BODY
@@ -301,6 +330,7 @@ class Result:
     """The handler's return value for call ``id``."""
 
     KIND: ClassVar = MessageKind.RESULT
+    TRAITS: ClassVar = frozenset({_T.REPLY, _T.BODY})
     id: int
     body: PackedBody = EMPTY_BODY
 
@@ -317,6 +347,7 @@ class Failure:
     """
 
     KIND: ClassVar = MessageKind.FAILURE
+    TRAITS: ClassVar = frozenset({_T.REPLY})
     id: int
     name: str
     repr: str
@@ -338,6 +369,7 @@ class Error:
     """The framework, not the handler, failed call ``id``; ``code`` is an ``ErrorCode``."""
 
     KIND: ClassVar = MessageKind.ERROR
+    TRAITS: ClassVar = frozenset({_T.REPLY})
     id: int
     code: int
     message: str
@@ -348,6 +380,7 @@ class Cancel:
     """The caller gave up on call ``id`` (timeout or cancellation): stop the handler."""
 
     KIND: ClassVar = MessageKind.CANCEL
+    TRAITS: ClassVar = frozenset({_T.CONTROL})
     id: int
 
 
@@ -356,6 +389,7 @@ class Cancelled:
     """The callee cancelled call ``id`` (its execute timeout, or it is closing)."""
 
     KIND: ClassVar = MessageKind.CANCELLED
+    TRAITS: ClassVar = frozenset({_T.REPLY})
     id: int
     reason: str = ""
 
@@ -365,6 +399,7 @@ class Ping:
     """Heartbeat request; the other side answers ``Pong``. Any message proves liveness."""
 
     KIND: ClassVar = MessageKind.PING
+    TRAITS: ClassVar = frozenset({_T.LINK})
 
 
 @value_class(kw_only=True)
@@ -372,6 +407,7 @@ class Pong:
     """Heartbeat answer."""
 
     KIND: ClassVar = MessageKind.PONG
+    TRAITS: ClassVar = frozenset({_T.LINK})
 
 
 @value_class(kw_only=True)
@@ -379,6 +415,7 @@ class Goodbye:
     """The sender is closing the link on purpose; fail what is pending at once."""
 
     KIND: ClassVar = MessageKind.GOODBYE
+    TRAITS: ClassVar = frozenset({_T.LINK})
     reason: str = ""
 
 
@@ -387,6 +424,7 @@ class StreamItem:
     """One item yielded by the stream handler of call ``id``."""
 
     KIND: ClassVar = MessageKind.STREAM_ITEM
+    TRAITS: ClassVar = frozenset({_T.STREAM, _T.BODY})
     id: int
     body: PackedBody = EMPTY_BODY
 
@@ -396,6 +434,7 @@ class StreamEnd:
     """The stream handler of call ``id`` finished without error."""
 
     KIND: ClassVar = MessageKind.STREAM_END
+    TRAITS: ClassVar = frozenset({_T.REPLY})
     id: int
 
 
@@ -404,6 +443,7 @@ class Credit:
     """The consumer of stream ``id`` can take ``amount`` more items."""
 
     KIND: ClassVar = MessageKind.CREDIT
+    TRAITS: ClassVar = frozenset({_T.CONTROL})
     id: int
     amount: int
 
@@ -416,6 +456,7 @@ class Chunk:
     """
 
     KIND: ClassVar = MessageKind.CHUNK
+    TRAITS: ClassVar = frozenset({_T.TRANSFER})
     transfer: int
     body: bytes = b""
 
@@ -425,6 +466,7 @@ class ChunkAck:
     """From the receiver of ``transfer``: it took ``amount`` more chunks; send as many more."""
 
     KIND: ClassVar = MessageKind.CHUNK_ACK
+    TRAITS: ClassVar = frozenset({_T.TRANSFER})
     transfer: int
     amount: int
 
@@ -434,6 +476,7 @@ class ChunkAbort:
     """From the sender of ``transfer``: no more chunks will come; forget what arrived."""
 
     KIND: ClassVar = MessageKind.CHUNK_ABORT
+    TRAITS: ClassVar = frozenset({_T.TRANSFER})
     transfer: int
 
 
@@ -442,6 +485,7 @@ class ChunkStop:
     """From the receiver of ``transfer``: it refused the body (too large); stop sending."""
 
     KIND: ClassVar = MessageKind.CHUNK_STOP
+    TRAITS: ClassVar = frozenset({_T.TRANSFER})
     transfer: int
     reason: str = ""
 
@@ -451,6 +495,7 @@ class UploadItem:
     """From the caller: the next item of the streamed body of its call ``id``."""
 
     KIND: ClassVar = MessageKind.UPLOAD_ITEM
+    TRAITS: ClassVar = frozenset({_T.UPLOAD, _T.BODY})
     id: int
     body: PackedBody = EMPTY_BODY
 
@@ -460,6 +505,7 @@ class UploadEnd:
     """From the caller: the streamed body of its call ``id`` is complete."""
 
     KIND: ClassVar = MessageKind.UPLOAD_END
+    TRAITS: ClassVar = frozenset({_T.UPLOAD})
     id: int
 
 
@@ -468,6 +514,7 @@ class UploadCredit:
     """From the callee: the handler of call ``id`` took ``amount`` more uploaded items."""
 
     KIND: ClassVar = MessageKind.UPLOAD_CREDIT
+    TRAITS: ClassVar = frozenset({_T.UPLOAD})
     id: int
     amount: int
 
@@ -483,6 +530,7 @@ class PeerUp:
     """
 
     KIND: ClassVar = MessageKind.PEER_UP
+    TRAITS: ClassVar = frozenset({_T.ROUTES})
     peer: str
 
 
@@ -496,6 +544,7 @@ class PeerDown:
     """
 
     KIND: ClassVar = MessageKind.PEER_DOWN
+    TRAITS: ClassVar = frozenset({_T.ROUTES})
     peer: str
     reason: str = ""
 
@@ -527,3 +576,18 @@ Message: TypeAlias = (
 )
 #: The messages that settle a pending call (``StreamEnd`` settles a stream call).
 CallReply: TypeAlias = Result | Failure | Error | Cancelled | StreamEnd
+
+#: Every message class, in wire-code order: the one list the codec and the tables derive from.
+MESSAGE_CLASSES: Final[tuple[type[Message], ...]] = tuple(
+    sorted(
+        (Hello, Welcome, Call, Result, Failure, Error, Cancel, Cancelled, Ping, Pong, Goodbye,
+         StreamItem, StreamEnd, Credit, Chunk, ChunkAck, ChunkAbort, ChunkStop, UploadItem,
+         UploadEnd, UploadCredit, PeerUp, PeerDown),
+        key=lambda cls: int(cls.KIND),
+    )
+)  # fmt: skip
+
+
+def kinds_with(trait: Trait) -> frozenset[type[Message]]:
+    """The message classes that declare ``trait``."""
+    return frozenset(cls for cls in MESSAGE_CLASSES if trait in cls.TRAITS)
