@@ -6,16 +6,19 @@ each returns the process exit status (0 success, 1 failure, 2 usage error from a
 * ``keygen PATH`` writes a CURVE keypair as the ZeroMQ certificates ``PATH.key`` and
   ``PATH.key_secret`` (mode 0600) with ``auth.save_keypair`` and prints the public key on
   stdout, so ``KEY=$(python -m callosum_like keygen server)`` works.
-* ``demo`` runs ``demo.run_demo``: a server process and a client process calling each other.
-* ``bench`` runs ``bench.run_bench``: this project over each transport beside callosum 1.0.3,
-  grpc.aio, raw pyzmq and raw asyncio streams, a server and a client process per (system,
-  workload); it prints tables and writes JSON, Markdown and a chart under ``bench/results/``.
-
-* ``soak`` runs ``soak.run_soak``: a bounded load of calls, streams and short-lived clients
-  while the server process is killed and restarted; it reports failures by kind and memory.
+* ``demo`` runs ``tools.demo.run_demo``: a server process and a client process calling each
+  other.
+* ``bench`` runs ``tools.bench.cli.run_bench``: this project over each transport beside
+  callosum 1.0.3, grpc.aio, raw pyzmq and raw asyncio streams, a server and a client process
+  per (system, workload); it prints tables and writes JSON, Markdown and a chart under
+  ``bench/results/``.
+* ``soak`` runs ``tools.soak.cli.run_soak``: a bounded load of calls, streams and short-lived
+  clients while the server process is killed and restarted; it reports failures by kind and
+  memory.
 
 ``demo-server``, ``demo-client``, ``bench-server``, ``bench-client`` and ``soak-server`` are
-hidden subcommands: the child processes of ``demo``, ``bench`` and ``soak``.
+hidden subcommands: the child processes of ``demo``, ``bench`` and ``soak``. The commands
+live in ``callosum_like.tools``, the layer just below this one and above the library.
 
 This is the top layer: nothing in the package imports it.
 """
@@ -28,16 +31,17 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .auth import generate_keypair, save_keypair
-from .bench import (
-    add_bench_arguments,
+from .tools.bench.children import (
     add_client_arguments,
     add_server_arguments,
-    run_bench,
     run_bench_client,
     run_bench_server,
 )
-from .demo import TRANSPORTS, run_demo, run_demo_client, serve_demo
-from .soak import add_soak_arguments, add_soak_server_arguments, run_soak, run_soak_server
+from .tools.bench.cli import add_bench_arguments, run_bench
+from .tools.child import TRANSPORTS
+from .tools.demo import run_demo, run_demo_client, serve_demo
+from .tools.soak.cli import add_soak_arguments, run_soak
+from .tools.soak.server import add_soak_server_arguments, run_soak_server
 
 __all__ = ["main"]
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from callosum_like import bench
 from callosum_like.__main__ import main
+from callosum_like.tools.bench import cli, measure, steps, systems, workloads
+from callosum_like.tools.supervisor import SOURCE_TREE, ChildProcess
 
 WORKLOAD_KEYS = ["W1", "W2", "W3-1MiB", "W3-16MiB", "W4", "W5"]
 #: Whether ``--pin`` can run here (two usable CPUs).
@@ -30,20 +31,20 @@ class FakeClient:
     def __init__(self, *, corrupt: bool = False) -> None:
         self.corrupt = corrupt
 
-    async def echo(self, body: bytes) -> bench.Payload:
+    async def echo(self, body: bytes) -> measure.Payload:
         await asyncio.sleep(0)
         return body[::-1] if self.corrupt else body
 
-    async def stream(self, size: int, chunk_size: int) -> AsyncIterator[bench.Payload]:
+    async def stream(self, size: int, chunk_size: int) -> AsyncIterator[measure.Payload]:
         chunk = bytes(chunk_size)
         for _ in range(size // chunk_size):
             await asyncio.sleep(0)
             yield chunk
 
 
-def tiny(key: str) -> bench.Workload:
+def tiny(key: str) -> workloads.Workload:
     """The quick workload ``key``, shrunk further so it runs in milliseconds in-process."""
-    workload = next(w for w in bench.QUICK_WORKLOADS if w.key == key)
+    workload = next(w for w in workloads.QUICK_WORKLOADS if w.key == key)
     return dataclasses.replace(
         workload,
         body_size=min(workload.body_size, 4096),
@@ -55,8 +56,8 @@ def tiny(key: str) -> bench.Workload:
     )
 
 
-def probes() -> dict[str, bench.ProcessProbe]:
-    me = bench.ProcessProbe(os.getpid())
+def probes() -> dict[str, measure.ProcessProbe]:
+    me = measure.ProcessProbe(os.getpid())
     return {"client": me, "server": me}
 
 
@@ -68,7 +69,7 @@ def probes() -> dict[str, bench.ProcessProbe]:
 @pytest.mark.parametrize("key", WORKLOAD_KEYS)
 async def test_measure_gives_the_figures_of_each_workload(key: str) -> None:
     workload = tiny(key)
-    metrics = await bench.measure(FakeClient(), workload, probes())
+    metrics = await measure.measure(FakeClient(), workload, probes())
     assert metrics["seconds"] > 0
     assert metrics["big_mb_per_s" if workload.kind == "head_of_line" else "mb_per_s"] > 0
     if workload.kind == "stream":
@@ -88,13 +89,13 @@ async def test_measure_gives_the_figures_of_each_workload(key: str) -> None:
 @pytest.mark.asyncio
 async def test_a_wrong_echo_fails_the_step() -> None:
     with pytest.raises(RuntimeError, match="came back"):
-        await bench.measure(FakeClient(corrupt=True), tiny("W1"), probes())
+        await measure.measure(FakeClient(corrupt=True), tiny("W1"), probes())
 
 
 @pytest.mark.timeout(30)
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_process_probe_reads_cpu_and_memory() -> None:
-    probe = bench.ProcessProbe(os.getpid())
+    probe = measure.ProcessProbe(os.getpid())
     before = probe.cpu_seconds()
     sum(range(2_000_000))
     after = probe.cpu_seconds()
@@ -105,7 +106,7 @@ def test_process_probe_reads_cpu_and_memory() -> None:
     assert rss is not None
     assert peak is not None
     assert peak >= rss > 0
-    gone = bench.ProcessProbe(2**22 + 1)  # above the kernel's largest pid
+    gone = measure.ProcessProbe(2**22 + 1)  # above the kernel's largest pid
     assert gone.cpu_seconds() is None
     assert gone.rss() is None
     assert gone.reset_peak() is False
@@ -113,19 +114,19 @@ def test_process_probe_reads_cpu_and_memory() -> None:
 
 @pytest.mark.timeout(30)
 def test_a_system_without_its_package_or_script_is_skipped() -> None:
-    absent = bench.System(key="x", label="x", requires="no_such_module_here", dists=())
+    absent = systems.System(key="x", label="x", requires="no_such_module_here", dists=())
     assert "not installed" in (absent.missing() or "")
-    no_script = bench.System(
+    no_script = systems.System(
         key="y", label="y", requires="asyncio", dists=(), script="no_such_peer.py"
     )
     assert "not found" in (no_script.missing() or "")
-    assert all(s.missing() is None for s in bench.SYSTEMS if s.key.startswith("like-"))
+    assert all(s.missing() is None for s in systems.SYSTEMS if s.key.startswith("like-"))
 
 
 @pytest.mark.timeout(30)
 def test_progress_writes_one_line_per_step_when_not_a_terminal() -> None:
     stream = io.StringIO()
-    progress = bench.Progress(2, stream=stream)
+    progress = cli.Progress(2, stream=stream)
     progress.step("first")
     progress.step("second")
     progress.close()
@@ -134,7 +135,7 @@ def test_progress_writes_one_line_per_step_when_not_a_terminal() -> None:
     assert "1/2 first" in lines[0]
     assert "2/2 second" in lines[1]
     silent = io.StringIO()
-    bench.Progress(1, stream=silent, enabled=False).step("x")
+    cli.Progress(1, stream=silent, enabled=False).step("x")
     assert silent.getvalue() == ""
 
 
@@ -220,7 +221,7 @@ def test_bench_filters_and_repeats(tmp_path: Path) -> None:
     assert result.stderr == ""
     report = json.loads(output.read_text())
     if PINNABLE:
-        pin = bench.Pinning.choose()
+        pin = steps.Pinning.choose()
         assert report["pinned"] == {"server": pin.server, "client": pin.client}
         assert f"servers on CPU {pin.server}, clients on CPU {pin.client}" in result.stdout
     [only] = report["results"]
@@ -247,15 +248,17 @@ print("READY", sorted(os.sched_getaffinity(0)), seen[0], flush=True)
 @pytest.mark.timeout(30)
 @pytest.mark.asyncio
 async def test_a_pinned_child_and_its_threads_run_on_its_cpu_only() -> None:
-    pin = bench.Pinning.choose()
+    pin = steps.Pinning.choose()
     before = os.sched_getaffinity(0)
     assert pin.server != pin.client
     assert {pin.server, pin.client} <= before
     for cpu in (pin.server, pin.client):
-        async with bench._Child("pinned", [sys.executable, "-c", CHILD_CPUS], cpu=cpu) as child:  # noqa: SLF001 (the supervisor, white-box)
+        argv = [sys.executable, "-c", CHILD_CPUS]
+        async with ChildProcess("pinned", argv, relay=False, cpu=cpu) as child:
             assert await child.ready() == f"[{cpu}] [{cpu}]"
         assert os.sched_getaffinity(0) == before  # the parent is not left pinned
-    async with bench._Child("free", [sys.executable, "-c", CHILD_CPUS]) as child:  # noqa: SLF001
+    argv = [sys.executable, "-c", CHILD_CPUS]
+    async with ChildProcess("free", argv, relay=False) as child:
         everywhere = str(sorted(before))
         assert await child.ready() == f"{everywhere} {everywhere}"
 
@@ -266,7 +269,7 @@ def test_pin_needs_two_cpus(
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
     with pytest.raises(RuntimeError, match="two usable CPUs"):
-        bench.Pinning.choose()
+        steps.Pinning.choose()
     argv = ["bench", "--quick", "--pin", "--output", str(tmp_path / "x.json")]
     assert main(argv) == 2
     assert "--pin needs two usable CPUs, this process has [3]" in capsys.readouterr().err
@@ -277,10 +280,10 @@ def test_pin_needs_two_cpus(
 def test_a_missing_peer_is_reported_as_skipped_not_as_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    absent = bench.System(
+    absent = systems.System(
         key="callosum", label="callosum 1.0.3", requires="no_such_callosum", dists=()
     )
-    monkeypatch.setattr(bench, "SYSTEMS", (bench.SYSTEMS[1], absent))
+    monkeypatch.setattr(cli, "SYSTEMS", (systems.SYSTEMS[1], absent))
     output = tmp_path / "skip.json"
     argv = [
         "bench",
@@ -313,7 +316,7 @@ def test_an_unknown_system_is_a_usage_error(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_baseline_runs_a_second_tree_beside_ours(tmp_path: Path) -> None:
-    tree = Path(bench.__file__).resolve().parent.parent
+    tree = SOURCE_TREE
     output = tmp_path / "ab.json"
     common = ["--quick", "--workloads", "W1", "--no-chart", "--no-progress"]
     argv = [*common, "--systems", "like-tcp", "--baseline", str(tree), "--output", str(output)]
@@ -328,5 +331,7 @@ def test_baseline_runs_a_second_tree_beside_ours(tmp_path: Path) -> None:
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    missing = bench.System(key="base-tcp", label="x", requires="asyncio", dists=(), root=str(empty))
+    missing = systems.System(
+        key="base-tcp", label="x", requires="asyncio", dists=(), root=str(empty)
+    )
     assert "no callosum_like package" in (missing.missing() or "")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from callosum_like import AuthenticationError, PeerDisconnectedError
-from callosum_like.soak import GRACE, Tally
+from callosum_like.tools.soak.tally import GRACE, Tally
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,7 +39,7 @@ def test_a_short_soak_passes_and_reports(tmp_path: Path) -> None:
     assert set(report["kills"]) == {"zeromq", "tcp"}
     assert min(report["kills"].values()) >= 1
     assert set(report["unexpected"]) == set()
-    # A kill in the middle of a CURVE handshake looks like a refused key (see soak.py).
+    # A kill in the middle of a CURVE handshake looks like a refused key (see tools/soak/tally.py).
     assert set(report["failures"]) <= {"PeerDisconnectedError", "AuthenticationError"}
     assert report["refused"] > 0  # the flood met max_pending
     assert {"echo", "call_back", "stream", "churn", "error", "big"} <= set(report["ok"])

@@ -19,7 +19,9 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Final
 
-from callosum_like.bench import Payload, announce, peer_main
+from callosum_like.tools.bench.children import peer_main
+from callosum_like.tools.bench.measure import Payload
+from callosum_like.tools.child import announce
 
 HEADER: Final = struct.Struct("!cIQ")  # op, tag, body length
 STREAM_REQUEST: Final = struct.Struct("!QQ")  # total bytes, chunk bytes

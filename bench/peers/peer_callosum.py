@@ -23,7 +23,9 @@ from callosum.lower.zeromq import ZeroMQAddress, ZeroMQRPCTransport
 from callosum.rpc import Peer
 from callosum.serialize import mpackb, munpackb
 
-from callosum_like.bench import CALL_TIMEOUT, Payload, announce, peer_main
+from callosum_like.tools.bench.children import CALL_TIMEOUT, peer_main
+from callosum_like.tools.bench.measure import Payload
+from callosum_like.tools.child import announce
 
 CHUNK: Final = 2**20
 
@@ -48,8 +50,8 @@ async def serve() -> None:
     peer.handle_function("echo", _echo)
     peer.handle_function("chunk", pull)
     async with peer:
-        # callosum keeps the bound port to itself: ask its socket
-        sock = peer._transport._sock  # type: ignore[attr-defined]
+        # callosum keeps the bound port to itself: ask its socket (no public way to)
+        sock = peer._transport._sock  # type: ignore[attr-defined]  # noqa: SLF001
         await announce(sock.getsockopt_string(zmq.LAST_ENDPOINT))
 
 

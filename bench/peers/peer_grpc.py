@@ -19,7 +19,9 @@ from typing import Any, Final
 import grpc
 import grpc.aio
 
-from callosum_like.bench import Payload, announce, peer_main
+from callosum_like.tools.bench.children import peer_main
+from callosum_like.tools.bench.measure import Payload
+from callosum_like.tools.child import announce
 
 STREAM_REQUEST: Final = struct.Struct("!QQ")  # total bytes, chunk bytes
 OPTIONS: Final = [

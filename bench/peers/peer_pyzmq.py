@@ -22,7 +22,9 @@ from typing import Final
 import zmq
 import zmq.asyncio
 
-from callosum_like.bench import Payload, announce, peer_main
+from callosum_like.tools.bench.children import peer_main
+from callosum_like.tools.bench.measure import Payload
+from callosum_like.tools.child import announce
 
 STREAM_REQUEST: Final = struct.Struct("!QQ")  # total bytes, chunk bytes
 #: Messages queued per direction before a sender waits; bounds a stream's buffering.

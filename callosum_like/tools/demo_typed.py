@@ -3,7 +3,7 @@
 Theory of operation: both IDLs are embedded here as text (``thriftpy2.load_fp`` and
 ``schema.loads``), so the demo needs no files beside the installed package. The server
 process calls ``register_typed(server)``; the client process calls ``typed_calls(client,
-say)``. Only ``demo`` imports this module (the ``demo`` layer sits above ``upper``).
+say)``. Only ``demo`` imports this module.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from .peer import Peer
-from .upper import schema
+from ..peer import Peer
+from ..upper import schema
 
 __all__ = ["register_typed", "typed_calls"]
 
@@ -69,7 +69,7 @@ def _thrift_module() -> Any:
 
 def register_typed(server: Peer) -> None:
     """Serve the demo's Thrift Calculator and schema Greeter on ``server``."""
-    from .upper.thrift import ThriftServer
+    from ..upper.thrift import ThriftServer
 
     ThriftServer(_thrift_module().Calculator, _Calculator()).attach(server)
     schema.SchemaServer(greeter, _Greeter()).attach(server)
@@ -77,7 +77,7 @@ def register_typed(server: Peer) -> None:
 
 async def typed_calls(client: Peer, say: Callable[[str], None]) -> None:
     """Make one typed call of each kind, and show a declared Thrift exception and a bad call."""
-    from .upper.thrift import ThriftClient
+    from ..upper.thrift import ThriftClient
 
     module = _thrift_module()
     calculator = ThriftClient(client, module.Calculator)

@@ -8,11 +8,11 @@ while it serves the client's call, the three orderings side by side, and errors 
 wire. Both children's output is relayed line by line with a label.
 
 Shutdown is explicit and bounded: the client exits when its story is told; the server exits
-when its stdin reaches end-of-file, which is how ``ChildProcess`` asks a child to stop (so a
-server whose parent died stops too). A child that does not stop within ``STOP_TIMEOUT`` is
-terminated, then killed; every child is waited for, so none is left behind.
+when its stdin reaches end-of-file, which is how ``supervisor.ChildProcess`` asks a child to
+stop (so a server whose parent died stops too), and is terminated, then killed, if it does
+not; every child is waited for, so none is left behind.
 
-``ChildProcess`` and ``connect_address`` are reused by ``python -m callosum_like bench``.
+Only ``__main__`` imports this module.
 """
 
 from __future__ import annotations
@@ -21,230 +21,35 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
-from . import auth
-from .addresses import AddressLike, TCPAddress
+from .. import auth
+from ..errors import MethodNotFoundError, RPCUserError
+from ..ordering import Ordering
+from ..peer import Peer
+from ..request import Body, Request
+from .child import bind_address, connect_address, ignore_sigint, say_ready, wait_for_stdin_eof
 from .demo_typed import register_typed, typed_calls
-from .errors import MethodNotFoundError, RPCUserError
-from .ordering import Ordering
-from .peer import Peer
-from .request import Body, Request
+from .supervisor import ChildProcess, subcommand
 
 __all__ = [
-    "TRANSPORTS",
     "DEMO_TIMEOUT",
-    "ChildProcess",
-    "bind_address",
-    "connect_address",
-    "wait_for_stdin_eof",
-    "ignore_sigint",
     "run_demo",
     "serve_demo",
     "run_demo_client",
 ]
 
-#: The transports the demo and the benchmark can use, by command-line name.
-TRANSPORTS: Final = ("zeromq", "tcp")
 #: Seconds the whole demo may take; it normally needs two or three.
 DEMO_TIMEOUT: Final = 20.0
-#: Seconds a child process gets to print its ``READY`` line (interpreter start plus bind).
-READY_TIMEOUT: Final = 10.0
-#: Seconds a child gets to exit after it was asked to stop, before it is terminated.
-STOP_TIMEOUT: Final = 5.0
-#: Seconds a terminated child gets before it is killed.
-KILL_TIMEOUT: Final = 2.0
 #: Seconds any single call of the demo may take; every call is far quicker.
 CALL_TIMEOUT: Final = 5.0
 
 #: The ordering burst: (call number, seconds its handler sleeps). Sent at once, one order key.
 BURST: Final = ((1, 0.20), (2, 0.05), (3, 0.15), (4, 0.10))
 ORDERINGS: Final = (Ordering.UNORDERED, Ordering.ORDERED, Ordering.SERIALIZED)
-
-
-# --- addresses ------------------------------------------------------------------------------
-
-
-def bind_address(transport: str) -> AddressLike:
-    """A 127.0.0.1 address with port 0 (a free port) for ``transport`` (``zeromq``/``tcp``)."""
-    if transport == "tcp":
-        return TCPAddress("127.0.0.1", 0)
-    return "tcp://127.0.0.1:0"
-
-
-def connect_address(transport: str, address: str) -> AddressLike:
-    """Turn the ``address`` a bound peer reported back into something to connect to.
-
-    Args:
-        transport: ``zeromq`` or ``tcp``.
-        address: ``Peer.address`` of the bound side (``tcp://HOST:PORT`` or ``HOST:PORT``).
-    """
-    if transport == "tcp":
-        host, port = address.rsplit(":", 1)
-        return TCPAddress(host, int(port))
-    return address
-
-
-# --- child processes --------------------------------------------------------------------------
-
-
-class ChildProcess:
-    """A ``python -m callosum_like SUBCOMMAND`` in its own process, as an async context manager.
-
-    Leaving the ``async with`` closes the child's stdin; a child that still runs is given
-    ``STOP_TIMEOUT`` seconds to exit (when it stops on end-of-file), then terminated, and
-    finally killed. The child is always reaped.
-
-    Args:
-        label: Prefix of the child's relayed output lines.
-        argv: The subcommand and its arguments.
-        relay: Print the child's output lines (stdout and stderr, merged) with ``label``.
-        stops_on_eof: The child exits by itself once its stdin closes.
-    """
-
-    def __init__(
-        self, label: str, argv: Sequence[str], *, relay: bool = True, stops_on_eof: bool = True
-    ) -> None:
-        self.label = label
-        self._argv = [sys.executable, "-u", "-m", "callosum_like", *argv]
-        self._relay = relay
-        self._stops_on_eof = stops_on_eof
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        assert self._process is not None
-        return self._process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The child's exit status, or ``None`` while it runs."""
-        assert self._process is not None
-        return self._process.returncode
-
-    async def __aenter__(self) -> Self:
-        self._process = await asyncio.create_subprocess_exec(
-            *self._argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.shield(self._stop())
-
-    async def ready(self, timeout: float = READY_TIMEOUT) -> str:
-        """Wait for the child's ``READY <address>`` line and return the address.
-
-        Lines before it are relayed. Afterwards the rest of the output is relayed in the
-        background until the child exits.
-
-        Raises:
-            TimeoutError: No ``READY`` line within ``timeout`` seconds.
-            RuntimeError: The child exited without one.
-        """
-        assert self._process is not None
-        assert self._process.stdout is not None
-        async with asyncio.timeout(timeout):
-            while True:
-                line = await self._process.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"{self.label} exited before it was ready")
-                text = line.decode(errors="replace").rstrip()
-                if text.startswith("READY "):
-                    break
-                self._print(text)
-        self.start_relay()
-        return text.removeprefix("READY ")
-
-    def start_relay(self) -> None:
-        """Relay the child's output in the background (idempotent)."""
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read_output())
-
-    async def wait(self, timeout: float) -> int:
-        """Wait for the child to exit by itself and return its status.
-
-        Raises:
-            TimeoutError: It is still running after ``timeout`` seconds.
-        """
-        assert self._process is not None
-        async with asyncio.timeout(timeout):
-            status = await self._process.wait()
-            if self._reader is not None:
-                await self._reader
-        return status
-
-    async def _read_output(self) -> None:
-        assert self._process is not None
-        assert self._process.stdout is not None
-        while line := await self._process.stdout.readline():
-            self._print(line.decode(errors="replace").rstrip())
-
-    def _print(self, text: str) -> None:
-        if self._relay:
-            print(f"{self.label} | {text}".rstrip(), flush=True)
-
-    async def _exited(self, timeout: float) -> bool:
-        assert self._process is not None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._process.wait()
-        return self._process.returncode is not None
-
-    async def _stop(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        self.start_relay()  # drain the pipe, so the child never blocks writing to it
-        if process.stdin is not None:
-            process.stdin.close()
-            with contextlib.suppress(ConnectionError):
-                await process.stdin.wait_closed()
-        if not await self._exited(STOP_TIMEOUT if self._stops_on_eof else 0):
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
-            if not await self._exited(KILL_TIMEOUT):
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-        assert self._reader is not None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(KILL_TIMEOUT):
-                await self._reader
-
-
-async def wait_for_stdin_eof() -> None:
-    """Return once our stdin reaches end-of-file: the parent's request to stop."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
-    )
-    try:
-        while await reader.read(4096):
-            pass
-    finally:
-        transport.close()
-
-
-def ignore_sigint() -> None:
-    """Leave Ctrl-C to the parent, which stops its children in order."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --- the stage manager --------------------------------------------------------------------------
@@ -287,11 +92,10 @@ async def _run_children(transport: str) -> tuple[int | None, int | None]:
             print("allows only the client's public key, under the user id 'demo-client'")
             print()
         server_argv = ["demo-server", "--transport", transport, *security]
-        async with ChildProcess("server", server_argv) as server:
+        async with ChildProcess("server", subcommand(*server_argv)) as server:
             address = await server.ready()
             argv = ["demo-client", "--transport", transport, "--connect", address, *security]
-            async with ChildProcess("client", argv, stops_on_eof=False) as client:
-                client.start_relay()
+            async with ChildProcess("client", subcommand(*argv), stops_on_eof=False) as client:
                 await client.wait(DEMO_TIMEOUT)
     return server.returncode, client.returncode
 
@@ -404,7 +208,7 @@ async def serve_demo(transport: str, keys: str | None = None) -> int:
         logging.getLogger("callosum_like.handlers").setLevel(logging.CRITICAL)
         DemoService(server).register()
         register_typed(server)
-        print(f"READY {server.address}", flush=True)
+        say_ready(server.address)
         print(f"listening on {server.address} (pid {os.getpid()})", flush=True)
         await wait_for_stdin_eof()
         stats = server.statistics()

@@ -1,0 +1,19 @@
+"""The project's tooling: the demo, the benchmark and the soak, with their child processes.
+
+Theory of operation: everything here runs the library as a user would, in separate processes
+on 127.0.0.1, and sits above the library: ``__main__`` imports these modules, they import the
+library, and nothing in the library imports them (``setup.cfg``'s import-linter contracts say
+so). Inside, the layers are:
+
+* ``demo``, ``soak`` and ``bench`` (a package): the three commands, independent of each other;
+  ``demo_typed`` is the demo's Thrift and schema section.
+* ``supervisor``: the parent's side of a child process (``ChildProcess``: start, read its
+  ``READY``/``RESULT`` lines, relay or keep its output, stop it in bounded steps) and the one
+  set of timeouts that goes with it.
+* ``child``: the child's side (bind on loopback, announce ``READY``, stop at stdin's
+  end-of-file, leave Ctrl-C to the parent).
+
+This package re-exports nothing: import from the defining module.
+"""
+
+__all__: list[str] = []

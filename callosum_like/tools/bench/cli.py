@@ -1,0 +1,258 @@
+"""The ``bench`` command: its options, the run over every step, and the files it writes.
+
+Theory of operation: ``run_bench`` walks ``repeat x systems x workloads``, one fresh server
+and client process per step (``steps.run_step``), with a ``Progress`` bar on stderr; then it
+prints the tables and targets (``report``) and writes the JSON (``record``), a Markdown copy
+of the tables, and the chart (``chart``). See the package's docstring for what is measured.
+
+Only ``__main__`` imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, TextIO
+
+from .chart import write_chart
+from .record import HostLoad, host_load, json_report
+from .report import TARGETS, judge, render_markdown, render_text, tables, target_rows
+from .steps import Outcome, Pinning, Summary, run_step, summarize
+from .systems import SYSTEM_GROUPS, SYSTEMS, System, with_baseline
+from .workloads import FULL_WORKLOADS, QUICK_WORKLOADS, Workload
+
+__all__ = ["DEFAULT_OUTPUT", "Progress", "add_bench_arguments", "run_bench"]
+
+#: Seconds one step (client start to its result) may take, for a full run and ``--quick``.
+STEP_TIMEOUT: Final = 600.0
+QUICK_STEP_TIMEOUT: Final = 60.0
+DEFAULT_OUTPUT: Final = Path("bench/results/latest.json")
+
+
+class Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, one line per step otherwise.
+
+    Args:
+        total: Steps in the run.
+        stream: Where to draw (default ``sys.stderr``).
+        enabled: False draws nothing.
+    """
+
+    def __init__(self, total: int, *, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self._total = max(total, 1)
+        self._stream = stream or sys.stderr
+        self._enabled = enabled
+        self._done = 0
+        self._started = time.monotonic()
+        self._tty = self._stream.isatty()
+
+    def step(self, label: str) -> None:
+        """Show that the next step, ``label``, is starting."""
+        if not self._enabled:
+            return
+        elapsed = time.monotonic() - self._started
+        eta = (
+            f", ~{elapsed / self._done * (self._total - self._done):.0f} s left"
+            if self._done
+            else ""
+        )
+        filled = 30 * self._done // self._total
+        text = f"[{'#' * filled}{'.' * (30 - filled)}] {self._done + 1}/{self._total} {label}{eta}"
+        self._stream.write(f"\r{text}\x1b[K" if self._tty else f"bench {text}\n")
+        self._stream.flush()
+        self._done += 1
+
+    def close(self) -> None:
+        """Finish the bar."""
+        if self._enabled and self._tty:
+            self._stream.write(
+                f"\r\x1b[Kbench: {self._total} steps in {time.monotonic() - self._started:.0f} s\n"
+            )
+            self._stream.flush()
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m callosum_like bench``."""
+    parser.add_argument("--quick", action="store_true", help="a smoke run with tiny counts")
+    parser.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run every step N times; report medians and spread",
+    )
+    groups = ", ".join(SYSTEM_GROUPS)
+    parser.add_argument(
+        "--systems",
+        action="append",
+        metavar="LIST",
+        help=f"comma-separated systems or groups ({groups}); default all: "
+        + ", ".join(s.key for s in SYSTEMS),
+    )
+    parser.add_argument(
+        "--workloads",
+        action="append",
+        metavar="LIST",
+        help="comma-separated workloads (W1..W5, or W3-1MiB, W3-16MiB)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the children's event loop (auto: uvloop when installed)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help=f"the JSON results; .md and .png beside it (default {DEFAULT_OUTPUT})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds one step may take before it counts as failed",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run this project's systems from the source tree DIR (e.g. a 'git archive' "
+        "of main), interleaved with ours, as base-zeromq and base-tcp",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run every server on one CPU and every client on another (steadier small-call "
+        "figures on a busy or small host; needs two usable CPUs)",
+    )
+    parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _pick(
+    choices: list[str] | None, known: Sequence[str], groups: dict[str, tuple[str, ...]]
+) -> list[str]:
+    """Expand comma-separated names and groups, keeping ``known``'s order.
+
+    Raises:
+        ValueError: A name that is neither known nor a group.
+    """
+    if not choices:
+        return list(known)
+    wanted: set[str] = set()
+    for name in (n.strip() for c in choices for n in c.split(",") if n.strip()):
+        matches = groups.get(name) or [k for k in known if k == name or k.split("-")[0] == name]
+        if not matches:
+            raise ValueError(f"unknown name {name!r}; choose from {', '.join([*groups, *known])}")
+        wanted.update(matches)
+    return [k for k in known if k in wanted]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``python -m callosum_like bench``: run, print the tables, write JSON, Markdown, chart.
+
+    Returns:
+        0 when every step that ran gave figures, 1 when any failed, 2 on bad options.
+    """
+    catalogue = QUICK_WORKLOADS if args.quick else FULL_WORKLOADS
+    try:
+        keys = _pick(args.systems, [s.key for s in SYSTEMS], SYSTEM_GROUPS)
+        workload_keys = _pick(args.workloads, [w.key for w in catalogue], {})
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        pin = Pinning.choose() if args.pin else None
+    except RuntimeError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    systems = with_baseline([s for s in SYSTEMS if s.key in keys], args.baseline)
+    workloads = [w for w in catalogue if w.key in workload_keys]
+    loop = _resolve_loop(args.loop)
+    pinned = "" if pin is None else f", servers on CPU {pin.server}, clients on CPU {pin.client}"
+    print(
+        f"callosum_like bench ({'quick, ' if args.quick else ''}{args.repeat} run(s) per "
+        f"step, children on {loop}{pinned}): each step is a fresh server and client process "
+        "on 127.0.0.1"
+    )
+    host_before = host_load()  # other load on the host shows up as spread
+    summaries = asyncio.run(_run_all(systems, workloads, args, loop, pin))
+    return _report(systems, workloads, summaries, args, loop, host_before, pin)
+
+
+def _resolve_loop(loop: str) -> str:
+    if loop == "auto":
+        return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    return str(loop)
+
+
+async def _run_all(
+    systems: Sequence[System],
+    workloads: Sequence[Workload],
+    args: argparse.Namespace,
+    loop: str,
+    pin: Pinning | None = None,
+) -> dict[tuple[str, str], Summary]:
+    timeout = args.timeout or (QUICK_STEP_TIMEOUT if args.quick else STEP_TIMEOUT)
+    missing = {s.key: reason for s in systems if (reason := s.missing()) is not None}
+    runnable = [s for s in systems if s.key not in missing]
+    outcomes: dict[tuple[str, str], list[Outcome]] = {
+        (s.key, w.key): [Outcome(skipped=missing[s.key])] if s.key in missing else []
+        for s in systems
+        for w in workloads
+    }
+    progress = Progress(args.repeat * len(runnable) * len(workloads), enabled=not args.no_progress)
+    for run in range(args.repeat):
+        for system in runnable:
+            for workload in workloads:
+                progress.step(f"{system.key} {workload.key} (run {run + 1}/{args.repeat})")
+                outcome = await run_step(system, workload, loop, timeout, pin)
+                outcomes[(system.key, workload.key)].append(outcome)
+    progress.close()
+    return {key: summarize(*key, runs) for key, runs in outcomes.items()}
+
+
+def _report(
+    systems: Sequence[System],
+    workloads: Sequence[Workload],
+    summaries: dict[tuple[str, str], Summary],
+    args: argparse.Namespace,
+    loop: str,
+    host_before: HostLoad,
+    pin: Pinning | None = None,
+) -> int:
+    text, markdown = tables(workloads, summaries)
+    judged = [judge(t, summaries) for t in TARGETS if (t.system, t.workload) in summaries]
+    if judged:
+        text += ["", "targets (issue 7)", *render_text(target_rows(judged), left=3)]
+        markdown += ["", "#### Targets", "", *render_markdown(target_rows(judged), left=3)]
+    print("\n".join(["", *text, ""]))
+    output: Path = args.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    chart = output.with_suffix(".png")
+    chart_note = (
+        "chart skipped (--no-chart)" if args.no_chart else write_chart(workloads, summaries, chart)
+    )
+    report = json_report(systems, workloads, summaries, judged, args, loop, host_before, pin)
+    report["chart"] = str(chart) if chart_note.startswith("wrote") else None
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    output.with_suffix(".md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
+    print(f"wrote {output} and {output.with_suffix('.md')}; {chart_note}")
+    failed = [
+        s for s in summaries.values() if s.status == "error" or (s.status == "ok" and s.reason)
+    ]
+    return 1 if failed else 0

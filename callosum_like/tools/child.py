@@ -1,0 +1,83 @@
+"""The child's side of the tools' processes: bind on loopback, say ``READY``, stop on EOF.
+
+Theory of operation: a server process of the demo, the benchmark or the soak binds on
+127.0.0.1 (port 0 unless told), prints ``READY <address>`` (``say_ready``) for its parent's
+``supervisor.ChildProcess``, and serves until its stdin reaches end-of-file
+(``wait_for_stdin_eof``): that is the parent's request to stop, and also what happens when the
+parent dies. Ctrl-C is left to the parent (``ignore_sigint``), which stops its children in
+order. ``connect_address`` turns the address a server reported into one to connect to.
+
+Only the tools import this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Final
+
+from ..addresses import AddressLike, TCPAddress
+
+__all__ = [
+    "TRANSPORTS",
+    "bind_address",
+    "connect_address",
+    "say_ready",
+    "announce",
+    "wait_for_stdin_eof",
+    "ignore_sigint",
+]
+
+#: The transports the demo, the benchmark and the soak can use, by command-line name.
+TRANSPORTS: Final = ("zeromq", "tcp")
+
+
+def bind_address(transport: str, port: int = 0) -> AddressLike:
+    """A 127.0.0.1 address for ``transport`` (``zeromq``/``tcp``); port 0 is a free port."""
+    if transport == "tcp":
+        return TCPAddress("127.0.0.1", port)
+    return f"tcp://127.0.0.1:{port}"
+
+
+def connect_address(transport: str, address: str) -> AddressLike:
+    """Turn the ``address`` a bound peer reported back into something to connect to.
+
+    Args:
+        transport: ``zeromq`` or ``tcp``.
+        address: ``Peer.address`` of the bound side (``tcp://HOST:PORT`` or ``HOST:PORT``).
+    """
+    if transport == "tcp":
+        host, port = address.rsplit(":", 1)
+        return TCPAddress(host, int(port))
+    return address
+
+
+def say_ready(address: str) -> None:
+    """Tell the parent where we serve: the ``READY <address>`` line."""
+    print(f"READY {address}", flush=True)
+
+
+async def announce(address: str) -> None:
+    """Tell the parent where we serve, then serve until our stdin closes."""
+    say_ready(address)
+    await wait_for_stdin_eof()
+
+
+async def wait_for_stdin_eof() -> None:
+    """Return once our stdin reaches end-of-file: the parent's request to stop."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    try:
+        while await reader.read(4096):
+            pass
+    finally:
+        transport.close()
+
+
+def ignore_sigint() -> None:
+    """Leave Ctrl-C to the parent, which stops its children in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
