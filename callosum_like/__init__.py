@@ -7,6 +7,7 @@ schemas) is imported on its own, so that thriftpy2 stays optional.
 
 from . import auth as auth
 from .addresses import TCPAddress as TCPAddress
+from .addresses import UnixAddress as UnixAddress
 from .addresses import ZeroMQAddress as ZeroMQAddress
 from .errors import AuthenticationError as AuthenticationError
 from .errors import MessageTooLargeError as MessageTooLargeError
@@ -27,6 +28,7 @@ from .events import PeerEventKind as PeerEventKind
 from .events import PeerEvents as PeerEvents
 from .lower.base import Transport as Transport
 from .lower.tcp import TCPTransport as TCPTransport
+from .lower.unix import UnixTransport as UnixTransport
 from .lower.zeromq import ZeroMQTransport as ZeroMQTransport
 from .ordering import Ordering as Ordering
 from .peer import Peer as Peer
@@ -50,9 +52,11 @@ __all__ = [
     # addresses and transports
     "ZeroMQAddress",
     "TCPAddress",
+    "UnixAddress",
     "Transport",
     "ZeroMQTransport",
     "TCPTransport",
+    "UnixTransport",
     # errors
     "RPCError",
     "RemoteError",

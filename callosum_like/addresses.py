@@ -1,22 +1,28 @@
-"""Transport addresses and the rule that maps a user's address to a transport.
+"""Transport addresses: the one place where users' address types are declared.
 
 Theory of operation: the Peer accepts a plain ``str`` (a ZeroMQ endpoint), a
-``ZeroMQAddress`` or a ``TCPAddress``. ``parse_address`` normalises these and rejects
-anything else with a ``TypeError``/``ValueError`` naming the argument, so that the transports
-below only ever see validated address objects.
+``ZeroMQAddress``, a ``TCPAddress`` or a ``UnixAddress``. ``parse_address`` normalises these
+and rejects anything else with a ``TypeError``/``ValueError`` naming the argument, so that the
+transports below only ever see validated address objects. Which transport serves an address
+type is not decided here: each transport module registers itself for its address type
+(``lower.registry``). A third-party transport's own address type is accepted once a transport
+is registered for it: the registry tells this module through ``accept_address_type``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast, get_args
 
 __all__ = [
     "ZeroMQAddress",
     "TCPAddress",
+    "UnixAddress",
     "Address",
     "AddressLike",
     "parse_address",
+    "accept_address_type",
 ]
 
 _ZMQ_SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
@@ -78,31 +84,75 @@ class TCPAddress:
         return f"{self.host}:{self.port}"
 
 
-Address: TypeAlias = ZeroMQAddress | TCPAddress
-AddressLike: TypeAlias = str | ZeroMQAddress | TCPAddress
+@dataclass(frozen=True, slots=True, init=False)
+class UnixAddress:
+    """A Unix domain socket's path, for the stream transport (the TCP framing, TLS optional).
+
+    Binding removes a stale socket file left at ``path`` by a process that is gone, and
+    closing removes the file it bound; binding a path another live endpoint serves fails.
+
+    Args:
+        path: A file system path (``str`` or ``os.PathLike``).
+
+    Raises:
+        TypeError: ``path`` is not a str or path-like.
+        ValueError: ``path`` is empty or holds a NUL character.
+    """
+
+    path: str
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        value = os.fspath(path) if isinstance(path, os.PathLike) else path
+        if not isinstance(value, str):
+            raise TypeError(f"path must be a str or path-like, not {type(path).__name__}")
+        if not value or "\0" in value:
+            raise ValueError(f"path must be a non-empty file path without NUL, got {value!r}")
+        object.__setattr__(self, "path", value)
+
+    def __str__(self) -> str:
+        return self.path
+
+
+Address: TypeAlias = ZeroMQAddress | TCPAddress | UnixAddress
+AddressLike: TypeAlias = str | ZeroMQAddress | TCPAddress | UnixAddress
+
+#: The address types ``parse_address`` passes through: ours, and those a transport was
+#: registered for (``accept_address_type``).
+_ACCEPTED: list[type] = list(get_args(Address))
+
+
+def accept_address_type(address_type: type) -> None:
+    """Make ``parse_address`` accept instances of ``address_type`` as they are.
+
+    Called by ``lower.registry.register_transport``, so that a third-party transport's
+    address type is accepted once its transport is registered. Idempotent.
+    """
+    if address_type not in _ACCEPTED:
+        _ACCEPTED.append(address_type)
 
 
 def parse_address(value: object, *, argument: str) -> Address:
     """Normalise a user-supplied address.
 
     Args:
-        value: A ZeroMQ endpoint string, a ``ZeroMQAddress`` or a ``TCPAddress``.
+        value: A ZeroMQ endpoint string, a ``ZeroMQAddress``, ``TCPAddress`` or
+            ``UnixAddress``, or an address of a type a transport was registered for.
         argument: The argument name to mention in errors (``"bind"`` or ``"connect"``).
 
     Returns:
-        The address object.
+        The address object. A registered third-party address is returned as it is (typed
+        ``Address`` for the callers; only its own transport looks into it).
 
     Raises:
         TypeError: ``value`` is of another type.
         ValueError: ``value`` is a malformed endpoint string.
     """
-    if isinstance(value, ZeroMQAddress | TCPAddress):
-        return value
     if isinstance(value, str):
         try:
             return ZeroMQAddress(value)
         except ValueError as exc:
             raise ValueError(f"{argument}: {exc}") from None
-    raise TypeError(
-        f"{argument} must be a str, ZeroMQAddress or TCPAddress, not {type(value).__name__}"
-    )
+    if isinstance(value, tuple(_ACCEPTED)):
+        return cast(Address, value)
+    names = ", ".join(t.__name__ for t in _ACCEPTED)
+    raise TypeError(f"{argument} must be a str or one of {names}, not {type(value).__name__}")

@@ -82,6 +82,7 @@ from .base import (
     TransportEvent,
     check_reconnect_intervals,
 )
+from .registry import register_transport
 
 if TYPE_CHECKING:
     from ..auth import AbstractClientAuthenticator, AbstractServerAuthenticator
@@ -788,3 +789,6 @@ def _zmq_uri(address: Address) -> str:
     if not isinstance(address, ZeroMQAddress):
         raise ValueError(f"the ZeroMQ transport needs a ZeroMQ endpoint, not {address!r}")
     return address.uri
+
+
+register_transport(ZeroMQAddress, ZeroMQTransport)
