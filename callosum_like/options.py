@@ -2,9 +2,11 @@
 
 Theory of operation: ``Peer.__init__`` hands its keyword arguments to ``PeerOptions.build``,
 which checks each (a ``TypeError`` or ``ValueError`` naming the argument, as the contract asks),
-fills in the defaults and makes the transport; the Peer and its rooms then read the frozen
-result and never check again. The ``check_*`` functions are the same checks for the other
-entry points that take seconds or counts (``invoke``'s ``timeout``, the relay's options).
+fills in the defaults and makes the transport (by default the one registered for the
+address's type, ``lower.transport_for``: no concrete transport is named here); the Peer and
+its rooms then read the frozen result and never check again. The ``check_*`` functions are
+the same checks for the other entry points that take seconds or counts (``invoke``'s
+``timeout``, the relay's options).
 
 Nothing here does I/O; only ``peer`` and ``relay`` import it.
 """
@@ -16,10 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from .addresses import Address, AddressLike, TCPAddress, parse_address
+from .addresses import Address, AddressLike, parse_address
+from .lower import transport_for
 from .lower.base import Transport
-from .lower.tcp import TCPTransport
-from .lower.zeromq import ZeroMQTransport
 from .ordering import Ordering
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class PeerOptions:
 
 def _make_transport(transport: object, address: object) -> Transport:
     if transport is None:
-        return TCPTransport() if isinstance(address, TCPAddress) else ZeroMQTransport()
+        return transport_for(address)  # whatever registered itself for the address's type
     if isinstance(transport, type) and issubclass(transport, Transport):
         return transport()
     if isinstance(transport, Transport):

@@ -103,3 +103,15 @@ async def test_server_closed_and_rebound_is_reconnected(
         await second.wait_for_peer("agent-1", timeout=5)
         assert await second.invoke("double", "ab", to="agent-1") == "abab"
         assert client.statistics().reconnects == 1
+
+
+async def test_a_unix_address_alone_picks_the_transport_registered_for_it(
+    tmp_path: Path, peers: contextlib.AsyncExitStack
+) -> None:
+    """No ``transport=``: the Peer asks the registry, and never names a transport itself."""
+    path = str(tmp_path / "registry.sock")
+    server = await peers.enter_async_context(cl.Peer(bind=cl.UnixAddress(path)))
+    server.handle_function("double", double)
+    client = await peers.enter_async_context(cl.Peer(connect=cl.UnixAddress(path)))
+    assert await client.invoke("double", 21) == 42
+    assert server.address == client.address == path
