@@ -242,6 +242,11 @@ class Session:
         return ids
 
     @property
-    def calls_in_flight(self) -> int:
-        """Calls sent and not yet answered (including abandoned ones)."""
+    def unanswered_calls(self) -> int:
+        """Calls sent and not answered yet, abandoned ones included (the protocol's view).
+
+        Not ``PeerStatistics.calls_in_flight``, which counts the callers still waiting (the
+        link's pending futures and stream inboxes): an abandoned call has no caller left,
+        and a call a relay forwarded has none on this peer.
+        """
         return len(self._calls)

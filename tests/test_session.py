@@ -332,15 +332,15 @@ def test_every_call_pair(state: CallState, event: CallInput) -> None:
     if state is CallState.DONE:
         # A finished call is forgotten: anything about it now is a late or unknown reply.
         assert session.call_input(call_id, event) is None
-        assert session.calls_in_flight == 0
+        assert session.unanswered_calls == 0
     elif expected is None:
         with pytest.raises(ProtocolError):
             session.call_input(call_id, event)
-        assert session.calls_in_flight == 1
+        assert session.unanswered_calls == 1
         assert session.call_input(call_id, CallInput.REPLY) is CallState.DONE  # state kept
     else:
         assert session.call_input(call_id, event) is expected
-        assert session.calls_in_flight == (0 if expected is CallState.DONE else 1)
+        assert session.unanswered_calls == (0 if expected is CallState.DONE else 1)
 
 
 @given(events=st.lists(st.sampled_from(CallInput), max_size=6))
@@ -359,14 +359,14 @@ def test_call_walks_follow_the_table(events: list[CallInput]) -> None:
         else:
             assert session.call_input(call_id, event) is expected
             state = None if expected is CallState.DONE else expected
-        assert session.calls_in_flight == (0 if state is None else 1)
+        assert session.unanswered_calls == (0 if state is None else 1)
 
 
 def test_a_late_reply_to_an_abandoned_call_is_recognised_once() -> None:
     session = session_in(LinkState.OPEN)
     call_id = session.start_call()
     assert session.call_input(call_id, CallInput.ABANDON) is CallState.CANCELLING
-    assert session.calls_in_flight == 1
+    assert session.unanswered_calls == 1
     assert session.call_input(call_id, CallInput.REPLY) is CallState.DONE
     assert session.call_input(call_id, CallInput.REPLY) is None  # a second reply is unknown
 
@@ -382,7 +382,7 @@ def test_call_ids_are_unique_and_never_reused() -> None:
     first = [session.start_call() for _ in range(1000)]
     assert len(set(first)) == 1000
     assert all(type(i) is int and i > 0 for i in first)
-    assert session.calls_in_flight == 1000
+    assert session.unanswered_calls == 1000
     for call_id in first[:500]:
         session.call_input(call_id, CallInput.REPLY)
     assert session.forget_calls() == first[500:]
@@ -396,6 +396,6 @@ def test_forget_calls_returns_sent_and_cancelling_calls_and_drops_them() -> None
     session.call_input(cancelling, CallInput.ABANDON)
     session.call_input(done, CallInput.REPLY)
     assert sorted(session.forget_calls()) == sorted([sent, cancelling])
-    assert session.calls_in_flight == 0
+    assert session.unanswered_calls == 0
     assert session.forget_calls() == []
     assert session.call_input(sent, CallInput.REPLY) is None
