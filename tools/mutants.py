@@ -302,18 +302,18 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=("tests/test_stream_credit.py",),
         why="items past the credit granted are dropped and counted, not buffered",
     ),
-    # -- the Peer, where it acts on the above -----------------------------------------------------
+    # -- the caller's side, where it acts on the above ---------------------------------------------
     Mutant(
-        name="peer-stream-timeout-leaves-generator-running",
-        path="callosum_like/peer.py",
-        old="            if not finished:\n                self._abandon(link, call_id)",
-        new="            if False:\n                self._abandon(link, call_id)",
+        name="calls-stream-timeout-leaves-generator-running",
+        path="callosum_like/calls.py",
+        old="            if not finished:\n                link.abandon(call_id)",
+        new="            if False:\n                link.abandon(call_id)",
         tests=("tests/test_peer_streams.py",),
         why="leaving a stream early or by timeout cancels the remote generator",
     ),
     Mutant(
-        name="peer-upload-pump-left-running",
-        path="callosum_like/peer.py",
+        name="calls-upload-pump-left-running",
+        path="callosum_like/calls.py",
         old="            if not pump.done():\n                pump.cancel()",
         new="            if False:\n                pump.cancel()",
         tests=("tests/test_peer_uploads.py",),
