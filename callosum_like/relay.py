@@ -24,9 +24,9 @@ body, it only rewrites the call ``id`` of each hop and the ``target``/``origin``
   sends out, always as the name's *current* state, so announcements never block a receive
   loop, coalesce, and cannot leave a stale name behind. When the upstream link (re)opens,
   every name is announced again (the upstream forgot them with the old link).
-* Upstream: one task keeps the upstream Peer open. A ZeroMQ DEALER reconnects by itself
-  (the Peer says Hello again, and the relay re-announces); any other transport's Peer is
-  rebuilt after its link is lost. Failed attempts back off exponentially from
+* Upstream: one task keeps the upstream Peer open. A connection that reconnects by itself
+  (``Peer.reconnects``) gets ``heartbeat_timeout`` to come back (the relay re-announces);
+  one that does not is rebuilt. Failed attempts back off exponentially from
   ``reconnect_interval`` to ``max_reconnect_interval``.
 
 The relay uses only the Peer's surface for it: a ``Forwarder`` given at construction,
@@ -357,8 +357,8 @@ class Relay:
     async def _until_lost(self, peer: Peer) -> None:
         """Return once ``peer`` lost its link for good.
 
-        A ZeroMQ DEALER reconnects by itself, and the Peer says Hello again: it gets
-        ``heartbeat_timeout`` to do so. Other transports are rebuilt at once.
+        A connection that reconnects by itself (``peer.reconnects``) gets
+        ``heartbeat_timeout`` to come back; one that does not is rebuilt at once.
         """
         grace = self._heartbeat_timeout if peer.reconnects else 0
         async with peer.events() as events:
