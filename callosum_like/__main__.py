@@ -30,7 +30,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 
-from .auth import generate_keypair, save_keypair
+from .keys import generate_keypair, save_keypair
 from .tools.bench.children import (
     add_client_arguments,
     add_server_arguments,

@@ -224,7 +224,7 @@ def test_pyzmq_reads_our_certificates(tmp_path: Path) -> None:
 def test_load_warns_about_exposed_secret(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _, secret_path = auth.save_keypair(auth.generate_keypair(), tmp_path / "k")
     secret_path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="callosum_like.auth"):
+    with caplog.at_level(logging.WARNING, logger="callosum_like.keys"):
         auth.load_keypair(secret_path)
     assert "chmod 600" in caplog.text
 
