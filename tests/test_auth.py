@@ -15,7 +15,7 @@ from zmq.utils import z85
 
 from callosum_like import auth
 from callosum_like.errors import ProtocolError
-from callosum_like.lower import zap
+from callosum_like.lower import zap_protocol
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -367,8 +367,8 @@ def _request(
 
 
 def test_parse_request() -> None:
-    request = zap.parse_request(_request())
-    assert request == zap.ZAPRequest(
+    request = zap_protocol.parse_request(_request())
+    assert request == zap_protocol.ZAPRequest(
         request_id=b"7",
         domain="dom#1",
         address="127.0.0.1",
@@ -391,18 +391,18 @@ def test_parse_request() -> None:
 )
 def test_parse_request_rejects_malformed(frames: list[bytes], message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
-        zap.parse_request(frames)
+        zap_protocol.parse_request(frames)
 
 
 def test_screen_passes_curve_request() -> None:
-    assert isinstance(zap.screen_request(_request()), zap.ZAPRequest)
+    assert isinstance(zap_protocol.screen_request(_request()), zap_protocol.ZAPRequest)
 
 
 @pytest.mark.parametrize("mechanism", [b"NULL", b"PLAIN", b"GSSAPI", b"WHATEVER"])
 def test_screen_refuses_other_mechanisms_with_400(mechanism: bytes) -> None:
-    reply = zap.screen_request(_request(mechanism=mechanism, credentials=(b"user", b"pw")))
-    assert isinstance(reply, zap.ZAPReply)
-    assert reply.status is zap.ZAPStatus.FAILURE
+    reply = zap_protocol.screen_request(_request(mechanism=mechanism, credentials=(b"user", b"pw")))
+    assert isinstance(reply, zap_protocol.ZAPReply)
+    assert reply.status is zap_protocol.ZAPStatus.FAILURE
     assert reply.request_id == b"7"
 
 
@@ -417,61 +417,69 @@ def test_screen_refuses_other_mechanisms_with_400(mechanism: bytes) -> None:
     ],
 )
 def test_screen_answers_malformed_with_500(frames: list[bytes]) -> None:
-    reply = zap.screen_request(frames)
-    assert isinstance(reply, zap.ZAPReply)
-    assert reply.status is zap.ZAPStatus.INTERNAL_ERROR
+    reply = zap_protocol.screen_request(frames)
+    assert isinstance(reply, zap_protocol.ZAPReply)
+    assert reply.status is zap_protocol.ZAPStatus.INTERNAL_ERROR
     assert reply.request_id == (frames[1] if len(frames) > 1 else b"")
 
 
 def test_screen_of_nothing_gives_500_with_empty_id() -> None:
-    reply = zap.screen_request([])
-    assert isinstance(reply, zap.ZAPReply)
+    reply = zap_protocol.screen_request([])
+    assert isinstance(reply, zap_protocol.ZAPReply)
     assert reply.to_frames()[:3] == [b"1.0", b"", b"500"]
 
 
 @given(st.lists(st.binary(max_size=40), max_size=10))
 def test_screen_never_raises(frames: list[bytes]) -> None:
-    result = zap.screen_request(frames)
-    if isinstance(result, zap.ZAPReply):
+    result = zap_protocol.screen_request(frames)
+    if isinstance(result, zap_protocol.ZAPReply):
         assert len(result.to_frames()) == 6
-        assert result.status in (zap.ZAPStatus.FAILURE, zap.ZAPStatus.INTERNAL_ERROR)
+        assert result.status in (
+            zap_protocol.ZAPStatus.FAILURE,
+            zap_protocol.ZAPStatus.INTERNAL_ERROR,
+        )
     else:
         assert result.mechanism == "CURVE"
 
 
 def test_reply_for_result() -> None:
-    request = zap.parse_request(_request())
-    accepted = zap.reply_for_result(request, auth.AuthResult(True, "agent-1"))
+    request = zap_protocol.parse_request(_request())
+    accepted = zap_protocol.reply_for_result(request, auth.AuthResult(True, "agent-1"))
     assert accepted.to_frames() == [b"1.0", b"7", b"200", b"OK", b"agent-1", b""]
-    refused = zap.reply_for_result(request, auth.AuthResult(False, "ignored"))
+    refused = zap_protocol.reply_for_result(request, auth.AuthResult(False, "ignored"))
     assert refused.to_frames()[:3] == [b"1.0", b"7", b"400"]
     assert refused.user_id == ""
 
 
 def test_reply_without_user_id_uses_public_key() -> None:
-    request = zap.parse_request(_request())
-    reply = zap.reply_for_result(request, auth.AuthResult(True))
+    request = zap_protocol.parse_request(_request())
+    reply = zap_protocol.reply_for_result(request, auth.AuthResult(True))
     assert reply.user_id == z85.encode(RAW_KEY).decode()
 
 
 def test_reply_metadata_encoding() -> None:
-    reply = zap.ZAPReply(
-        request_id=b"1", status=zap.ZAPStatus.SUCCESS, text="OK", metadata={"X-Role": b"admin"}
+    reply = zap_protocol.ZAPReply(
+        request_id=b"1",
+        status=zap_protocol.ZAPStatus.SUCCESS,
+        text="OK",
+        metadata={"X-Role": b"admin"},
     )
     assert reply.to_frames()[5] == b"\x06X-Role\x00\x00\x00\x05admin"
-    assert zap.encode_metadata({}) == b""
+    assert zap_protocol.encode_metadata({}) == b""
     with pytest.raises(ValueError, match="metadata name"):
-        zap.encode_metadata({"": b"x"})
+        zap_protocol.encode_metadata({"": b"x"})
 
 
 def test_reply_truncates_long_status_text() -> None:
-    reply = zap.ZAPReply(request_id=b"1", status=zap.ZAPStatus.FAILURE, text="x" * 10_000)
+    reply = zap_protocol.ZAPReply(
+        request_id=b"1", status=zap_protocol.ZAPStatus.FAILURE, text="x" * 10_000
+    )
     assert len(reply.to_frames()[3]) == 200
 
 
 def test_split_envelope() -> None:
-    envelope, body = zap.split_envelope([b"peer", b"", b"1.0", b"1"])
+    envelope, body = zap_protocol.split_envelope([b"peer", b"", b"1.0", b"1"])
     assert envelope == [b"peer", b""]
     assert body == [b"1.0", b"1"]
     with pytest.raises(ProtocolError, match="delimiter"):
-        zap.split_envelope([b"peer", b"1.0"])
+        zap_protocol.split_envelope([b"peer", b"1.0"])
