@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from .deadlines import Deadlines
 from .errors import (
+    MessageTooLargeError,
     PeerDisconnectedError,
     ProtocolError,
     RPCCancelledError,
     RPCInternalError,
     RPCTimeoutError,
     RPCUserError,
+    UnknownPeerError,
     error_for_code,
 )
 from .link import Link
@@ -114,24 +116,61 @@ class Caller:
             UnknownPeerError, PeerDisconnectedError: ``route`` found no link.
             MessageTooLargeError: ``body`` exceeds either side's ``max_body_size``.
         """
+        call_timeout = self._check(method, order_key, timeout, headers)
+        link, target = route(to)
+        packed = pack_body(body)
+        call = _build(
+            link, target, method, packed, order_key, call_timeout, headers, stream, upload
+        )
+        return link, call
+
+    def _check(
+        self, method: str, order_key: str | None, timeout: float | None, headers: Headers | None
+    ) -> float | None:
+        """Check a call's arguments; return its timeout (``invoke_timeout`` for ``None``)."""
         call_timeout = check_timeout(
             "timeout", self._invoke_timeout if timeout is None else timeout
         )
         check_call_args(method, order_key, headers)
-        link, target = route(to)
+        return call_timeout
+
+    async def call_all(
+        self,
+        route: Callable[[str | None], tuple[Link, str | None]],
+        names: Iterable[str],
+        method: str,
+        body: Body,
+        *,
+        timeout: float | None,
+        headers: Headers | None,
+    ) -> dict[str, Any]:
+        """Call ``method`` on each of ``names`` at once (see ``Peer.invoke_all``).
+
+        The body is packed once and the same packed bytes go out on every link. A name that
+        ``route`` cannot reach, or whose remote accepts no body this large, maps to the
+        error at once; the others are called side by side, each with ``timeout``.
+
+        Raises:
+            TypeError, ValueError: Misused arguments; ``body`` not msgpack-serializable.
+        """
+        call_timeout = self._check(method, None, timeout, headers)
         packed = pack_body(body)
-        link.check_size(len(packed))
-        return link, m.Call(
-            id=link.session.start_call(),
-            method=method,
-            body=packed,
-            order_key=order_key,
-            headers=dict(headers) if headers else None,
-            timeout=call_timeout,
-            stream=stream,
-            upload=upload,
-            target=target,
-        )
+        results: dict[str, Any] = {}
+        calls: dict[str, asyncio.Task[Body]] = {}
+        for name in names:
+            try:
+                link, target = route(name)
+                call = _build(link, target, method, packed, None, call_timeout, headers)
+            except (UnknownPeerError, PeerDisconnectedError, MessageTooLargeError) as exc:
+                results[name] = exc
+                continue
+            results[name] = None  # keeps the order of ``names``
+            calls[name] = self._loop.create_task(self.call(link, call))
+        if calls:
+            # Cancelling us cancels every call (each cancels its remote handler).
+            outcomes = await asyncio.gather(*calls.values(), return_exceptions=True)
+            results.update(zip(calls, outcomes, strict=True))
+        return results
 
     async def call(
         self, link: Link, msg: m.Call, upload: AsyncIterable[Body] | None = None
@@ -304,6 +343,36 @@ class Caller:
                 raise
             self._counters.count_error(RPCTimeoutError.__name__)
             raise RPCTimeoutError(f"stream {method!r} passed its timeout") from None
+
+
+def _build(
+    link: Link,
+    target: str | None,
+    method: str,
+    packed: m.PackedBody,
+    order_key: str | None,
+    timeout: float | None,
+    headers: Headers | None,
+    stream: bool = False,
+    upload: bool = False,
+) -> m.Call:
+    """The ``Call`` for ``link``, with a new call id of its session (nothing is sent).
+
+    Raises:
+        MessageTooLargeError: ``packed`` exceeds either side's ``max_body_size``.
+    """
+    link.check_size(len(packed))
+    return m.Call(
+        id=link.session.start_call(),
+        method=method,
+        body=packed,
+        order_key=order_key,
+        headers=dict(headers) if headers else None,
+        timeout=timeout,
+        stream=stream,
+        upload=upload,
+        target=target,
+    )
 
 
 class _Expiry:

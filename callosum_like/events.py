@@ -1,8 +1,11 @@
 """Link events: a remote peer connected or went away.
 
 Theory of operation: the Peer emits a ``PeerEvent`` each time a link completes its handshake
-(``CONNECTED``) and each time an open link ends (``DISCONNECTED``, with the reason). Any
-number of listeners receive them:
+(``CONNECTED``) and each time an open link ends (``DISCONNECTED``, with the reason). One
+identity may have several links at once (several connections of one principal): each event
+names its link (``link``, a number unique within the Peer) and says how many open links the
+identity has after it (``links``), so ``links == 0`` on a ``DISCONNECTED`` is the identity
+leaving ``peer.peers``. Any number of listeners receive them:
 
 * ``peer.add_event_listener(callback)``: a plain function, called synchronously from the
   receive loop. It must not block; an exception it raises is logged and ignored.
@@ -21,7 +24,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Self
 
@@ -44,16 +47,27 @@ class PeerEventKind(enum.Enum):
 class PeerEvent:
     """A remote connected (handshake complete) or its link ended.
 
+    Events compare equal by what happened to whom (``kind``, ``identity``, ``reason``);
+    ``link`` and ``links`` say which connection it was and are left out of comparisons.
+
     Attributes:
         kind: ``PeerEventKind.CONNECTED`` or ``PeerEventKind.DISCONNECTED``.
-        identity: The remote's identity (on a connecting peer: the bound peer's identity).
+        identity: The remote's identity (on a connecting peer: the bound peer's identity), or
+            a name announced by a relay below.
         reason: Why a link ended (``"heartbeat lost"``, ``"the remote closed (...)"``, ...);
             empty for ``CONNECTED``.
+        link: The link this is about: a number unique among this Peer's links, the same in
+            a link's ``CONNECTED`` and ``DISCONNECTED`` (for an announced name: the link to
+            the relay that announced it).
+        links: Open links ``identity`` has once this event happened: ``1`` for its first
+            connection, more for further concurrent ones, ``0`` when it left ``peer.peers``.
     """
 
     kind: PeerEventKind
     identity: str
     reason: str = ""
+    link: int = field(default=0, compare=False)
+    links: int = field(default=0, compare=False)
 
 
 EventListener = Callable[[PeerEvent], None]

@@ -81,8 +81,11 @@ class Link:
         clock: Callable[[], float],
         spawn: Spawn,
         user_id: str | None = None,
+        serial: int = 0,
     ) -> None:
         self.key = key
+        #: A number unique among its Peer's links (``PeerEvent.link``).
+        self.serial = serial
         self.session = session
         self.user_id = user_id
         self.incoming = Reassembly(max_body_size)

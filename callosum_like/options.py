@@ -14,7 +14,7 @@ Nothing here does I/O; only ``peer`` and ``relay`` import it.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -204,6 +204,20 @@ def _check_seconds(name: str, value: object) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     return float(value)
+
+
+def check_names(name: str, value: object) -> list[str]:
+    """Check an iterable of identities (not a single str); return them, each once, in order.
+
+    Raises:
+        TypeError: ``value`` is a str or not iterable, or holds something other than str.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be an iterable of identities, not {type(value).__name__}")
+    names = list(dict.fromkeys(value))
+    if not all(isinstance(item, str) for item in names):
+        raise TypeError(f"{name} must hold identities (str)")
+    return names
 
 
 def check_call_args(method: object, order_key: object, headers: Mapping[Any, Any] | None) -> None:

@@ -35,10 +35,9 @@ import logging
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
-    Callable,
     Coroutine,
     Hashable,
+    Iterable,
 )
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -46,15 +45,16 @@ from typing import TYPE_CHECKING, Any, Final, Self
 from .addresses import AddressLike
 from .calls import UPLOAD_WINDOW, Caller
 from .dispatch import Dispatcher
-from .errors import PeerClosedError, PeerDisconnectedError, ProtocolError, RPCTimeoutError
+from .errors import PeerClosedError, PeerDisconnectedError, RPCTimeoutError
 from .events import DEFAULT_EVENT_BUFFER, EventHub, EventListener, PeerEvents
 from .link import BULK_CHUNKS, SHARED_SPAN, Link
-from .lower.base import Connection, Received, Transport, TransportEvent
+from .lower.base import Connection, Transport
 from .options import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_PENDING,
     PeerOptions,
     check_count,
+    check_names,
     check_timeout,
 )
 from .ordering import Ordering
@@ -350,6 +350,51 @@ class Peer:
         )
         return await self._caller.call(link, msg, upload)
 
+    async def invoke_all(
+        self,
+        method: str,
+        body: Body = None,
+        *,
+        to: Iterable[str] | None = None,
+        timeout: float | None = None,
+        headers: Headers | None = None,
+    ) -> dict[str, Any]:
+        """Call ``method`` on many remotes at once; map each to its result or its error.
+
+        The body is packed once, whatever the number of remotes. An identity with several
+        links is called once, on its most recently opened link.
+
+        Args:
+            method: As for ``invoke``.
+            body: Any msgpack value (not a streamed body).
+            to: The identities to call (direct, or names behind relays); ``None`` for every
+                remote in ``peers``. Repeated names are called once.
+            timeout: Seconds for the whole fan-out (default ``invoke_timeout``): a remote
+                that has not answered by then maps to ``RPCTimeoutError`` (a ``TimeoutError``)
+                and its handler is cancelled.
+            headers: As for ``invoke``.
+
+        Returns:
+            Each identity, in the order of ``to`` (of ``peers`` for ``None``), mapped to the
+            value its handler returned or to the exception its call raised, as
+            ``asyncio.gather(..., return_exceptions=True)`` gives them; a name no link
+            reaches maps to ``UnknownPeerError``.
+
+        Raises:
+            TypeError, ValueError: Misused arguments (``to`` a single str, for one);
+                ``body`` not msgpack-serializable. Nothing was sent then.
+            PeerClosedError: This peer is not open.
+
+        Cancellation: cancelling the caller cancels every call and their remote handlers.
+        """
+        self._check_open()
+        if isinstance(body, AsyncIterable):
+            raise TypeError("invoke_all sends one body to all; a streamed body cannot be shared")
+        names = sorted(self.peers) if to is None else check_names("to", to)
+        return await self._caller.call_all(
+            self._remotes.route, names, method, body, timeout=timeout, headers=headers
+        )
+
     def stream(
         self,
         method: str,
@@ -366,14 +411,9 @@ class Peer:
         runs at most ``STREAM_WINDOW`` items ahead of this consumer. Leaving the loop early
         (``break``, an exception, cancellation) cancels the remote generator.
 
-        Args:
-            method: The remote method name (registered with an async generator handler).
-            body: Any msgpack value.
-            order_key: As for ``invoke``; the stream's end is ordered like a reply.
-            to: As for ``invoke``.
-            timeout: Seconds for the whole stream (default ``invoke_timeout``); counted only
-                while this iterator waits for the next item.
-            headers: As for ``invoke``.
+        Args: as for ``invoke`` (``method`` names an async generator handler; ``body`` is one
+            msgpack value; the stream's end is ordered like a reply). ``timeout`` is seconds
+            for the whole stream, counted only while this iterator waits for the next item.
 
         Yields:
             Each item the remote generator yields, in order.
@@ -400,9 +440,7 @@ class Peer:
         """A snapshot of this peer's counters and gauges (see ``PeerStatistics``)."""
         running = self._dispatcher.active
         gauges = Gauges(
-            calls_in_flight=sum(
-                len(k.pending) + len(k.streams) for k in self._remotes.links.values()
-            ),
+            calls_in_flight=self._remotes.calls_in_flight,
             requests_running=running,
             requests_queued=self._dispatcher.running - running,
             connected_peers=len(self.peers),
@@ -559,27 +597,9 @@ class Peer:
         """
         assert self._connection is not None
         try:
-            await self._receive_events(self._connection.receive, receiver)
+            await receiver.run(self._connection.receive)
         except Exception as exc:
             if self._state in ("closing", "closed") and isinstance(exc, PeerClosedError):
                 return  # our own close
             log.error("%r stopped receiving: %r; its links end", self, exc, exc_info=exc)
             await self._remotes.end_all(f"this peer stopped receiving ({exc!r})")
-
-    async def _receive_events(
-        self, receive: Callable[[], Awaitable[TransportEvent]], receiver: Receiver
-    ) -> None:
-        received, other = receiver.received, receiver.other
-        while True:
-            event = await receive()
-            try:
-                if type(event) is Received:  # the common case
-                    await received(event)
-                else:
-                    await other(event)
-            except ProtocolError as exc:
-                self._drop(f"protocol violation: {exc}")
-            except Exception:
-                log.exception("error while handling %r; the message is dropped", event)
-                self._counters.dropped_messages += 1
-            del event  # do not hold its frames (maybe a large body) until the next one

@@ -68,6 +68,27 @@ class Receiver:
         self._clock = clock
         self._max_body_size = remotes.options.max_body_size
 
+    async def run(self, receive: Callable[[], Awaitable[TransportEvent]]) -> None:
+        """Handle what ``receive`` returns, for ever; a bad event costs only itself.
+
+        Raises:
+            Exception: Whatever ``receive`` raised (the Peer's receive loop decides).
+        """
+        received, other = self.received, self.other
+        while True:
+            event = await receive()
+            try:
+                if type(event) is Received:  # the common case
+                    await received(event)
+                else:
+                    await other(event)
+            except ProtocolError as exc:
+                self._drop(f"protocol violation: {exc}")
+            except Exception:
+                log.exception("error while handling %r; the message is dropped", event)
+                self._counters.dropped_messages += 1
+            del event  # do not hold its frames (maybe a large body) until the next one
+
     async def received(self, event: Received) -> None:
         """A message arrived: decode it, check it against its link, and handle it.
 

@@ -4,9 +4,15 @@ Theory of operation: ``Remotes`` owns every ``Link`` of one Peer, by transport k
 the bound side by identity too, with the names that relays below announce (a ``RouteTable``).
 
 * A transport's ``Connected`` makes a link (``connected``); on the connecting side it says
-  ``Hello`` at once. The bound side registers the link under the remote's identity when its
-  ``Hello`` arrives (the identity the transport proved wins over the one claimed); a newer
-  link with a taken identity replaces the older one, which is told so (``Goodbye``).
+  ``Hello`` at once, with the Peer's random reconnect token. The bound side registers the link
+  under the remote's identity when its ``Hello`` arrives (the identity the transport proved
+  wins over the one claimed). One identity may have several open links (several connections
+  of one principal): all are served, calls ``to`` it take the most recently opened one, and
+  replies go back on the link their request came on. Only a Hello carrying the token of an
+  open link of the *same* identity replaces that link (the same Peer reconnected; the old
+  link is told so with ``Goodbye``); a token that belongs to another identity is refused.
+* Links that never complete their handshake are bounded: at most ``MAX_HANDSHAKES`` at once
+  (a newer one pushes the oldest out) and each for at most ``heartbeat_timeout``.
 * A link ends only through its session: ``lost`` applies the input (lost, expired, goodbye)
   and ends the link exactly when the session says BROKEN: its calls fail with
   ``PeerDisconnectedError``, its handlers are cancelled, its names vanish, listeners hear
@@ -24,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -42,12 +50,19 @@ from .wire.messages import ROUTE_SEPARATOR
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
 
-__all__ = ["Remotes", "Forwarder", "REPLACED"]
+__all__ = ["Remotes", "Forwarder", "REPLACED", "MAX_HANDSHAKES", "MAX_TOKEN_LENGTH"]
 
 log = logging.getLogger(__name__)
 
-#: The Goodbye reason a bound peer gives a link whose identity a newer connection took.
+#: The Goodbye reason a bound peer gives the older link of a Peer that reconnected (a Hello
+#: with the same identity and reconnect token arrived on a new link).
 REPLACED: Final = "replaced by a newer connection"
+#: Links of a bound peer that may wait for their Hello at once; one more pushes out the
+#: oldest. Honest remotes say Hello within a round trip, so only a flood of half-open
+#: connections comes near it.
+MAX_HANDSHAKES: Final = 4096
+#: The longest reconnect token a Hello may carry (ours are 32 hex digits).
+MAX_TOKEN_LENGTH: Final = 64
 #: The link states a link is in until we close it (CLOSE applies to them).
 _LIVE: Final = frozenset({LinkState.CONNECTING, LinkState.OPEN})
 
@@ -114,7 +129,10 @@ class Remotes:
         self.options = options
         self.identity = options.identity  # ours; the bound side may assign another
         self.links: dict[bytes, Link] = {}  # by transport key
-        self.by_identity: dict[str, Link] = {}  # open links, bound side
+        #: Open links by identity (bound side), each identity's oldest first.
+        self.by_identity: dict[str, dict[bytes, Link]] = {}
+        #: Our reconnect token (connecting side): the same in each Hello of this Peer.
+        self.token = secrets.token_hex(16)
         self.routes = RouteTable()  # names announced by relays below us, bound side
         self.forwarder = forwarder
         #: Set on the connecting side while ``__aenter__`` waits for the first Welcome.
@@ -125,6 +143,10 @@ class Remotes:
         self._spawn = spawn
         self._drop = drop
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._tokens: dict[str, Link] = {}  # the open links' reconnect tokens (bound side)
+        self._token_of: dict[bytes, str] = {}  # and back, by link key
+        self._handshaking: dict[bytes, Link] = {}  # links awaiting their Hello (bound side)
+        self._serials = itertools.count(1)
         self._connection: Connection | None = None
         self._clock: Callable[[], float] = lambda: 0.0
 
@@ -142,6 +164,11 @@ class Remotes:
             return frozenset(self.by_identity).union(self.routes)
         link = self.links.get(CONNECTED_KEY)
         return frozenset({link.identity}) if link and link.session.is_open else frozenset()
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Our calls and streams that await their reply, on every link."""
+        return sum(len(link.pending) + len(link.streams) for link in self.links.values())
 
     @property
     def uplink(self) -> Link | None:
@@ -169,17 +196,21 @@ class Remotes:
             if count != 1:
                 text = f"to=None needs exactly one connected peer, there are {count}"
                 raise UnknownPeerError(text)
-            return next(iter(self.by_identity.values())), None
+            (links,) = self.by_identity.values()
+            return _newest(links), None
         found = self.lookup(to)
         if found is None:
             raise UnknownPeerError(f"no connected peer is named {to!r}")
         return found
 
     def lookup(self, name: str) -> tuple[Link, str | None] | None:
-        """The link that reaches ``name`` (direct or announced) and the target to send with."""
-        link = self.by_identity.get(name)
-        if link is not None:
-            return link, None
+        """The link that reaches ``name`` (direct or announced) and the target to send with.
+
+        An identity with several open links is reached on the most recently opened one.
+        """
+        links = self.by_identity.get(name)
+        if links:
+            return _newest(links), None
         found = self.routes.lookup(name)
         if found is None:
             return None
@@ -227,13 +258,21 @@ class Remotes:
             clock=self._clock,
             spawn=self._spawn,
             user_id=event.user_id,
+            serial=next(self._serials),
         )
         self.links[event.peer] = link
-        if not options.bound:
+        if options.bound:
+            self._handshaking[link.key] = link
+            if len(self._handshaking) > MAX_HANDSHAKES:
+                oldest = next(iter(self._handshaking.values()))
+                await self._refuse(oldest, f"more than {MAX_HANDSHAKES} links without a Hello")
+        else:
             # In the background: a ZeroMQ DEALER holds the send until its security handshake
             # completes, and the receive loop must stay free to hear that it failed.
             link.send_in_background(
-                m.Hello(identity=self.identity, max_body_size=options.max_body_size)
+                m.Hello(
+                    identity=self.identity, max_body_size=options.max_body_size, token=self.token
+                )
             )
 
     async def hello(self, link: Link, msg: m.Hello) -> None:
@@ -246,23 +285,43 @@ class Remotes:
         if ROUTE_SEPARATOR in identity:
             await self._refuse(link, f"identity {identity!r} contains {ROUTE_SEPARATOR!r}")
             return
+        token, previous = msg.token, None
+        if token is not None:
+            if not token or len(token) > MAX_TOKEN_LENGTH:
+                await self._refuse(link, f"a reconnect token of {len(token)} characters")
+                return
+            previous = self._tokens.get(token)
+            if previous is not None and previous.identity != identity:
+                # Only the Peer that holds the token can have sent it, and it cannot have
+                # changed its identity: whoever sent this is not that Peer.
+                await self._refuse(link, f"the reconnect token of another identity ({identity!r})")
+                return
+        self._handshaking.pop(link.key, None)
         link.session.handshake(identity, msg.max_body_size)
-        previous = self.by_identity.get(identity)
-        if previous is not None and previous is not link:
-            log.warning("%r connected again; the older link is dropped", identity)
-            await previous.send_quietly(m.Goodbye(reason=REPLACED))
-            await self.lost(previous.key, LinkInput.LOST, REPLACED)
-            await self._disconnect(previous.key)
-        self.by_identity[identity] = link
+        links = self.by_identity.setdefault(identity, {})
+        links[link.key] = link
+        if token is not None:
+            self._tokens[token] = link
+            self._token_of[link.key] = token
         welcome = m.Welcome(
             identity=self.identity, assigned=identity, max_body_size=self.options.max_body_size
         )
         await link.send(welcome)
-        self.appeared(identity)
+        if len(links) == 1:
+            self.appeared(identity, link)
+        else:
+            self._emit(PeerEventKind.CONNECTED, identity, "", link)
+        if previous is not None and previous is not link:
+            # The same Peer reconnected before we noticed that its old link broke.
+            log.info("%r reconnected; its older link is dropped", identity)
+            await previous.send_quietly(m.Goodbye(reason=REPLACED))
+            await self.lost(previous.key, LinkInput.LOST, REPLACED)
+            await self._disconnect(previous.key)
 
     async def _refuse(self, link: Link, reason: str) -> None:
-        """Turn a remote away during the handshake, telling it why."""
-        self._drop(f"refused a Hello: {reason}")
+        """Turn a remote away during the handshake, telling it why (counted, logged)."""
+        self._counters.links_refused += 1
+        self._drop(f"refused a link: {reason}")
         await link.send_quietly(m.Goodbye(reason=reason))
         await self.lost(link.key, LinkInput.LOST, reason)
         await self._disconnect(link.key)
@@ -280,27 +339,34 @@ class Remotes:
         else:
             self._counters.reconnects += 1
             log.info("reconnected to %r", msg.identity)
-        self._opened(msg.identity)
+        self._opened(msg.identity, link)
         if self.forwarder is not None:
             self.forwarder.uplink_opened(link)
 
-    def appeared(self, name: str) -> None:
-        """``name`` (direct or announced) is in ``peers`` now."""
-        self._opened(name)
+    def appeared(self, name: str, link: Link) -> None:
+        """``name`` (direct or announced, reached through ``link``) is in ``peers`` now."""
+        self._opened(name, link)
         if self.forwarder is not None:
             self.forwarder.peer_changed(name, True, "")
 
-    def vanished(self, name: str, reason: str) -> None:
-        """``name`` is no longer in ``peers``."""
-        self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, name, reason))
+    def vanished(self, name: str, reason: str, link: Link) -> None:
+        """``name`` (last reached through ``link``) is no longer in ``peers``."""
+        self._emit(PeerEventKind.DISCONNECTED, name, reason, link, links=0)
         if self.forwarder is not None:
             self.forwarder.peer_changed(name, False, reason)
 
-    def _opened(self, identity: str) -> None:
+    def _opened(self, identity: str, link: Link) -> None:
         for waiter in self._waiters.pop(identity, []):
             if not waiter.done():
                 waiter.set_result(None)
-        self._events.emit(PeerEvent(PeerEventKind.CONNECTED, identity))
+        self._emit(PeerEventKind.CONNECTED, identity, "", link, links=1)
+
+    def _emit(
+        self, kind: PeerEventKind, name: str, reason: str, link: Link, links: int | None = None
+    ) -> None:
+        if links is None:
+            links = len(self.by_identity.get(name, ()))
+        self._events.emit(PeerEvent(kind, name, reason, link=link.serial, links=links))
 
     # -- links going -------------------------------------------------------------------------------
 
@@ -310,9 +376,10 @@ class Remotes:
             return  # we are closing too
         assert self._connection is not None
         if not self.options.bound and msg.reason == REPLACED:
-            # Another live peer took our identity. Reconnecting would replace it in turn,
-            # and the two would take turns for ever: this link stays down.
-            log.warning("a newer connection took identity %r; not reconnecting", self.identity)
+            # A newer link with our reconnect token replaced this one while we still use it:
+            # someone else holds our token. Reconnecting would replace it in turn, and the two
+            # would take turns for ever: this link stays down.
+            log.warning("a newer connection took this peer's place; not reconnecting")
             await self._connection.aclose()
             return
         await self._connection.disconnect(link.key)
@@ -330,9 +397,7 @@ class Remotes:
         was_open = link.session.is_open
         if link.session.transition(why) is not LinkState.BROKEN:
             return False
-        del self.links[key]
-        if self.by_identity.get(link.identity) is link:
-            del self.by_identity[link.identity]
+        self._forget(link)
         link.fail(PeerDisconnectedError(f"{link.identity or 'remote'}: {reason}"))
         if self.forwarder is not None:
             await self.forwarder.link_lost(link, reason)
@@ -345,11 +410,28 @@ class Remotes:
         if self.welcomed is not None and not self.welcomed.done() and not retry:
             self.welcomed.set_exception(PeerDisconnectedError(reason))
         for name in self.routes.drop_link(key):
-            self.vanished(name, reason)
+            self.vanished(name, reason, link)
         if was_open:
             self._counters.disconnects += 1
-            self.vanished(link.identity, reason)
+            if link.identity in self.by_identity:  # it has other links still
+                self._emit(PeerEventKind.DISCONNECTED, link.identity, reason, link)
+            else:
+                self.vanished(link.identity, reason, link)
         return True
+
+    def _forget(self, link: Link) -> None:
+        """Take an ended link out of every table."""
+        key = link.key
+        del self.links[key]
+        self._handshaking.pop(key, None)
+        links = self.by_identity.get(link.identity)
+        if links is not None and links.get(key) is link:
+            del links[key]
+            if not links:
+                del self.by_identity[link.identity]
+        token = self._token_of.pop(key, None)
+        if token is not None and self._tokens.get(token) is link:
+            del self._tokens[token]
 
     async def end_all(self, reason: str) -> None:
         """No event will come again: end every link, and a handshake still awaited."""
@@ -384,18 +466,22 @@ class Remotes:
 
     def end_links(self) -> None:
         """Our connection is closed: every link ends (CLOSED), and listeners hear of it."""
+        closed = "this peer closed"
         for link in self.links.values():
             for name in self.routes.drop_link(link.key):
-                self._events.emit(PeerEvent(PeerEventKind.DISCONNECTED, name, "this peer closed"))
+                self._emit(PeerEventKind.DISCONNECTED, name, closed, link, links=0)
             if link.session.state in _LIVE:  # it connected while we said our goodbyes
                 link.session.transition(LinkInput.CLOSE)
             if link.session.state is LinkState.CLOSING:
-                self._events.emit(
-                    PeerEvent(PeerEventKind.DISCONNECTED, link.identity, "this peer closed")
-                )
+                links = self.by_identity.get(link.identity, {})
+                links.pop(link.key, None)
+                self._emit(PeerEventKind.DISCONNECTED, link.identity, closed, link, len(links))
                 link.session.transition(LinkInput.CLOSED)
         self.links.clear()
         self.by_identity.clear()
+        self._tokens.clear()
+        self._token_of.clear()
+        self._handshaking.clear()
         self._events.close()
 
     # -- heartbeats --------------------------------------------------------------------------------
@@ -435,8 +521,13 @@ class Remotes:
         if type(msg) is m.PeerUp:
             name = self.routes.announce(link.key, link.identity, msg.peer)
             if name is not None:
-                self.appeared(name)
+                self.appeared(name, link)
         else:
             name = self.routes.withdraw(link.key, link.identity, msg.peer)
             if name is not None:
-                self.vanished(name, msg.reason or "gone")  # type: ignore[union-attr]
+                self.vanished(name, msg.reason or "gone", link)  # type: ignore[union-attr]
+
+
+def _newest(links: dict[bytes, Link]) -> Link:
+    """The most recently opened of one identity's links (they are kept oldest first)."""
+    return next(reversed(links.values()))

@@ -135,6 +135,9 @@ class PeerStatistics:
             (the remote closed, went silent, broke its connection, was replaced, ...).
         slow_remotes_dropped: Remotes dropped because they did not read what was sent to them
             (their unread output passed the transport's limit; see docs/reliability.md).
+        links_refused: Links a bound peer turned away before or during their handshake: a
+            Hello with a bad identity or another identity's reconnect token, or a half-open
+            connection pushed out by newer ones (``remotes.MAX_HANDSHAKES``).
     """
 
     calls_out: int
@@ -153,6 +156,7 @@ class PeerStatistics:
     reconnects: int
     disconnects: int
     slow_remotes_dropped: int
+    links_refused: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +183,7 @@ class Counters:
     reconnects: int = 0
     disconnects: int = 0
     slow_remotes_dropped: int = 0
+    links_refused: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     request_errors: dict[str, int] = field(default_factory=dict)
 
@@ -209,6 +214,7 @@ class Counters:
             reconnects=self.reconnects,
             disconnects=self.disconnects,
             slow_remotes_dropped=self.slow_remotes_dropped,
+            links_refused=self.links_refused,
         )
 
 

@@ -6,7 +6,8 @@ msgpack array ``[version, kind, flags, field...]`` with the fields in the order 
 class declares them (``body`` excluded). The body frame is the packed msgpack body, snappy
 compressed when flag bit 0 is set. docs/PROTOCOL.md is the normative description.
 
-Optional trailing fields (``Call.target`` and ``Call.origin``, added for federation) are left
+Optional trailing fields (``Call.target`` and ``Call.origin``, added for federation, and
+``Hello.token``, added for several links per identity) are left
 out of the header while they are ``None``, so a message that does not use them has exactly the
 bytes it had before they existed, and peers that predate them still understand it.
 
@@ -137,12 +138,13 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "target": _OptStr,
     "origin": _OptStr,
     "peer": _Str,
+    "token": _OptStr,
 }
 #: Fields that hold a route (``a/b/c``); besides their type, their syntax is checked.
 _ROUTE_FIELDS: Final = ("target", "origin", "peer")
 #: Fields that may be left out at the end of a header when they are ``None``; they must come
 #: last in their class.
-_OPTIONAL_TRAILING: Final = frozenset({"target", "origin"})
+_OPTIONAL_TRAILING: Final = frozenset({"target", "origin", "token"})
 _CLASSES: Final[tuple[type[m.Message], ...]] = m.MESSAGE_CLASSES
 
 

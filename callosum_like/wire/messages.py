@@ -265,12 +265,17 @@ class Hello:
     Attributes:
         identity: The name the connecting peer asks to be known by.
         max_body_size: The largest body this side accepts, in bytes.
+        token: The connecting ``Peer``'s reconnect token: random, the same in every Hello
+            of that Peer object and of no other. A Hello with the token of an open link of
+            the same identity replaces that link (the peer reconnected); links of one
+            identity with other tokens (or none) are served side by side.
     """
 
     KIND: ClassVar = MessageKind.HELLO
     TRAITS: ClassVar = frozenset({_T.HANDSHAKE})
     identity: str
     max_body_size: int
+    token: str | None = None
 
 
 @value_class(kw_only=True)

@@ -203,6 +203,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "target": st.none() | ROUTES,
     "origin": st.none() | ROUTES,
     "peer": ROUTES,
+    "token": st.none() | TEXT,
 }
 
 
@@ -274,6 +275,7 @@ DECLARED: dict[str, tuple[type, ...]] = {
     "target": (str, type(None)),
     "origin": (str, type(None)),
     "peer": _STR,
+    "token": (str, type(None)),
 }
 
 
@@ -898,6 +900,15 @@ def test_a_call_without_target_or_origin_leaves_them_out_of_its_header() -> None
     assert len(header_of(call)) == 3 + 7
     assert len(header_of(dataclasses.replace(call, target="agent-3"))) == 3 + 8
     assert header_of(dataclasses.replace(call, origin="agent-3"))[-2:] == [None, "agent-3"]
+
+
+def test_a_hello_without_token_has_the_header_of_peers_that_predate_it() -> None:
+    """A peer before several links per identity reads a tokenless Hello as before."""
+    hello = m.Hello(identity="agent-1", max_body_size=1024)
+    assert header_of(hello)[3:] == ["agent-1", 1024]
+    with_token = dataclasses.replace(hello, token="ab" * 16)
+    assert header_of(with_token)[3:] == ["agent-1", 1024, "ab" * 16]
+    assert decode(encode(with_token), max_body_size=BIG) == with_token
 
 
 @pytest.mark.parametrize("fields", [7, 8, 9])
