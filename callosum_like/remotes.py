@@ -146,6 +146,7 @@ class Remotes:
         self._tokens: dict[str, Link] = {}  # the open links' reconnect tokens (bound side)
         self._token_of: dict[bytes, str] = {}  # and back, by link key
         self._handshaking: dict[bytes, Link] = {}  # links awaiting their Hello (bound side)
+        self._over_announced: set[bytes] = set()  # links told that they announced too much
         self._serials = itertools.count(1)
         self._connection: Connection | None = None
         self._clock: Callable[[], float] = lambda: 0.0
@@ -424,6 +425,7 @@ class Remotes:
         key = link.key
         del self.links[key]
         self._handshaking.pop(key, None)
+        self._over_announced.discard(key)
         links = self.by_identity.get(link.identity)
         if links is not None and links.get(key) is link:
             del links[key]
@@ -500,7 +502,9 @@ class Remotes:
                     log.exception("heartbeat of %r failed", link.identity)
 
     async def _heartbeat(self, link: Link, now: float) -> None:
-        if link.session.expired(now):
+        if link.key in self._handshaking and link.session.expired(now):
+            await self._refuse(link, f"no Hello within {self.options.heartbeat_timeout} s")
+        elif link.session.expired(now):
             log.warning(
                 "%r went silent for %s s", link.identity or link.key, self.options.heartbeat_timeout
             )
@@ -519,7 +523,16 @@ class Remotes:
         if not self.options.bound:
             raise ProtocolError(f"{type(msg).__name__} sent to a connecting peer")
         if type(msg) is m.PeerUp:
-            name = self.routes.announce(link.key, link.identity, msg.peer)
+            try:
+                name = self.routes.announce(link.key, link.identity, msg.peer)
+            except ProtocolError as exc:
+                # A relay past its share says so with every further PeerUp: count each
+                # refusal, log the first of each link.
+                self._counters.dropped_messages += 1
+                if link.key not in self._over_announced:
+                    self._over_announced.add(link.key)
+                    log.warning("refused a PeerUp of %r: %s (logged once)", link.identity, exc)
+                return
             if name is not None:
                 self.appeared(name, link)
         else:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import resource
 from typing import Any
 
 import pytest
 
 import callosum_like as cl
 from callosum_like import auth
-from callosum_like.remotes import MAX_TOKEN_LENGTH, REPLACED
+from callosum_like.remotes import MAX_HANDSHAKES, MAX_TOKEN_LENGTH, REPLACED
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import pack_body
 
-from .conftest import bind_address, connect_address
+from .conftest import bind_address, connect_address, until
 from .rawpeer import MAX, RawClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -357,3 +359,103 @@ async def test_a_reconnecting_peer_replaces_only_its_own_dead_link(
         assert (event.kind, event.links) == (DISCONNECTED, 1)
         assert await server.invoke("who", to="agent-1") == "other"
         assert other.statistics().reconnects == 0
+
+
+# -- bad input at fleet scale ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def file_limit(needed: int) -> Any:
+    """Raise this process's soft limit of open files to ``needed`` for the block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"needs {needed} open files; the hard limit is {hard} (ulimit -Hn)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_flood_of_half_open_connections_is_bounded_and_counted(
+    peers: contextlib.AsyncExitStack,
+) -> None:
+    """Connections that never say Hello: the oldest are pushed out past MAX_HANDSHAKES."""
+    extra = 5
+    count = MAX_HANDSHAKES + extra
+    with file_limit(2 * count + 500):
+        server = await bound(peers, "tcp")
+        honest = await peers.enter_async_context(
+            cl.Peer(connect=connect_address(server), identity="honest")
+        )
+        honest.handle_function("double", double)
+        host, port = server.address.rsplit(":", 1)
+        flood: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            for _ in range(count):
+                flood.append(await asyncio.open_connection(host, int(port)))
+            await until(
+                lambda: server.statistics().links_refused == extra,
+                lambda: f"links_refused is {server.statistics().links_refused}",
+                timeout=30,
+            )
+            # The oldest were told why and cut off; the newest are still held.
+            async with asyncio.timeout(10):
+                cut_off = await flood[0][0].read()
+            assert b"without a Hello" in cut_off
+            assert not flood[-1][0].at_eof()
+            # Nobody else lost anything, and a newcomer still gets in.
+            assert server.peers == {"honest"}
+            assert await server.invoke("double", 21, to="honest") == 42
+            async with cl.Peer(connect=connect_address(server), identity="late") as late:
+                late.handle_function("double", double)
+                assert await server.invoke("double", 2, to="late") == 4
+        finally:
+            for _, writer in flood:
+                writer.close()
+
+
+async def test_a_link_that_never_says_hello_is_dropped_after_heartbeat_timeout(
+    transport_kind: str, peers: contextlib.AsyncExitStack
+) -> None:
+    server = await bound(peers, transport_kind, heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    raw = await RawClient.connect(server, transport_kind)
+    try:
+        # A ZeroMQ bound side learns of a remote from its first message: send one that is
+        # not a Hello (it is dropped, and the link waits for its Hello).
+        await raw.send(m.Ping())
+        answer = await raw.receive(timeout=10)
+        assert isinstance(answer, m.Goodbye)
+        assert "no Hello within 0.5 s" in answer.reason
+        assert server.statistics().links_refused == 1
+    finally:
+        await raw.aclose()
+
+
+async def test_ten_thousand_names_from_one_relay_are_held_and_the_excess_logged_once(
+    transport_kind: str,
+    peers: contextlib.AsyncExitStack,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("callosum_like.routing.MAX_ANNOUNCED_PEERS", 8_000)
+    server = await bound(peers, transport_kind)
+    agent = await peers.enter_async_context(
+        cl.Peer(connect=connect_address(server), identity="agent")
+    )
+    agent.handle_function("double", double)
+    relay, welcome = await raw_hello(server, transport_kind, "relay", None)
+    assert isinstance(welcome, m.Welcome)
+    try:
+        with caplog.at_level(logging.WARNING, logger="callosum_like"):
+            for number in range(10_000):
+                await relay.send(m.PeerUp(peer=f"agent-{number}"))
+            await relay.send(m.Ping())
+            assert isinstance(await relay.receive(timeout=30), m.Pong)
+        assert len(server.peers) == 2 + 8_000
+        assert server.statistics().dropped_messages == 2_000
+        refusals = [r for r in caplog.records if "refused a PeerUp" in r.getMessage()]
+        assert len(refusals) == 1
+        assert await server.invoke("double", 4, to="agent") == 8
+    finally:
+        await relay.aclose()
