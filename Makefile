@@ -10,11 +10,13 @@ PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning -rs
 install setup: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
-	@# The federation test builds network namespaces with `ip` (iproute2). A fresh CI machine
-	@# runs as root with Debian's tools only: install it there; anyone else goes on without.
-	@if ! command -v ip >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null \
-		|| echo "could not install iproute2: the network-namespace test will be skipped"; \
+	@# The federation test and the network fault test bed (tests/net, docs/netbed.md) build
+	@# network namespaces with `ip` and `tc` (iproute2) and `nft` (nftables). A fresh CI machine
+	@# runs as root with Debian's tools only: install them there; anyone else goes on without.
+	@if { ! command -v ip || ! command -v tc || ! command -v nft; } >/dev/null 2>&1 \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables >/dev/null \
+		|| echo "could not install iproute2 and nftables: the network-namespace tests will be skipped"; \
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
