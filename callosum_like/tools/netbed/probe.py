@@ -7,12 +7,13 @@ test or a tool can start them with ``supervisor.ChildProcess`` and read what the
 
 * ``echo --bind HOST``: serves TCP and UDP on one port until stdin ends. A TCP connection
   first receives ``PEER ip:port`` (the address the server sees it come from) and then gets
-  every byte back; each UDP datagram is sent back as it is.
+  every byte back; each UDP datagram is sent back as it is, except ``count``, which is
+  answered with ``count N``: the datagrams echoed so far.
 * ``rtt --to HOST:PORT --proto tcp|udp --count N``: N small round trips, one at a time;
   ``{"peer": ..., "rtts_ms": [...], "lost": k}`` (a UDP datagram not back in
   ``--wait-timeout`` seconds is lost).
-* ``loss --to HOST:PORT --count N``: N UDP datagrams in bursts, echoes counted;
-  ``{"sent": N, "received": k}``.
+* ``loss --to HOST:PORT --count N``: N UDP datagrams in bursts; ``{"sent": N, "arrived": j,
+  "received": k}``: j reached the server (its count), k came back to the client.
 * ``stream --to HOST:PORT --size BYTES``: random bytes over TCP, the echo read back at the
   same time and compared; ``{"bytes", "seconds", "intact"}`` (``seconds`` from the first
   byte sent to the last byte back).
@@ -46,19 +47,30 @@ __all__ = ["CONNECT_TIMEOUT", "BURST", "main"]
 #: Seconds a client waits for its TCP connection, unless told otherwise.
 CONNECT_TIMEOUT: Final = 5.0
 #: UDP datagrams sent at once by ``loss`` before it waits for their echoes.
-BURST: Final = 50
+BURST: Final = 100
 #: Bytes written at once by ``stream``.
 STREAM_CHUNK: Final = 64 * 1024
 #: Seconds ``loss`` waits, after the last echo of a burst came, for more before moving on.
 QUIET_TIME: Final = 0.1
+#: The UDP datagram that asks the echo server how many datagrams it has echoed.
+COUNT_QUERY: Final = b"count"
+#: Times ``loss`` asks for the count (each ask and answer may be lost too), ``QUIET_TIME`` apart.
+COUNT_ATTEMPTS: Final = 100
 
 
 class _Echo(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.echoed = 0
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.transport.sendto(data, addr)
+        if data == COUNT_QUERY:
+            self.transport.sendto(b"%s %d" % (COUNT_QUERY, self.echoed), addr)
+        else:
+            self.echoed += 1
+            self.transport.sendto(data, addr)
 
 
 async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -117,9 +129,14 @@ class _Replies(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.seen: set[int] = set()
         self.arrived = asyncio.Event()
+        self.count: int | None = None  # the echo server's answer to ``COUNT_QUERY``
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.seen.add(int(data.split(b" ", 1)[0]))
+        first, _, rest = data.partition(b" ")
+        if first == COUNT_QUERY:
+            self.count = int(rest)
+        else:
+            self.seen.add(int(first))
         self.arrived.set()
 
     def error_received(self, exc: Exception) -> None:
@@ -157,18 +174,36 @@ async def udp_rtt(to: tuple[str, int], count: int, wait: float) -> dict[str, Any
     return {"peer": None, "rtts_ms": rtts, "lost": count - len(rtts)}
 
 
+async def _echoed(transport: asyncio.DatagramTransport, replies: _Replies) -> int:
+    """How many datagrams the echo server has echoed so far (asked until it answers)."""
+    replies.count = None
+    for _ in range(COUNT_ATTEMPTS):
+        transport.sendto(COUNT_QUERY)
+        replies.arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(QUIET_TIME):
+                while replies.count is None:
+                    await replies.arrived.wait()
+                    replies.arrived.clear()
+        if replies.count is not None:
+            return replies.count
+    raise TimeoutError(f"the echo server did not tell its count in {COUNT_ATTEMPTS} attempts")
+
+
 async def udp_loss(to: tuple[str, int], count: int) -> dict[str, Any]:
-    """``count`` datagrams in bursts of ``BURST``; how many came back."""
+    """``count`` datagrams in bursts of ``BURST``; how many arrived, and came back."""
     transport, replies = await _udp(to)
     try:
+        before = await _echoed(transport, replies)
         for first in range(0, count, BURST):
             burst = range(first, min(first + BURST, count))
             for n in burst:
                 transport.sendto(f"{n} {'x' * 100}".encode())
             await _wait_for(replies, set(burst), QUIET_TIME)
+        arrived = await _echoed(transport, replies) - before
     finally:
         transport.close()
-    return {"sent": count, "received": len(replies.seen & set(range(count)))}
+    return {"sent": count, "arrived": arrived, "received": len(replies.seen & set(range(count)))}
 
 
 async def stream(to: tuple[str, int], size: int) -> dict[str, Any]:
