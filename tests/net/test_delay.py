@@ -39,6 +39,7 @@ async def test_each_round_trip_takes_twice_the_delay(bed: NetBed, echo: int, pro
     assert result["lost"] == 0
     assert min(result["rtts_ms"]) >= 2 * DELAY_MS - 1  # never released early (1 ms: rounding)
     assert median(result["rtts_ms"]) <= 2 * DELAY_MS + MARGIN_MS, result["rtts_ms"]
+    assert result["peer"].split(":")[0] == bed.address("a")  # b still sees its real caller
     stats = await bed.forwarder_statistics()
     assert stats["tcp_connections" if proto == "tcp" else "udp_flows"] == 1  # it went through
 

@@ -7,11 +7,11 @@ test or a tool can start them with ``supervisor.ChildProcess`` and read what the
 
 * ``echo --bind HOST``: serves TCP and UDP on one port until stdin ends. A TCP connection
   first receives ``PEER ip:port`` (the address the server sees it come from) and then gets
-  every byte back; each UDP datagram is sent back as it is, except ``count``, which is
-  answered with ``count N``: the datagrams echoed so far.
+  every byte back; each UDP datagram is sent back as it is, except two questions: ``count``
+  is answered with ``count N`` (the datagrams echoed so far), ``peer`` with ``peer ip:port``.
 * ``rtt --to HOST:PORT --proto tcp|udp --count N``: N small round trips, one at a time;
   ``{"peer": ..., "rtts_ms": [...], "lost": k}`` (a UDP datagram not back in
-  ``--wait-timeout`` seconds is lost).
+  ``--wait-timeout`` seconds is lost; ``peer`` is where the server saw the client).
 * ``loss --to HOST:PORT --count N``: N UDP datagrams in bursts; ``{"sent": N, "arrived": j,
   "received": k}``: j reached the server (its count), k came back to the client.
 * ``stream --to HOST:PORT --size BYTES``: random bytes over TCP, the echo read back at the
@@ -52,10 +52,11 @@ BURST: Final = 100
 STREAM_CHUNK: Final = 64 * 1024
 #: Seconds ``loss`` waits, after the last echo of a burst came, for more before moving on.
 QUIET_TIME: Final = 0.1
-#: The UDP datagram that asks the echo server how many datagrams it has echoed.
-COUNT_QUERY: Final = b"count"
-#: Times ``loss`` asks for the count (each ask and answer may be lost too), ``QUIET_TIME`` apart.
-COUNT_ATTEMPTS: Final = 100
+#: The UDP datagrams that ask the echo server a question rather than being echoed: how many
+#: datagrams it has echoed, and the address it sees the asker come from.
+QUESTIONS: Final = (b"count", b"peer")
+#: Times a question is asked (each ask and answer may be lost too), ``QUIET_TIME`` apart.
+ASK_ATTEMPTS: Final = 100
 
 
 class _Echo(asyncio.DatagramProtocol):
@@ -66,8 +67,10 @@ class _Echo(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if data == COUNT_QUERY:
-            self.transport.sendto(b"%s %d" % (COUNT_QUERY, self.echoed), addr)
+        if data == b"count":
+            self.transport.sendto(b"count %d" % self.echoed, addr)
+        elif data == b"peer":
+            self.transport.sendto(f"peer {addr[0]}:{addr[1]}".encode(), addr)
         else:
             self.echoed += 1
             self.transport.sendto(data, addr)
@@ -129,12 +132,12 @@ class _Replies(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.seen: set[int] = set()
         self.arrived = asyncio.Event()
-        self.count: int | None = None  # the echo server's answer to ``COUNT_QUERY``
+        self.answers: dict[bytes, str] = {}  # the echo server's answers to ``QUESTIONS``
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         first, _, rest = data.partition(b" ")
-        if first == COUNT_QUERY:
-            self.count = int(rest)
+        if first in QUESTIONS:
+            self.answers[first] = rest.decode()
         else:
             self.seen.add(int(first))
         self.arrived.set()
@@ -169,38 +172,39 @@ async def udp_rtt(to: tuple[str, int], count: int, wait: float) -> dict[str, Any
             await _wait_for(replies, {n}, wait)
             if n in replies.seen:
                 rtts.append((time.perf_counter() - started) * 1000)
+        peer = await _ask(transport, replies, b"peer")
     finally:
         transport.close()
-    return {"peer": None, "rtts_ms": rtts, "lost": count - len(rtts)}
+    return {"peer": peer, "rtts_ms": rtts, "lost": count - len(rtts)}
 
 
-async def _echoed(transport: asyncio.DatagramTransport, replies: _Replies) -> int:
-    """How many datagrams the echo server has echoed so far (asked until it answers)."""
-    replies.count = None
-    for _ in range(COUNT_ATTEMPTS):
-        transport.sendto(COUNT_QUERY)
+async def _ask(transport: asyncio.DatagramTransport, replies: _Replies, question: bytes) -> str:
+    """The echo server's answer to ``question`` (one of ``QUESTIONS``), asked until it comes."""
+    replies.answers.pop(question, None)
+    for _ in range(ASK_ATTEMPTS):
+        transport.sendto(question)
         replies.arrived.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(QUIET_TIME):
-                while replies.count is None:
+                while question not in replies.answers:
                     await replies.arrived.wait()
                     replies.arrived.clear()
-        if replies.count is not None:
-            return replies.count
-    raise TimeoutError(f"the echo server did not tell its count in {COUNT_ATTEMPTS} attempts")
+        if question in replies.answers:
+            return replies.answers[question]
+    raise TimeoutError(f"no answer to {question!r} in {ASK_ATTEMPTS} attempts")
 
 
 async def udp_loss(to: tuple[str, int], count: int) -> dict[str, Any]:
     """``count`` datagrams in bursts of ``BURST``; how many arrived, and came back."""
     transport, replies = await _udp(to)
     try:
-        before = await _echoed(transport, replies)
+        before = int(await _ask(transport, replies, b"count"))
         for first in range(0, count, BURST):
             burst = range(first, min(first + BURST, count))
             for n in burst:
                 transport.sendto(f"{n} {'x' * 100}".encode())
             await _wait_for(replies, set(burst), QUIET_TIME)
-        arrived = await _echoed(transport, replies) - before
+        arrived = int(await _ask(transport, replies, b"count")) - before
     finally:
         transport.close()
     return {"sent": count, "arrived": arrived, "received": len(replies.seen & set(range(count)))}
