@@ -14,11 +14,13 @@ each returns the process exit status (0 success, 1 failure, 2 usage error from a
   ``bench/results/``.
 * ``soak`` runs ``tools.soak.cli.run_soak``: a bounded load of calls, streams and short-lived
   clients while the server process is killed and restarted; it reports failures by kind and
-  memory.
+  memory. ``soak --churn`` is the churn soak instead: a fleet of agents, a share of them
+  replaced every interval, the bound side's memory and open files watched.
 
-``demo-server``, ``demo-client``, ``bench-server``, ``bench-client`` and ``soak-server`` are
-hidden subcommands: the child processes of ``demo``, ``bench`` and ``soak``. The commands
-live in ``callosum_like.tools``, the layer just below this one and above the library.
+``demo-server``, ``demo-client``, ``bench-server``, ``bench-client``, ``bench-hub``,
+``fleet-agents`` and ``soak-server`` are hidden subcommands: the child processes of ``demo``,
+``bench`` and ``soak``. The commands live in ``callosum_like.tools``, the layer just below
+this one and above the library.
 
 This is the top layer: nothing in the package imports it.
 """
@@ -38,8 +40,10 @@ from .tools.bench.children import (
     run_bench_server,
 )
 from .tools.bench.cli import add_bench_arguments, run_bench
+from .tools.bench.hub import add_hub_arguments, run_bench_hub
 from .tools.child import TRANSPORTS
 from .tools.demo import run_demo, run_demo_client, serve_demo
+from .tools.fleet import add_agents_arguments, run_agents
 from .tools.soak.cli import add_soak_arguments, run_soak
 from .tools.soak.server import add_soak_server_arguments, run_soak_server
 
@@ -103,7 +107,10 @@ def _parser() -> argparse.ArgumentParser:
         "streams and short-lived clients against it for --duration seconds while killing "
         "(SIGKILL) and restarting it every --kill-interval seconds. Reports calls made, "
         "failures by kind and resident memory; exits 1 if anything but "
-        "PeerDisconnectedError during a kill failed.",
+        "PeerDisconnectedError during a kill failed. With --churn, the churn soak instead: "
+        "--agents connecting peers in other processes, a share replaced every "
+        "--churn-interval, the bound side's memory and open files watched (exits 1 unless "
+        "they stay flat).",
     )
     add_soak_arguments(soak)
     soak.set_defaults(command=run_soak)
@@ -126,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     _transport_option(bench_client)
     add_client_arguments(bench_client)
     bench_client.set_defaults(command=run_bench_client)
+    bench_hub = commands.add_parser("bench-hub")
+    _transport_option(bench_hub)
+    add_hub_arguments(bench_hub)
+    bench_hub.set_defaults(command=run_bench_hub)
+    fleet_agents = commands.add_parser("fleet-agents")
+    add_agents_arguments(fleet_agents)
+    fleet_agents.set_defaults(command=run_agents)
     soak_server = commands.add_parser("soak-server")
     add_soak_server_arguments(soak_server)
     soak_server.set_defaults(command=run_soak_server)

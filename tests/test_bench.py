@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -15,10 +16,13 @@ from pathlib import Path
 import pytest
 
 from callosum_like.__main__ import main
-from callosum_like.tools.bench import cli, measure, steps, systems, workloads
+from callosum_like.tools import fleet
+from callosum_like.tools.bench import cli, fleet_step, measure, steps, systems, workloads
 from callosum_like.tools.supervisor import SOURCE_TREE, ChildProcess
 
 WORKLOAD_KEYS = ["W1", "W2", "W3-1MiB", "W3-16MiB", "W4", "W5"]
+#: The fleet workloads of ``--quick``: 20 agents in 2 processes.
+FLEET_KEYS = ["W6-20", "W7"]
 #: Whether ``--pin`` can run here (two usable CPUs).
 PINNABLE = len(os.sched_getaffinity(0)) >= 2
 
@@ -161,15 +165,17 @@ def test_quick_bench_of_our_systems(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
     out = result.stdout
-    for key in WORKLOAD_KEYS:
+    keys = WORKLOAD_KEYS + FLEET_KEYS
+    for key in keys:
         assert f"\n{key}: " in out
     lines = out.splitlines()
     assert any(line.startswith("system") and "calls/s" in line and "p99" in line for line in lines)
-    assert sum(line.startswith("callosum_like zeromq ") for line in lines) == len(WORKLOAD_KEYS)
-    assert sum(line.startswith("callosum_like tcp ") for line in lines) == len(WORKLOAD_KEYS)
-    assert "targets (issue 7)" in out
+    assert any(line.startswith("system") and "RSS/agent" in line for line in lines)
+    assert sum(line.startswith("callosum_like zeromq ") for line in lines) == len(keys)
+    assert sum(line.startswith("callosum_like tcp ") for line in lines) == len(keys)
+    assert "targets (issues 7 and 19)" in out
     assert "chart skipped: no callosum figures" in out
-    assert "12/12 like-tcp W5" in result.stderr  # the progress bar
+    assert "16/16 like-tcp W7" in result.stderr  # the progress bar
     assert "Warning" not in result.stderr
 
     report = json.loads(output.read_text())
@@ -178,12 +184,13 @@ def test_quick_bench_of_our_systems(tmp_path: Path) -> None:
     assert report["loop"] in {"uvloop", "asyncio"}
     assert report["chart"] is None
     assert report["pinned"] is None
+    assert report["fd_limit"] >= 1024
     assert {"python", "libzmq", "pyzmq", "callosum-like"} <= set(report["versions"])
     assert {"cpu_count", "cpu_model", "python", "os"} <= set(report["host"])
-    assert [w["key"] for w in report["workloads"]] == WORKLOAD_KEYS
+    assert [w["key"] for w in report["workloads"]] == keys
     assert [s["key"] for s in report["systems"]] == ["like-zeromq", "like-tcp"]
     results = {(r["system"], r["workload"]): r for r in report["results"]}
-    assert len(results) == 12
+    assert len(results) == 16
     for (system, workload), r in results.items():
         assert r["status"] == "ok", (system, workload, r["reason"])
         assert r["loop"] == report["loop"]
@@ -193,10 +200,28 @@ def test_quick_bench_of_our_systems(tmp_path: Path) -> None:
     assert w1["calls"] == 200
     assert 0 < w1["p50_us"] <= w1["p99_us"]
     assert results[("like-tcp", "W5")]["median"]["stream_bytes"] == 32 * 2**20
+    for system in ("like-zeromq", "like-tcp"):
+        check_fleet_figures(results[(system, "W6-20")]["median"], results[(system, "W7")]["median"])
     verdicts = {(t["target"], t["system"]): t["met"] for t in report["targets"]}
     assert verdicts[("W1 calls/s", "like-zeromq")] is None  # no callosum to compare with
     assert verdicts[("W4 small-call p99", "like-tcp")] in {True, False}
+    assert verdicts[("W7 invoke_all p99", "like-tcp")] in {True, False}
     assert "| system |" in output.with_suffix(".md").read_text()
+
+
+def check_fleet_figures(idle: dict[str, float], fan_out: dict[str, float]) -> None:
+    """The figures of the quick W6 and W7 (20 agents in 2 processes) are all there."""
+    assert (idle["agents"], idle["processes"]) == (20, 2)
+    assert idle["connected_after"] == 20  # every agent stayed connected through the window
+    assert idle["idle_seconds"] >= 1
+    assert idle["fds_per_agent"] >= 1  # one connection each, at least
+    assert idle["hub_rss_mib"] > 0
+    assert idle["hub_idle_rss_mib"] > 0
+    assert {"rss_kib_per_agent", "idle_cpu_percent", "connect_seconds"} <= set(idle)
+    assert (fan_out["agents"], fan_out["rounds"]) == (20, 20)
+    assert 0 < fan_out["p50_us"] <= fan_out["p99_us"]
+    assert fan_out["calls_per_s"] > 0
+    assert fan_out["cpu_ms_per_round"] >= 0
 
 
 @pytest.mark.timeout(300)
@@ -335,3 +360,107 @@ def test_baseline_runs_a_second_tree_beside_ours(tmp_path: Path) -> None:
         key="base-tcp", label="x", requires="asyncio", dists=(), root=str(empty)
     )
     assert "no callosum_like package" in (missing.missing() or "")
+
+
+# --- the fleet workloads (W6, W7) -------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_agents_are_shared_out_evenly_over_the_processes() -> None:
+    assert fleet_step.shares(10_000, 4) == [2_500] * 4
+    assert fleet_step.shares(10, 4) == [3, 3, 2, 2]
+    assert fleet_step.shares(3, 4) == [1, 1, 1]  # no empty process
+
+
+@pytest.mark.timeout(30)
+def test_fleet_workloads_are_named_by_their_agents() -> None:
+    sizes = dataclasses.replace(workloads.FULL_FLEET, idle_agents=(1_000, 10_000, 250))
+    made = workloads.fleet_workloads(sizes)
+    assert [w.key for w in made] == ["W6-1k", "W6-10k", "W6-250", "W7"]
+    assert [w.group for w in made] == ["W6", "W6", "W6", "W7"]
+    assert all(w.fleet and w.processes == 4 for w in made)
+    assert made[-1].agents == 1_000
+    assert not any(w.fleet for w in workloads.FULL_WORKLOADS)
+
+
+@pytest.mark.timeout(120)
+def test_fleet_options_size_the_w6_steps(tmp_path: Path) -> None:
+    output = tmp_path / "w6.json"
+    sizes = ["--fleet-agents", "3,5", "--fleet-processes", "1", "--idle-seconds", "0.5"]
+    quiet = ["--no-chart", "--no-progress", "--output", str(output)]
+    argv = ["--quick", "--systems", "like-tcp", "--workloads", "W6", *sizes, *quiet]
+    result = run_bench(*argv, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(output.read_text())
+    assert [w["key"] for w in report["workloads"]] == ["W6-3", "W6-5"]
+    medians = [r["median"] for r in report["results"]]
+    assert [(m["agents"], m["processes"], m["connected_after"]) for m in medians] == [
+        (3, 1, 3),
+        (5, 1, 5),
+    ]
+    assert all(m["idle_seconds"] >= 0.5 for m in medians)
+
+
+NO_FILES = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+from callosum_like.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_fleet_over_the_file_limit_is_a_failure_row_not_a_crash(tmp_path: Path) -> None:
+    output = tmp_path / "fds.json"
+    argv = ["bench", "--quick", "--systems", "like-tcp,raw-asyncio", "--workloads", "W6"]
+    argv += ["--fleet-agents", "500", "--no-chart", "--no-progress", "--output", str(output)]
+    result = subprocess.run(
+        [sys.executable, "-c", NO_FILES, *argv],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(SOURCE_TREE)},
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("callosum_like tcp"))
+    assert "error: needs about 564 open files in one process, the hard limit is 200" in row
+    assert "raw asyncio" not in result.stdout  # the peers have no fleet: no row at all
+    report = json.loads(output.read_text())
+    assert [(r["system"], r["status"]) for r in report["results"]] == [("like-tcp", "error")]
+    assert report["fd_limit"] == 200
+
+
+RAISE = """
+import resource
+from callosum_like.tools.fleet import raise_fd_limit
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
+print(raise_fd_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_the_soft_file_limit_is_raised_to_the_hard_limit() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RAISE],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": str(SOURCE_TREE)},
+        check=True,
+    )
+    assert result.stdout.split() == ["512", "512", "512"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.asyncio
+async def test_an_agents_process_that_cannot_open_says_why_and_fails() -> None:
+    with socket.socket() as sock:  # a port nobody listens at
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = fleet.agents_argv("tcp", f"127.0.0.1:{port}", 3, "lonely-")
+    async with ChildProcess("agents", argv, relay=False) as agents:
+        status = await agents.wait(50)
+        assert status == 1
+        assert "FAILED 0 agents open, then PeerDisconnectedError: cannot connect" in agents.tail()

@@ -7,11 +7,13 @@ so). Inside, the layers are:
 
 * ``demo``, ``soak`` and ``bench`` (a package): the three commands, independent of each other;
   ``demo_typed`` is the demo's Thrift and schema section.
+* ``fleet``: many connecting peers in one process (``fleet-agents``), the agents of the
+  benchmark's W6/W7 and of the churn soak, and the limit on open files they need.
 * ``supervisor``: the parent's side of a child process (``ChildProcess``: start, read its
   ``READY``/``RESULT`` lines, relay or keep its output, stop it in bounded steps) and the one
   set of timeouts that goes with it.
 * ``child``: the child's side (bind on loopback, announce ``READY``, stop at stdin's
-  end-of-file, leave Ctrl-C to the parent).
+  end-of-file, leave Ctrl-C to the parent, run on uvloop when asked).
 
 This package re-exports nothing: import from the defining module.
 """

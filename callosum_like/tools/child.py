@@ -6,6 +6,7 @@ Theory of operation: a server process of the demo, the benchmark or the soak bin
 (``wait_for_stdin_eof``): that is the parent's request to stop, and also what happens when the
 parent dies. Ctrl-C is left to the parent (``ignore_sigint``), which stops its children in
 order. ``connect_address`` turns the address a server reported into one to connect to.
+``run_loop`` runs a child's main coroutine on uvloop when asked or installed.
 
 Only the tools import this module.
 """
@@ -13,9 +14,11 @@ Only the tools import this module.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import signal
 import sys
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, TypeVar
 
 from ..addresses import AddressLike, TCPAddress
 
@@ -27,7 +30,10 @@ __all__ = [
     "announce",
     "wait_for_stdin_eof",
     "ignore_sigint",
+    "run_loop",
 ]
+
+T = TypeVar("T")
 
 #: The transports the demo, the benchmark and the soak can use, by command-line name.
 TRANSPORTS: Final = ("zeromq", "tcp")
@@ -81,3 +87,20 @@ async def wait_for_stdin_eof() -> None:
 def ignore_sigint() -> None:
     """Leave Ctrl-C to the parent, which stops its children in order."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_loop(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
+    """Run ``main`` on uvloop (``uvloop``, or ``auto`` when installed) or asyncio's loop.
+
+    Raises:
+        ImportError: ``loop`` is ``uvloop`` and uvloop is not installed.
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop != "asyncio":
+        try:
+            factory = importlib.import_module("uvloop").new_event_loop
+        except ImportError:
+            if loop == "uvloop":
+                raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)

@@ -6,7 +6,7 @@ connects, measures one workload (``measure.measure``), prints ``RESULT <json>`` 
 ``peer_main`` is that command line for a peer script in ``bench/peers/``, which brings its own
 server coroutine and client adapter; ``run_bench_server``/``run_bench_client`` are this
 project's (``bench-server``/``bench-client``). Both run on uvloop when asked or installed
-(``run_loop``).
+(``child.run_loop``).
 
 Only ``__main__``, the peer scripts and the benchmark's modules import this module.
 """
@@ -16,23 +16,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, TypeAlias, TypeVar, cast
+from typing import Any, Final, TypeAlias, cast
 
 from ...peer import Peer
 from ...request import Body, Handler, Request
-from ..child import announce, bind_address, connect_address, ignore_sigint
+from ..child import announce, bind_address, connect_address, ignore_sigint, run_loop
 from .measure import EchoClient, Payload, ProcessProbe, measure
 from .workloads import Workload
 
 __all__ = [
     "CALL_TIMEOUT",
     "Connect",
-    "run_loop",
     "peer_main",
     "add_server_arguments",
     "add_client_arguments",
@@ -40,28 +38,10 @@ __all__ = [
     "run_bench_client",
 ]
 
-T = TypeVar("T")
 #: Seconds any single call of a benchmark may take before the step is declared broken.
 CALL_TIMEOUT: Final = 120.0
 #: Opens a client connected to the address the server printed.
 Connect: TypeAlias = Callable[[str], AbstractAsyncContextManager[EchoClient]]
-
-
-def run_loop(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
-    """Run ``main`` on uvloop (``uvloop``, or ``auto`` when installed) or asyncio's loop.
-
-    Raises:
-        ImportError: ``loop`` is ``uvloop`` and uvloop is not installed.
-    """
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if loop != "asyncio":
-        try:
-            factory = importlib.import_module("uvloop").new_event_loop
-        except ImportError:
-            if loop == "uvloop":
-                raise
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
 
 
 def _loop_name() -> str:

@@ -1,9 +1,13 @@
 """The ``bench`` command: its options, the run over every step, and the files it writes.
 
 Theory of operation: ``run_bench`` walks ``repeat x systems x workloads``, one fresh server
-and client process per step (``steps.run_step``), with a ``Progress`` bar on stderr; then it
-prints the tables and targets (``report``) and writes the JSON (``record``), a Markdown copy
-of the tables, and the chart (``chart``). See the package's docstring for what is measured.
+and client process per step (``steps.run_step``), or for a fleet workload (W6, W7, this
+project only) a hub and its agents processes (``fleet_step.run_fleet_step``), with a
+``Progress`` bar on stderr; then it prints the tables and targets (``report``) and writes the
+JSON (``record``), a Markdown copy of the tables, and the chart (``chart``, W1 to W5). First
+it raises its soft limit on open files to the hard limit (``fleet.raise_fd_limit``), which
+its children inherit: 10,000 agents need more than the usual 1,024. See the package's
+docstring for what is measured.
 
 Only ``__main__`` imports this module.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -20,12 +25,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, TextIO
 
+from ..fleet import raise_fd_limit
 from .chart import write_chart
+from .fleet_step import applies, run_fleet_step
 from .record import HostLoad, host_load, json_report
 from .report import TARGETS, judge, render_markdown, render_text, tables, target_rows
 from .steps import Outcome, Pinning, Summary, run_step, summarize
 from .systems import SYSTEM_GROUPS, SYSTEMS, System, with_baseline
-from .workloads import FULL_WORKLOADS, QUICK_WORKLOADS, Workload
+from .workloads import (
+    FULL_FLEET,
+    FULL_WORKLOADS,
+    QUICK_FLEET,
+    QUICK_WORKLOADS,
+    FleetSizes,
+    Workload,
+    fleet_workloads,
+)
 
 __all__ = ["DEFAULT_OUTPUT", "Progress", "add_bench_arguments", "run_bench"]
 
@@ -99,8 +114,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--workloads",
         action="append",
         metavar="LIST",
-        help="comma-separated workloads (W1..W5, or W3-1MiB, W3-16MiB)",
+        help="comma-separated workloads (W1..W7, or W3-1MiB, W3-16MiB, W6-1k, W6-10k)",
     )
+    _add_fleet_arguments(parser)
     parser.add_argument(
         "--loop",
         choices=("auto", "uvloop", "asyncio"),
@@ -136,6 +152,57 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+def _add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    full = FULL_FLEET
+    parser.add_argument(
+        "--fleet-agents",
+        type=_counts,
+        metavar="LIST",
+        help="W6's agent counts, comma-separated (default "
+        + ",".join(str(n) for n in full.idle_agents)
+        + f"; quick {QUICK_FLEET.idle_agents[0]})",
+    )
+    parser.add_argument(
+        "--fan-out-agents",
+        type=_positive,
+        metavar="N",
+        help=f"W7's agents (default {full.fan_out_agents}; quick {QUICK_FLEET.fan_out_agents})",
+    )
+    parser.add_argument(
+        "--fleet-processes",
+        type=_positive,
+        metavar="N",
+        help=f"processes the agents are spread over (default {full.processes}; "
+        f"quick {QUICK_FLEET.processes})",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        metavar="SECONDS",
+        help=f"W6's window of idle CPU (default {full.idle_seconds:g}; "
+        f"quick {QUICK_FLEET.idle_seconds:g})",
+    )
+
+
+def _fleet_sizes(args: argparse.Namespace) -> FleetSizes:
+    """The fleet sizes: the catalogue's, with what the options changed."""
+    sizes = QUICK_FLEET if args.quick else FULL_FLEET
+    return dataclasses.replace(
+        sizes,
+        idle_agents=args.fleet_agents or sizes.idle_agents,
+        fan_out_agents=args.fan_out_agents or sizes.fan_out_agents,
+        processes=args.fleet_processes or sizes.processes,
+        idle_seconds=args.idle_seconds or sizes.idle_seconds,
+    )
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    counts = tuple(_positive(part) for part in text.split(",") if part.strip())
+    if not counts:
+        raise argparse.ArgumentTypeError("give at least one count")
+    return counts
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -168,7 +235,8 @@ def run_bench(args: argparse.Namespace) -> int:
     Returns:
         0 when every step that ran gave figures, 1 when any failed, 2 on bad options.
     """
-    catalogue = QUICK_WORKLOADS if args.quick else FULL_WORKLOADS
+    plain = QUICK_WORKLOADS if args.quick else FULL_WORKLOADS
+    catalogue = (*plain, *fleet_workloads(_fleet_sizes(args)))
     try:
         keys = _pick(args.systems, [s.key for s in SYSTEMS], SYSTEM_GROUPS)
         workload_keys = _pick(args.workloads, [w.key for w in catalogue], {})
@@ -183,6 +251,7 @@ def run_bench(args: argparse.Namespace) -> int:
     systems = with_baseline([s for s in SYSTEMS if s.key in keys], args.baseline)
     workloads = [w for w in catalogue if w.key in workload_keys]
     loop = _resolve_loop(args.loop)
+    raise_fd_limit()  # before any child starts: they inherit it
     pinned = "" if pin is None else f", servers on CPU {pin.server}, clients on CPU {pin.client}"
     print(
         f"callosum_like bench ({'quick, ' if args.quick else ''}{args.repeat} run(s) per "
@@ -214,14 +283,16 @@ async def _run_all(
         (s.key, w.key): [Outcome(skipped=missing[s.key])] if s.key in missing else []
         for s in systems
         for w in workloads
+        if applies(s, w)
     }
-    progress = Progress(args.repeat * len(runnable) * len(workloads), enabled=not args.no_progress)
+    steps = [(s, w) for s in runnable for w in workloads if applies(s, w)]
+    progress = Progress(args.repeat * len(steps), enabled=not args.no_progress)
     for run in range(args.repeat):
-        for system in runnable:
-            for workload in workloads:
-                progress.step(f"{system.key} {workload.key} (run {run + 1}/{args.repeat})")
-                outcome = await run_step(system, workload, loop, timeout, pin)
-                outcomes[(system.key, workload.key)].append(outcome)
+        for system, workload in steps:
+            progress.step(f"{system.key} {workload.key} (run {run + 1}/{args.repeat})")
+            step = run_fleet_step if workload.fleet else run_step
+            outcome = await step(system, workload, loop, timeout, pin)
+            outcomes[(system.key, workload.key)].append(outcome)
     progress.close()
     return {key: summarize(*key, runs) for key, runs in outcomes.items()}
 
@@ -238,17 +309,19 @@ def _report(
     text, markdown = tables(workloads, summaries)
     judged = [judge(t, summaries) for t in TARGETS if (t.system, t.workload) in summaries]
     if judged:
-        text += ["", "targets (issue 7)", *render_text(target_rows(judged), left=3)]
+        text += ["", "targets (issues 7 and 19)", *render_text(target_rows(judged), left=3)]
         markdown += ["", "#### Targets", "", *render_markdown(target_rows(judged), left=3)]
     print("\n".join(["", *text, ""]))
     output: Path = args.output
     output.parent.mkdir(parents=True, exist_ok=True)
     chart = output.with_suffix(".png")
+    compared = [w for w in workloads if not w.fleet]  # the peers have no fleets to compare
     chart_note = (
-        "chart skipped (--no-chart)" if args.no_chart else write_chart(workloads, summaries, chart)
+        "chart skipped (--no-chart)" if args.no_chart else write_chart(compared, summaries, chart)
     )
     report = json_report(systems, workloads, summaries, judged, args, loop, host_before, pin)
     report["chart"] = str(chart) if chart_note.startswith("wrote") else None
+    report["fd_limit"] = raise_fd_limit()
     output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     output.with_suffix(".md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
     print(f"wrote {output} and {output.with_suffix('.md')}; {chart_note}")

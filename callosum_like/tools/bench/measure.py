@@ -32,6 +32,7 @@ __all__ = [
     "ProcessProbe",
     "Window",
     "measure",
+    "latency_figures",
 ]
 
 #: Figures of one measured step, by name (see ``docs/performance.md``).
@@ -199,7 +200,7 @@ async def _sequential(client: EchoClient, workload: Workload, window: Window) ->
     return {
         **figures,
         **_rates(workload.calls, workload.body_size, figures["seconds"]),
-        **_latency(latencies),
+        **latency_figures(latencies),
     }
 
 
@@ -212,7 +213,7 @@ async def _concurrent(client: EchoClient, workload: Workload, window: Window) ->
     return {
         **figures,
         **_rates(workload.calls, workload.body_size, figures["seconds"]),
-        **_latency(latencies),
+        **latency_figures(latencies),
         "in_flight": workload.in_flight,
     }
 
@@ -264,7 +265,7 @@ async def _head_of_line(client: EchoClient, workload: Workload, window: Window) 
     big_rate = _rates(workload.big_calls, workload.big_size, figures["seconds"])["mb_per_s"]
     return {
         **figures,
-        **_latency(latencies),
+        **latency_figures(latencies),
         "small_calls": len(latencies),
         "big_calls": workload.big_calls,
         "big_mb_per_s": big_rate,
@@ -315,7 +316,8 @@ def _rates(calls: int, size: int, seconds: float, ways: int = 2) -> Metrics:
     }
 
 
-def _latency(latencies: list[float]) -> Metrics:
+def latency_figures(latencies: list[float]) -> Metrics:
+    """``p50_us`` and ``p99_us`` of ``latencies`` (seconds), nearest-rank."""
     ordered = sorted(latencies)
     return {"p50_us": _percentile(ordered, 50) * 1e6, "p99_us": _percentile(ordered, 99) * 1e6}
 

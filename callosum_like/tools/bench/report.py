@@ -2,8 +2,9 @@
 
 Theory of operation: one table per workload, a row per system in the order they ran, the
 columns of the workload's group (``COLUMNS``) as medians with their spread over repeats, and
-the ratio to ``systems.REFERENCE`` on the group's primary figure (``PRIMARY``). Below, the
-issue's targets (``TARGETS``) judged met, not met, or n/a when a figure is missing.
+the ratio to ``systems.REFERENCE`` on the group's primary figure (``PRIMARY``); the fleet
+workloads (W6, W7) run on this project only, so their tables have no ratio. Below, the
+issues' targets (``TARGETS``) judged met, not met, or n/a when a figure is missing.
 
 Only the benchmark's modules import this module.
 """
@@ -59,8 +60,24 @@ COLUMNS: Final[dict[str, tuple[tuple[str, str, str], ...]]] = {
         ("client RSS+", "client_peak_rss_mib", "MiB"),
         ("server RSS+", "server_peak_rss_mib", "MiB"),
     ),
+    "W6": (
+        ("agents", "agents", "count"),
+        ("RSS/agent", "rss_kib_per_agent", "KiB"),
+        ("bound RSS", "hub_rss_mib", "MiB"),
+        ("fds/agent", "fds_per_agent", "ratio"),
+        ("idle CPU", "idle_cpu_percent", "%"),
+        ("connect", "connect_seconds", "s"),
+    ),
+    "W7": (
+        ("agents", "agents", "count"),
+        ("p50", "p50_us", "us"),
+        ("p99", "p99_us", "us"),
+        ("calls/s", "calls_per_s", ""),
+        ("CPU/round", "cpu_ms_per_round", "ms"),
+    ),
 }
-#: The figure each workload group is compared on, and whether higher is better.
+#: The figure each workload group is compared on, and whether higher is better (the fleet
+#: workloads are compared with nothing).
 PRIMARY: Final[dict[str, tuple[str, bool]]] = {
     "W1": ("calls_per_s", True),
     "W2": ("calls_per_s", True),
@@ -71,13 +88,19 @@ PRIMARY: Final[dict[str, tuple[str, bool]]] = {
 
 
 def format_value(value: float, unit: str) -> str:
-    """``value`` for a table cell: microseconds as us or ms, MiB, a count, or a rate."""
+    """``value`` for a table cell: microseconds as us or ms, a size, a share, or a rate."""
     if unit == "us":
         return f"{value / 1000:,.1f} ms" if value >= 1000 else f"{value:,.0f} us"
     if unit == "MiB":
         return f"{value:,.1f} MiB"
     if unit == "count":
         return f"{value:,.0f}"
+    if unit == "%":
+        return f"{value:,.2f} %"
+    if unit in ("KiB", "s", "ms"):
+        return f"{value:,.1f} {unit}"
+    if unit == "ratio":
+        return f"{value:,.2f}"
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
 
 
@@ -94,7 +117,8 @@ def speedup(summary: Summary, reference: Summary | None, group: str) -> float | 
 def table_rows(workload: Workload, summaries: dict[tuple[str, str], Summary]) -> list[list[str]]:
     """Header and one row per system for one workload's table."""
     columns = COLUMNS[workload.group]
-    rows = [["system", *(c[0] for c in columns), f"x {REFERENCE}"]]
+    compared = workload.group in PRIMARY
+    rows = [["system", *(c[0] for c in columns), *([f"x {REFERENCE}"] if compared else [])]]
     reference = summaries.get((REFERENCE, workload.key))
     for key in dict.fromkeys(system for system, _ in summaries):  # in the order they ran
         summary = summaries.get((key, workload.key))
@@ -105,6 +129,9 @@ def table_rows(workload: Workload, summaries: dict[tuple[str, str], Summary]) ->
             rows.append([label, f"{summary.status}: {summary.reason}"])
             continue
         cells = [_cell(summary, metric, unit) for _, metric, unit in columns]
+        if not compared:
+            rows.append([label, *cells])
+            continue
         ratio = speedup(summary, reference, workload.group)
         rows.append([label, *cells, "" if ratio is None else f"{ratio:.2f}"])
     return rows
@@ -184,7 +211,9 @@ class _Target:
 
 
 def unit_of(metric: str) -> str:
-    return "us" if metric.endswith("_us") else "MiB" if metric.endswith("_mib") else ""
+    """The unit ``format_value`` gives a metric, from its name's suffix."""
+    units = {"_us": "us", "_mib": "MiB", "_kib_per_agent": "KiB", "_percent": "%"}
+    return next((unit for suffix, unit in units.items() if metric.endswith(suffix)), "")
 
 
 #: The issue's targets: (row, system, workload, metric, at least?, factor, reference or None).
@@ -202,6 +231,15 @@ _TARGET_TABLE: Final = (
     ("W4 small-call p99", "like-tcp", "W4", "p99_us", False, 5000, None),
     ("W5 stream RSS+ per process", "like-zeromq", "W5", "peak_rss_mib", False, 64, None),
     ("W5 stream RSS+ per process", "like-tcp", "W5", "peak_rss_mib", False, 64, None),
+    # Issue 19 (fleets): bound-side memory per idle agent, its idle CPU, the fan-out's p99.
+    ("W6-1k RSS per idle agent", "like-zeromq", "W6-1k", "rss_kib_per_agent", False, 16, None),
+    ("W6-1k RSS per idle agent", "like-tcp", "W6-1k", "rss_kib_per_agent", False, 8, None),
+    ("W6-10k RSS per idle agent", "like-zeromq", "W6-10k", "rss_kib_per_agent", False, 16, None),
+    ("W6-10k RSS per idle agent", "like-tcp", "W6-10k", "rss_kib_per_agent", False, 8, None),
+    ("W6-10k idle CPU", "like-zeromq", "W6-10k", "idle_cpu_percent", False, 2, None),
+    ("W6-10k idle CPU", "like-tcp", "W6-10k", "idle_cpu_percent", False, 2, None),
+    ("W7 invoke_all p99", "like-zeromq", "W7", "p99_us", False, 100_000, None),
+    ("W7 invoke_all p99", "like-tcp", "W7", "p99_us", False, 100_000, None),
 )
 TARGETS: Final = tuple(
     _Target(row=r, system=s, workload=w, metric=m, at_least=a, factor=f, reference=ref)

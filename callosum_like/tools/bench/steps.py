@@ -26,7 +26,7 @@ from .measure import Metrics
 from .systems import System
 from .workloads import Workload
 
-__all__ = ["Pinning", "Outcome", "run_step", "Summary", "summarize"]
+__all__ = ["Pinning", "Outcome", "run_step", "parse_result", "Summary", "summarize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ async def run_step(
     except (OSError, RuntimeError, TimeoutError) as exc:
         detail = f" (server: {server.tail()})" if server.tail() else ""
         return Outcome(error=f"{type(exc).__name__}: {exc}{detail}"[:500])
-    return _parse_result(text)
+    return parse_result(text)
 
 
 async def _client_step(
@@ -116,7 +116,8 @@ def _child(label: str, argv: Sequence[str], root: str | None, cpu: int | None) -
     return ChildProcess(label, argv, relay=False, env=env, cpu=cpu)
 
 
-def _parse_result(text: str) -> Outcome:
+def parse_result(text: str) -> Outcome:
+    """The ``Outcome`` of a child's ``RESULT`` text: its figures, or why it skipped."""
     report = json.loads(text)
     loop, kind = str(report.get("loop", "")), str(report.get("stream_kind", ""))
     if "skipped" in report:

@@ -4,7 +4,9 @@ Theory of operation: see the package's docstring (``callosum_like.tools.soak``).
 starts a ``load.Site`` per transport, floods each, runs the mixed load and the killers for
 the rest of ``--duration``, stops the load (a task that does not stop within
 ``LOAD_STOP_TIMEOUT``, or that crashed, fails the soak), checks that every server still
-answers, and returns the report that ``format_report`` prints.
+answers, and returns the report that ``format_report`` prints. With ``--churn`` it runs the
+churn soak instead (``churn``): a fleet of ``--agents`` connecting peers, a share of them
+replaced every ``--churn-interval``, the bound side's memory and open files watched.
 
 Only ``__main__`` imports this module.
 """
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..child import TRANSPORTS
+from ..fleet import raise_fd_limit
+from .churn import ChurnOptions, churn_soak, format_churn_report
 from .load import CALL_TIMEOUT, Site, churn, flood, killer, rss_mb, worker
 from .tally import Tally
 
@@ -42,6 +46,11 @@ DEFAULT_CLIENTS: Final = 4
 DEFAULT_FLOOD: Final = 100_000
 #: Seconds the load gets to stop at the end.
 LOAD_STOP_TIMEOUT: Final = 30.0
+#: The churn soak: agents, the processes they live in, and a tenth replaced every 10 s.
+DEFAULT_AGENTS: Final = 10_000
+DEFAULT_AGENT_PROCESSES: Final = 4
+DEFAULT_CHURN_INTERVAL: Final = 10.0
+DEFAULT_CHURN_FRACTION: Final = 0.1
 
 
 @dataclass
@@ -167,6 +176,8 @@ def format_report(report: dict[str, Any]) -> str:
 def run_soak(args: argparse.Namespace) -> int:
     """The ``soak`` subcommand; the exit status is 0 when the soak passed."""
     transports = TRANSPORTS if args.transport == "both" else (args.transport,)
+    if args.churn:
+        return _run_churn(args, tuple(transports))
     options = Options(
         args.duration, tuple(transports), args.kill_interval, args.clients, args.flood, args.json
     )
@@ -176,11 +187,35 @@ def run_soak(args: argparse.Namespace) -> int:
         flush=True,
     )
     report = asyncio.run(soak(options))
-    print(format_report(report), flush=True)
-    if options.json_path:
-        with open(options.json_path, "w") as out:
+    return _conclude(report, format_report(report), options.json_path)
+
+
+def _conclude(report: dict[str, Any], text: str, json_path: str | None) -> int:
+    """Print the report, write it as JSON if asked; the exit status is 0 when it passed."""
+    print(text, flush=True)
+    if json_path:
+        with open(json_path, "w") as out:
             json.dump(report, out, indent=2, default=str)
     return 0 if report["passed"] else 1
+
+
+def _run_churn(args: argparse.Namespace, transports: tuple[str, ...]) -> int:
+    options = ChurnOptions(
+        transports=transports,
+        agents=args.agents,
+        processes=args.agent_processes,
+        interval=args.churn_interval,
+        fraction=args.churn_fraction,
+        duration=args.duration,
+    )
+    print(
+        f"churn soak ({'+'.join(transports)}, open files limit {raise_fd_limit():,}): "
+        f"{options.agents:,} agents, {options.fraction:.0%} replaced every "
+        f"{options.interval:g} s for {options.duration:g} s per transport",
+        flush=True,
+    )
+    report = asyncio.run(churn_soak(options))
+    return _conclude(report, format_churn_report(report), args.json)
 
 
 def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,3 +228,26 @@ def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="per transport")
     parser.add_argument("--flood", type=int, default=DEFAULT_FLOOD, help="calls per transport")
     parser.add_argument("--json", help="also write the report as JSON to this path")
+    churn = parser.add_argument_group("the churn soak (--churn)")
+    churn.add_argument(
+        "--churn",
+        action="store_true",
+        help="instead: a fleet of agents in other processes, a share replaced every interval, "
+        "the bound side's memory and open files watched for --duration",
+    )
+    churn.add_argument("--agents", type=int, default=DEFAULT_AGENTS, help="agents connected")
+    churn.add_argument(
+        "--agent-processes",
+        type=int,
+        default=DEFAULT_AGENT_PROCESSES,
+        help="processes the agents live in",
+    )
+    churn.add_argument(
+        "--churn-interval", type=float, default=DEFAULT_CHURN_INTERVAL, help="seconds"
+    )
+    churn.add_argument(
+        "--churn-fraction",
+        type=float,
+        default=DEFAULT_CHURN_FRACTION,
+        help="share of the agents replaced every interval",
+    )
