@@ -7,6 +7,9 @@ so). Inside, the layers are:
 
 * ``demo``, ``soak`` and ``bench`` (a package): the three commands, independent of each other;
   ``demo_typed`` is the demo's Thrift and schema section.
+* ``netbed`` (a package, beside ``demo_typed``): the network fault test bed, hosts in network
+  namespaces with loss, bandwidth, delay, flaps and readdressing (``docs/netbed.md``); the
+  commands and the tests may run their children in it instead of on 127.0.0.1.
 * ``fleet``: many connecting peers in one process (``fleet-agents``), the agents of the
   benchmark's W6/W7 and of the churn soak, and the limit on open files they need.
 * ``supervisor``: the parent's side of a child process (``ChildProcess``: start, read its

@@ -182,13 +182,20 @@ class NetBed:
         await run("ip", "-n", namespace, "route", "replace", "default", "via", plan.gateway(number))
 
     async def _teardown(self) -> None:
+        """Remove everything, each part even when another failed; then raise the first error."""
         if self._forwarder is not None:
             forwarder, self._forwarder = self._forwarder, None
             await forwarder.__aexit__(None, None, None)
+        errors = []
         for namespace in [*map(self.name.namespace, self.hosts), self.router]:
-            await _remove_namespace(namespace)
+            try:
+                await _remove_namespace(namespace)
+            except NetBedError as exc:
+                errors.append(exc)
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)  # not None: never entered again
+        if errors:
+            raise errors[0]
 
     async def _sysctl(self, namespace: str, key: str, value: str) -> None:
         path = f"/proc/sys/{key}"
