@@ -118,10 +118,11 @@ class Forwarder:
                 )
                 try:
                     await wait_for_stdin_eof()
-                finally:
+                finally:  # the servers would wait for open connections: end them first
                     udp_task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await udp_task
+                    await self.tcp.aclose()
 
     async def _control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, udp: UDPRelay

@@ -116,8 +116,15 @@ class TCPRelay:
         self._buffer_size = buffer_size
         self._lines: set[DelayLine] = set()  # those of the connections being relayed
         self._past_peak = 0  # the largest peak of the lines of connections that ended
+        self._handlers: set[asyncio.Task[object]] = set()  # one per connection being relayed
         #: Connections relayed so far.
         self.connections = 0
+
+    async def aclose(self) -> None:
+        """Reset every connection being relayed and wait until their handlers have ended."""
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     def peak_buffered(self) -> int:
         """The most bytes any one direction of any connection has held."""
@@ -126,9 +133,14 @@ class TCPRelay:
     async def handle(self, near_reader: asyncio.StreamReader, near: asyncio.StreamWriter) -> None:
         """Relay one accepted connection until both sides are done (``start_server``'s callback).
 
-        Cancellation aborts both sides.
+        A failure on either side, or cancellation (``aclose``), resets both sides and ends
+        the relay quietly: this is a top-level task that nobody else waits for.
         """
         self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         caller = near.get_extra_info("peername")
         callee = near.get_extra_info("sockname")  # TPROXY: the address the caller dialled
         far: asyncio.StreamWriter | None = None
@@ -136,13 +148,11 @@ class TCPRelay:
             await asyncio.sleep(self._delay())
             far_reader, far = await self._dial(caller, callee)
             await self._relay(near_reader, near, far_reader, far)
-        except BaseException as exc:  # either side failed, or we are stopping: reset both
+        except (Exception, asyncio.CancelledError) as exc:  # a side failed, or ``aclose``
             log.debug("relay %s -> %s ended: %r", caller, callee, exc)
             for writer in (near, far):
                 if writer is not None:
                     _abort(writer)
-            if not isinstance(exc, Exception):
-                raise
         finally:
             for writer in (near, far):
                 if writer is not None:
