@@ -11,10 +11,12 @@ closes; then it closes them all and exits 0.
 
 With ``--churn-interval`` it also *replaces* ``--churn-fraction`` of them every interval, on a
 fixed schedule: the oldest close (each says goodbye), as many new ones with new identities
-open, and a ``CHURN ...`` line says how many and how long it took. A peer that cannot open
-(ZeroMQ out of sockets, the limit on open files, a handshake that timed out) ends the process
-with a ``FAILED ...`` line naming how many were open and why, and exit status 1: the parent
-turns that into a failure row, never a crash.
+open, and a ``CHURN ...`` line says how many and how long it took. A replacement under way
+when stdin closes is finished first, so that every agent that leaves has had its handshake.
+
+A peer that cannot open (ZeroMQ out of sockets, the limit on open files, a handshake that
+timed out) ends the process with a ``FAILED ...`` line naming how many were open and why,
+and exit status 1: the parent turns that into a failure row, never a crash.
 
 ``raise_fd_limit`` lifts the process's soft limit on open files (``RLIMIT_NOFILE``) to its
 hard limit; ``FDS_PER_AGENT`` and ``fd_shortfall`` say beforehand whether a process can hold
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import itertools
 import os
 import time
@@ -249,32 +252,43 @@ async def _agents(args: argparse.Namespace) -> int:
 async def _hold(fleet: Fleet, args: argparse.Namespace) -> None:
     """Hold the fleet (churning it, if asked) until stdin closes.
 
+    A replacement under way when stdin closes is finished first: the agents that leave then
+    have all had their handshake, and each says goodbye.
+
     Raises:
         FleetError: A replacement agent could not open.
     """
     if args.churn_interval <= 0:
         await wait_for_stdin_eof()
         return
+    stopping = asyncio.Event()
     eof = asyncio.ensure_future(wait_for_stdin_eof())
-    churning = asyncio.ensure_future(_churn(fleet, args))
+    churning = asyncio.ensure_future(_churn(fleet, args, stopping))
     try:
-        done, _ = await asyncio.wait({eof, churning}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({eof, churning}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.set()
+        await churning
     finally:
         for task in (eof, churning):
             task.cancel()
         await asyncio.gather(eof, churning, return_exceptions=True)
-    if churning in done:
-        churning.result()
 
 
-async def _churn(fleet: Fleet, args: argparse.Namespace) -> None:
-    """Every ``churn_interval`` s, replace ``churn_fraction`` of the fleet, on a fixed clock."""
+async def _churn(fleet: Fleet, args: argparse.Namespace, stopping: asyncio.Event) -> None:
+    """Every ``churn_interval`` s, replace ``churn_fraction`` of the fleet, on a fixed clock.
+
+    Returns once ``stopping`` is set, between two replacements.
+    """
     loop = asyncio.get_running_loop()
     count = max(1, round(len(fleet) * args.churn_fraction))
     due = loop.time()
     while True:
         due += args.churn_interval
-        await asyncio.sleep(max(due - loop.time(), 0))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(due):
+                await stopping.wait()
+        if stopping.is_set():
+            return
         started = time.perf_counter()
         await fleet.shrink(count)
         await fleet.grow(count)
