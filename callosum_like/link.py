@@ -28,7 +28,8 @@ from typing import Any, Final, cast
 
 from .errors import MessageTooLargeError, PeerClosedError, PeerDisconnectedError
 from .lower.base import Connection
-from .session import CallInput, Session
+from .replay import Replay, UnackedOverflow
+from .session import CallInput, LinkState, Session
 from .stats import Counters
 from .streams import CreditWindow, StreamInbox
 from .transfers import OutgoingTransfers, Reassembly, TransferStopped
@@ -48,6 +49,10 @@ BULK_CHUNKS: Final = 4
 _BODY_KINDS: Final = m.kinds_with(m.Trait.BODY)
 #: The messages of chunked transfers themselves: they do not make a link count as shared.
 TRANSFER_KINDS: Final = m.kinds_with(m.Trait.TRANSFER)
+#: What a resumable link does not number: the handshake and messages about the link itself.
+UNSEQUENCED_KINDS: Final = m.kinds_with(m.Trait.HANDSHAKE) | m.kinds_with(m.Trait.LINK)
+#: The states in which a handler's reply is sent (a suspended link keeps it for resumption).
+_REPLYING: Final = frozenset({LinkState.OPEN, LinkState.SUSPENDED})
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -86,6 +91,16 @@ class Link:
         self.key = key
         #: A number unique among its Peer's links (``PeerEvent.link``).
         self.serial = serial
+        #: The connecting Peer's reconnect token, from its Hello (bound side).
+        self.token: str | None = None
+        #: A resumable link's sequencing (``replay``); ``None`` for a plain link.
+        self.replay: Replay | None = None
+        #: False once the session can no longer be resumed (what it keeps overflowed).
+        self.resumable = True
+        #: When it was suspended, on the loop's clock.
+        self.suspended_at = 0.0
+        #: The new session a connecting side asked for in this link's Hello.
+        self.asked_session: str | None = None
         self.session = session
         self.user_id = user_id
         self.incoming = Reassembly(max_body_size)
@@ -151,6 +166,9 @@ class Link:
             if self.bulk_keys and kind is m.Call:
                 await self._after_bulk(msg.order_key)  # type: ignore[union-attr]
         frames = encode(msg, compress=self._compress)  # _send_frames, inline: the hot path
+        if self.replay is not None and kind not in UNSEQUENCED_KINDS:
+            await self._send_sequenced(frames)
+            return
         self._counters.bytes_out += sum(map(len, frames))
         await self._connection.send(frames, to=self.key)
 
@@ -165,7 +183,7 @@ class Link:
         The caller refuses a body over its ``max_body_size``, and its transport drops the
         whole link for a frame over it: answering the error instead costs only the call.
         """
-        if not self.session.is_open:
+        if self.session.state not in _REPLYING:
             return
         if type(reply) is m.Result and len(reply.body) > (limit := self.body_limit()):
             text = f"result of {len(reply.body)} bytes exceeds max_body_size {limit}"
@@ -186,8 +204,40 @@ class Link:
             self.send_in_background(m.Cancel(id=call_id))
 
     async def _send_frames(self, frames: list[Frame]) -> None:
+        if self.replay is not None:  # chunks and chunked heads are numbered
+            await self._send_sequenced(frames)
+            return
         self._counters.bytes_out += sum(map(len, frames))
         await self._connection.send(frames, to=self.key)
+
+    async def _send_sequenced(self, frames: list[Frame]) -> None:
+        """Number and keep a message of a resumable link; send it unless it is suspended.
+
+        A connection that turns out to be gone loses nothing: the message goes again when
+        the session is resumed.
+
+        Raises:
+            PeerDisconnectedError: What is kept passed ``max_unacked_bytes``: the session
+                cannot be resumed any more (the Peer ends it).
+            PeerClosedError: Our connection is closed.
+        """
+        assert self.replay is not None
+        try:
+            frames = self.replay.stamp(frames)
+        except UnackedOverflow as exc:
+            self.resumable = False
+            raise PeerDisconnectedError(f"{self.identity or 'remote'}: {exc}") from None
+        if self.session.state is LinkState.SUSPENDED:
+            return
+        self._counters.bytes_out += sum(map(len, frames))
+        with contextlib.suppress(PeerDisconnectedError):
+            await self._connection.send(frames, to=self.key)
+
+    async def resend(self, messages: list[list[Frame]]) -> None:
+        """After a resumption: send again what the remote lacks (enveloped already)."""
+        for frames in messages:
+            self._counters.bytes_out += sum(map(len, frames))
+            await self._connection.send(frames, to=self.key)
 
     async def _after_bulk(self, order_key: str | None) -> None:
         """Wait until no chunked call with ``order_key`` is being sent."""

@@ -30,6 +30,7 @@ __all__ = [
     "PeerOptions",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_UNACKED_BYTES",
     "check_count",
     "check_timeout",
     "check_positive",
@@ -40,6 +41,10 @@ __all__ = [
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: Requests a peer holds (running plus waiting) before it refuses new ones as overloaded.
 DEFAULT_MAX_PENDING: Final = 10_000
+#: Bytes of sent messages a resumable link keeps until the remote acknowledges them (at
+#: least twice ``max_body_size``): acknowledgements come every 64 messages or 1 MiB, so a
+#: live link keeps little; a suspended one keeps what was sent while it waits.
+DEFAULT_MAX_UNACKED_BYTES: Final = 256 * 2**20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +67,8 @@ class PeerOptions:
     heartbeat_interval: float
     heartbeat_timeout: float
     connect_timeout: float | None
+    resume_timeout: float = 0.0
+    max_unacked_bytes: int = 0
 
     @classmethod
     def build(
@@ -83,6 +90,8 @@ class PeerOptions:
         heartbeat_interval: float,
         heartbeat_timeout: float,
         connect_timeout: float | None,
+        resume_timeout: float = 0.0,
+        max_unacked_bytes: int | None = None,
     ) -> PeerOptions:
         """Check the arguments of ``Peer`` and return them as options.
 
@@ -115,6 +124,12 @@ class PeerOptions:
         timeout = check_positive("heartbeat_timeout", heartbeat_timeout)
         if timeout <= interval:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        resume = check_timeout("resume_timeout", resume_timeout)
+        if resume is None:
+            raise TypeError("resume_timeout must be seconds (0 turns resumption off)")
+        if max_unacked_bytes is None:
+            max_unacked_bytes = max(DEFAULT_MAX_UNACKED_BYTES, 2 * max_body_size)
+        check_count("max_unacked_bytes", max_unacked_bytes)
         return cls(
             bound=bound,
             address=address,
@@ -132,6 +147,8 @@ class PeerOptions:
             heartbeat_interval=interval,
             heartbeat_timeout=timeout,
             connect_timeout=connect_timeout,
+            resume_timeout=resume,
+            max_unacked_bytes=max_unacked_bytes,
         )
 
 

@@ -47,6 +47,8 @@ from .calls import UPLOAD_WINDOW, Caller
 from .dispatch import Dispatcher
 from .errors import PeerClosedError, PeerDisconnectedError, RPCTimeoutError
 from .events import DEFAULT_EVENT_BUFFER, EventHub, EventListener, PeerEvents
+from .forwarding import Forwarder
+from .heartbeats import keep_alive
 from .link import BULK_CHUNKS, SHARED_SPAN, Link
 from .lower.base import Connection, Transport
 from .options import (
@@ -59,9 +61,9 @@ from .options import (
 )
 from .ordering import Ordering
 from .receiving import Receiver
-from .remotes import REPLACED, Forwarder, Remotes
+from .remotes import REPLACED, Remotes
 from .request import Body, Handler, Headers, StreamHandler
-from .session import LinkInput
+from .session import LinkInput, LinkState
 from .stats import Counters, DropLog, Gauges, PeerStatistics
 from .transfers import DEFAULT_CHUNK_SIZE
 from .wire import messages as m
@@ -82,6 +84,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The states of a link that a failed send still ends (a suspended one too).
+_LIVE_LINK: Final = frozenset({LinkState.OPEN, LinkState.SUSPENDED})
 
 
 class Peer:
@@ -110,6 +115,13 @@ class Peer:
         heartbeat_timeout: Seconds of silence after which a remote is considered gone.
         connect_timeout: Seconds ``__aenter__`` of a connecting peer waits for the handshake,
             or ``None`` to wait for ever.
+        resume_timeout: Seconds a link's session is kept after its connection broke, for the
+            connecting side to resume it on a new one: calls, handlers and streams carry on,
+            each handler runs once. ``0`` (the default) ends the link at once. Takes effect
+            when both sides set it (docs/reliability.md).
+        max_unacked_bytes: Bytes a resumable link keeps of what it sent until the remote
+            acknowledges them; past it the session ends. Default: 256 MiB, or twice
+            ``max_body_size`` if larger.
         forwarder: For relays: the hooks that pass calls on (``remotes.Forwarder``,
             docs/federation.md). Others leave it ``None``.
 
@@ -147,6 +159,8 @@ class Peer:
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 15.0,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        resume_timeout: float = 0.0,
+        max_unacked_bytes: int | None = None,
         forwarder: Forwarder | None = None,
     ) -> None:
         self._options = options = PeerOptions.build(
@@ -166,6 +180,8 @@ class Peer:
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             connect_timeout=connect_timeout,
+            resume_timeout=resume_timeout,
+            max_unacked_bytes=max_unacked_bytes,
         )
         self._counters = Counters()
         self._drop_log = DropLog(log)
@@ -518,8 +534,11 @@ class Peer:
             clock=loop.time,
         )
         self._loops = [
-            asyncio.create_task(self._receive_loop(receiver), name=f"{self!r} receive"),
-            asyncio.create_task(self._remotes.keep_alive(), name=f"{self!r} heartbeat"),
+            asyncio.create_task(
+                receiver.run(self._connection.receive, self._closing, repr(self)),
+                name=f"{self!r} receive",
+            ),
+            asyncio.create_task(keep_alive(self._remotes, loop.time), name=f"{self!r} heartbeat"),
         ]
         if not options.bound:
             try:
@@ -557,6 +576,9 @@ class Peer:
 
     # -- wiring -----------------------------------------------------------------------------------
 
+    def _closing(self) -> bool:
+        return self._state in ("closing", "closed")
+
     def _check_open(self) -> None:
         if self._state != "open":
             raise PeerClosedError(
@@ -578,28 +600,9 @@ class Peer:
         self._counters.dropped_messages += 1
         self._drop_log.dropped(reason)
 
-    async def _send_reply(self, key: Hashable, reply: m.Message) -> None:
-        link = self._remotes.links.get(key)  # type: ignore[call-overload]
-        if link is not None:
-            await link.send_reply(reply)
+    async def _send_reply(self, link: Hashable, reply: m.Message) -> None:
+        await link.send_reply(reply)  # type: ignore[attr-defined]  # the dispatcher's key
 
     async def _link_gone(self, link: Link, error: PeerDisconnectedError) -> None:
-        if self._remotes.links.get(link.key) is link:
-            await self._remotes.lost(link.key, LinkInput.LOST, str(error))
-
-    async def _receive_loop(self, receiver: Receiver) -> None:
-        """Handle transport events until we close; if receiving fails, end every link.
-
-        A bad event costs that event (dropped, logged, counted). If ``receive`` itself
-        raises, or reports the connection closed while we did not close it, no event will
-        come again: the reason is logged at ERROR and every link ends, so each pending call
-        fails with ``PeerDisconnectedError`` instead of waiting for ever.
-        """
-        assert self._connection is not None
-        try:
-            await receiver.run(self._connection.receive)
-        except Exception as exc:
-            if self._state in ("closing", "closed") and isinstance(exc, PeerClosedError):
-                return  # our own close
-            log.error("%r stopped receiving: %r; its links end", self, exc, exc_info=exc)
-            await self._remotes.end_all(f"this peer stopped receiving ({exc!r})")
+        if link.session.state in _LIVE_LINK:  # not ended meanwhile
+            await self._remotes.lose(link, LinkInput.LOST, str(error))

@@ -24,10 +24,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from .dispatch import Dispatcher
-from .errors import AuthenticationError, ErrorCode, MessageTooLargeError, ProtocolError
-from .link import TRANSFER_KINDS, Link
-from .lower.base import AuthFailed, Connected, Disconnected, Received, TransportEvent
+from .errors import (
+    AuthenticationError,
+    ErrorCode,
+    MessageTooLargeError,
+    PeerClosedError,
+    ProtocolError,
+)
+from .link import TRANSFER_KINDS, UNSEQUENCED_KINDS, Link
+from .lower.base import AuthFailed, Connected, Disconnected, Frame, Received, TransportEvent
 from .remotes import Remotes
+from .replay import has_envelope
 from .routing import scoped
 from .session import CallInput, LinkInput
 from .stats import Counters
@@ -35,6 +42,16 @@ from .wire import messages as m
 from .wire.codec import ChunkedHead, OversizeBodyError, decode
 
 __all__ = ["Receiver"]
+
+#: The wire codes of what a resumable link does not number.
+_UNSEQUENCED_CODES: Final = frozenset(int(cls.KIND) for cls in UNSEQUENCED_KINDS)
+
+
+def _kind_of(frames: list[Frame]) -> int | None:
+    """The kind code in a header frame (its second byte: a positive fixint), if any."""
+    header = frames[0] if frames else b""
+    return header[2] if len(header) > 2 and header[0] & 0xF0 == 0x90 else None
+
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +85,28 @@ class Receiver:
         self._clock = clock
         self._max_body_size = remotes.options.max_body_size
 
-    async def run(self, receive: Callable[[], Awaitable[TransportEvent]]) -> None:
-        """Handle what ``receive`` returns, for ever; a bad event costs only itself.
+    async def run(
+        self,
+        receive: Callable[[], Awaitable[TransportEvent]],
+        closing: Callable[[], bool],
+        name: str,
+    ) -> None:
+        """Handle transport events until we close; if receiving fails, end every link.
 
-        Raises:
-            Exception: Whatever ``receive`` raised (the Peer's receive loop decides).
+        A bad event costs that event (dropped, logged, counted). If ``receive`` itself
+        raises, or reports the connection closed while we are not ``closing()``, no event
+        will come again: the reason is logged at ERROR and every link ends, so each pending
+        call fails with ``PeerDisconnectedError`` instead of waiting for ever.
         """
+        try:
+            await self._handle_events(receive)
+        except Exception as exc:
+            if closing() and isinstance(exc, PeerClosedError):
+                return  # our own close
+            log.error("%s stopped receiving: %r; its links end", name, exc, exc_info=exc)
+            await self._remotes.end_all(f"this peer stopped receiving ({exc!r})")
+
+    async def _handle_events(self, receive: Callable[[], Awaitable[TransportEvent]]) -> None:
         received, other = self.received, self.other
         while True:
             event = await receive()
@@ -95,13 +128,18 @@ class Receiver:
         Raises:
             ProtocolError: The message is garbage, or not allowed now (it is dropped).
         """
-        self._counters.bytes_in += sum(map(len, event.frames))
+        frames = event.frames
+        self._counters.bytes_in += sum(map(len, frames))
         link = self._links.get(event.peer)
         if link is None:
             self._drop("message from an unknown remote")
             return
+        if link.replay is not None:
+            frames = await self._unwrap(link, frames)
+            if not frames:
+                return  # received before
         try:
-            msg = decode(event.frames, max_body_size=self._max_body_size)
+            msg = decode(frames, max_body_size=self._max_body_size)
         except OversizeBodyError as exc:
             await self._refuse_oversize(link, exc)
             return
@@ -114,6 +152,33 @@ class Receiver:
         if type(msg) not in TRANSFER_KINDS:
             link.saw_other(now)
         await self.HANDLERS[type(msg)](self, link, msg)
+
+    async def _unwrap(self, link: Link, frames: list[Frame]) -> list[Frame]:
+        """A resumable link's message without its envelope; ``[]`` for a duplicate.
+
+        Raises:
+            ProtocolError: A numbered kind came without an envelope, or the envelope says
+                messages were lost (the connection is dropped: resuming recovers them) or
+                acknowledges what we never sent.
+        """
+        replay = link.replay
+        assert replay is not None
+        if not has_envelope(frames):
+            if _kind_of(frames) not in _UNSEQUENCED_CODES:
+                raise ProtocolError("a message without its sequence number on a resumable link")
+            return frames
+        try:
+            fresh = replay.accept(frames[0], sum(map(len, frames)))
+        except ProtocolError:
+            await self._remotes.lose(link, LinkInput.LOST, "sequence numbers out of order")
+            await self._remotes.disconnect(link.key)
+            raise
+        if not fresh:
+            self._drop(f"message {replay.received} or older, received before")
+            return []
+        if replay.ack_due():
+            link.send_in_background(m.Ack(seq=replay.ack()))
+        return frames[1:]
 
     async def other(self, event: TransportEvent) -> None:
         """A remote connected or went away, or authentication failed."""
@@ -138,7 +203,7 @@ class Receiver:
         ):
             return
         peer_id = link.identity if msg.origin is None else scoped(link.identity, msg.origin)
-        await self._dispatcher.call(link.key, peer_id, msg)
+        await self._dispatcher.call(link, peer_id, msg)
 
     async def _forward(self, link: Link, msg: m.Call) -> bool:
         """Pass on a call for a peer behind us (or one we do not serve); True once handled."""
@@ -155,15 +220,15 @@ class Receiver:
     async def _cancel(self, link: Link, msg: m.Cancel) -> None:
         if self._forwarder is not None and await self._forwarder.forward_control(link, msg):
             return
-        await self._dispatcher.cancel(link.key, msg.id)
+        await self._dispatcher.cancel(link, msg.id)
 
     async def _credit(self, link: Link, msg: m.Credit) -> None:
         if self._forwarder is not None and await self._forwarder.forward_control(link, msg):
             return
-        self._dispatcher.credit(link.key, msg.id, msg.amount)
+        self._dispatcher.credit(link, msg.id, msg.amount)
 
     async def _upload(self, link: Link, msg: m.UploadItem | m.UploadEnd) -> None:
-        if self._dispatcher.upload(link.key, msg) is False:
+        if self._dispatcher.upload(link, msg) is False:
             self._drop(f"upload item for call {msg.id} past its credit or its end")
 
     # -- replies to our calls ---------------------------------------------------------------------
@@ -203,7 +268,7 @@ class Receiver:
         await self._remotes.hello(link, msg)
 
     async def _welcome(self, link: Link, msg: m.Welcome) -> None:
-        self._remotes.welcome(link, msg)
+        await self._remotes.welcome(link, msg)
 
     async def _goodbye(self, link: Link, msg: m.Goodbye) -> None:
         await self._remotes.goodbye(link, msg)
@@ -213,6 +278,11 @@ class Receiver:
 
     async def _pong(self, link: Link, msg: m.Pong) -> None:
         """Liveness was recorded by ``session.receive``; nothing else to do."""
+
+    async def _ack(self, link: Link, msg: m.Ack) -> None:
+        if link.replay is None:
+            raise ProtocolError("Ack on a link that is not resumable")
+        link.replay.acknowledged(msg.seq)
 
     async def _announced(self, link: Link, msg: m.PeerUp | m.PeerDown) -> None:
         self._remotes.announced(link, msg)
@@ -274,6 +344,7 @@ class Receiver:
         m.Cancel: _cancel,
         m.Ping: _ping,
         m.Pong: _pong,
+        m.Ack: _ack,
         m.Goodbye: _goodbye,
         m.StreamItem: _stream_item,
         m.Credit: _credit,

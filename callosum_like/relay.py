@@ -12,7 +12,8 @@ body, it only rewrites the call ``id`` of each hop and the ``target``/``origin``
 * Up: a call from below without a target, for a method the relay does not serve, goes
   upstream with ``origin`` set to the caller's route below the relay.
 * Back: replies, stream items, ``Cancel`` and ``Credit`` (rules by kind: ``hops``) are
-  matched by (link, id) in ``_Forwards``, sent on with the other hop's id, else verbatim.
+  matched by (link, id) in a ``forward_table.ForwardTable``, sent on with the other hop's
+  id, else verbatim.
   Stream credit therefore passes end to end: the relay holds no items and buffers nothing
   beyond its transports' bounded queues.
 * Faults: when the link a call was forwarded *to* ends, its caller is answered
@@ -40,7 +41,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
@@ -53,6 +53,7 @@ from .errors import (
     RPCError,
 )
 from .events import PeerEventKind, PeerEvents
+from .forward_table import Forward, ForwardTable
 from .hops import FORWARDING, Hop
 from .link import Link
 from .lower.base import Transport
@@ -76,69 +77,6 @@ MAX_FORWARDED: Final = 100_000
 DEFAULT_RECONNECT_INTERVAL: Final = 0.1
 #: The longest wait between two upstream connection attempts, in seconds.
 DEFAULT_MAX_RECONNECT_INTERVAL: Final = 5.0
-
-
-@dataclass(eq=False, slots=True)
-class _Forward:
-    """One call in flight through the relay: where it came from and where it went."""
-
-    caller_link: Link
-    caller_id: int
-    callee_link: Link
-    callee_id: int
-
-
-class _Forwards:
-    """The calls in flight through the relay, found by either end's (link, id)."""
-
-    def __init__(self) -> None:
-        self._by_caller: dict[Link, dict[int, _Forward]] = {}
-        self._by_callee: dict[Link, dict[int, _Forward]] = {}
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def add(self, fwd: _Forward) -> None:
-        self._by_caller.setdefault(fwd.caller_link, {})[fwd.caller_id] = fwd
-        self._by_callee.setdefault(fwd.callee_link, {})[fwd.callee_id] = fwd
-        self._count += 1
-
-    def from_caller(self, link: Link, call_id: int) -> _Forward | None:
-        return self._by_caller.get(link, {}).get(call_id)
-
-    def to_callee(self, link: Link, call_id: int) -> _Forward | None:
-        return self._by_callee.get(link, {}).get(call_id)
-
-    def remove(self, fwd: _Forward) -> None:
-        if _pop(self._by_caller, fwd.caller_link, fwd.caller_id):
-            _pop(self._by_callee, fwd.callee_link, fwd.callee_id)
-            self._count -= 1
-
-    def pop_caller(self, link: Link) -> list[_Forward]:
-        """Forget and return the calls that came in on ``link``."""
-        return self._pop_all(list(self._by_caller.get(link, {}).values()))
-
-    def pop_callee(self, link: Link) -> list[_Forward]:
-        """Forget and return the calls that went out on ``link``."""
-        return self._pop_all(list(self._by_callee.get(link, {}).values()))
-
-    def pop_everything(self) -> list[_Forward]:
-        return self._pop_all([f for calls in self._by_caller.values() for f in calls.values()])
-
-    def _pop_all(self, forwards: list[_Forward]) -> list[_Forward]:
-        for fwd in forwards:
-            self.remove(fwd)
-        return forwards
-
-
-def _pop(table: dict[Link, dict[int, _Forward]], link: Link, call_id: int) -> bool:
-    calls = table.get(link)
-    if calls is None or calls.pop(call_id, None) is None:
-        return False
-    if not calls:
-        del table[link]
-    return True
 
 
 class Relay:
@@ -168,6 +106,8 @@ class Relay:
         max_reconnect_interval: The longest wait between upstream attempts, in seconds.
         max_forwarded: Calls in flight through the relay before more are refused
             (``OverloadedError`` for their callers).
+        resume_timeout: As for ``Peer``, on both hops: each resumes on its own, so an agent
+            below keeps its calls through a break of either hop.
 
     Raises:
         TypeError, ValueError: An argument is wrong (the message names it).
@@ -191,10 +131,12 @@ class Relay:
         reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
         max_reconnect_interval: float = DEFAULT_MAX_RECONNECT_INTERVAL,
         max_forwarded: int = MAX_FORWARDED,
+        resume_timeout: float = 0.0,
     ) -> None:
         options = functools.partial(
             Peer,
             identity=identity,
+            resume_timeout=resume_timeout,
             max_body_size=max_body_size,
             compress=compress,
             heartbeat_interval=heartbeat_interval,
@@ -224,7 +166,7 @@ class Relay:
         )
         self._max_forwarded = max_forwarded
         self._heartbeat_timeout = float(heartbeat_timeout)
-        self._forwards = _Forwards()
+        self._forwards = ForwardTable()
         self._dirty: dict[str, str] = {}  # names to announce -> why they went (if they did)
         self._wake = asyncio.Event()
         self._upstream_open = asyncio.Event()
@@ -447,7 +389,7 @@ class Relay:
             await caller_link.send_quietly(refusal)
             return
         callee_id = callee_link.session.start_call()
-        fwd = _Forward(caller_link, msg.id, callee_link, callee_id)
+        fwd = Forward(caller_link, msg.id, callee_link, callee_id)
         self._forwards.add(fwd)
         call = dataclasses.replace(msg, id=callee_id, target=target, origin=origin)
         try:
@@ -593,7 +535,7 @@ async def _answer(link: Link, call_id: int, text: str) -> None:
     await link.send_quietly(_error(call_id, ErrorCode.PEER_DISCONNECTED, text))
 
 
-async def _cancel(fwd: _Forward) -> None:
+async def _cancel(fwd: Forward) -> None:
     """The caller of ``fwd`` is gone: cancel the call on the callee's side."""
     with contextlib.suppress(ProtocolError):  # already abandoned by its caller
         fwd.callee_link.session.call_input(fwd.callee_id, CallInput.ABANDON)

@@ -34,13 +34,15 @@ import itertools
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from .errors import PeerClosedError, PeerDisconnectedError, ProtocolError, UnknownPeerError
 from .events import EventHub, PeerEvent, PeerEventKind
+from .forwarding import Forwarder
 from .link import Link, Spawn
 from .lower.base import CONNECTED_KEY, Connected, Connection
 from .options import PeerOptions
+from .resumption import Resumption
 from .routing import RouteTable
 from .session import LinkInput, LinkState, Session
 from .stats import Counters
@@ -65,41 +67,6 @@ MAX_HANDSHAKES: Final = 4096
 MAX_TOKEN_LENGTH: Final = 64
 #: The link states a link is in until we close it (CLOSE applies to them).
 _LIVE: Final = frozenset({LinkState.CONNECTING, LinkState.OPEN})
-
-
-class Forwarder(Protocol):
-    """What a relay plugs into a Peer (``Peer(..., forwarder=...)``) to pass calls on.
-
-    The Peer calls these from its receive loop; none may raise for a link that is gone.
-    """
-
-    async def forward_call(self, link: Link, msg: m.Call) -> bool:
-        """Take a call with a ``target``, or one for a method this peer does not serve.
-
-        Returns False to let the peer answer it itself (``MethodNotFoundError`` or, for a
-        target, ``PeerDisconnectedError``).
-        """
-        ...
-
-    async def forward_reply(self, link: Link, msg: m.Message) -> bool:
-        """A reply or stream item arrived on ``link`` for a call no local caller made."""
-        ...
-
-    async def forward_control(self, link: Link, msg: m.Cancel | m.Credit) -> bool:
-        """A Cancel or Credit for a call that arrived on ``link``; False if not forwarded."""
-        ...
-
-    async def link_lost(self, link: Link, reason: str) -> None:
-        """``link`` ended; fail or cancel what was forwarded through it."""
-        ...
-
-    def peer_changed(self, name: str, up: bool, reason: str) -> None:
-        """A name (direct or announced) appeared in or vanished from ``peer.peers``."""
-        ...
-
-    def uplink_opened(self, link: Link) -> None:
-        """A connecting peer completed its handshake (also after a reconnection)."""
-        ...
 
 
 class Remotes:
@@ -147,6 +114,7 @@ class Remotes:
         self._token_of: dict[bytes, str] = {}  # and back, by link key
         self._handshaking: dict[bytes, Link] = {}  # links awaiting their Hello (bound side)
         self._over_announced: set[bytes] = set()  # links told that they announced too much
+        self.resumption = Resumption(options)
         self._serials = itertools.count(1)
         self._connection: Connection | None = None
         self._clock: Callable[[], float] = lambda: 0.0
@@ -156,6 +124,10 @@ class Remotes:
         self._connection = connection
         self._clock = clock
 
+    def awaits_hello(self, link: Link) -> bool:
+        """Whether ``link`` (bound side) has not said Hello yet."""
+        return link.key in self._handshaking
+
     # -- looking remotes up -----------------------------------------------------------------------
 
     @property
@@ -163,19 +135,30 @@ class Remotes:
         """Identities of the connected remotes with a completed handshake."""
         if self.options.bound:
             return frozenset(self.by_identity).union(self.routes)
-        link = self.links.get(CONNECTED_KEY)
-        return frozenset({link.identity}) if link and link.session.is_open else frozenset()
+        link = self.uplink
+        return frozenset() if link is None else frozenset({link.identity})
+
+    def all_links(self) -> list[Link]:
+        """Every link: those on a connection, and those suspended for resumption."""
+        return [*self.links.values(), *self.resumption.kept()]
 
     @property
     def calls_in_flight(self) -> int:
         """Our calls and streams that await their reply, on every link."""
-        return sum(len(link.pending) + len(link.streams) for link in self.links.values())
+        return sum(len(link.pending) + len(link.streams) for link in self.all_links())
 
     @property
     def uplink(self) -> Link | None:
-        """The open link of a connecting peer, or ``None`` (always, on the bound side)."""
+        """The open link of a connecting peer, or ``None`` (always, on the bound side).
+
+        A session suspended for resumption counts as open: what is sent on it goes out
+        when it is resumed.
+        """
         link = self.links.get(CONNECTED_KEY)
-        return link if link is not None and link.session.is_open else None
+        if link is not None and link.session.is_open:
+            return link
+        kept = self.resumption.current
+        return kept if kept is not None and kept.session.state is LinkState.SUSPENDED else None
 
     def route(self, to: str | None) -> tuple[Link, str | None]:
         """The link a call ``to`` goes out on, and the ``Call.target`` to send with it.
@@ -215,9 +198,8 @@ class Remotes:
         found = self.routes.lookup(name)
         if found is None:
             return None
-        key, target = found
-        link = self.links.get(key)  # type: ignore[call-overload]
-        return None if link is None else (link, target)
+        link, target = found
+        return link, target  # type: ignore[return-value]
 
     async def wait_for(self, identity: str, timeout: float | None) -> None:
         """Wait until a remote named ``identity`` has connected (see ``Peer.wait_for_peer``)."""
@@ -266,15 +248,14 @@ class Remotes:
             self._handshaking[link.key] = link
             if len(self._handshaking) > MAX_HANDSHAKES:
                 oldest = next(iter(self._handshaking.values()))
-                await self._refuse(oldest, f"more than {MAX_HANDSHAKES} links without a Hello")
+                await self.refuse(oldest, f"more than {MAX_HANDSHAKES} links without a Hello")
         else:
             # In the background: a ZeroMQ DEALER holds the send until its security handshake
             # completes, and the receive loop must stay free to hear that it failed.
-            link.send_in_background(
-                m.Hello(
-                    identity=self.identity, max_body_size=options.max_body_size, token=self.token
-                )
+            hello = m.Hello(
+                identity=self.identity, max_body_size=options.max_body_size, token=self.token
             )
+            link.send_in_background(self.resumption.hello(link, hello))
 
     async def hello(self, link: Link, msg: m.Hello) -> None:
         """The bound side's half of the handshake: register the remote, and welcome it."""
@@ -283,29 +264,32 @@ class Remotes:
         if not msg.identity or msg.max_body_size < 1:
             raise ProtocolError(f"bad Hello: {msg!r}")
         identity = link.user_id or msg.identity
-        if ROUTE_SEPARATOR in identity:
-            await self._refuse(link, f"identity {identity!r} contains {ROUTE_SEPARATOR!r}")
+        try:
+            previous = self._check_hello(identity, msg.token)
+        except ProtocolError as exc:
+            await self.refuse(link, str(exc))
             return
-        token, previous = msg.token, None
-        if token is not None:
-            if not token or len(token) > MAX_TOKEN_LENGTH:
-                await self._refuse(link, f"a reconnect token of {len(token)} characters")
-                return
-            previous = self._tokens.get(token)
-            if previous is not None and previous.identity != identity:
-                # Only the Peer that holds the token can have sent it, and it cannot have
-                # changed its identity: whoever sent this is not that Peer.
-                await self._refuse(link, f"the reconnect token of another identity ({identity!r})")
-                return
+        if msg.session is not None and msg.received is not None:
+            await self._resume(link, msg, identity)
+            return
         self._handshaking.pop(link.key, None)
         link.session.handshake(identity, msg.max_body_size)
+        link.token = token = msg.token
+        try:
+            session = None if msg.session is None else self.resumption.open(link, msg.session)
+        except ProtocolError as exc:
+            await self.refuse(link, str(exc))
+            return
         links = self.by_identity.setdefault(identity, {})
         links[link.key] = link
         if token is not None:
             self._tokens[token] = link
             self._token_of[link.key] = token
         welcome = m.Welcome(
-            identity=self.identity, assigned=identity, max_body_size=self.options.max_body_size
+            identity=self.identity,
+            assigned=identity,
+            max_body_size=self.options.max_body_size,
+            session=session,
         )
         await link.send(welcome)
         if len(links) == 1:
@@ -316,23 +300,103 @@ class Remotes:
             # The same Peer reconnected before we noticed that its old link broke.
             log.info("%r reconnected; its older link is dropped", identity)
             await previous.send_quietly(m.Goodbye(reason=REPLACED))
-            await self.lost(previous.key, LinkInput.LOST, REPLACED)
-            await self._disconnect(previous.key)
+            previous.resumable = False  # a new session replaces it
+            await self.lose(previous, LinkInput.LOST, REPLACED)
+            await self.disconnect(previous.key)
 
-    async def _refuse(self, link: Link, reason: str) -> None:
+    def _check_hello(self, identity: str, token: str | None) -> Link | None:
+        """Check a Hello's identity and token; return the open link it replaces, if any.
+
+        Raises:
+            ProtocolError: The Hello is refused, with the reason.
+        """
+        if ROUTE_SEPARATOR in identity:
+            raise ProtocolError(f"identity {identity!r} contains {ROUTE_SEPARATOR!r}")
+        if token is None:
+            return None
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise ProtocolError(f"a reconnect token of {len(token)} characters")
+        previous = self._tokens.get(token)
+        if previous is not None and previous.identity != identity:
+            # Only the Peer that holds the token can have sent it, and it cannot have
+            # changed its identity: whoever sent this is not that Peer.
+            raise ProtocolError(f"the reconnect token of another identity ({identity!r})")
+        return previous
+
+    async def _resume(self, link: Link, msg: m.Hello, identity: str) -> None:
+        """The bound side's half of a resumption: the kept link takes the new connection."""
+        try:
+            kept, resend = self.resumption.check(msg, identity)
+        except ProtocolError as exc:
+            self._counters.resumes_refused += 1
+            await self.refuse(link, f"cannot resume {exc}")
+            return
+        if kept.session.is_open:  # we had not noticed that its connection died (ZeroMQ)
+            old_key = kept.key
+            await self.lose(kept, LinkInput.LOST, "resumed on a new connection")
+            await self.disconnect(old_key)
+        del self.links[link.key]  # the new connection's own link is not needed
+        self._handshaking.pop(link.key, None)
+        self._move(kept, link.key)
+        kept.session.resume(self._clock())
+        assert kept.replay is not None
+        welcome = m.Welcome(
+            identity=self.identity,
+            assigned=identity,
+            max_body_size=self.options.max_body_size,
+            session=kept.replay.session,
+            received=kept.replay.received,
+        )
+        await kept.send(welcome)
+        await kept.resend(resend)
+        self._counters.sessions_resumed += 1
+        log.info("%r resumed its session (%d messages sent again)", identity, len(resend))
+
+    def _move(self, link: Link, key: bytes) -> None:
+        """A kept link goes on the connection ``key``, as its identity's newest link."""
+        old_key = link.key
+        link.key = key
+        self.links[key] = link
+        links = self.by_identity.get(link.identity)
+        if links is not None:
+            links.pop(old_key, None)
+            links[key] = link
+        token = self._token_of.pop(old_key, None)
+        if token is not None:
+            self._token_of[key] = token
+
+    async def refuse(self, link: Link, reason: str) -> None:
         """Turn a remote away during the handshake, telling it why (counted, logged)."""
         self._counters.links_refused += 1
         self._drop(f"refused a link: {reason}")
         await link.send_quietly(m.Goodbye(reason=reason))
         await self.lost(link.key, LinkInput.LOST, reason)
-        await self._disconnect(link.key)
+        await self.disconnect(link.key)
 
-    def welcome(self, link: Link, msg: m.Welcome) -> None:
-        """The connecting side's half of the handshake: the link is open."""
+    async def welcome(self, link: Link, msg: m.Welcome) -> None:
+        """The connecting side's half of the handshake: the link is open (or resumed)."""
         if self.options.bound:
             raise ProtocolError("Welcome sent to a bound peer")
         if not msg.assigned or msg.max_body_size < 1:
             raise ProtocolError(f"bad Welcome: {msg!r}")
+        kept = self.resumption.current
+        try:
+            resumed, resend = self.resumption.welcomed(link, msg)
+        except ProtocolError:
+            await self.disconnect(link.key)  # start over on a new connection
+            raise
+        if resumed is not None:
+            del self.links[link.key]
+            self._move(resumed, link.key)
+            resumed.session.resume(self._clock())
+            await resumed.resend(resend)
+            self._counters.sessions_resumed += 1
+            log.info(
+                "resumed the session with %r (%d messages sent again)", msg.identity, len(resend)
+            )
+            return
+        if kept is not None and kept is not link and kept.session.state is LinkState.SUSPENDED:
+            await self.lose(kept, LinkInput.LOST, "the remote did not resume the session")
         link.session.handshake(msg.identity, msg.max_body_size)
         self.identity = msg.assigned
         if self.welcomed is not None and not self.welcomed.done():
@@ -393,8 +457,18 @@ class Remotes:
             closing ourselves (``close`` ends those).
         """
         link = self.links.get(key)
-        if link is None:
-            return False
+        return False if link is None else await self.lose(link, why, reason)
+
+    async def lose(self, link: Link, why: LinkInput, reason: str) -> bool:
+        """``lost``, for a link in hand (also a suspended one)."""
+        if why is not LinkInput.GOODBYE and self.resumption.suspends(link):
+            # Resumable: keep the session; its calls and handlers carry on.
+            link.session.transition(LinkInput.SUSPEND)
+            if self.links.get(link.key) is link:
+                del self.links[link.key]
+            link.suspended_at = self._clock()
+            log.info("%r: %s; its session is kept for resumption", link.identity, reason)
+            return True
         was_open = link.session.is_open
         if link.session.transition(why) is not LinkState.BROKEN:
             return False
@@ -403,16 +477,16 @@ class Remotes:
         if self.forwarder is not None:
             await self.forwarder.link_lost(link, reason)
         link.session.forget_calls()
-        await self._dispatcher.drop_link(key)
+        await self._dispatcher.drop_link(link)
         # A transport that reconnects gets another try, within connect_timeout; but a remote
         # that turned us away on purpose (Goodbye before its Welcome) gets no retry.
         connection = self._connection
         retry = why is not LinkInput.GOODBYE and connection is not None and connection.reconnects
         if self.welcomed is not None and not self.welcomed.done() and not retry:
             self.welcomed.set_exception(PeerDisconnectedError(reason))
-        for name in self.routes.drop_link(key):
+        for name in self.routes.drop_link(link):
             self.vanished(name, reason, link)
-        if was_open:
+        if was_open or link.replay is not None:  # open, or suspended
             self._counters.disconnects += 1
             if link.identity in self.by_identity:  # it has other links still
                 self._emit(PeerEventKind.DISCONNECTED, link.identity, reason, link)
@@ -423,7 +497,9 @@ class Remotes:
     def _forget(self, link: Link) -> None:
         """Take an ended link out of every table."""
         key = link.key
-        del self.links[key]
+        if self.links.get(key) is link:
+            del self.links[key]
+        self.resumption.forget(link)
         self._handshaking.pop(key, None)
         self._over_announced.discard(key)
         links = self.by_identity.get(link.identity)
@@ -437,12 +513,14 @@ class Remotes:
 
     async def end_all(self, reason: str) -> None:
         """No event will come again: end every link, and a handshake still awaited."""
-        for key in list(self.links):
-            await self.lost(key, LinkInput.LOST, reason)
+        for link in self.all_links():
+            link.resumable = False  # nothing could resume it
+            await self.lose(link, LinkInput.LOST, reason)
         if self.welcomed is not None and not self.welcomed.done():
             self.welcomed.set_exception(PeerDisconnectedError(reason))
 
-    async def _disconnect(self, key: bytes) -> None:
+    async def disconnect(self, key: bytes) -> None:
+        """Have the transport drop the connection ``key`` (a connecting side reconnects)."""
         assert self._connection is not None
         await self._connection.disconnect(key)
 
@@ -450,7 +528,7 @@ class Remotes:
 
     def fail_all(self, error: Exception) -> None:
         """We close: fail every call, stream and transfer of ours, on every link."""
-        for link in self.links.values():
+        for link in self.all_links():
             link.fail(error)
         for waiters in self._waiters.values():
             for waiter in waiters:
@@ -469,11 +547,14 @@ class Remotes:
     def end_links(self) -> None:
         """Our connection is closed: every link ends (CLOSED), and listeners hear of it."""
         closed = "this peer closed"
-        for link in self.links.values():
-            for name in self.routes.drop_link(link.key):
+        for link in self.all_links():
+            for name in self.routes.drop_link(link):
                 self._emit(PeerEventKind.DISCONNECTED, name, closed, link, links=0)
             if link.session.state in _LIVE:  # it connected while we said our goodbyes
                 link.session.transition(LinkInput.CLOSE)
+            if link.session.state is LinkState.SUSPENDED:
+                link.session.transition(LinkInput.CLOSE)  # nobody to say goodbye to
+                self._emit(PeerEventKind.DISCONNECTED, link.identity, closed, link, 0)
             if link.session.state is LinkState.CLOSING:
                 links = self.by_identity.get(link.identity, {})
                 links.pop(link.key, None)
@@ -483,38 +564,9 @@ class Remotes:
         self.by_identity.clear()
         self._tokens.clear()
         self._token_of.clear()
+        self.resumption.clear()
         self._handshaking.clear()
         self._events.close()
-
-    # -- heartbeats --------------------------------------------------------------------------------
-
-    async def keep_alive(self) -> None:
-        """Ping every open link each ``heartbeat_interval``; expire the silent ones. Forever."""
-        options = self.options
-        tick = min(options.heartbeat_interval, options.heartbeat_timeout / 4)
-        while True:
-            await asyncio.sleep(tick)
-            now = self._clock()
-            for link in list(self.links.values()):
-                try:
-                    await self._heartbeat(link, now)
-                except Exception:
-                    log.exception("heartbeat of %r failed", link.identity)
-
-    async def _heartbeat(self, link: Link, now: float) -> None:
-        if link.key in self._handshaking and link.session.expired(now):
-            await self._refuse(link, f"no Hello within {self.options.heartbeat_timeout} s")
-        elif link.session.expired(now):
-            log.warning(
-                "%r went silent for %s s", link.identity or link.key, self.options.heartbeat_timeout
-            )
-            if await self.lost(link.key, LinkInput.EXPIRE, "heartbeat lost"):
-                await self._disconnect(link.key)
-        elif link.session.is_open and link.session.ping_due(now):
-            if self.options.bound:  # a bound transport's send never waits
-                await link.send_quietly(m.Ping())
-            else:  # a connected one waits while the remote reads nothing: not this loop
-                link.send_in_background(m.Ping())
 
     # -- names announced by relays below ---------------------------------------------------
 
@@ -524,7 +576,7 @@ class Remotes:
             raise ProtocolError(f"{type(msg).__name__} sent to a connecting peer")
         if type(msg) is m.PeerUp:
             try:
-                name = self.routes.announce(link.key, link.identity, msg.peer)
+                name = self.routes.announce(link, link.identity, msg.peer)
             except ProtocolError as exc:
                 # A relay past its share says so with every further PeerUp: count each
                 # refusal, log the first of each link.
@@ -536,7 +588,7 @@ class Remotes:
             if name is not None:
                 self.appeared(name, link)
         else:
-            name = self.routes.withdraw(link.key, link.identity, msg.peer)
+            name = self.routes.withdraw(link, link.identity, msg.peer)
             if name is not None:
                 self.vanished(name, msg.reason or "gone", link)  # type: ignore[union-attr]
 

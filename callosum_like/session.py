@@ -9,8 +9,15 @@ Rule 1 — link states are a table. ``LINK_TRANSITIONS`` maps ``(state, input)``
 state; anything missing raises ``ProtocolError`` (h2's state machine style)::
 
     CONNECTING --WELCOME/HELLO--> OPEN --CLOSE--> CLOSING --CLOSED--> CLOSED
-         \\                          \\--GOODBYE/LOST/EXPIRE--> BROKEN
-          \\--CLOSE/LOST/EXPIRE/GOODBYE--> CLOSED/BROKEN
+         \\                         |  \\--GOODBYE/LOST/EXPIRE--> BROKEN
+          \\--CLOSE/LOST/EXPIRE/     SUSPEND  ^ RESUME
+             GOODBYE--> CLOSED/BROKEN  v  |
+                                   SUSPENDED --EXPIRE/LOST--> BROKEN, --CLOSE--> CLOSED
+
+A resumable link (``Peer(resume_timeout=...)``, docs/PROTOCOL.md "Resumption") whose
+connection is lost is SUSPENDED instead of BROKEN: its calls and handlers carry on, what it
+sends is kept, and a resumption on a new connection opens it again; ``resume_timeout``
+without one (EXPIRE), or a resumption refused (LOST), ends it.
 
 The Peer acts on what the table answers, not beside it: a link ends (its calls fail with
 ``PeerDisconnectedError``, the transport drops it) exactly when an input takes it to BROKEN;
@@ -68,6 +75,7 @@ class LinkState(_Enum):
     CLOSING = "closing"
     CLOSED = "closed"
     BROKEN = "broken"
+    SUSPENDED = "suspended"  # a resumable link without a connection, kept for resumption
 
 
 class LinkInput(_Enum):
@@ -78,7 +86,9 @@ class LinkInput(_Enum):
     CLOSED = "closed"  # our close finished
     GOODBYE = "goodbye"  # the remote closed on purpose
     LOST = "lost"  # the transport reported the connection gone
-    EXPIRE = "expire"  # heartbeat timeout
+    EXPIRE = "expire"  # heartbeat timeout (or, for a suspended link, resume timeout)
+    SUSPEND = "suspend"  # a resumable link lost its connection; its session is kept
+    RESUME = "resume"  # the session was resumed on a new connection
 
 
 _S, _I = LinkState, LinkInput
@@ -92,6 +102,11 @@ LINK_TRANSITIONS: Final[dict[tuple[LinkState, LinkInput], LinkState]] = {
     (_S.OPEN, _I.GOODBYE): _S.BROKEN,
     (_S.OPEN, _I.LOST): _S.BROKEN,
     (_S.OPEN, _I.EXPIRE): _S.BROKEN,
+    (_S.OPEN, _I.SUSPEND): _S.SUSPENDED,
+    (_S.SUSPENDED, _I.RESUME): _S.OPEN,
+    (_S.SUSPENDED, _I.EXPIRE): _S.BROKEN,
+    (_S.SUSPENDED, _I.LOST): _S.BROKEN,
+    (_S.SUSPENDED, _I.CLOSE): _S.CLOSED,
     (_S.CLOSING, _I.CLOSED): _S.CLOSED,
     (_S.CLOSING, _I.GOODBYE): _S.CLOSING,
     (_S.CLOSING, _I.LOST): _S.CLOSING,
@@ -129,6 +144,7 @@ ACCEPTS: Final[dict[LinkState, frozenset[m.MessageKind]]] = {
     LinkState.CLOSING: _TRAFFIC,
     LinkState.CLOSED: frozenset(),
     LinkState.BROKEN: frozenset(),
+    LinkState.SUSPENDED: frozenset(),  # it has no connection to receive on
 }
 
 
@@ -179,6 +195,11 @@ class Session:
                 f"{type(msg).__name__} not allowed in link state {self.state.value}"
             )
         self._heard = now
+
+    def resume(self, now: float) -> None:
+        """The session was resumed on a new connection: open, and alive as of ``now``."""
+        self.transition(LinkInput.RESUME)
+        self._heard = self._pinged = now
 
     def handshake(self, identity: str, max_body_size: int) -> None:
         """Record what the remote announced in Hello or Welcome, and open the link."""

@@ -138,6 +138,10 @@ class PeerStatistics:
         links_refused: Links a bound peer turned away before or during their handshake: a
             Hello with a bad identity or another identity's reconnect token, or a half-open
             connection pushed out by newer ones (``remotes.MAX_HANDSHAKES``).
+        sessions_resumed: Resumable sessions carried on over a new connection after their
+            connection was lost (``resume_timeout``).
+        resumes_refused: Resumptions refused: an unknown, expired or ended session, one of
+            another peer, or a count of messages that is not the session's.
     """
 
     calls_out: int
@@ -157,6 +161,8 @@ class PeerStatistics:
     disconnects: int
     slow_remotes_dropped: int
     links_refused: int
+    sessions_resumed: int
+    resumes_refused: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,6 +190,8 @@ class Counters:
     disconnects: int = 0
     slow_remotes_dropped: int = 0
     links_refused: int = 0
+    sessions_resumed: int = 0
+    resumes_refused: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     request_errors: dict[str, int] = field(default_factory=dict)
 
@@ -215,6 +223,8 @@ class Counters:
             disconnects=self.disconnects,
             slow_remotes_dropped=self.slow_remotes_dropped,
             links_refused=self.links_refused,
+            sessions_resumed=self.sessions_resumed,
+            resumes_refused=self.resumes_refused,
         )
 
 

@@ -46,7 +46,7 @@ def test_every_kind_round_trips_through_the_codec(cls: type[m.Message]) -> None:
     defaults: dict[str, object] = {
         "id": 1, "identity": "a", "assigned": "a", "max_body_size": 9, "method": "f",
         "name": "E", "repr": "E()", "traceback": "", "code": 1, "message": "",
-        "amount": 1, "transfer": 1, "body": b"\xc0", "peer": "a",
+        "amount": 1, "transfer": 1, "body": b"\xc0", "peer": "a", "seq": 1,
     }  # fmt: skip
     fields = {f: defaults[f] for f in cls.__dataclass_fields__ if f in defaults}
     msg = cls(**fields)

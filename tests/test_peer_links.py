@@ -23,6 +23,7 @@ from callosum_like.wire import messages as m
 from callosum_like.wire.codec import pack_body
 
 from .conftest import bind_address, connect_address, until
+from .netproxy import Proxy
 from .rawpeer import MAX, RawClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -263,77 +264,17 @@ async def test_a_malformed_token_is_refused(
         await raw.aclose()
 
 
-class HalfDeadProxy:
-    """A TCP proxy that can cut its clients off while leaving the server's side open.
-
-    The server then holds a link that is dead without knowing it: the case a reconnecting
-    Peer meets when its network broke on its side only.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._client_sides: list[asyncio.StreamWriter] = []
-        self._kept: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> HalfDeadProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in [*self._client_sides, *self._kept]:
-            writer.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def cut_clients(self) -> None:
-        """Close every client's side; the server's sides stay open (and silent)."""
-        for writer in self._client_sides:
-            writer.transport.abort()
-        self._client_sides.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._client_sides.append(writer)
-        self._kept.append(up_writer)
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-
-
-def through(proxy: HalfDeadProxy, kind: str) -> Any:
-    if kind == "zeromq":
-        return f"tcp://127.0.0.1:{proxy.port}"
-    return cl.TCPAddress("127.0.0.1", proxy.port)
-
-
 async def test_a_reconnecting_peer_replaces_only_its_own_dead_link(
     transport_kind: str, peers: contextlib.AsyncExitStack
 ) -> None:
     server = await bound(peers, transport_kind, heartbeat_timeout=60)
-    host, port = server.address.removeprefix("tcp://").rsplit(":", 1)
     other = await peers.enter_async_context(
         cl.Peer(connect=connect_address(server), identity="agent-1")
     )
     other.handle_function("who", labelled("other"))
-    async with HalfDeadProxy(host, int(port)) as proxy, server.events() as events:
+    async with Proxy.to(server) as proxy, server.events() as events:
         mine = await peers.enter_async_context(
-            cl.Peer(connect=through(proxy, transport_kind), identity="agent-1")
+            cl.Peer(connect=proxy.address(transport_kind), identity="agent-1")
         )
         mine.handle_function("who", labelled("mine"))
         event = await next_event(events)
@@ -341,7 +282,7 @@ async def test_a_reconnecting_peer_replaces_only_its_own_dead_link(
         dead = event.link
         # Our side of the connection breaks; the server's side stays open and silent, so
         # the server cannot know. The Peer reconnects, and its Hello's token says who it is.
-        proxy.cut_clients()
+        proxy.cut(server_side=False)
         event = await next_event(events)
         assert (event.kind, event.links) == (CONNECTED, 3)
         event = await next_event(events)

@@ -49,6 +49,7 @@ MESSAGES: dict[m.MessageKind, m.Message] = {
         m.Cancelled(id=1),
         m.Ping(),
         m.Pong(),
+        m.Ack(seq=1),
         m.Goodbye(),
         m.StreamItem(id=1),
         m.StreamEnd(id=1),
@@ -78,6 +79,8 @@ RULES: dict[tuple[LinkState, LinkInput], LinkState | None] = {
     (_S.CONNECTING, _I.GOODBYE): _S.BROKEN,
     (_S.CONNECTING, _I.LOST): _S.BROKEN,
     (_S.CONNECTING, _I.EXPIRE): _S.BROKEN,
+    (_S.CONNECTING, _I.SUSPEND): None,  # no session to keep before the handshake
+    (_S.CONNECTING, _I.RESUME): None,  # a new connection's link resumes nothing itself
     # Open: a second handshake is a protocol violation. Our close starts CLOSING (a Goodbye
     # goes out); the remote leaving, the connection dropping or silence break the link.
     (_S.OPEN, _I.HANDSHAKE): None,
@@ -86,6 +89,21 @@ RULES: dict[tuple[LinkState, LinkInput], LinkState | None] = {
     (_S.OPEN, _I.GOODBYE): _S.BROKEN,
     (_S.OPEN, _I.LOST): _S.BROKEN,
     (_S.OPEN, _I.EXPIRE): _S.BROKEN,
+    # A resumable link whose connection was lost (or went silent) keeps its session.
+    (_S.OPEN, _I.SUSPEND): _S.SUSPENDED,
+    (_S.OPEN, _I.RESUME): None,  # only a suspended session is resumed
+    # Suspended: a resumption opens it again; resume_timeout passing (EXPIRE) or the
+    # session being refused or replaced (LOST) breaks it; our close ends it with nobody to
+    # say goodbye to. It has no connection: nothing can arrive on it (GOODBYE), and no
+    # second handshake, close-finishing or suspension applies.
+    (_S.SUSPENDED, _I.RESUME): _S.OPEN,
+    (_S.SUSPENDED, _I.EXPIRE): _S.BROKEN,
+    (_S.SUSPENDED, _I.LOST): _S.BROKEN,
+    (_S.SUSPENDED, _I.CLOSE): _S.CLOSED,
+    (_S.SUSPENDED, _I.GOODBYE): None,
+    (_S.SUSPENDED, _I.HANDSHAKE): None,
+    (_S.SUSPENDED, _I.CLOSED): None,
+    (_S.SUSPENDED, _I.SUSPEND): None,
     # Closing: our close finishes it; whatever the remote does meanwhile changes nothing, as
     # the close already fails every call with PeerClosedError. Closing twice is a bug.
     (_S.CLOSING, _I.HANDSHAKE): None,
@@ -94,6 +112,8 @@ RULES: dict[tuple[LinkState, LinkInput], LinkState | None] = {
     (_S.CLOSING, _I.GOODBYE): _S.CLOSING,
     (_S.CLOSING, _I.LOST): _S.CLOSING,
     (_S.CLOSING, _I.EXPIRE): _S.CLOSING,
+    (_S.CLOSING, _I.SUSPEND): None,  # we close: nothing is kept
+    (_S.CLOSING, _I.RESUME): None,
     # CLOSED and BROKEN are final: a link that ended takes no further input.
     **{(_S.CLOSED, event): None for event in LinkInput},
     **{(_S.BROKEN, event): None for event in LinkInput},

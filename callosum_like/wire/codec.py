@@ -139,12 +139,15 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "origin": _OptStr,
     "peer": _Str,
     "token": _OptStr,
+    "session": _OptStr,
+    "received": (int, type(None)),
+    "seq": _Int,
 }
 #: Fields that hold a route (``a/b/c``); besides their type, their syntax is checked.
 _ROUTE_FIELDS: Final = ("target", "origin", "peer")
 #: Fields that may be left out at the end of a header when they are ``None``; they must come
 #: last in their class.
-_OPTIONAL_TRAILING: Final = frozenset({"target", "origin", "token"})
+_OPTIONAL_TRAILING: Final = frozenset({"target", "origin", "token", "session", "received"})
 _CLASSES: Final[tuple[type[m.Message], ...]] = m.MESSAGE_CLASSES
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import enum
 import traceback as tb
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeAlias, TypeVar, dataclass_transform, overload
+
+from .bodies import LargeBody, PackedBody
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -36,6 +38,7 @@ __all__ = [
     "Cancelled",
     "Ping",
     "Pong",
+    "Ack",
     "Goodbye",
     "StreamItem",
     "StreamEnd",
@@ -82,86 +85,6 @@ ROUTE_SEPARATOR: Final = "/"
 #: Longest route (``Call.target``, ``Call.origin``, ``PeerUp.peer``) in characters: deep
 #: enough for any sane relay hierarchy, and it bounds what a remote makes us store per name.
 MAX_ROUTE_LENGTH: Final = 1024
-
-
-class LargeBody:
-    """A large packed body, kept in pieces so that its ``bytes`` value is never copied whole.
-
-    Joining or slicing megabytes copies them, and a copy of 16 MiB holds the event loop for
-    3-10 ms (most of it page faults). So a large ``bytes`` body leaves as
-    ``[bin 32 header, the bytes themselves]`` (``codec.pack_body``) and is cut into chunks
-    from there; a chunked body arrives in the same shape, its value assembled chunk by chunk
-    as it came (``transfers.Reassembly``), or as one piece when it is not one ``bytes``
-    value. (Which pieces make a ``bytes`` value is the codec's business:
-    ``codec.bin_value_parts``.)
-
-    Args:
-        parts: Exact ``bytes`` objects whose concatenation is the packed body; not empty.
-    """
-
-    __slots__ = ("_size", "parts")
-
-    def __init__(self, parts: Sequence[bytes]) -> None:
-        self.parts = tuple(parts)
-        self._size = sum(len(part) for part in self.parts)
-
-    def __len__(self) -> int:
-        return self._size
-
-    def __repr__(self) -> str:
-        return f"<LargeBody of {self._size} bytes in {len(self.parts)} parts>"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, LargeBody):
-            return self.joined() == other.joined()
-        if isinstance(other, bytes | bytearray | memoryview):
-            return self.joined() == other
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def joined(self) -> bytes:
-        """The packed body as one ``bytes`` (a copy of all of it)."""
-        return b"".join(self.parts)
-
-    __bytes__ = joined
-
-    def slices(self, size: int | Callable[[], int]) -> Iterator[bytes | memoryview]:
-        """The packed body cut into consecutive pieces of ``size`` bytes (the last may be shorter).
-
-        ``size`` may be a function: it is asked for the size of each piece just before that
-        piece is cut, so a sender can change its chunk size during a transfer. A piece
-        within one part is a view of it (no copy); only a piece that spans two parts is
-        copied together.
-        """
-        next_size: Callable[[], int] = size if callable(size) else lambda: size
-        want = next_size()
-        carry: list[memoryview] = []  # the start of a piece that spans parts
-        carried = 0
-        for part in self.parts:
-            view = memoryview(part)
-            start = 0
-            while start < len(view):
-                if not carried and len(view) - start >= want:
-                    yield view[start : start + want]
-                    start += want
-                    want = next_size()
-                    continue
-                take = min(want - carried, len(view) - start)
-                carry.append(view[start : start + take])
-                carried += take
-                start += take
-                if carried == want:
-                    yield b"".join(carry)
-                    carry, carried = [], 0
-                    want = next_size()
-        if carried:
-            yield carry[0] if len(carry) == 1 else b"".join(carry)
-
-
-#: A packed application body: ``bytes`` (or the ``bytearray``/``memoryview`` a transport
-#: received it in), or a ``LargeBody``.
-PackedBody: TypeAlias = "bytes | LargeBody"
 
 
 def is_route(text: str) -> bool:
@@ -222,9 +145,11 @@ class MessageKind(enum.IntEnum):
     STREAM_ITEM = 12
     STREAM_END = 13
     CREDIT = 14
-    # 15-16 announce peers behind a relay; 17-19 are free; 20-23 carry chunked bodies.
+    # 15-16 announce peers behind a relay; 18-19 are free; 20-23 carry chunked bodies.
     PEER_UP = 15
     PEER_DOWN = 16
+    # 17: acknowledges the messages of a resumable session (docs/PROTOCOL.md, resumption).
+    ACK = 17
     CHUNK = 20
     CHUNK_ACK = 21
     CHUNK_ABORT = 22
@@ -269,6 +194,10 @@ class Hello:
             of that Peer object and of no other. A Hello with the token of an open link of
             the same identity replaces that link (the peer reconnected); links of one
             identity with other tokens (or none) are served side by side.
+        session: The id of the resumable session this link opens or resumes; ``None`` for a
+            link that is not resumable.
+        received: For a resumption, the sequence number of the last message this side
+            received in the session; ``None`` to open the session.
     """
 
     KIND: ClassVar = MessageKind.HELLO
@@ -276,6 +205,8 @@ class Hello:
     identity: str
     max_body_size: int
     token: str | None = None
+    session: str | None = None
+    received: int | None = None
 
 
 @value_class(kw_only=True)
@@ -287,6 +218,10 @@ class Welcome:
         assigned: The identity the bound side registered the caller under (the authenticated
             user id under CURVE, else the identity from ``Hello``).
         max_body_size: The largest body the bound side accepts, in bytes.
+        session: The Hello's session id when the bound side keeps the session resumable;
+            ``None`` when the link is not resumable.
+        received: For a resumption, the sequence number of the last message the bound side
+            received in the session; ``None`` for a new session.
     """
 
     KIND: ClassVar = MessageKind.WELCOME
@@ -294,6 +229,8 @@ class Welcome:
     identity: str
     assigned: str
     max_body_size: int
+    session: str | None = None
+    received: int | None = None
 
 
 @value_class(kw_only=True)
@@ -413,6 +350,18 @@ class Pong:
 
     KIND: ClassVar = MessageKind.PONG
     TRAITS: ClassVar = frozenset({_T.LINK})
+
+
+@value_class(kw_only=True)
+class Ack:
+    """On a resumable link: every message up to sequence number ``seq`` arrived.
+
+    The sender may forget those; what it still holds is sent again after a resumption.
+    """
+
+    KIND: ClassVar = MessageKind.ACK
+    TRAITS: ClassVar = frozenset({_T.LINK})
+    seq: int
 
 
 @value_class(kw_only=True)
@@ -565,6 +514,7 @@ Message: TypeAlias = (
     | Cancelled
     | Ping
     | Pong
+    | Ack
     | Goodbye
     | StreamItem
     | StreamEnd
@@ -585,7 +535,7 @@ CallReply: TypeAlias = Result | Failure | Error | Cancelled | StreamEnd
 #: Every message class, in wire-code order: the one list the codec and the tables derive from.
 MESSAGE_CLASSES: Final[tuple[type[Message], ...]] = tuple(
     sorted(
-        (Hello, Welcome, Call, Result, Failure, Error, Cancel, Cancelled, Ping, Pong, Goodbye,
+        (Hello, Welcome, Call, Result, Failure, Error, Cancel, Cancelled, Ping, Pong, Ack, Goodbye,
          StreamItem, StreamEnd, Credit, Chunk, ChunkAck, ChunkAbort, ChunkStop, UploadItem,
          UploadEnd, UploadCredit, PeerUp, PeerDown),
         key=lambda cls: int(cls.KIND),

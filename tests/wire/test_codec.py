@@ -51,6 +51,7 @@ CLASSES: dict[m.MessageKind, type[Any]] = {
         m.Cancelled,
         m.Ping,
         m.Pong,
+        m.Ack,
         m.Goodbye,
         m.StreamItem,
         m.StreamEnd,
@@ -71,8 +72,8 @@ BODY_CLASSES = [m.Call, m.Result, m.StreamItem, m.UploadItem]
 #: The header fields of each kind, in wire order (docs/PROTOCOL.md). Pinned here so that
 #: reordering a dataclass, which silently changes the wire format, fails a test.
 WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
-    m.MessageKind.HELLO: ("identity", "max_body_size"),
-    m.MessageKind.WELCOME: ("identity", "assigned", "max_body_size"),
+    m.MessageKind.HELLO: ("identity", "max_body_size", "token", "session", "received"),
+    m.MessageKind.WELCOME: ("identity", "assigned", "max_body_size", "session", "received"),
     m.MessageKind.CALL: (
         "id",
         "method",
@@ -91,6 +92,7 @@ WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
     m.MessageKind.CANCELLED: ("id", "reason"),
     m.MessageKind.PING: (),
     m.MessageKind.PONG: (),
+    m.MessageKind.ACK: ("seq",),
     m.MessageKind.GOODBYE: ("reason",),
     m.MessageKind.STREAM_ITEM: ("id",),
     m.MessageKind.STREAM_END: ("id",),
@@ -106,11 +108,15 @@ WIRE_FIELDS: dict[m.MessageKind, tuple[str, ...]] = {
     m.MessageKind.PEER_DOWN: ("peer", "reason"),
 }
 #: Trailing fields that are left out of the header while they are None.
-OPTIONAL_FIELDS = {"target", "origin"}
+OPTIONAL_FIELDS = {"target", "origin", "token", "session", "received"}
 
 SAMPLES: dict[type[Any], m.Message] = {
-    m.Hello: m.Hello(identity="agent-1", max_body_size=1 << 20),
-    m.Welcome: m.Welcome(identity="server", assigned="agent-1", max_body_size=1 << 20),
+    m.Hello: m.Hello(
+        identity="agent-1", max_body_size=1 << 20, token="t" * 32, session="s" * 32, received=3
+    ),
+    m.Welcome: m.Welcome(
+        identity="server", assigned="agent-1", max_body_size=1 << 20, session="s" * 32, received=5
+    ),
     m.Call: m.Call(
         id=42,
         method="echo",
@@ -129,6 +135,7 @@ SAMPLES: dict[type[Any], m.Message] = {
     m.Cancelled: m.Cancelled(id=42, reason="execute timeout"),
     m.Ping: m.Ping(),
     m.Pong: m.Pong(),
+    m.Ack: m.Ack(seq=12),
     m.Goodbye: m.Goodbye(reason="closing"),
     m.StreamItem: m.StreamItem(id=42, body=pack_body("item")),
     m.StreamEnd: m.StreamEnd(id=42),
@@ -204,6 +211,9 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "origin": st.none() | ROUTES,
     "peer": ROUTES,
     "token": st.none() | TEXT,
+    "session": st.none() | TEXT,
+    "received": st.none() | INT64,
+    "seq": INT64,
 }
 
 
@@ -276,6 +286,9 @@ DECLARED: dict[str, tuple[type, ...]] = {
     "origin": (str, type(None)),
     "peer": _STR,
     "token": (str, type(None)),
+    "session": (str, type(None)),
+    "received": (int, type(None)),
+    "seq": (int,),
 }
 
 
@@ -344,6 +357,7 @@ def test_kind_codes_and_version_are_pinned() -> None:
         ("CREDIT", 14),
         ("PEER_UP", 15),
         ("PEER_DOWN", 16),
+        ("ACK", 17),
         ("CHUNK", 20),
         ("CHUNK_ACK", 21),
         ("CHUNK_ABORT", 22),
@@ -665,6 +679,10 @@ WRONG_VALUES: dict[str, list[Any]] = {
     "target": [b"x", 1, True, ["x"], {}, *BAD_ROUTES],
     "origin": [b"x", 1, True, ["x"], {}, *BAD_ROUTES],
     "peer": [b"x", 1, None, True, ["x"], {}, *BAD_ROUTES],
+    "token": [b"x", 1, True, ["x"], {}],
+    "session": [b"x", 1, True, ["x"], {}],
+    "received": ["1", True, 1.5, b"1", [], {}],
+    "seq": ["1", None, True, 1.5, b"1", []],
 }
 
 FIELD_CASES = [

@@ -1,0 +1,65 @@
+"""Heartbeats: one schedule for all the links of a Peer.
+
+Theory of operation: one task (``keep_alive``) wakes every ``min(heartbeat_interval,
+heartbeat_timeout / 4)`` seconds and looks at each link once:
+
+* a link that has not said Hello within ``heartbeat_timeout`` is refused (bound side);
+* a link silent for ``heartbeat_timeout`` is expired (``LinkInput.EXPIRE``): it ends, or a
+  resumable one is suspended, and the transport drops the connection (a connecting side
+  makes a new one);
+* an open link is pinged when nothing went out on it for ``heartbeat_interval``, and a
+  resumable one is sent the ``Ack`` it is owed;
+* a suspended session whose ``resume_timeout`` passed ends.
+
+There is no timer or task per link: the cost is one wake-up per tick, whatever the number
+of links. Only ``peer`` uses this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .link import Link
+from .remotes import Remotes
+from .session import LinkInput
+from .wire import messages as m
+
+__all__ = ["keep_alive"]
+
+log = logging.getLogger(__name__)
+
+
+async def keep_alive(remotes: Remotes, clock: Callable[[], float]) -> None:
+    """Ping every open link each ``heartbeat_interval``; expire the silent ones. Forever."""
+    options = remotes.options
+    tick = min(options.heartbeat_interval, options.heartbeat_timeout / 4)
+    while True:
+        await asyncio.sleep(tick)
+        now = clock()
+        for link in list(remotes.links.values()):
+            try:
+                await _heartbeat(remotes, link, now)
+            except Exception:
+                log.exception("heartbeat of %r failed", link.identity)
+        for link in remotes.resumption.expired(now):
+            reason = f"not resumed within {options.resume_timeout} s"
+            await remotes.lose(link, LinkInput.EXPIRE, reason)
+
+
+async def _heartbeat(remotes: Remotes, link: Link, now: float) -> None:
+    options, session = remotes.options, link.session
+    if session.expired(now) and remotes.awaits_hello(link):
+        await remotes.refuse(link, f"no Hello within {options.heartbeat_timeout} s")
+    elif session.expired(now):
+        log.warning("%r went silent for %s s", link.identity or link.key, options.heartbeat_timeout)
+        if await remotes.lost(link.key, LinkInput.EXPIRE, "heartbeat lost"):
+            await remotes.disconnect(link.key)
+    elif session.is_open and session.ping_due(now):
+        if options.bound:  # a bound transport's send never waits
+            await link.send_quietly(m.Ping())
+        else:  # a connected one waits while the remote reads nothing: not this loop
+            link.send_in_background(m.Ping())
+    if link.replay is not None and session.is_open and link.replay.ack_pending():
+        link.send_in_background(m.Ack(seq=link.replay.ack()))
