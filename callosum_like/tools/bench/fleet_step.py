@@ -61,9 +61,8 @@ async def run_fleet_step(
     env = {**os.environ, "PYTHONPATH": python_path(system.root)}
     argv = subcommand("bench-hub", "--transport", system.transport, "--loop", loop)
     argv += ["--workload", json.dumps(dataclasses.asdict(workload))]
-    label = f"{system.key} {workload.key}"
     cpu = None if pin is None else pin.server
-    hub = ChildProcess(f"{label} hub", argv, relay=False, env=env, cpu=cpu)
+    hub = ChildProcess("hub", argv, relay=False, env=env, cpu=cpu)  # the row names the step
     children: list[ChildProcess] = [hub]
     try:
         async with hub, contextlib.AsyncExitStack() as agents:
@@ -71,7 +70,7 @@ async def run_fleet_step(
             for index, count in enumerate(counts):
                 argv = agents_argv(system.transport, address, count, f"agent-{index}-", loop=loop)
                 cpu = None if pin is None else pin.client
-                child = ChildProcess(f"{label} agents {index}", argv, relay=False, env=env, cpu=cpu)
+                child = ChildProcess(f"agents {index}", argv, relay=False, env=env, cpu=cpu)
                 children.append(await agents.enter_async_context(child))
             text = await _result(hub, children, timeout)
     except (OSError, RuntimeError, TimeoutError) as exc:
@@ -96,6 +95,9 @@ async def _result(hub: ChildProcess, children: Sequence[ChildProcess], timeout: 
 
 
 def _tails(children: Sequence[ChildProcess]) -> str:
-    """The last lines of every process that said something, for an error message."""
-    said = [f"{child.label}: {child.tail()}" for child in children if child.tail()]
-    return "".join(f" ({text})" for text in said)
+    """The last lines of every process that said something, each text once, for an error."""
+    said: dict[str, list[str]] = {}
+    for child in children:
+        if text := child.tail():
+            said.setdefault(text, []).append(child.label)
+    return "".join(f" ({', '.join(labels)}: {text})" for text, labels in said.items())
