@@ -384,21 +384,23 @@ def test_fleet_workloads_are_named_by_their_agents() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_fleet_options_size_the_w6_steps(tmp_path: Path) -> None:
+def test_fleet_options_size_the_fleet_steps(tmp_path: Path) -> None:
     output = tmp_path / "w6.json"
     sizes = ["--fleet-agents", "3,5", "--fleet-processes", "1", "--idle-seconds", "0.5"]
+    sizes += ["--fan-out-agents", "4"]
     quiet = ["--no-chart", "--no-progress", "--output", str(output)]
-    argv = ["--quick", "--systems", "like-tcp", "--workloads", "W6", *sizes, *quiet]
+    argv = ["--quick", "--systems", "like-tcp", "--workloads", "fleet", *sizes, *quiet]
     result = run_bench(*argv, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(output.read_text())
-    assert [w["key"] for w in report["workloads"]] == ["W6-3", "W6-5"]
-    medians = [r["median"] for r in report["results"]]
-    assert [(m["agents"], m["processes"], m["connected_after"]) for m in medians] == [
+    assert [w["key"] for w in report["workloads"]] == ["W6-3", "W6-5", "W7"]
+    *idle, fan_out = [r["median"] for r in report["results"]]
+    assert [(m["agents"], m["processes"], m["connected_after"]) for m in idle] == [
         (3, 1, 3),
         (5, 1, 5),
     ]
-    assert all(m["idle_seconds"] >= 0.5 for m in medians)
+    assert all(m["idle_seconds"] >= 0.5 for m in idle)
+    assert (fan_out["agents"], fan_out["processes"]) == (4, 1)
 
 
 NO_FILES = """

@@ -114,7 +114,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--workloads",
         action="append",
         metavar="LIST",
-        help="comma-separated workloads (W1..W7, or W3-1MiB, W3-16MiB, W6-1k, W6-10k)",
+        help="comma-separated workloads (W1..W7, or W3-1MiB, W3-16MiB, W6-1k, W6-10k) or "
+        "the group 'fleet' (W6 and W7)",
     )
     _add_fleet_arguments(parser)
     parser.add_argument(
@@ -239,7 +240,8 @@ def run_bench(args: argparse.Namespace) -> int:
     catalogue = (*plain, *fleet_workloads(_fleet_sizes(args)))
     try:
         keys = _pick(args.systems, [s.key for s in SYSTEMS], SYSTEM_GROUPS)
-        workload_keys = _pick(args.workloads, [w.key for w in catalogue], {})
+        fleet = {"fleet": tuple(w.key for w in catalogue if w.fleet)}
+        workload_keys = _pick(args.workloads, [w.key for w in catalogue], fleet)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
