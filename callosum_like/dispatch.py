@@ -7,10 +7,17 @@ Theory of operation: the Peer hands every decoded ``Call`` to ``Dispatcher.call`
 * applies the method's ordering per ``(calling link, Call.origin, order_key)`` (the origin
   tells apart the callers behind one relay) with the pure bookkeeping
   of ``ordering`` (``order_key=None`` runs unordered);
-* runs handlers as jobs of one aiojobs ``Scheduler(limit=max_concurrency)``, so at most
-  ``max_concurrency`` run at once and the rest wait in arrival order;
-* bounds what waits: past ``max_pending`` requests held (running or waiting) a new request
-  is answered ``Error(OVERLOADED)`` at once instead of queued;
+* shares ``max_pending`` and the ``max_concurrency`` execution slots fairly between the
+  calling links, and between the origins on a link, with the books of ``fairness``: once
+  ``max_pending`` requests are held, a caller over its share is answered ``Error(OVERLOADED)``
+  at once instead of queued, and one under its share is admitted, pushing out the newest
+  request not yet started of the caller most over its share (that one is answered
+  ``Error(OVERLOADED)``: it never ran); at most ``max_pending + max_concurrency`` are held;
+* starts requests that may start (their ordering allows it) round-robin across links, then
+  across origins, as execution slots free up: at most ``max_concurrency`` handlers run at
+  once. They run as jobs of one aiojobs ``Scheduler``, which owns their tasks and closes
+  them; its own limit is off, as its FIFO queue would undo the round-robin order. A request
+  keeps its slot until its reply is sent, so the slots bound the replies in flight too;
 * turns the outcome into one reply: ``Result``, ``Failure`` (handler raised, with its
   traceback, which is also logged once to ``callosum_like.handlers`` at ERROR),
   ``Error(INTERNAL)`` (undecodable body, unencodable result) or ``Cancelled`` (execute
@@ -41,6 +48,7 @@ import aiojobs
 
 from .deadlines import Deadlines
 from .errors import ErrorCode, ProtocolError, error_for_code
+from .fairness import FairShares
 from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
 from .stats import Counters, log_rpc, rpc_started
@@ -93,6 +101,7 @@ class _Inbound:
     credit: CreditWindow | None = None  # stream calls only
     upload: StreamInbox | None = None  # calls with a streamed body only
     started: float | None = None  # for the RPC log, when it is on
+    behind_key: bool = False  # SERIALIZED, queued behind the running request of its key
     task: asyncio.Task[Any] | None = None  # while its handler runs: the task to cancel
     expired: bool = False  # its execute timeout cancelled it
 
@@ -109,7 +118,8 @@ class Dispatcher:
         send: Sends a reply to a link; must not raise for a link that is gone.
         default_ordering: The Peer's ordering for methods registered without one.
         max_concurrency: Handlers running at once.
-        max_pending: Requests held at once (running plus waiting) before new ones are refused.
+        max_pending: Requests held at once (running plus waiting) before each caller is held
+            to its fair share (see ``fairness``).
         execute_timeout: Seconds a handler may run before it is cancelled, or ``None``.
         counters: Where refused and failed requests are counted.
     """
@@ -127,8 +137,7 @@ class Dispatcher:
         self._send = send
         self._counters = counters or Counters()
         self._default_ordering = default_ordering
-        self._max_concurrency = max_concurrency
-        self._max_pending = max_pending
+        self._fair: FairShares[_Inbound] = FairShares(max_pending, max_concurrency)
         self._execute_timeout = execute_timeout
         self._handlers: dict[str, Registration] = {}
         self._inflight: dict[tuple[Hashable, int], _Inbound] = {}
@@ -161,18 +170,16 @@ class Dispatcher:
     @property
     def active(self) -> int:
         """Handlers running now (at most ``max_concurrency``)."""
-        return 0 if self._scheduler is None else min(self._scheduler.active_count, self.running)
+        # A request keeps its slot while its reply goes out, after it stopped being held.
+        return min(self._fair.running, self.running)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Create the scheduler; needs a running loop."""
         self._loop = asyncio.get_running_loop()
-        self._scheduler = aiojobs.Scheduler(
-            limit=self._max_concurrency,
-            pending_limit=self._max_pending + 1,
-            close_timeout=CLOSE_TIMEOUT,
-        )
+        # No limit of its own: ``self._fair`` decides what starts when (see the module doc).
+        self._scheduler = aiojobs.Scheduler(limit=None, close_timeout=CLOSE_TIMEOUT)
 
     async def aclose(self) -> None:
         """Cancel every handler and answer every held request with ``Cancelled``."""
@@ -188,18 +195,19 @@ class Dispatcher:
     async def drop_link(self, link: Hashable) -> None:
         """The link is gone: cancel its handlers, and send nothing."""
         dropped = [i for i in self._inflight.values() if i.link == link]
-        for inbound in dropped:
+        for inbound in dropped:  # first out of every queue, so that none of them starts
             inbound.silent = True
-        for inbound in dropped:  # waiting ones first, so no running one starts its successor
-            if inbound.job is None:
-                self._serial.discard(inbound.order_key, inbound)
-                self._forget(inbound)
+            self._unqueue(inbound)
+        for inbound in dropped:
+            if inbound.job is None:  # never started: only its books to close
+                await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="link lost"))
         for inbound in dropped:
             if inbound.job is not None:
                 await self._stop(inbound, "link lost")
+        await self._start_ready()
 
     async def _stop(self, inbound: _Inbound, reason: str) -> None:
-        """Cancel a scheduled request; answer it if its job never got to (pending in aiojobs)."""
+        """Cancel a started request; answer it if its task was cancelled before it ran."""
         assert inbound.job is not None
         await inbound.job.close()
         await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason=reason))
@@ -219,24 +227,29 @@ class Dispatcher:
             await self._send(link, m.Cancelled(id=call.id, reason="peer closing"))
             self._counters.count_request_error("RPCCancelledError")
             return
-        if len(self._inflight) >= self._max_pending:
-            self._counters.requests_refused += 1
-            text = f"{len(self._inflight)} requests already held (max_pending)"
-            await self._refuse(link, peer_id, call, ErrorCode.OVERLOADED, text)
-            return
         ordering = registration.ordering or self._default_ordering
         if call.order_key is None:
             ordering = Ordering.UNORDERED
-        inbound = _Inbound(link, call, peer_id, registration, ordering, started=rpc_started())
+        inbound = _Inbound(link, call, peer_id, registration, ordering)
+        admission = self._fair.admit(link, call.origin, inbound)
+        if not admission.admitted:
+            self._counters.requests_refused += 1
+            text = (
+                f"{self._fair.held} requests already held (max_pending), "
+                f"{self._fair.held_by(link)} of them from this link: its fair share or more"
+            )
+            await self._refuse(link, peer_id, call, ErrorCode.OVERLOADED, text)
+            return
+        inbound.started = rpc_started()
         if call.stream:
             inbound.credit = CreditWindow(m.STREAM_WINDOW)
         if call.upload:
             inbound.upload = StreamInbox(m.STREAM_WINDOW, m.UploadCredit)
         self._inflight[link, call.id] = inbound
-        if ordering is Ordering.UNORDERED:  # the common case: straight to the scheduler
-            inbound.job = await self._scheduler.spawn(self._run(inbound))  # type: ignore[union-attr]
-        else:
-            await self._admit(inbound)
+        self._admit(inbound)
+        if admission.pushed_out is not None:
+            await self._push_out(admission.pushed_out)
+        await self._start_ready()
 
     async def _refuse(
         self, link: Hashable, peer_id: str, call: m.Call, code: ErrorCode, text: str
@@ -249,18 +262,40 @@ class Dispatcher:
         if started is not None:
             log_rpc("served", call.method, peer_id, started, kind)
 
-    async def _admit(self, inbound: _Inbound) -> None:
+    def _admit(self, inbound: _Inbound) -> None:
+        """Enter an admitted request in its ordering's books; ready it if it may start."""
         if inbound.ordering is Ordering.ORDERED:
             inbound.ticket = self._reorder.arrive(inbound.order_key)
         elif inbound.ordering is Ordering.SERIALIZED and not self._serial.arrive(
             inbound.order_key, inbound
         ):
-            return  # waits for the running request of its key
-        await self._spawn(inbound)
+            inbound.behind_key = True  # waits for the running request of its key
+            return
+        self._fair.ready(inbound)
 
-    async def _spawn(self, inbound: _Inbound) -> None:
+    async def _start_ready(self) -> None:
+        """Start ready requests, in their fair turns, while execution slots are free."""
+        if self._closing:
+            return
         assert self._scheduler is not None
-        inbound.job = await self._scheduler.spawn(self._run(inbound))
+        while (inbound := self._fair.start_next()) is not None:
+            inbound.job = await self._scheduler.spawn(self._run(inbound))
+
+    async def _push_out(self, inbound: _Inbound) -> None:
+        """Refuse a held request that never started, to make room for a fairer one."""
+        self._unqueue(inbound)
+        self._counters.requests_refused += 1
+        text = "pushed out before it started (max_pending): other callers were under their share"
+        await self._answer(
+            inbound, m.Error(id=inbound.call.id, code=ErrorCode.OVERLOADED, message=text)
+        )
+
+    def _unqueue(self, inbound: _Inbound) -> None:
+        """Take a request that has not started out of the queues, so it never starts."""
+        if inbound.job is None:
+            self._fair.release(inbound)
+            if inbound.behind_key:
+                self._serial.discard(inbound.order_key, inbound)
 
     def credit(self, link: Hashable, call_id: int, amount: int) -> None:
         """The consumer of stream ``call_id`` can take ``amount`` more items."""
@@ -287,11 +322,12 @@ class Dispatcher:
         inbound = self._inflight.get((link, call_id))
         if inbound is None:
             return  # already answered; the caller will discard that answer
-        if inbound.job is None:  # waiting for its key in a SerialQueue
-            self._serial.discard(inbound.order_key, inbound)
+        if inbound.job is None:  # waiting for its key, or for a slot
+            self._unqueue(inbound)
             await self._answer(inbound, m.Cancelled(id=call_id, reason="cancelled by the caller"))
-            return
-        await self._stop(inbound, "cancelled by the caller")
+        else:
+            await self._stop(inbound, "cancelled by the caller")
+        await self._start_ready()
 
     # -- running ------------------------------------------------------------------------------
 
@@ -299,10 +335,11 @@ class Dispatcher:
         try:
             reply = await self._execute(inbound)
         except asyncio.CancelledError:
-            if not self._closing:
+            if not self._closing:  # whoever stopped it starts what may start next
                 await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="cancelled"))
             raise
         await self._answer(inbound, reply)
+        await self._start_ready()
 
     async def _execute(self, inbound: _Inbound) -> Reply:
         request = self._request(inbound)
@@ -394,34 +431,50 @@ class Dispatcher:
         return m.StreamEnd(id=inbound.call.id)
 
     async def _answer(self, inbound: _Inbound, reply: Reply) -> None:
-        """Send ``reply`` in the order the request's ordering demands; free its key."""
+        """Send ``reply`` in the order the request's ordering demands, and free its key.
+
+        Its place and its execution slot are freed once the reply is out; the caller then
+        starts what may start next.
+        """
         if inbound.answered:
             return
         inbound.answered = True
         self._forget(inbound)
-        released: list[Reply] = [reply]
-        if inbound.ordering is Ordering.ORDERED:
-            held = None if isinstance(reply, m.Cancelled) else reply
-            released = self._reorder.complete(inbound.order_key, inbound.ticket, held)
-            if held is None:
-                released.insert(0, reply)
-        if not inbound.silent:
-            outcome = _outcome_name(reply)
-            if outcome != "ok":
-                self._counters.count_request_error(outcome)
-            if inbound.started is not None:
-                log_rpc("served", inbound.call.method, inbound.peer_id, inbound.started, outcome)
-            for item in released:
-                await self._send(inbound.link, item)
-        if inbound.ordering is Ordering.SERIALIZED:
-            await self._next_serial(inbound)
+        try:
+            released = self._in_order(inbound, reply)
+            if not inbound.silent:
+                await self._deliver(inbound, reply, released)
+            if inbound.ordering is Ordering.SERIALIZED and not inbound.behind_key:
+                self._next_serial(inbound)  # it held its key: pass it on
+        finally:
+            self._fair.release(inbound)
 
-    async def _next_serial(self, inbound: _Inbound) -> None:
+    def _in_order(self, inbound: _Inbound, reply: Reply) -> list[Reply]:
+        """The replies that may go out now that ``inbound`` is answered with ``reply``."""
+        if inbound.ordering is not Ordering.ORDERED:
+            return [reply]
+        # A request that never ran (cancelled, pushed out) holds no one back: out at once.
+        ran = inbound.job is not None and not isinstance(reply, m.Cancelled)
+        released = self._reorder.complete(inbound.order_key, inbound.ticket, reply if ran else None)
+        return released if ran else [reply, *released]
+
+    async def _deliver(self, inbound: _Inbound, reply: Reply, released: list[Reply]) -> None:
+        """Count and log ``inbound``'s outcome, ``reply``; send the ``released`` replies."""
+        outcome = _outcome_name(reply)
+        if outcome != "ok":
+            self._counters.count_request_error(outcome)
+        if inbound.started is not None:
+            log_rpc("served", inbound.call.method, inbound.peer_id, inbound.started, outcome)
+        for item in released:
+            await self._send(inbound.link, item)
+
+    def _next_serial(self, inbound: _Inbound) -> None:
         if self._closing:
             return
         nxt = self._serial.finish(inbound.order_key)
         if nxt is not None:
-            await self._spawn(nxt)
+            nxt.behind_key = False
+            self._fair.ready(nxt)
 
     def _forget(self, inbound: _Inbound) -> None:
         self._inflight.pop((inbound.link, inbound.call.id), None)

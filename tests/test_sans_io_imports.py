@@ -1,4 +1,4 @@
-"""The protocol core does no I/O: wire/, session.py and ordering.py import no I/O library.
+"""The protocol core does no I/O: wire/, session, ordering, fairness import no I/O library.
 
 import-linter's ``forbidden`` contract covers zmq, aiojobs and thriftpy2; this AST check also
 covers the standard library's ``asyncio`` and ``socket``, and follows the core's own internal
@@ -17,7 +17,8 @@ import callosum_like
 pytestmark = pytest.mark.timeout(30)
 
 PACKAGE = Path(callosum_like.__file__).parent
-CORE = sorted([*PACKAGE.glob("wire/*.py"), PACKAGE / "session.py", PACKAGE / "ordering.py"])
+SANS_IO_MODULES = ("session", "ordering", "fairness")
+CORE = sorted([*PACKAGE.glob("wire/*.py"), *(PACKAGE / f"{name}.py" for name in SANS_IO_MODULES)])
 FORBIDDEN = frozenset({"asyncio", "socket", "zmq", "aiojobs", "thriftpy2"})
 
 
