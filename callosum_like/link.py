@@ -233,6 +233,12 @@ class Link:
         with contextlib.suppress(PeerDisconnectedError):
             await self._connection.send(frames, to=self.key)
 
+    async def send_encoded(self, frames: list[Frame]) -> None:
+        """Send a message about the link itself (never numbered), encoded already."""
+        self._counters.bytes_out += sum(map(len, frames))
+        with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
+            await self._connection.send(frames, to=self.key)
+
     async def resend(self, messages: list[list[Frame]]) -> None:
         """After a resumption: send again what the remote lacks (enveloped already)."""
         for frames in messages:

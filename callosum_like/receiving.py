@@ -39,10 +39,14 @@ from .routing import scoped
 from .session import CallInput, LinkInput
 from .stats import Counters
 from .wire import messages as m
-from .wire.codec import ChunkedHead, OversizeBodyError, decode
+from .wire.codec import ChunkedHead, OversizeBodyError, decode, encode
 
 __all__ = ["Receiver"]
 
+#: A Ping as it arrives, and the Pong that answers it, encoded once.
+_PING_MESSAGE: Final = m.Ping()
+_PING: Final = encode(_PING_MESSAGE)
+_PONG: Final = encode(m.Pong())
 #: The wire codes of what a resumable link does not number.
 _UNSEQUENCED_CODES: Final = frozenset(int(cls.KIND) for cls in UNSEQUENCED_KINDS)
 
@@ -84,6 +88,7 @@ class Receiver:
         self._drop = drop
         self._clock = clock
         self._max_body_size = remotes.options.max_body_size
+        self._bound = remotes.options.bound
 
     async def run(
         self,
@@ -138,6 +143,13 @@ class Receiver:
             frames = await self._unwrap(link, frames)
             if not frames:
                 return  # received before
+        elif frames[0] == _PING[0] and len(frames) == 1 and link.session.is_open:
+            # The one message of an idle link, thousands a second on a bound peer with a
+            # large fleet: answered without decoding or encoding anything.
+            link.session.receive(_PING_MESSAGE, self._clock())
+            self._remotes.heard(link)
+            await link.send_encoded(_PONG)
+            return
         try:
             msg = decode(frames, max_body_size=self._max_body_size)
         except OversizeBodyError as exc:
@@ -145,10 +157,13 @@ class Receiver:
             return
         if type(msg) is ChunkedHead:
             link.session.receive(msg.message, self._clock())
+            self._remotes.heard(link)
             await self._chunked_head(link, msg)
             return
         now = self._clock()
         link.session.receive(msg, now)  # type: ignore[arg-type]
+        if self._bound:  # a connecting side's one link needs no order
+            self._remotes.heard(link)
         if type(msg) not in TRANSFER_KINDS:
             link.saw_other(now)
         await self.HANDLERS[type(msg)](self, link, msg)

@@ -33,6 +33,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -95,7 +96,9 @@ class Remotes:
     ) -> None:
         self.options = options
         self.identity = options.identity  # ours; the bound side may assign another
-        self.links: dict[bytes, Link] = {}  # by transport key
+        #: By transport key, the least recently heard from first (``heard`` keeps the order,
+        #: so the heartbeat visits only the links that went quiet).
+        self.links: OrderedDict[bytes, Link] = OrderedDict()
         #: Open links by identity (bound side), each identity's oldest first.
         self.by_identity: dict[str, dict[bytes, Link]] = {}
         #: Our reconnect token (connecting side): the same in each Hello of this Peer.
@@ -123,6 +126,11 @@ class Remotes:
         """The Peer opened ``connection``: links are made on it from now on."""
         self._connection = connection
         self._clock = clock
+
+    def heard(self, link: Link) -> None:
+        """A message from ``link`` was accepted: it is now the most recently heard."""
+        if self.links.get(link.key) is link:
+            self.links.move_to_end(link.key)
 
     def awaits_hello(self, link: Link) -> bool:
         """Whether ``link`` (bound side) has not said Hello yet."""

@@ -67,6 +67,15 @@ class Resumption:
         links = self._sessions.values() if self._bound else filter(None, [self.current])
         return (link for link in list(links) if link.session.state is LinkState.SUSPENDED)
 
+    def owed_ack(self) -> list[Link]:
+        """The open resumable links that received messages they did not acknowledge yet."""
+        links = self._sessions.values() if self._bound else filter(None, [self.current])
+        return [
+            link
+            for link in links
+            if link.session.is_open and link.replay is not None and link.replay.ack_pending()
+        ]
+
     def suspends(self, link: Link) -> bool:
         """Whether ``link``, whose connection was lost, is suspended rather than ended."""
         return link.replay is not None and link.resumable and link.session.is_open

@@ -32,7 +32,10 @@ caller abandoned stays ``CANCELLING`` until the remote's answer arrives, so a la
 recognised and discarded instead of being mistaken for garbage.
 
 Rule 4 — liveness: every message heard refreshes the link. A ``Ping`` is due every
-``heartbeat_interval``; the link is expired once nothing was heard for ``heartbeat_timeout``.
+``heartbeat_interval`` (on the bound side only while the remote is quiet: a connecting side
+pings every interval, and its pings are answered, so an idle link costs the bound side one
+message in and one out per interval); the link is expired once nothing was heard for
+``heartbeat_timeout``.
 """
 
 from __future__ import annotations
@@ -214,12 +217,25 @@ class Session:
 
     # -- heartbeat ----------------------------------------------------------------------------
 
-    def ping_due(self, now: float) -> bool:
-        """Whether a Ping should go out now; if so, it is recorded as sent."""
+    def ping_due(self, now: float, *, quiet: float = 0.0) -> bool:
+        """Whether a Ping should go out now; if so, it is recorded as sent.
+
+        Args:
+            now: The current time.
+            quiet: Ping only a remote silent for this many seconds too (the bound side: its
+                remotes ping it, and their pings need no ping back).
+        """
         if now - self._pinged < self._interval:
+            return False
+        if now - self._heard < quiet:
             return False
         self._pinged = now
         return True
+
+    @property
+    def heard(self) -> float:
+        """When the remote was last heard from (a message accepted, or the link opened)."""
+        return self._heard
 
     def expired(self, now: float) -> bool:
         """Whether nothing was heard for ``heartbeat_timeout`` seconds."""

@@ -287,6 +287,20 @@ def test_ping_is_due_every_interval() -> None:
     assert session.ping_due(T0 + 3 * INTERVAL + 3)
 
 
+def test_the_bound_side_pings_only_a_remote_that_went_quiet() -> None:
+    session = session_in(LinkState.OPEN, now=T0)
+    # The remote's own pings arrive every interval: no ping back is due.
+    for beat in range(1, 4):
+        session.receive(m.Ping(), T0 + beat * INTERVAL)
+        assert not session.ping_due(T0 + beat * INTERVAL + 0.5, quiet=INTERVAL)
+    assert session.heard == T0 + 3 * INTERVAL
+    # Silent for an interval: now it is pinged, once per interval.
+    quiet = T0 + 4 * INTERVAL
+    assert session.ping_due(quiet, quiet=INTERVAL)
+    assert not session.ping_due(quiet + INTERVAL - 0.001, quiet=INTERVAL)
+    assert session.ping_due(quiet + INTERVAL, quiet=INTERVAL)
+
+
 def test_expiry_counts_from_the_last_message_heard() -> None:
     session = session_in(LinkState.OPEN, now=T0)
     assert not session.expired(T0 + TIMEOUT - 0.001)
