@@ -285,6 +285,7 @@ class Dispatcher:
         """Refuse a held request that never started, to make room for a fairer one."""
         self._unqueue(inbound)
         self._counters.requests_refused += 1
+        self._counters.requests_pushed_out += 1
         text = "pushed out before it started (max_pending): other callers were under their share"
         await self._answer(
             inbound, m.Error(id=inbound.call.id, code=ErrorCode.OVERLOADED, message=text)

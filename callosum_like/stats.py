@@ -118,8 +118,12 @@ class PeerStatistics:
         requests_running: Handlers running now, at most ``max_concurrency`` (gauge).
         requests_queued: Calls received that wait for a ``max_concurrency`` slot or for
             the call before them of their order key (gauge).
-        requests_refused: Calls received and refused at once with ``OverloadedError``
-            because ``max_pending`` were held.
+        requests_refused: Calls received and answered with ``OverloadedError``: refused at
+            once (``max_pending`` were held, and the caller's link had its fair share of
+            them), or pushed out before they started to make room for a caller under its
+            share (those are also counted in ``requests_pushed_out``).
+        requests_pushed_out: Of ``requests_refused``, the calls first admitted, then pushed
+            out before they started (see docs/guide.md, "Fairness between remotes").
         errors: Failed outgoing calls by error class name (``"RPCUserError"``,
             ``"RPCTimeoutError"``, ``"PeerDisconnectedError"``, ``"CancelledError"``, ...).
         request_errors: Calls received that were answered with an error, by the error class
@@ -151,6 +155,7 @@ class PeerStatistics:
     requests_running: int
     requests_queued: int
     requests_refused: int
+    requests_pushed_out: int
     errors: Mapping[str, int]
     request_errors: Mapping[str, int]
     bytes_out: int
@@ -186,6 +191,7 @@ class Counters:
     bytes_in: int = 0
     dropped_messages: int = 0
     requests_refused: int = 0
+    requests_pushed_out: int = 0
     reconnects: int = 0
     disconnects: int = 0
     slow_remotes_dropped: int = 0
@@ -213,6 +219,7 @@ class Counters:
             requests_running=gauges.requests_running,
             requests_queued=gauges.requests_queued,
             requests_refused=self.requests_refused,
+            requests_pushed_out=self.requests_pushed_out,
             errors=CountsByName(self.errors),
             request_errors=CountsByName(self.request_errors),
             bytes_out=self.bytes_out,

@@ -183,6 +183,7 @@ async def test_a_flooder_neither_refuses_nor_starves_a_well_behaved_remote(
     stats = server.statistics()
     assert stats.request_errors["OverloadedError"] == overloaded(flood_results)
     assert stats.requests_refused == overloaded(flood_results)
+    assert stats.requests_pushed_out == 3  # one for each good call
     assert stats.requests_in_flight == 0
 
 
@@ -210,6 +211,7 @@ async def test_a_newcomer_is_admitted_when_the_flood_only_runs(
         handler.gate(("good", "g")).set()
         assert await call == "g"
         assert sum(t.done() for t in flood) == 4  # nothing of the flood was pushed out
+        assert server.statistics().requests_pushed_out == 0
     finally:
         handler.open_all()
         await asyncio.gather(*flood)
