@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 import callosum_like as cl
+from callosum_like import auth
+from callosum_like.addresses import ZeroMQAddress
+from callosum_like.lower.zeromq import ZeroMQTransport
 from callosum_like.wire import messages as m
 
 from .conftest import bind_address, until
@@ -297,3 +300,55 @@ async def test_each_hop_of_a_relay_resumes_on_its_own(
     assert await asyncio.wait_for(down, 15) == "down"
     assert await asyncio.wait_for(up, 15) == "up"
     assert (on_agent.runs, on_manager.runs) == (["down"], ["up"])
+
+
+async def test_under_curve_only_the_same_principal_resumes(peers: Stack) -> None:
+    """The session id and the reconnect token, even both known, grant nothing to another key."""
+    server_keys, owner_keys, other_keys = (auth.generate_keypair() for _ in range(3))
+    allowed = {owner_keys.public: "owner", other_keys.public: "other"}
+    server = await peers.enter_async_context(
+        cl.Peer(
+            bind="tcp://127.0.0.1:0",
+            authenticator=auth.ServerAuthenticator(server_keys, allowed=allowed),
+            **RESUME,
+        )
+    )
+
+    async def raw_curve(keys: auth.Keypair) -> RawClient:
+        client_auth = auth.ClientAuthenticator(keys, server_public_key=server_keys.public)
+        conn = await ZeroMQTransport().connect(
+            ZeroMQAddress(server.address), max_frame_size=MAX, authenticator=client_auth
+        )
+        return RawClient(conn)
+
+    owner = await raw_curve(owner_keys)
+    other = await raw_curve(other_keys)
+    try:
+        session, token = "o" * 32, "t" * 32
+        await owner.send(m.Hello(identity="x", max_body_size=MAX, token=token, session=session))
+        welcome = await owner.receive()
+        assert isinstance(welcome, m.Welcome)
+        assert (welcome.assigned, welcome.session) == ("owner", session)
+        # Whatever it claims, the other key is "other": not the session's principal, with
+        # the token (refused as another identity's) or without it.
+        for with_token, refusal in ((token, "reconnect token of another identity"), (None, "")):
+            await other.send(
+                m.Hello(
+                    identity="owner",
+                    max_body_size=MAX,
+                    token=with_token,
+                    session=session,
+                    received=0,
+                )
+            )
+            answer = await other.receive()
+            assert isinstance(answer, m.Goodbye)
+            assert (refusal or "cannot resume a session of another peer") in answer.reason
+            await other.aclose()
+            other = await raw_curve(other_keys)
+        stats = server.statistics()
+        assert (stats.links_refused, stats.resumes_refused) == (2, 1)
+        assert server.peers == {"owner"}
+    finally:
+        await owner.aclose()
+        await other.aclose()
