@@ -164,3 +164,13 @@ def test_federation_scripts_are_documented() -> None:
         text = (FEDERATION / name).read_text(encoding="utf-8")
         assert text.startswith('"""'), f"{name} has no docstring"
         assert f"examples/federation/{name}" in text.split('"""')[1], name
+
+
+@pytest.mark.timeout(90)
+def test_fleet() -> None:
+    out = run_example("fleet.py", "--agents", "4").stdout
+    assert "manager: 4 agents connected" in out
+    assert "manager: agent-0 -> RPCTimeoutError" in out
+    assert re.search(r"manager: agent-3 -> \d+(\.\d+)?\n", out)
+    assert "manager: 3 of 4 answered within 1 s" in out
+    assert "agent-x: peers ['manager']; replies ['worker 0', 'worker 1']" in out
