@@ -2,10 +2,20 @@
 
 Theory of operation:
 
-* One ZeroMQ context per process (``shared_context()``), not one per peer: each context
-  costs an I/O thread, and one thread moves far more than one process can produce. Sockets
-  are closed with a short linger (``CLOSE_LINGER_MS``), which libzmq's I/O thread spends
-  sending what they took before; the shared context is never terminated by us.
+* One ZeroMQ context per process (``shared_context()``, which is pyzmq's
+  ``zmq.asyncio.Context.instance()``), not one per peer: each context costs an I/O thread,
+  and one thread moves far more than one process can produce. Peers come and go on it; it is
+  never terminated by us, and no other context is ever made, so no thread can leak with them.
+  A user may pass a context of their own (``ZeroMQTransport(context=...)``); we neither size
+  nor terminate it. Sockets are closed with a short linger (``CLOSE_LINGER_MS``), which
+  libzmq's I/O thread spends sending what they took before.
+* Limits: libzmq's default context holds 1,023 sockets; the shared one is sized for
+  ``MAX_SOCKETS`` before its first socket (at import, and again for a new instance after a
+  fork or a ``term``). Each connecting peer holds two sockets (its DEALER and the monitor
+  libzmq makes for it) and three descriptors (their two mailbox eventfds and the TCP/IPC
+  connection); a bound peer one socket, and one descriptor per remote. The first socket we
+  make raises the process's soft limit on open files to its hard limit; running out of
+  either limit raises ``OSError(EMFILE)`` naming the limit and how to raise it.
 * Each connection owns one ``SocketDriver`` (``lower.zeromq_driver``) for its plain
   (non-async) socket: it watches the socket from the event loop without a future per
   message, and batches the small messages of a loop iteration into one ZeroMQ message. The
@@ -30,10 +40,12 @@ Theory of operation:
   (``Disconnected(slow=True)``): its unread messages are what bounds our memory. A ROUTER
   cannot close one remote's connection, so a dropped remote that is still there must
   handshake again (its heartbeat makes a connecting Peer do so).
-* Connected (DEALER, ``IMMEDIATE`` so nothing queues on a dead pipe): ``Connected`` is
-  reported at once; a socket monitor reports ``Disconnected`` when the TCP/IPC connection
-  drops, ``Connected`` again when it is re-established, and ``AuthFailed`` when the CURVE
-  handshake is refused (without CURVE a failed handshake is only a broken connection).
+* Connected (DEALER): ``Connected`` is reported at once; the socket's monitor reports
+  ``Disconnected`` when the TCP/IPC connection drops (after what the socket already holds
+  from it), ``Connected`` again when it is re-established, and ``AuthFailed`` when the CURVE
+  handshake is refused (without CURVE a failed handshake is only a broken connection). One
+  ROUTER per context and loop reads the monitors of all connecting sockets
+  (``lower.zeromq_monitor``), not a PAIR socket per peer.
   ZeroMQ reconnects by itself, after ``reconnect_interval`` and then with the interval
   doubling up to ``reconnect_max_interval`` (``ZMQ_RECONNECT_IVL`` and
   ``ZMQ_RECONNECT_IVL_MAX``).
@@ -47,8 +59,11 @@ importable from here.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import errno
 import logging
+import os
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -83,11 +98,18 @@ from .zeromq_driver import SEND_QUEUE_SIZE as SEND_QUEUE_SIZE
 from .zeromq_driver import SMALL_MESSAGE_SIZE as SMALL_MESSAGE_SIZE
 from .zeromq_driver import ZERO_COPY_THRESHOLD as ZERO_COPY_THRESHOLD
 from .zeromq_driver import SocketDriver, frame_contents
+from .zeromq_monitor import MonitorHub
 
 if TYPE_CHECKING:
     from ..auth import AbstractClientAuthenticator, AbstractServerAuthenticator
 
-__all__ = ["ZeroMQTransport", "shared_context"]
+__all__ = [
+    "ZeroMQTransport",
+    "shared_context",
+    "raise_open_file_limit",
+    "MAX_SOCKETS",
+    "FDS_PER_CONNECTING_PEER",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +135,94 @@ _AUTH_FAILURES: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security handshake failed (protocol error)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "security handshake failed (wrong server key?)",
 }
-_monitor_names = itertools.count()
+#: The shared context's socket limit (``ZMQ_MAX_SOCKETS``; libzmq's default is 1,023):
+#: libzmq's largest, 65,535, or 32,767 connecting peers at two sockets each. Its slot tables
+#: cost about 0.75 MiB once per process; the open-file limit binds long before it.
+MAX_SOCKETS: Final = 65_535
+#: Descriptors one connecting peer holds: the DEALER's and its monitor's mailbox eventfds
+#: and its TCP/IPC connection (an ``inproc://`` one holds only the first: no monitor).
+FDS_PER_CONNECTING_PEER: Final = 3
+_sized: weakref.WeakSet[zmq.asyncio.Context] = weakref.WeakSet()
+_sizing = threading.Lock()
+_file_limit_checked = False
 
 
 def shared_context() -> zmq.asyncio.Context:
-    """The process-wide ZeroMQ context that every ZeroMQ connection uses by default."""
-    return zmq.asyncio.Context.instance()
+    """The process-wide ZeroMQ context that every ZeroMQ connection uses by default.
+
+    It is pyzmq's ``zmq.asyncio.Context.instance()``, sized for ``MAX_SOCKETS`` sockets the
+    first time we see it (libzmq takes the size only before the context's first socket: code
+    that makes sockets on that instance before importing this module keeps libzmq's 1,023).
+    """
+    context = zmq.asyncio.Context.instance()
+    if context not in _sized:
+        with _sizing:
+            if context not in _sized:
+                context.set(zmq.MAX_SOCKETS, min(MAX_SOCKETS, context.get(zmq.SOCKET_LIMIT)))
+                _sized.add(context)
+    return context
+
+
+shared_context()  # sized now, before anyone can make a socket on it
+
+
+def raise_open_file_limit() -> int:
+    """Raise the process's soft limit on open files to its hard limit; return the soft limit.
+
+    Returns 0 where there is no such limit to read (no ``resource`` module).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # macOS refuses more than OPEN_MAX for RLIM_INFINITY
+            return int(soft)
+        log.debug("raised the soft limit on open files from %d to %d", soft, hard)
+        soft = hard
+    return int(soft)
+
+
+def _check_file_limit() -> None:
+    global _file_limit_checked
+    if not _file_limit_checked:
+        _file_limit_checked = True
+        raise_open_file_limit()
+
+
+def _out_of_room(exc: zmq.ZMQError, context: zmq.Context[Any]) -> OSError:
+    """The ``OSError`` for a socket libzmq could not make: which limit, and how to raise it."""
+    soft = hard = -1
+    with contextlib.suppress(ImportError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError as error:  # no /proc; or no descriptor left even to list them
+        open_now = soft if error.errno == errno.EMFILE else -1
+    sockets = (
+        f"the ZeroMQ context holds its limit of sockets (ZMQ_MAX_SOCKETS is "
+        f"{context.get(zmq.MAX_SOCKETS)}; each connecting peer takes two): give "
+        "ZeroMQTransport(context=...) a context made with ctx.set(zmq.MAX_SOCKETS, n) before "
+        "its first socket"
+    )
+    files = (
+        f"the process is out of open files (RLIMIT_NOFILE soft {soft}, hard {hard}; each "
+        f"connecting ZeroMQ peer holds {FDS_PER_CONNECTING_PEER}): raise the limit with "
+        "`ulimit -n` (as root for more than the hard limit), LimitNOFILE= in a systemd unit, "
+        "or /etc/security/limits.conf"
+    )
+    if open_now < 0:  # pragma: no cover - cannot tell without /proc
+        text = f"either {files}, or {sockets}"
+    elif open_now + 16 < soft:
+        text = sockets
+    else:
+        text = files
+    return OSError(errno.EMFILE, f"cannot make a ZeroMQ socket: {text}")
 
 
 def _bind_endpoint(uri: str) -> str:
@@ -311,19 +415,25 @@ class _Dealer(_ZeroMQConnection):
         self._fd: int | None = None  # of the current TCP/IPC connection, from the monitor
         self.reconnects = monitored  # inproc:// reports nothing to reconnect on
         self._events.offer(Connected(CONNECTED_KEY))
-        self._monitor: SocketDriver | None = None
-        self._monitored = sock if monitored else None
-        if monitored:
-            name = f"inproc://callosum-like-monitor-{id(self)}-{next(_monitor_names)}"
-            sock.monitor(name, _MONITOR_EVENTS)
-            pair: zmq.Socket[Any] = zmq.Socket(sock.context, zmq.PAIR)
-            pair.connect(name)
-            self._monitor = SocketDriver(pair, self._on_monitor_event)
+        self._sock = sock
+        self._hub: MonitorHub | None = None
+        self._monitor_key = b""
+        if monitored:  # before the socket connects: no event of its first connection is lost
+            try:
+                hub = MonitorHub.for_context(sock.context)
+                self._monitor_key = hub.watch(sock, _MONITOR_EVENTS, self._on_monitor_event)
+                self._driver.recheck()  # as in ``disconnect``
+            except BaseException:
+                self._driver.close()
+                raise
+            self._hub = hub
 
     def _on_message(self, parts: list[Any]) -> bool:
         return self._offer(CONNECTED_KEY, self._messages(parts), None)
 
-    def _on_monitor_event(self, parts: list[Any]) -> bool:
+    def _on_monitor_event(self, parts: list[Any]) -> None:
+        if self._closed:
+            return
         event = parse_monitor_message(parts)
         kind = event["event"]
         log.debug("monitor of %s: %s %s", self._endpoint, zmq.Event(kind).name, event["value"])
@@ -331,9 +441,10 @@ class _Dealer(_ZeroMQConnection):
             self._fd = event["value"]
         elif kind == zmq.EVENT_DISCONNECTED and self._connected:
             if self._fd is not None and event["value"] != self._fd:
-                return True  # a connection that ``disconnect`` already replaced
+                return  # a connection that ``disconnect`` already replaced
             self._connected = False
             self._driver.discard_queued()  # for the lost link: not to reach the next one
+            self._driver.read_now()  # what that link brought goes before the news it is gone
             self._events.offer(Disconnected(CONNECTED_KEY, "connection dropped"))
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._connected:
             self._connected = True
@@ -342,7 +453,6 @@ class _Dealer(_ZeroMQConnection):
             self._events.offer(AuthFailed(_AUTH_FAILURES[kind]))
         # Without CURVE a failed handshake is a connection that broke during it (a server
         # being killed, something else at the port): ZeroMQ tries again, and so do we.
-        return True  # a handful of events: never worth pausing for
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
         """See ``Connection.send``."""
@@ -361,18 +471,14 @@ class _Dealer(_ZeroMQConnection):
         self._connected = False
         self._fd = None
         self._driver.discard_queued()
-        sock = self._monitored
-        assert sock is not None
         with contextlib.suppress(zmq.ZMQError):
-            sock.disconnect(self._endpoint)
-        sock.connect(self._endpoint)
+            self._sock.disconnect(self._endpoint)
+        self._sock.connect(self._endpoint)
+        self._driver.recheck()  # the socket's commands ran: its FD's edge may be gone
 
     def _close_sockets(self) -> None:
-        if self._monitored is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self._monitored.disable_monitor()
-        if self._monitor is not None:
-            self._monitor.close()
+        if self._hub is not None:
+            self._hub.unwatch(self._sock, self._monitor_key)
         super()._close_sockets()
 
 
@@ -407,7 +513,14 @@ class ZeroMQTransport(Transport):
     def _socket(self, kind: int, max_frame_size: int) -> zmq.Socket[Any]:
         # A plain socket of the (asyncio) shared context: the driver does the async part,
         # and the ZAP handler, bound in that context, sees it.
-        sock: zmq.Socket[Any] = zmq.Socket(self._context or shared_context(), kind)
+        _check_file_limit()
+        context = self._context or shared_context()
+        try:
+            sock: zmq.Socket[Any] = zmq.Socket(context, kind)
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EMFILE:
+                raise _out_of_room(exc, context) from exc
+            raise
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max(max_frame_size, BATCH_SIZE))
         sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
@@ -464,19 +577,27 @@ class ZeroMQTransport(Transport):
         # the socket takes while no connection is up goes to the next one, where the new
         # link refuses it before its handshake; disconnect() starts a new pipe, without it.
         sock = self._socket(zmq.DEALER, max_frame_size)
+        # inproc:// has no handshake and no monitor events.
+        monitored = not uri.startswith("inproc://")
         try:
             if authenticator is not None:
                 from .zap import configure_curve_client
 
                 await configure_curve_client(sock, authenticator)
+            dealer = _Dealer(
+                sock, uri, max_frame_size, monitored=monitored, secure=authenticator is not None
+            )
+        except BaseException as exc:
+            sock.close(linger=0)
+            if isinstance(exc, zmq.ZMQError) and exc.errno == errno.EMFILE:
+                raise _out_of_room(exc, sock.context) from exc  # no room for its monitor
+            raise
+        try:
             sock.connect(uri)
         except BaseException:
-            sock.close(linger=0)
+            await dealer.aclose()
             raise
-        # inproc:// has no handshake and no monitor events.
-        monitored = not uri.startswith("inproc://")
-        secure = authenticator is not None
-        return _Dealer(sock, uri, max_frame_size, monitored=monitored, secure=secure)
+        return dealer
 
 
 def _zmq_uri(address: Address) -> str:

@@ -242,6 +242,26 @@ class SocketDriver:
         """One ZeroMQ message as ``zmq.Frame`` objects (for their properties)."""
         return self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
 
+    def read_now(self) -> None:
+        """Hand over what the socket holds now, without waiting for the loop to wake us.
+
+        For an owner about to report something that must follow what already arrived (a
+        lost connection follows its last messages). Stops where reading is paused.
+        """
+        for _ in range(64):  # bounded: the owner's full queue pauses reading long before
+            if self._closed or not self._reading or not self._get(_EVENTS) & _POLLIN:
+                return
+            self._drain()
+
+    def recheck(self) -> None:
+        """Look at the socket again soon: call it after using the socket directly.
+
+        A ``connect``, ``disconnect`` or ``setsockopt`` makes libzmq process the socket's
+        commands, which may take the edge of its ``FD`` that would have woken us for a
+        message that arrived meanwhile.
+        """
+        self._schedule()
+
     def resume_reading(self) -> None:
         """The consumer made room: read again."""
         self._reading = True

@@ -6,6 +6,7 @@ import itertools
 import os
 import struct
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,11 +14,17 @@ import pytest
 import zmq
 
 from callosum_like.addresses import ZeroMQAddress
-from callosum_like.lower.base import Connection, Received, Transport
+from callosum_like.lower.base import CONNECTED_KEY, Connected, Connection, Received, Transport
 from callosum_like.lower.zeromq import PIPELINE_BATCH, ZeroMQTransport, shared_context
 from callosum_like.wire.framing import pack_batch, split_batch
 
-from .conformance import WAIT, ReconnectingTransportConformance, TransportConformance
+from ..conftest import free_port
+from .conformance import (
+    WAIT,
+    ReconnectingTransportConformance,
+    TransportConformance,
+    next_event,
+)
 
 _names = itertools.count()
 
@@ -147,5 +154,35 @@ async def test_a_large_message_travels_escaped_and_arrives_without_a_copy() -> N
             assert type(event.frames[1]) is memoryview  # ZeroMQ's buffer, not a copy
         finally:
             await main.aclose()
+    finally:
+        await server.aclose()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_a_new_peer_does_not_hide_the_monitor_events_of_another() -> None:
+    """One ROUTER reads the monitors of all connecting peers; watching a new one runs its
+    commands, which may take the wake-up of events already waiting there."""
+    transport = ZeroMQTransport()
+    server = await transport.bind(ZeroMQAddress("tcp://127.0.0.1:0"), max_frame_size=1024)
+    try:
+        first = await transport.connect(ZeroMQAddress(server.local_address), max_frame_size=1024)
+        quiet: Connection | None = None
+        try:
+            assert isinstance(await next_event(first), Connected)
+            await first.send([b"hello"])
+            assert (await next_event(server, Received)).frames == [b"hello"]
+            await first.disconnect(CONNECTED_KEY)  # a new connection, reported by its monitor
+            # Hold the loop while its events reach the monitors' reader...
+            time.sleep(0.3)  # noqa: ASYNC251 - on purpose
+            # ... then watch a peer that reports nothing (nobody listens there).
+            quiet = await transport.connect(
+                ZeroMQAddress(f"tcp://127.0.0.1:{free_port()}"), max_frame_size=1024
+            )
+            assert isinstance(await next_event(first, Connected), Connected)
+        finally:
+            await first.aclose()
+            if quiet is not None:
+                await quiet.aclose()
     finally:
         await server.aclose()
