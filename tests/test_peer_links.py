@@ -400,3 +400,42 @@ async def test_ten_thousand_names_from_one_relay_are_held_and_the_excess_logged_
         assert await server.invoke("double", 4, to="agent") == 8
     finally:
         await relay.aclose()
+
+
+async def test_several_links_of_one_identity_behind_a_relay_are_one_name_above(
+    transport_kind: str, peers: contextlib.AsyncExitStack
+) -> None:
+    manager = await bound(peers, transport_kind)
+    relay = cl.Relay(
+        bind=bind_address(transport_kind), upstream=connect_address(manager), identity="cluster"
+    )
+    await peers.enter_async_context(relay)
+    await relay.wait_upstream(timeout=10)
+    async with manager.events() as events:
+        first = await peers.enter_async_context(
+            cl.Peer(connect=connect_address(relay), identity="agent-1")  # type: ignore[arg-type]
+        )
+        first.handle_function("who", labelled("first"))
+        while (await next_event(events)).identity != "cluster/agent-1":
+            pass
+        second = cl.Peer(connect=connect_address(relay), identity="agent-1")  # type: ignore[arg-type]
+        await peers.enter_async_context(second)
+        second.handle_function("who", labelled("second"))
+        async with asyncio.timeout(10):
+            while await relay_serves(manager, "second") is False:
+                await asyncio.sleep(0.01)
+        # The newer one leaves: the name stays, and calls reach the older one.
+        await second.aclose()
+        async with asyncio.timeout(10):
+            while await relay_serves(manager, "first") is False:
+                await asyncio.sleep(0.01)
+        assert "cluster/agent-1" in manager.peers
+        await first.aclose()
+        event = await next_event(events)
+        assert (event.kind, event.identity) == (DISCONNECTED, "cluster/agent-1")
+    assert manager.peers == {"cluster"}
+
+
+async def relay_serves(manager: cl.Peer, label: str) -> bool:
+    """Whether a call to ``cluster/agent-1`` reaches the agent labelled ``label`` now."""
+    return await manager.invoke("who", to="cluster/agent-1", timeout=5) == label
