@@ -1,4 +1,4 @@
-"""The registry of a Peer's remotes: links coming and going, identities, names, heartbeats.
+"""The registry of a Peer's remotes: links coming and going, identities, names, sessions.
 
 Theory of operation: ``Remotes`` owns every ``Link`` of one Peer, by transport key, and on
 the bound side by identity too, with the names that relays below announce (a ``RouteTable``).
@@ -13,15 +13,12 @@ the bound side by identity too, with the names that relays below announce (a ``R
   link is told so with ``Goodbye``); a token that belongs to another identity is refused.
 * Links that never complete their handshake are bounded: at most ``MAX_HANDSHAKES`` at once
   (a newer one pushes the oldest out) and each for at most ``heartbeat_timeout``.
-* A link ends only through its session: ``lost`` applies the input (lost, expired, goodbye)
-  and ends the link exactly when the session says BROKEN: its calls fail with
-  ``PeerDisconnectedError``, its handlers are cancelled, its names vanish, listeners hear
-  of it. ``close`` sends a Goodbye to the links that CLOSE takes to CLOSING and ends them.
-* The heartbeat task pings each open link every ``heartbeat_interval`` and expires a link
-  that was silent for ``heartbeat_timeout``, asking the transport to drop it (on the
-  connecting side: to make a new connection).
-* A ``Forwarder`` (the relay's) hears of names appearing and vanishing, of links lost and
-  of the uplink opening; a peer without one behaves exactly the same otherwise.
+* A link ends only through its session: ``lose`` applies the input (lost, expired, goodbye)
+  and ends the link exactly when the session says BROKEN (calls fail, handlers are
+  cancelled, names vanish, listeners hear of it), or, for a resumable link, SUSPENDED: it
+  waits in ``resumption`` for its Peer to resume it on a new connection (``_resume``).
+* ``heartbeats`` expires silent links through ``lost``; a ``Forwarder`` (the relay's) hears
+  of names appearing and vanishing, of links lost and of the uplink opening.
 
 Only ``peer`` and ``receiving`` use this module.
 """
@@ -114,7 +111,6 @@ class Remotes:
         self._drop = drop
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tokens: dict[str, Link] = {}  # the open links' reconnect tokens (bound side)
-        self._token_of: dict[bytes, str] = {}  # and back, by link key
         self._handshaking: dict[bytes, Link] = {}  # links awaiting their Hello (bound side)
         self._over_announced: set[bytes] = set()  # links told that they announced too much
         self.resumption = Resumption(options)
@@ -292,7 +288,6 @@ class Remotes:
         links[link.key] = link
         if token is not None:
             self._tokens[token] = link
-            self._token_of[link.key] = token
         welcome = m.Welcome(
             identity=self.identity,
             assigned=identity,
@@ -369,9 +364,6 @@ class Remotes:
         if links is not None:
             links.pop(old_key, None)
             links[key] = link
-        token = self._token_of.pop(old_key, None)
-        if token is not None:
-            self._token_of[key] = token
 
     async def refuse(self, link: Link, reason: str) -> None:
         """Turn a remote away during the handshake, telling it why (counted, logged)."""
@@ -445,9 +437,15 @@ class Remotes:
 
     async def goodbye(self, link: Link, msg: m.Goodbye) -> None:
         """The remote closed on purpose: end its link (a connecting peer reconnects)."""
-        if not await self.lost(link.key, LinkInput.GOODBYE, f"the remote closed ({msg.reason})"):
+        reason = f"the remote closed ({msg.reason})"
+        kept = self.resumption.current
+        if not await self.lost(link.key, LinkInput.GOODBYE, reason):
             return  # we are closing too
         assert self._connection is not None
+        if kept is not None and kept is not link and kept.session.state is LinkState.SUSPENDED:
+            # Our resumption was refused (the remote restarted, or the session expired
+            # there): the kept session is over, and the next connection opens a new one.
+            await self.lose(kept, LinkInput.LOST, reason)
         if not self.options.bound and msg.reason == REPLACED:
             # A newer link with our reconnect token replaced this one while we still use it:
             # someone else holds our token. Reconnecting would replace it in turn, and the two
@@ -515,9 +513,8 @@ class Remotes:
             del links[key]
             if not links:
                 del self.by_identity[link.identity]
-        token = self._token_of.pop(key, None)
-        if token is not None and self._tokens.get(token) is link:
-            del self._tokens[token]
+        if link.token is not None and self._tokens.get(link.token) is link:
+            del self._tokens[link.token]
 
     async def end_all(self, reason: str) -> None:
         """No event will come again: end every link, and a handshake still awaited."""
@@ -571,7 +568,6 @@ class Remotes:
         self.links.clear()
         self.by_identity.clear()
         self._tokens.clear()
-        self._token_of.clear()
         self.resumption.clear()
         self._handshaking.clear()
         self._events.close()
@@ -602,5 +598,8 @@ class Remotes:
 
 
 def _newest(links: dict[bytes, Link]) -> Link:
-    """The most recently opened of one identity's links (they are kept oldest first)."""
+    """The most recently opened of one identity's open links, else of its suspended ones."""
+    for link in reversed(links.values()):
+        if link.session.is_open:
+            return link
     return next(reversed(links.values()))

@@ -23,6 +23,7 @@ from callosum_like.wire import messages as m
 from .conftest import bind_address, until
 from .netproxy import Proxy
 from .rawpeer import MAX, RawClient
+from .relayproc import Children, address_of, port_of
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -352,3 +353,33 @@ async def test_under_curve_only_the_same_principal_resumes(peers: Stack) -> None
     finally:
         await owner.aclose()
         await other.aclose()
+
+
+async def test_a_restarted_server_ends_the_old_session_at_once_not_after_resume_timeout(
+    transport_kind: str, peers: Stack
+) -> None:
+    """A server killed and started again knows nothing of the session: its refusal ends the
+    session at once (not after ``resume_timeout``), and the client opens a new one."""
+    children = Children()
+    try:
+        server = {"role": "peer", "identity": "server", "options": RESUME}
+        first = await children.start(**server, bind={"kind": transport_kind})
+        port = port_of(first.address)
+        client = await peers.enter_async_context(
+            cl.Peer(
+                connect=address_of(first.address),
+                identity="agent-1",
+                **{**RESUME, "resume_timeout": 600},
+            )
+        )
+        call = asyncio.create_task(client.invoke("block", 1))
+        await first.line("started")
+        first.kill()
+        await children.start(**server, bind={"kind": transport_kind, "port": port})
+        with pytest.raises(cl.PeerDisconnectedError, match="cannot resume"):
+            await asyncio.wait_for(call, 30)
+        await client.wait_for_peer("server", timeout=20)
+        assert await client.invoke("echo", 42) == 42
+        assert client.statistics().sessions_resumed == 0
+    finally:
+        await children.reap_all()
