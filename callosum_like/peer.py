@@ -49,7 +49,7 @@ from .errors import PeerClosedError, PeerDisconnectedError, RPCTimeoutError
 from .events import DEFAULT_EVENT_BUFFER, EventHub, EventListener, PeerEvents
 from .forwarding import Forwarder
 from .heartbeats import keep_alive
-from .link import BULK_CHUNKS, SHARED_SPAN, Link
+from .link import Link
 from .lower.base import Connection, Transport
 from .options import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -61,7 +61,7 @@ from .options import (
 )
 from .ordering import Ordering
 from .receiving import Receiver
-from .remotes import REPLACED, Remotes
+from .remotes import Remotes
 from .request import Body, Handler, Headers, StreamHandler
 from .session import LinkInput, LinkState
 from .stats import Counters, DropLog, Gauges, PeerStatistics
@@ -72,16 +72,7 @@ from .wire.codec import MAX_HEADER_SIZE
 if TYPE_CHECKING:
     from .auth import AbstractClientAuthenticator, AbstractServerAuthenticator
 
-__all__ = [
-    "Peer",
-    "Link",
-    "Forwarder",
-    "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_MAX_PENDING",
-    "REPLACED",
-    "SHARED_SPAN",
-    "BULK_CHUNKS",
-]
+__all__ = ["Peer", "Link", "Forwarder", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_MAX_PENDING"]
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ class Remotes:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tokens: dict[str, Link] = {}  # the open links' reconnect tokens (bound side)
         self._handshaking: dict[bytes, Link] = {}  # links awaiting their Hello (bound side)
-        self._over_announced: set[bytes] = set()  # links told that they announced too much
+        self._over_announced: set[Link] = set()  # links that announced too much (logged)
         self.resumption = Resumption(options)
         self._serials = itertools.count(1)
         self._connection: Connection | None = None
@@ -207,7 +207,7 @@ class Remotes:
 
     async def wait_for(self, identity: str, timeout: float | None) -> None:
         """Wait until a remote named ``identity`` has connected (see ``Peer.wait_for_peer``)."""
-        if identity in self.peers:
+        if identity in self.by_identity or identity in self.routes or identity in self.peers:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(identity, []).append(waiter)
@@ -229,14 +229,10 @@ class Remotes:
             await self.lost(event.peer, LinkInput.LOST, "reconnected")
         options, connection = self.options, self._connection
         assert connection is not None
-        session = Session(
-            heartbeat_interval=options.heartbeat_interval,
-            heartbeat_timeout=options.heartbeat_timeout,
-            now=self._clock(),
-        )
+        interval, timeout = options.heartbeat_interval, options.heartbeat_timeout
         link = Link(
             event.peer,
-            session,
+            Session(heartbeat_interval=interval, heartbeat_timeout=timeout, now=self._clock()),
             connection=connection,
             counters=self._counters,
             max_body_size=options.max_body_size,
@@ -507,7 +503,7 @@ class Remotes:
             del self.links[key]
         self.resumption.forget(link)
         self._handshaking.pop(key, None)
-        self._over_announced.discard(key)
+        self._over_announced.discard(link)
         links = self.by_identity.get(link.identity)
         if links is not None and links.get(key) is link:
             del links[key]
@@ -581,12 +577,10 @@ class Remotes:
         if type(msg) is m.PeerUp:
             try:
                 name = self.routes.announce(link, link.identity, msg.peer)
-            except ProtocolError as exc:
-                # A relay past its share says so with every further PeerUp: count each
-                # refusal, log the first of each link.
+            except ProtocolError as exc:  # counted each time, logged once per link
                 self._counters.dropped_messages += 1
-                if link.key not in self._over_announced:
-                    self._over_announced.add(link.key)
+                if link not in self._over_announced:
+                    self._over_announced.add(link)
                     log.warning("refused a PeerUp of %r: %s (logged once)", link.identity, exc)
                 return
             if name is not None:

@@ -17,7 +17,7 @@ import pytest
 
 import callosum_like as cl
 from callosum_like.errors import ErrorCode
-from callosum_like.peer import BULK_CHUNKS, SHARED_SPAN
+from callosum_like.link import BULK_CHUNKS, SHARED_SPAN
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import ChunkedHead, encode_head, pack_body
 
