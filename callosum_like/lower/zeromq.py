@@ -61,9 +61,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -89,6 +86,14 @@ from .base import (
     check_reconnect_intervals,
 )
 from .registry import register_transport
+from .zeromq_context import (
+    FDS_PER_CONNECTING_PEER,
+    MAX_SOCKETS,
+    check_file_limit,
+    out_of_room,
+    raise_open_file_limit,
+    shared_context,
+)
 from .zeromq_driver import BATCH_MARK as BATCH_MARK
 from .zeromq_driver import BATCH_SIZE as BATCH_SIZE
 from .zeromq_driver import CLOSE_LINGER_MS as CLOSE_LINGER_MS
@@ -135,94 +140,6 @@ _AUTH_FAILURES: Final[dict[int, str]] = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security handshake failed (protocol error)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "security handshake failed (wrong server key?)",
 }
-#: The shared context's socket limit (``ZMQ_MAX_SOCKETS``; libzmq's default is 1,023):
-#: libzmq's largest, 65,535, or 32,767 connecting peers at two sockets each. Its slot tables
-#: cost about 0.75 MiB once per process; the open-file limit binds long before it.
-MAX_SOCKETS: Final = 65_535
-#: Descriptors one connecting peer holds: the DEALER's and its monitor's mailbox eventfds
-#: and its TCP/IPC connection (an ``inproc://`` one holds only the first: no monitor).
-FDS_PER_CONNECTING_PEER: Final = 3
-_sized: weakref.WeakSet[zmq.asyncio.Context] = weakref.WeakSet()
-_sizing = threading.Lock()
-_file_limit_checked = False
-
-
-def shared_context() -> zmq.asyncio.Context:
-    """The process-wide ZeroMQ context that every ZeroMQ connection uses by default.
-
-    It is pyzmq's ``zmq.asyncio.Context.instance()``, sized for ``MAX_SOCKETS`` sockets the
-    first time we see it (libzmq takes the size only before the context's first socket: code
-    that makes sockets on that instance before importing this module keeps libzmq's 1,023).
-    """
-    context = zmq.asyncio.Context.instance()
-    if context not in _sized:
-        with _sizing:
-            if context not in _sized:
-                context.set(zmq.MAX_SOCKETS, min(MAX_SOCKETS, context.get(zmq.SOCKET_LIMIT)))
-                _sized.add(context)
-    return context
-
-
-shared_context()  # sized now, before anyone can make a socket on it
-
-
-def raise_open_file_limit() -> int:
-    """Raise the process's soft limit on open files to its hard limit; return the soft limit.
-
-    Returns 0 where there is no such limit to read (no ``resource`` module).
-    """
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on Linux or macOS
-        return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):  # macOS refuses more than OPEN_MAX for RLIM_INFINITY
-            return int(soft)
-        log.debug("raised the soft limit on open files from %d to %d", soft, hard)
-        soft = hard
-    return int(soft)
-
-
-def _check_file_limit() -> None:
-    global _file_limit_checked
-    if not _file_limit_checked:
-        _file_limit_checked = True
-        raise_open_file_limit()
-
-
-def _out_of_room(exc: zmq.ZMQError, context: zmq.Context[Any]) -> OSError:
-    """The ``OSError`` for a socket libzmq could not make: which limit, and how to raise it."""
-    soft = hard = -1
-    with contextlib.suppress(ImportError):
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        open_now = len(os.listdir("/proc/self/fd"))
-    except OSError as error:  # no /proc; or no descriptor left even to list them
-        open_now = soft if error.errno == errno.EMFILE else -1
-    sockets = (
-        f"the ZeroMQ context holds its limit of sockets (ZMQ_MAX_SOCKETS is "
-        f"{context.get(zmq.MAX_SOCKETS)}; each connecting peer takes two): give "
-        "ZeroMQTransport(context=...) a context made with ctx.set(zmq.MAX_SOCKETS, n) before "
-        "its first socket"
-    )
-    files = (
-        f"the process is out of open files (RLIMIT_NOFILE soft {soft}, hard {hard}; each "
-        f"connecting ZeroMQ peer holds {FDS_PER_CONNECTING_PEER}): raise the limit with "
-        "`ulimit -n` (as root for more than the hard limit), LimitNOFILE= in a systemd unit, "
-        "or /etc/security/limits.conf"
-    )
-    if open_now < 0:  # pragma: no cover - cannot tell without /proc
-        text = f"either {files}, or {sockets}"
-    elif open_now + 16 < soft:
-        text = sockets
-    else:
-        text = files
-    return OSError(errno.EMFILE, f"cannot make a ZeroMQ socket: {text}")
 
 
 def _bind_endpoint(uri: str) -> str:
@@ -513,13 +430,13 @@ class ZeroMQTransport(Transport):
     def _socket(self, kind: int, max_frame_size: int) -> zmq.Socket[Any]:
         # A plain socket of the (asyncio) shared context: the driver does the async part,
         # and the ZAP handler, bound in that context, sees it.
-        _check_file_limit()
+        check_file_limit()
         context = self._context or shared_context()
         try:
             sock: zmq.Socket[Any] = zmq.Socket(context, kind)
         except zmq.ZMQError as exc:
             if exc.errno == errno.EMFILE:
-                raise _out_of_room(exc, context) from exc
+                raise out_of_room(exc, context) from exc
             raise
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max(max_frame_size, BATCH_SIZE))
@@ -590,7 +507,7 @@ class ZeroMQTransport(Transport):
         except BaseException as exc:
             sock.close(linger=0)
             if isinstance(exc, zmq.ZMQError) and exc.errno == errno.EMFILE:
-                raise _out_of_room(exc, sock.context) from exc  # no room for its monitor
+                raise out_of_room(exc, sock.context) from exc  # no room for its monitor
             raise
         try:
             sock.connect(uri)
