@@ -125,6 +125,7 @@ def test_every_example_is_tested_and_documented() -> None:
     assert names == [
         "bidirectional.py",
         "file_transfer.py",
+        "fleet.py",
         "ordering.py",
         "schema_client.py",
         "schema_server.py",
