@@ -141,8 +141,8 @@ def _cell(summary: Summary, metric: str, unit: str) -> str:
     value = summary.median.get(metric)
     if value is None:
         return "n/a"
-    spread = summary.spread(metric)
-    return format_value(value, unit) + ("" if spread is None else f" ±{spread:.0%}")
+    spread = summary.spread(metric)  # none for a figure the runs share (a fleet's agents)
+    return format_value(value, unit) + ("" if not spread else f" ±{spread:.0%}")
 
 
 def render_text(rows: list[list[str]], left: int = 1) -> list[str]:
