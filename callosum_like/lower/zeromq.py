@@ -11,9 +11,10 @@ Theory of operation:
   libzmq's I/O thread spends sending what they took before.
 * Limits: libzmq's default context holds 1,023 sockets; the shared one is sized for
   ``MAX_SOCKETS`` before its first socket (at import, and again for a new instance after a
-  fork or a ``term``). Each connecting peer holds two sockets (its DEALER and the monitor
-  libzmq makes for it) and three descriptors (their two mailbox eventfds and the TCP/IPC
-  connection); a bound peer one socket, and one descriptor per remote. The first socket we
+  fork or a ``term``). Each connecting peer holds three sockets (its DEALER, the monitor
+  libzmq makes for it, and the PAIR that reads the monitor) and four descriptors (their
+  three mailbox eventfds and the TCP/IPC connection); a bound peer one socket, and one
+  descriptor per remote. The first socket we
   make raises the process's soft limit on open files to its hard limit; running out of
   either limit raises ``OSError(EMFILE)`` naming the limit and how to raise it.
 * Each connection owns one ``SocketDriver`` (``lower.zeromq_driver``) for its plain
@@ -43,9 +44,10 @@ Theory of operation:
 * Connected (DEALER): ``Connected`` is reported at once; the socket's monitor reports
   ``Disconnected`` when the TCP/IPC connection drops (after what the socket already holds
   from it), ``Connected`` again when it is re-established, and ``AuthFailed`` when the CURVE
-  handshake is refused (without CURVE a failed handshake is only a broken connection). One
-  ROUTER per context and loop reads the monitors of all connecting sockets
-  (``lower.zeromq_monitor``), not a PAIR socket per peer.
+  handshake is refused (without CURVE a failed handshake is only a broken connection). Each
+  monitor is read by a PAIR socket of its peer's own: a ROUTER reading every monitor of a
+  context would save a descriptor per peer, but libzmq aborted the process now and then
+  with 2,000 peers on one (a PAIR talking to a ROUTER is outside what libzmq supports).
   ZeroMQ reconnects by itself, after ``reconnect_interval`` and then with the interval
   doubling up to ``reconnect_max_interval`` (``ZMQ_RECONNECT_IVL`` and
   ``ZMQ_RECONNECT_IVL_MAX``).
@@ -60,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -103,7 +106,6 @@ from .zeromq_driver import SEND_QUEUE_SIZE as SEND_QUEUE_SIZE
 from .zeromq_driver import SMALL_MESSAGE_SIZE as SMALL_MESSAGE_SIZE
 from .zeromq_driver import ZERO_COPY_THRESHOLD as ZERO_COPY_THRESHOLD
 from .zeromq_driver import SocketDriver, frame_contents
-from .zeromq_monitor import MonitorHub
 
 if TYPE_CHECKING:
     from ..auth import AbstractClientAuthenticator, AbstractServerAuthenticator
@@ -117,6 +119,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_monitor_names = itertools.count()
 
 #: Messages ZeroMQ queues per pipe before a sender waits (ZeroMQ's own default is 1000). A
 #: message may be a batch of up to ``BATCH_SIZE`` bytes, so this also bounds the bytes a remote
@@ -333,17 +337,24 @@ class _Dealer(_ZeroMQConnection):
         self.reconnects = monitored  # inproc:// reports nothing to reconnect on
         self._events.offer(Connected(CONNECTED_KEY))
         self._sock = sock
-        self._hub: MonitorHub | None = None
-        self._monitor_key = b""
+        self._monitor: SocketDriver | None = None
+        self._monitored = sock if monitored else None
         if monitored:  # before the socket connects: no event of its first connection is lost
+            name = f"inproc://callosum-like-monitor-{next(_monitor_names)}"
+            sock.monitor(name, _MONITOR_EVENTS)
             try:
-                hub = MonitorHub.for_context(sock.context)
-                self._monitor_key = hub.watch(sock, _MONITOR_EVENTS, self._on_monitor_event)
-                self._driver.recheck()  # as in ``disconnect``
+                pair: zmq.Socket[Any] = zmq.Socket(sock.context, zmq.PAIR)
             except BaseException:
+                sock.disable_monitor()
                 self._driver.close()
                 raise
-            self._hub = hub
+            pair.connect(name)
+            self._monitor = SocketDriver(pair, self._on_monitor_parts)
+            self._driver.recheck()  # as in ``disconnect``
+
+    def _on_monitor_parts(self, parts: list[Any]) -> bool:
+        self._on_monitor_event(parts)
+        return True
 
     def _on_message(self, parts: list[Any]) -> bool:
         return self._offer(CONNECTED_KEY, self._messages(parts), None)
@@ -394,8 +405,11 @@ class _Dealer(_ZeroMQConnection):
         self._driver.recheck()  # the socket's commands ran: its FD's edge may be gone
 
     def _close_sockets(self) -> None:
-        if self._hub is not None:
-            self._hub.unwatch(self._sock, self._monitor_key)
+        if self._monitored is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._monitored.disable_monitor()
+        if self._monitor is not None:
+            self._monitor.close()
         super()._close_sockets()
 
 

@@ -32,12 +32,12 @@ __all__ = [
 log = logging.getLogger("callosum_like.lower.zeromq")
 
 #: The shared context's socket limit (``ZMQ_MAX_SOCKETS``; libzmq's default is 1,023):
-#: libzmq's largest, 65,535, or 32,767 connecting peers at two sockets each. Its slot tables
+#: libzmq's largest, 65,535, or 21,845 connecting peers at three sockets each. Its slot tables
 #: cost about 0.75 MiB once per process; the open-file limit binds long before it.
 MAX_SOCKETS: Final = 65_535
-#: Descriptors one connecting peer holds: the DEALER's and its monitor's mailbox eventfds
-#: and its TCP/IPC connection (an ``inproc://`` one holds only the first: no monitor).
-FDS_PER_CONNECTING_PEER: Final = 3
+#: Descriptors one connecting peer holds: the mailbox eventfds of its DEALER, of its monitor
+#: and of the PAIR reading it, and its TCP/IPC connection (``inproc://``: the first only).
+FDS_PER_CONNECTING_PEER: Final = 4
 _sized: weakref.WeakSet[zmq.asyncio.Context] = weakref.WeakSet()
 _sizing = threading.Lock()
 _file_limit_checked = False
@@ -103,7 +103,7 @@ def out_of_room(exc: zmq.ZMQError, context: zmq.Context[Any]) -> OSError:
         open_now = soft if error.errno == errno.EMFILE else -1
     sockets = (
         f"the ZeroMQ context holds its limit of sockets (ZMQ_MAX_SOCKETS is "
-        f"{context.get(zmq.MAX_SOCKETS)}; each connecting peer takes two): give "
+        f"{context.get(zmq.MAX_SOCKETS)}; each connecting peer takes three): give "
         "ZeroMQTransport(context=...) a context made with ctx.set(zmq.MAX_SOCKETS, n) before "
         "its first socket"
     )

@@ -65,7 +65,7 @@ __all__ = [
 
 #: Open files one connecting peer holds, by transport: TCP its socket; ZeroMQ its socket's
 #: connection plus the DEALER's and its monitor's mailboxes (eventfds in libzmq).
-FDS_PER_AGENT: Final = {"tcp": 1, "zeromq": 3}
+FDS_PER_AGENT: Final = {"tcp": 1, "zeromq": 4}
 #: Open files a process needs beside its peers: the interpreter, the loop, pipes, libzmq.
 SPARE_FDS: Final = 64
 #: Handshakes under way at once in one agents process.

@@ -161,8 +161,8 @@ async def test_a_large_message_travels_escaped_and_arrives_without_a_copy() -> N
 @pytest.mark.timeout(30)
 @pytest.mark.asyncio
 async def test_a_new_peer_does_not_hide_the_monitor_events_of_another() -> None:
-    """One ROUTER reads the monitors of all connecting peers; watching a new one runs its
-    commands, which may take the wake-up of events already waiting there."""
+    """Making a new peer (its socket, its monitor) runs libzmq's commands, which may take
+    the wake-up of events already waiting for another peer: they still arrive."""
     transport = ZeroMQTransport()
     server = await transport.bind(ZeroMQAddress("tcp://127.0.0.1:0"), max_frame_size=1024)
     try:
