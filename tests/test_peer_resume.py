@@ -383,3 +383,32 @@ async def test_a_restarted_server_ends_the_old_session_at_once_not_after_resume_
         assert client.statistics().sessions_resumed == 0
     finally:
         await children.reap_all()
+
+
+async def test_a_cancellation_during_the_break_reaches_the_handler_once_resumed(
+    transport_kind: str, peers: Stack
+) -> None:
+    server, client, proxy = await pair(peers, transport_kind)
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hang(request: cl.Request) -> Any:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server.handle_function("hang", hang)
+    call = asyncio.create_task(client.invoke("hang"))
+    async with asyncio.timeout(10):
+        await started.wait()
+    proxy.blocked = True
+    proxy.cut()
+    call.cancel()  # the caller gives up while nothing reaches the server
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    proxy.blocked = False  # the Cancel, kept meanwhile, goes out with the resumption
+    await resumed(server, client)
+    async with asyncio.timeout(10):
+        await cancelled.wait()

@@ -367,6 +367,63 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=("tests/test_peer_uploads.py",),
         why="a handler that answers before reading its upload stops the caller's iterator",
     ),
+    # -- fleets and resumption (issues 19 and 20) ---------------------------------------------
+    Mutant(
+        name="replay-duplicates-handled-again",
+        path="callosum_like/replay.py",
+        old="        if seq <= self.received:",
+        new="        if seq < self.received:",
+        tests=("tests/test_replay.py",),
+        why="a message received before must be dropped: its handler ran once",
+    ),
+    Mutant(
+        name="replay-acknowledgement-frees-nothing",
+        path="callosum_like/replay.py",
+        old="        while kept and kept[0][0] <= seq:",
+        new="        while kept and kept[0][0] < 0:",
+        tests=("tests/test_replay.py",),
+        why="what the remote acknowledged must be forgotten, or the bound is reached at once",
+    ),
+    Mutant(
+        name="resumption-token-not-checked",
+        path="callosum_like/resumption.py",
+        old="link.identity != identity or link.token is None or link.token != msg.token",
+        new="link.identity != identity",
+        tests=("tests/test_peer_resume.py",),
+        why="a session id (with an identity) must grant nothing without the Peer's token",
+    ),
+    Mutant(
+        name="remotes-token-of-another-identity-replaces",
+        path="callosum_like/remotes.py",
+        old="        if previous is not None and previous.identity != identity:",
+        new="        if previous is not None and previous.identity is None:",
+        tests=("tests/test_peer_links.py",),
+        why="knowing a token must not let another identity push a link off",
+    ),
+    Mutant(
+        name="remotes-refused-resumption-keeps-session",
+        path="callosum_like/remotes.py",
+        old="            await self.lose(kept, LinkInput.LOST, reason)",
+        new="            pass",
+        tests=("tests/test_peer_resume.py",),
+        why="after a server restart, calls must fail at once, not after resume_timeout",
+    ),
+    Mutant(
+        name="remotes-to-takes-oldest-link",
+        path="callosum_like/remotes.py",
+        old="    for link in reversed(links.values()):",
+        new="    for link in links.values():",
+        tests=("tests/test_peer_links.py",),
+        why="to=identity takes the most recently opened live link",
+    ),
+    Mutant(
+        name="heartbeats-bound-side-pings-every-interval",
+        path="callosum_like/session.py",
+        old="        if now - self._heard < quiet:",
+        new="        if now - self._heard < 0:",
+        tests=("tests/test_peer_heartbeats.py",),
+        why="an idle agent must cost the bound side one message in and one out per interval",
+    ),
 )
 
 
