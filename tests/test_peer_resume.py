@@ -412,3 +412,37 @@ async def test_a_cancellation_during_the_break_reaches_the_handler_once_resumed(
     await resumed(server, client)
     async with asyncio.timeout(10):
         await cancelled.wait()
+
+
+async def test_the_right_session_id_without_the_peers_token_resumes_nothing(
+    transport_kind: str, peers: Stack
+) -> None:
+    """Same identity (claimed, on a plain transport), the real session id: no token, no
+    resumption."""
+    server = await peers.enter_async_context(
+        cl.Peer(bind=bind_address(transport_kind), identity="server", **RESUME)
+    )
+    owner = await RawClient.connect(server, transport_kind)
+    thief = await RawClient.connect(server, transport_kind)
+    try:
+        session = "q" * 32
+        await owner.send(
+            m.Hello(identity="agent-1", max_body_size=MAX, token="t" * 32, session=session)
+        )
+        assert isinstance(await owner.receive(), m.Welcome)
+        for token in ("u" * 32, None):
+            await thief.send(
+                m.Hello(
+                    identity="agent-1", max_body_size=MAX, token=token, session=session, received=0
+                )
+            )
+            answer = await thief.receive()
+            assert isinstance(answer, m.Goodbye)
+            assert "cannot resume a session of another peer" in answer.reason
+            await thief.aclose()
+            thief = await RawClient.connect(server, transport_kind)
+        assert server.statistics().resumes_refused == 2
+        assert server.peers == {"agent-1"}
+    finally:
+        await owner.aclose()
+        await thief.aclose()

@@ -418,9 +418,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="heartbeats-bound-side-pings-every-interval",
-        path="callosum_like/session.py",
-        old="        if now - self._heard < quiet:",
-        new="        if now - self._heard < 0:",
+        path="callosum_like/heartbeats.py",
+        old="    quiet = options.heartbeat_interval + tick",
+        new="    quiet = 0.0",
         tests=("tests/test_peer_heartbeats.py",),
         why="an idle agent must cost the bound side one message in and one out per interval",
     ),
