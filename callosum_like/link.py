@@ -140,6 +140,10 @@ class Link:
         """The largest body both sides accept."""
         return min(self._max_body_size, self.session.remote_max_body_size)
 
+    def chunks(self, msg: m.Message) -> bool:
+        """Whether ``send`` would send ``msg`` in chunks (waiting for the remote's credit)."""
+        return type(msg) in _BODY_KINDS and len(msg.body) > self._chunk_size  # type: ignore[union-attr]
+
     def check_size(self, size: int) -> None:
         """Raise ``MessageTooLargeError`` for a body of ``size`` bytes over ``body_limit``."""
         limit = self.body_limit()

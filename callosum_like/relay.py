@@ -47,8 +47,6 @@ from typing import TYPE_CHECKING, Final, Self
 from .addresses import AddressLike
 from .errors import (
     ErrorCode,
-    PeerClosedError,
-    PeerDisconnectedError,
     ProtocolError,
     RPCError,
 )
@@ -58,6 +56,7 @@ from .hops import FORWARDING, Hop
 from .link import Link
 from .lower.base import Transport
 from .options import DEFAULT_CONNECT_TIMEOUT, check_count, check_positive
+from .outbox import Outboxes
 from .peer import Peer
 from .routing import scoped
 from .session import CallInput
@@ -167,6 +166,7 @@ class Relay:
         self._max_forwarded = max_forwarded
         self._heartbeat_timeout = float(heartbeat_timeout)
         self._forwards = ForwardTable()
+        self._outboxes = Outboxes()  # what waits to be passed on, per link
         self._dirty: dict[str, str] = {}  # names to announce -> why they went (if they did)
         self._wake = asyncio.Event()
         self._upstream_open = asyncio.Event()
@@ -259,6 +259,7 @@ class Relay:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._outboxes.aclose()
         for fwd in self._forwards.pop_everything():
             await _answer(fwd.caller_link, fwd.caller_id, "the relay closed")
             await _cancel(fwd)
@@ -392,12 +393,13 @@ class Relay:
         fwd = Forward(caller_link, msg.id, callee_link, callee_id)
         self._forwards.add(fwd)
         call = dataclasses.replace(msg, id=callee_id, target=target, origin=origin)
-        try:
-            await callee_link.send(call)
-        except (PeerDisconnectedError, PeerClosedError) as exc:
+
+        async def failed(exc: Exception) -> None:
             self._forwards.remove(fwd)
             callee_link.session.call_input(callee_id, CallInput.REPLY)
             await _answer(caller_link, msg.id, f"could not pass the call on: {exc}")
+
+        await self._outboxes.send(callee_link, call, failed)
 
     def _refusal(self, msg: m.Call, callee_link: Link) -> m.Error | None:
         if self._state != "open":
@@ -432,7 +434,7 @@ class Relay:
                 return True
             text = f"the reply of {len(body)} bytes exceeds max_body_size {limit}"
             reply = _error(fwd.caller_id, ErrorCode.MESSAGE_TOO_LARGE, text)
-        await fwd.caller_link.send_quietly(reply)
+        await self._outboxes.send(fwd.caller_link, reply)
         return True
 
     async def forward_control(self, link: Link, msg: m.Cancel | m.Credit) -> bool:
@@ -442,12 +444,13 @@ class Relay:
             return False
         if type(msg) is m.Cancel:
             fwd.callee_link.session.call_input(fwd.callee_id, CallInput.ABANDON)
-        await fwd.callee_link.send_quietly(dataclasses.replace(msg, id=fwd.callee_id))
+        await self._outboxes.send(fwd.callee_link, dataclasses.replace(msg, id=fwd.callee_id))
         return True
 
     async def link_lost(self, link: Link, reason: str) -> None:
         """``link`` ended: answer the callers of what went out on it, cancel what came in."""
         who = link.identity or "the remote"
+        self._outboxes.drop(link)
         for fwd in self._forwards.pop_callee(link):
             await _answer(fwd.caller_link, fwd.caller_id, f"{who}: {reason}")
         for fwd in self._forwards.pop_caller(link):

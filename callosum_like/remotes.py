@@ -40,7 +40,7 @@ from .forwarding import Forwarder
 from .link import Link, Spawn
 from .lower.base import CONNECTED_KEY, Connected, Connection
 from .options import PeerOptions
-from .resumption import Resumption
+from .resumption import RESUME_REFUSED, Resumption
 from .routing import RouteTable
 from .session import LinkInput, LinkState, Session
 from .stats import Counters
@@ -328,7 +328,7 @@ class Remotes:
             kept, resend = self.resumption.check(msg, identity)
         except ProtocolError as exc:
             self._counters.resumes_refused += 1
-            await self.refuse(link, f"cannot resume {exc}")
+            await self.refuse(link, f"{RESUME_REFUSED} {exc}")
             return
         if kept.session.is_open:  # we had not noticed that its connection died (ZeroMQ)
             old_key = kept.key
@@ -438,7 +438,8 @@ class Remotes:
         if not await self.lost(link.key, LinkInput.GOODBYE, reason):
             return  # we are closing too
         assert self._connection is not None
-        if kept is not None and kept is not link and kept.session.state is LinkState.SUSPENDED:
+        refused = msg.reason.startswith(RESUME_REFUSED)  # not some other, older Goodbye
+        if refused and kept is not None and kept.session.state is LinkState.SUSPENDED:
             # Our resumption was refused (the remote restarted, or the session expired
             # there): the kept session is over, and the next connection opens a new one.
             await self.lose(kept, LinkInput.LOST, reason)

@@ -33,10 +33,12 @@ from .session import LinkState
 from .wire import messages as m
 from .wire.codec import Frame
 
-__all__ = ["Resumption", "MAX_SESSION_ID_LENGTH"]
+__all__ = ["Resumption", "MAX_SESSION_ID_LENGTH", "RESUME_REFUSED"]
 
 log = logging.getLogger(__name__)
 
+#: How the reason of the ``Goodbye`` that refuses a resumption starts (docs/PROTOCOL.md §14).
+RESUME_REFUSED: Final = "cannot resume"
 #: The longest session id a Hello may carry (ours are 32 hex digits).
 MAX_SESSION_ID_LENGTH: Final = 64
 

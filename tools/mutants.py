@@ -403,8 +403,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         name="remotes-refused-resumption-keeps-session",
         path="callosum_like/remotes.py",
-        old="            await self.lose(kept, LinkInput.LOST, reason)",
-        new="            pass",
+        old="refused = msg.reason.startswith(RESUME_REFUSED)",
+        new="refused = False",
         tests=("tests/test_peer_resume.py",),
         why="after a server restart, calls must fail at once, not after resume_timeout",
     ),
