@@ -14,8 +14,9 @@ body, it only rewrites the call ``id`` of each hop and the ``target``/``origin``
 * Back: replies, stream items, ``Cancel`` and ``Credit`` (rules by kind: ``hops``) are
   matched by (link, id) in a ``forward_table.ForwardTable``, sent on with the other hop's
   id, else verbatim.
-  Stream credit therefore passes end to end: the relay holds no items and buffers nothing
-  beyond its transports' bounded queues.
+  Stream credit therefore passes end to end. What is passed on goes through an
+  ``outbox.Outboxes``: at once when it goes whole, else queued for its link and sent in
+  order by a task, so that no receive loop waits for a next hop's chunk credit.
 * Faults: when the link a call was forwarded *to* ends, its caller is answered
   ``Error(PEER_DISCONNECTED)``; when the link it came *from* ends, the callee gets
   ``Cancel``. At most ``max_forwarded`` calls are in flight; more are answered
