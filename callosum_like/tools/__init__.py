@@ -7,6 +7,10 @@ so). Inside, the layers are:
 
 * ``demo``, ``soak`` and ``bench`` (a package): the three commands, independent of each other;
   ``demo_typed`` is the demo's Thrift and schema section.
+* ``flaps`` (a package, below the commands and above ``netbed``): managers, relays and
+  agents in the bed's hosts under a mixed load while their links flap, steered over a Unix
+  socket, with books that tell a failed, repeated or missing call (``make resume-figures``,
+  ``soak --network`` and ``tests/net/test_resume_netns.py``).
 * ``netbed`` (a package, beside ``demo_typed``): the network fault test bed, hosts in network
   namespaces with loss, bandwidth, delay, flaps and readdressing (``docs/netbed.md``); the
   commands and the tests may run their children in it instead of on 127.0.0.1.

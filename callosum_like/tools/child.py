@@ -1,7 +1,8 @@
 """The child's side of the tools' processes: bind on loopback, say ``READY``, stop on EOF.
 
 Theory of operation: a server process of the demo, the benchmark or the soak binds on
-127.0.0.1 (port 0 unless told), prints ``READY <address>`` (``say_ready``) for its parent's
+127.0.0.1 (port 0 unless told; a child in a host of a network test bed, on that host's
+address), prints ``READY <address>`` (``say_ready``) for its parent's
 ``supervisor.ChildProcess``, and serves until its stdin reaches end-of-file
 (``wait_for_stdin_eof``): that is the parent's request to stop, and also what happens when the
 parent dies. Ctrl-C is left to the parent (``ignore_sigint``), which stops its children in
@@ -39,11 +40,15 @@ T = TypeVar("T")
 TRANSPORTS: Final = ("zeromq", "tcp")
 
 
-def bind_address(transport: str, port: int = 0) -> AddressLike:
-    """A 127.0.0.1 address for ``transport`` (``zeromq``/``tcp``); port 0 is a free port."""
+def bind_address(transport: str, port: int = 0, host: str = "127.0.0.1") -> AddressLike:
+    """An address on ``host`` for ``transport`` (``zeromq``/``tcp``); port 0 is a free port.
+
+    ``host`` is 127.0.0.1 unless told: a child in a host of a network test bed binds on
+    that host's address (``NetBed.address``).
+    """
     if transport == "tcp":
-        return TCPAddress("127.0.0.1", port)
-    return f"tcp://127.0.0.1:{port}"
+        return TCPAddress(host, port)
+    return f"tcp://{host}:{port}"
 
 
 def connect_address(transport: str, address: str) -> AddressLike:
