@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning -rs
 
-.PHONY: install setup lint test test-fast cov mutants demo demo-federation bench soak clean
+.PHONY: install setup lint test test-fast cov mutants demo demo-federation bench soak churn clean
 
 install setup: $(STAMP)
 
@@ -55,6 +55,16 @@ demo-federation: $(STAMP)
 SOAK_DURATION ?= 300
 soak: $(STAMP)
 	$(BIN)/python -m callosum_like soak --duration $(SOAK_DURATION)
+
+# The churn soak: 10,000 agents in 4 processes, a tenth replaced every 10 s, for
+# CHURN_DURATION seconds per transport; bound-side memory and open files must stay flat.
+# One process per transport, so that neither inherits the other's heap.
+CHURN_DURATION ?= 300
+churn: $(STAMP)
+	@status=0; for transport in zeromq tcp; do \
+		$(BIN)/python -m callosum_like soak --churn --transport $$transport \
+			--duration $(CHURN_DURATION) || status=1; \
+	done; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
