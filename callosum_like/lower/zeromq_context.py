@@ -29,7 +29,7 @@ __all__ = [
     "FDS_PER_CONNECTING_PEER",
 ]
 
-log = logging.getLogger("callosum_like.lower.zeromq")
+log = logging.getLogger(__name__)
 
 #: The shared context's socket limit (``ZMQ_MAX_SOCKETS``; libzmq's default is 1,023):
 #: libzmq's largest, 65,535, or 21,845 connecting peers at three sockets each. Its slot tables
