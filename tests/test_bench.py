@@ -466,3 +466,15 @@ async def test_an_agents_process_that_cannot_open_says_why_and_fails() -> None:
         status = await agents.wait(50)
         assert status == 1
         assert "FAILED 0 agents open, then PeerDisconnectedError: cannot connect" in agents.tail()
+
+
+@pytest.mark.timeout(60)
+def test_fleet_sizes_must_be_positive(tmp_path: Path) -> None:
+    for option, value, error in [
+        ("--fleet-agents", "10,0", "must be at least 1"),
+        ("--fleet-agents", ",", "give at least one count"),
+        ("--idle-seconds", "0", "must be more than 0"),
+    ]:
+        result = run_bench(option, value, cwd=tmp_path)
+        assert result.returncode == 2
+        assert f"argument {option}: {error}" in result.stderr

@@ -178,7 +178,7 @@ def _add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--idle-seconds",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help=f"W6's window of idle CPU (default {full.idle_seconds:g}; "
         f"quick {QUICK_FLEET.idle_seconds:g})",
@@ -202,6 +202,13 @@ def _counts(text: str) -> tuple[int, ...]:
     if not counts:
         raise argparse.ArgumentTypeError("give at least one count")
     return counts
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
 
 
 def _positive(text: str) -> int:
