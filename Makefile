@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning -rs
 
-.PHONY: install setup lint test test-fast cov mutants demo demo-federation bench soak churn clean
+.PHONY: install setup lint test test-fast cov mutants demo demo-federation bench soak soak-network \
+	churn resume-figures clean
 
 install setup: $(STAMP)
 
@@ -55,6 +56,19 @@ demo-federation: $(STAMP)
 SOAK_DURATION ?= 300
 soak: $(STAMP)
 	$(BIN)/python -m callosum_like soak --duration $(SOAK_DURATION)
+
+# The network soak (root: a network test bed): the same load, direct and through a relay, while
+# the links flap for 1-5 s instead of the server being killed; with resumption nothing may fail.
+soak-network: $(STAMP)
+	$(BIN)/python -m callosum_like soak --network --duration $(SOAK_DURATION)
+
+# The resumption figures of docs/reliability.md (root: network test beds): 100 link flaps under
+# mixed load per transport, direct and through a relay; a flap longer than resume_timeout; small
+# calls and 16 MiB uploads under loss and delay. About half an hour; RESUME_SCALE=0.05 is a
+# quick run. Writes bench/results/resume-figures.json.
+RESUME_SCALE ?= 1
+resume-figures: $(STAMP)
+	$(BIN)/python -m callosum_like.tools.flaps.figures --scale $(RESUME_SCALE)
 
 # The churn soak: 10,000 agents in 4 processes, a tenth replaced every 10 s, for
 # CHURN_DURATION seconds per transport; bound-side memory and open files must stay flat.

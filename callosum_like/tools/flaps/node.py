@@ -16,7 +16,8 @@ its nodes while their network is down. It is known there by ``--name`` and serve
 ``blocked``, ``measure`` and ``probe`` (see ``Load``; ``stage.Stage.ask`` calls them).
 
 Once open (an agent: its handshake done; a relay: connected upstream), a node prints
-``READY <address>`` and serves until its stdin closes.
+``READY <address>`` and serves until its stdin closes. To see where a node waits, send it
+``SIGUSR1`` (the threads' stacks, ``faulthandler``) or ``SIGUSR2`` (every asyncio task's).
 
 Only the parent's tools start it; nothing imports it but its own ``__main__`` guard.
 """

@@ -3,14 +3,17 @@
 Theory of operation: each scenario drives the nodes of a stage through the conductor and
 returns plain data (for JSON, the figures' tables and the tests' assertions).
 
-* ``flap_series``: the mixed load runs both ways on every path while, ``count`` times, the
-  link of one host (``a`` and ``m`` in turn) goes down for a random time between
-  ``shortest`` and ``longest`` seconds and comes back; before the next flap every node must
-  have completed ``progress`` more operations within ``recovery`` seconds (a path that
-  cannot recover stops the series there, and is reported), then the link stays up a random
-  ``0 .. settle`` seconds more, so that flaps fall at different points of the load. At the
-  end the load drains (for at most ``drain`` seconds) and each path's books are judged
-  (``Stage.results``).
+* ``flap_series``: the mixed load runs both ways on every path while, ``count`` times (or
+  until ``duration`` seconds have passed, if given), the link of one host (``a`` and ``m``
+  in turn) goes down for a random time between ``shortest`` and ``longest`` seconds and
+  comes back; before the next flap every node must have completed ``progress`` more
+  operations within ``recovery`` seconds (a path that cannot recover stops the series
+  there, and is reported), then the link stays up a random ``0 .. settle`` seconds more, so
+  that flaps fall at different points of the load. At the end the load drains (for at most
+  ``drain`` seconds) and each path's books are judged (``Stage.results``).
+* ``measure``: over whatever the bed's knobs make of the link, the agent of a direct path
+  makes ``small`` small calls and then ``big`` uploads of the stage's ``big_size``, one at a
+  time; it returns the small calls' median and 99th percentile and each upload's rate.
 * ``long_flap``: with no other load, each side of a direct path holds ``holds`` calls whose
   handlers run until cancelled (the precondition: all of them are seen running), then the
   agent's link goes down until every held call has ended, and comes back. It returns each
@@ -34,7 +37,7 @@ from typing import Any, Final
 from .books import percentile
 from .stage import AGENT_HOST, CONTROL_TIMEOUT, MANAGER_HOST, Path, Stage
 
-__all__ = ["FlapPlan", "LOAD", "flap_series", "long_flap"]
+__all__ = ["FlapPlan", "LOAD", "flap_series", "long_flap", "measure"]
 
 #: The mixed load of a flap series: per path and direction, two loops of small calls, one
 #: of large echoes, one of streams of 100 items 10 ms apart (a second each).
@@ -52,6 +55,8 @@ RECOVERY_TIMEOUT: Final = 60.0
 DRAIN: Final = 60.0
 #: Seconds between two looks at the handlers a long flap holds.
 POLL_INTERVAL: Final = 0.05
+#: Seconds a measurement may take: a 16 MiB upload at 5 % loss and 50 ms takes minutes.
+MEASURE_WAIT: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +72,7 @@ class FlapPlan:
     seed: int = 0
     recovery: float = RECOVERY_TIMEOUT
     drain: float = DRAIN
+    duration: float | None = None
 
 
 async def flap_series(
@@ -80,10 +86,13 @@ async def flap_series(
         from (the series stopped there); ``paths``: ``Stage.results``.
     """
     rng = random.Random(plan.seed)
+    deadline = None if plan.duration is None else time.monotonic() + plan.duration
     await stage.start(paths, load)
     stalled = await stage.progressed(paths, plan.progress, plan.recovery) is None
     flaps: list[list[Any]] = []
     for number in range(0 if stalled else plan.count):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         host = plan.hosts[number % len(plan.hosts)]
         seconds = round(rng.uniform(plan.shortest, plan.longest), 2)
         await stage.flap(host, seconds)
@@ -170,3 +179,25 @@ async def _until_blocked(stage: Stage, path: Path, holds: int) -> None:
             if running == [holds, holds]:
                 return
             await asyncio.sleep(POLL_INTERVAL)
+
+
+async def measure(stage: Stage, path: Path, small: int, big: int) -> dict[str, Any]:
+    """Small calls, then large uploads, from the agent of ``path`` (see the module's doc).
+
+    Returns:
+        ``small_p50_ms``, ``small_p99_ms``, ``big_mib_per_s`` (each upload's rate, in MiB
+        of body per second), ``big_seconds`` and ``failed`` (calls that failed).
+    """
+    size = stage.settings.big_size
+    spec = {"small": small, "big": big, "big_size": size}
+    body = {"target": None, "spec": spec}
+    result = await stage.ask(path.agent, "measure", body, wait=MEASURE_WAIT)
+    small_ms, big_seconds = result["small_ms"], result["big_seconds"]
+    return {
+        "small_calls": small,
+        "small_p50_ms": percentile(small_ms, 0.5),
+        "small_p99_ms": percentile(small_ms, 0.99),
+        "big_mib_per_s": [size / 2**20 / seconds for seconds in big_seconds],
+        "big_seconds": big_seconds,
+        "failed": result["failed"],
+    }

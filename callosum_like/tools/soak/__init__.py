@@ -25,7 +25,9 @@ each server life. The exit status is 0 when the soak passed.
 
 The modules: ``server`` is the killed and restarted server process (``soak-server``),
 ``tally`` the bookkeeping of calls, failures and kill windows, ``load`` one transport's server
-and clients and the load they make, ``cli`` the command, the whole run and its report. Only
+and clients and the load they make, ``churn`` the churn soak (``--churn``), ``network`` the
+network soak (``--network``: link flaps in a network test bed instead of kills, with
+resumption on, and nothing may fail), ``cli`` the command, the whole run and its report. Only
 ``__main__`` imports ``cli`` and ``server``.
 """
 

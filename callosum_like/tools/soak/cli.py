@@ -6,7 +6,9 @@ the rest of ``--duration``, stops the load (a task that does not stop within
 ``LOAD_STOP_TIMEOUT``, or that crashed, fails the soak), checks that every server still
 answers, and returns the report that ``format_report`` prints. With ``--churn`` it runs the
 churn soak instead (``churn``): a fleet of ``--agents`` connecting peers, a share of them
-replaced every ``--churn-interval``, the bound side's memory and open files watched.
+replaced every ``--churn-interval``, the bound side's memory and open files watched. With
+``--network`` it runs the network soak (``network``): the load between processes in a
+network test bed while the links flap, with resumption on; nothing may fail.
 
 Only ``__main__`` imports this module.
 """
@@ -25,6 +27,7 @@ from ..child import TRANSPORTS
 from ..fleet import raise_fd_limit
 from .churn import ChurnOptions, churn_soak, format_churn_report
 from .load import CALL_TIMEOUT, Site, churn, flood, killer, rss_mb, worker
+from .network import NetworkOptions, format_network_report, network_soak
 from .tally import Tally
 
 __all__ = [
@@ -51,6 +54,9 @@ DEFAULT_AGENTS: Final = 10_000
 DEFAULT_AGENT_PROCESSES: Final = 4
 DEFAULT_CHURN_INTERVAL: Final = 10.0
 DEFAULT_CHURN_FRACTION: Final = 0.1
+#: The network soak: each flap keeps a link down for 1 to 5 s.
+DEFAULT_FLAP_SHORTEST: Final = 1.0
+DEFAULT_FLAP_LONGEST: Final = 5.0
 
 
 @dataclass
@@ -178,6 +184,8 @@ def run_soak(args: argparse.Namespace) -> int:
     transports = TRANSPORTS if args.transport == "both" else (args.transport,)
     if args.churn:
         return _run_churn(args, tuple(transports))
+    if args.network:
+        return _run_network(args, tuple(transports))
     options = Options(
         args.duration, tuple(transports), args.kill_interval, args.clients, args.flood, args.json
     )
@@ -218,6 +226,22 @@ def _run_churn(args: argparse.Namespace, transports: tuple[str, ...]) -> int:
     return _conclude(report, format_churn_report(report), args.json)
 
 
+def _run_network(args: argparse.Namespace, transports: tuple[str, ...]) -> int:
+    options = NetworkOptions(
+        transports=transports,
+        duration=args.duration,
+        shortest=args.flap_shortest,
+        longest=args.flap_longest,
+    )
+    print(
+        f"network soak ({'+'.join(transports)}) for {options.duration:g} s: mixed load both "
+        f"ways, direct and through a relay, while the links flap; the report at the end",
+        flush=True,
+    )
+    report = asyncio.run(network_soak(options))
+    return _conclude(report, format_network_report(report), args.json)
+
+
 def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``soak``."""
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds")
@@ -250,4 +274,17 @@ def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_CHURN_FRACTION,
         help="share of the agents replaced every interval",
+    )
+    network = parser.add_argument_group("the network soak (--network, needs root)")
+    network.add_argument(
+        "--network",
+        action="store_true",
+        help="instead: the load between processes in a network test bed, the links flapping "
+        "instead of the server being killed; nothing may fail",
+    )
+    network.add_argument(
+        "--flap-shortest", type=float, default=DEFAULT_FLAP_SHORTEST, help="seconds down, least"
+    )
+    network.add_argument(
+        "--flap-longest", type=float, default=DEFAULT_FLAP_LONGEST, help="seconds down, most"
     )
