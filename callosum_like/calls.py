@@ -156,21 +156,84 @@ class Caller:
         call_timeout = self._check(method, None, timeout, headers)
         packed = pack_body(body)
         results: dict[str, Any] = {}
-        calls: dict[str, asyncio.Task[Body]] = {}
-        for name in names:
-            try:
-                link, target = route(name)
-                call = _build(link, target, method, packed, None, call_timeout, headers)
-            except (UnknownPeerError, PeerDisconnectedError, MessageTooLargeError) as exc:
-                results[name] = exc
-                continue
-            results[name] = None  # keeps the order of ``names``
-            calls[name] = self._loop.create_task(self.call(link, call))
-        if calls:
-            # Cancelling us cancels every call (each cancels its remote handler).
-            outcomes = await asyncio.gather(*calls.values(), return_exceptions=True)
-            results.update(zip(calls, outcomes, strict=True))
+        bulky: dict[str, asyncio.Task[Body]] = {}  # chunked: each waits for credit, in a task
+        out: dict[str, tuple[Link, m.Call, asyncio.Future[m.Message]]] = {}
+        started = rpc_started()
+        try:
+            for name in names:  # None keeps the order of ``names`` until the outcome
+                results[name] = await self._start_one(
+                    name, route, method, packed, call_timeout, headers, out, bulky
+                )
+            if out:
+                await asyncio.wait([future for *_, future in out.values()], timeout=call_timeout)
+            for name, (link, call, future) in out.items():
+                results[name] = self._settle(link, call, future, started)
+            if bulky:
+                outcomes = await asyncio.gather(*bulky.values(), return_exceptions=True)
+                results.update(zip(bulky, outcomes, strict=True))
+        except BaseException:  # cancelled: every call still out is abandoned (Cancel sent)
+            for link, call, future in out.values():
+                if link.pending.pop(call.id, None) is not None and not future.done():
+                    link.abandon(call.id)
+            for task in bulky.values():
+                task.cancel()
+            raise
         return results
+
+    async def _start_one(
+        self,
+        name: str,
+        route: Callable[[str | None], tuple[Link, str | None]],
+        method: str,
+        packed: m.PackedBody,
+        timeout: float | None,
+        headers: Headers | None,
+        out: dict[str, tuple[Link, m.Call, asyncio.Future[m.Message]]],
+        bulky: dict[str, asyncio.Task[Body]],
+    ) -> Exception | None:
+        """Send the call of ``call_all`` to ``name``; the error if it could not leave."""
+        try:
+            link, target = route(name)
+            call = _build(link, target, method, packed, None, timeout, headers)
+        except (UnknownPeerError, PeerDisconnectedError, MessageTooLargeError) as exc:
+            return exc
+        if link.chunks(call):  # waits for the remote's credit: in a task of its own
+            bulky[name] = self._loop.create_task(self.call(link, call))
+            return None
+        # A whole call needs no task: a future each, and one wait for them all.
+        future: asyncio.Future[m.Message] = self._loop.create_future()
+        link.pending[call.id] = future
+        self._counters.calls_out += 1
+        try:
+            await self.send_call(link, call)
+        except PeerDisconnectedError as exc:  # counted, and its link ended
+            link.session.call_input(call.id, CallInput.REPLY)
+            return exc
+        out[name] = (link, call, future)
+        return None
+
+    def _settle(
+        self, link: Link, call: m.Call, future: asyncio.Future[m.Message], started: float | None
+    ) -> Any:
+        """What one call of ``call_all`` came to: its value, or the error it raised."""
+        link.pending.pop(call.id, None)
+        result: Any
+        if not future.done():  # the fan-out's timeout passed
+            link.abandon(call.id)
+            self._counters.count_error(RPCTimeoutError.__name__)
+            result = RPCTimeoutError(f"{call.method!r} took longer than {call.timeout} s")
+        elif (error := future.exception()) is not None:  # the link ended (counted there)
+            result = error
+        else:
+            try:
+                result = outcome(future.result())
+            except Exception as exc:
+                self._counters.count_error(type(exc).__name__)
+                result = exc
+        if started is not None:
+            failed = type(result).__name__ if isinstance(result, Exception) else "ok"
+            log_rpc("invoked", call.method, link.identity, started, failed)
+        return result
 
     async def call(
         self, link: Link, msg: m.Call, upload: AsyncIterable[Body] | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any
 
 import pytest
@@ -220,3 +221,12 @@ async def test_a_closed_peer_refuses(transport_kind: str) -> None:
     server = cl.Peer(bind=bind_address(transport_kind))
     with pytest.raises(cl.PeerClosedError):
         await server.invoke_all("whoami")
+
+
+async def test_a_body_in_chunks_goes_to_every_remote(transport_kind: str, peers: Stack) -> None:
+    """Over ``chunk_size``: each call waits for its remote's credit, side by side."""
+    server, agents = await server_with_agents(peers, transport_kind, ["a-1", "a-2", "a-3"])
+    for agent in agents.values():
+        agent.handle_function("size", lambda request: asyncio.sleep(0, len(request.body)))
+    body = os.urandom(1 << 20)  # incompressible: it stays over chunk_size
+    assert await server.invoke_all("size", body) == dict.fromkeys(agents, 1 << 20)
