@@ -283,7 +283,10 @@ class SocketDriver:
                 self._on_blocked(route)
                 continue
             except zmq.ZMQError as exc:
-                log.warning("dropped a queued message: %s", exc)
+                # A remote that has just left (a ROUTER's EHOSTUNREACH) is routine with many
+                # agents coming and going: a Pong or a late reply for it goes nowhere.
+                level = logging.DEBUG if exc.errno == zmq.EHOSTUNREACH else logging.WARNING
+                log.log(level, "dropped a queued message: %s", exc)
             outbox.popleft()
         if self._space is not None and len(outbox) < SEND_QUEUE_SIZE // 2:
             if not self._space.done():
