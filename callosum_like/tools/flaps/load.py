@@ -41,6 +41,9 @@ __all__ = ["CALL_TIMEOUT", "SMALL_SIZE", "Load", "WrongResultError"]
 CALL_TIMEOUT: Final = 60.0
 #: Bytes of a small call's data.
 SMALL_SIZE: Final = 64
+#: Seconds a loop of the load waits after an operation failed (one that fails at once, with
+#: no link, would otherwise keep the event loop to itself).
+FAILURE_PAUSE: Final = 0.1
 
 
 class WrongResultError(Exception):
@@ -135,7 +138,8 @@ class Load:
     def _loop(self, operation: Callable[[str], Awaitable[None]], kind: str) -> None:
         async def loop() -> None:
             while not self._stop.is_set():
-                await self._operate(kind, operation)
+                if await self._operate(kind, operation) != OK:
+                    await asyncio.sleep(FAILURE_PAUSE)  # a call that fails at once: no spin
 
         self._loops.append(asyncio.create_task(loop()))
 
