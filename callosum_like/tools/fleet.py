@@ -64,7 +64,8 @@ __all__ = [
 ]
 
 #: Open files one connecting peer holds, by transport: TCP its socket; ZeroMQ its socket's
-#: connection plus the DEALER's and its monitor's mailboxes (eventfds in libzmq).
+#: connection plus a mailbox (an eventfd in libzmq) for each of its three sockets: the
+#: DEALER and the two ends of its monitor.
 FDS_PER_AGENT: Final = {"tcp": 1, "zeromq": 4}
 #: Open files a process needs beside its peers: the interpreter, the loop, pipes, libzmq.
 SPARE_FDS: Final = 64
