@@ -272,25 +272,30 @@ class Remotes:
         if msg.session is not None and msg.received is not None:
             await self._resume(link, msg, identity)
             return
-        self._handshaking.pop(link.key, None)
-        link.session.handshake(identity, msg.max_body_size)
         link.token = token = msg.token
         try:
             session = None if msg.session is None else self.resumption.open(link, msg.session)
         except ProtocolError as exc:
             await self.refuse(link, str(exc))
             return
-        links = self.by_identity.setdefault(identity, {})
-        links[link.key] = link
-        if token is not None:
-            self._tokens[token] = link
         welcome = m.Welcome(
             identity=self.identity,
             assigned=identity,
             max_body_size=self.options.max_body_size,
             session=session,
         )
-        await link.send(welcome)
+        try:  # before the link counts as open: one that left meanwhile never appears
+            await link.send(welcome)
+        except PeerDisconnectedError as exc:
+            await self.lose(link, LinkInput.LOST, str(exc))
+            await self.disconnect(link.key)
+            return
+        self._handshaking.pop(link.key, None)
+        link.session.handshake(identity, msg.max_body_size)
+        links = self.by_identity.setdefault(identity, {})
+        links[link.key] = link
+        if token is not None:
+            self._tokens[token] = link
         if len(links) == 1:
             self.appeared(identity, link)
         else:
@@ -453,20 +458,17 @@ class Remotes:
         await self._connection.disconnect(link.key)
 
     async def lost(self, key: bytes, why: LinkInput, reason: str) -> bool:
-        """Apply ``why`` (lost, expired, goodbye) to the link; end it if its session says so.
-
-        Returns:
-            Whether the link ended now: False for an unknown key, and for a link we are
-            closing ourselves (``close`` ends those).
-        """
+        """Apply ``why`` (lost, expired, goodbye) to the link of ``key``; see ``lose``."""
         link = self.links.get(key)
         return False if link is None else await self.lose(link, why, reason)
 
     async def lose(self, link: Link, why: LinkInput, reason: str) -> bool:
-        """``lost``, for a link in hand (also a suspended one)."""
+        """Suspend ``link`` if resumable, else end it if ``why`` takes its session to BROKEN.
+
+        Returns whether it left its connection now (not a link we are closing ourselves).
+        """
         if why is not LinkInput.GOODBYE and self.resumption.suspends(link):
-            # Resumable: keep the session; its calls and handlers carry on.
-            link.session.transition(LinkInput.SUSPEND)
+            link.session.transition(LinkInput.SUSPEND)  # its calls and handlers carry on
             if self.links.get(link.key) is link:
                 del self.links[link.key]
             link.suspended_at = self._clock()
@@ -568,8 +570,6 @@ class Remotes:
         self.resumption.clear()
         self._handshaking.clear()
         self._events.close()
-
-    # -- names announced by relays below ---------------------------------------------------
 
     def announced(self, link: Link, msg: m.PeerUp | m.PeerDown) -> None:
         """A relay below announced a name appearing (``PeerUp``) or vanishing (``PeerDown``)."""
