@@ -40,7 +40,8 @@ async def keep_alive(remotes: Remotes, clock: Callable[[], float]) -> None:
     # A remote that pings every interval is heard at most a tick later than that.
     quiet = options.heartbeat_interval + tick
     while True:
-        await asyncio.sleep(tick)
+        expiry = remotes.resumption.next_expiry()  # to the moment, as the contract says
+        await asyncio.sleep(tick if expiry is None else max(0.0, min(tick, expiry - clock())))
         now = clock()
         # Only the links that went quiet (the bound side keeps them in that order); all of
         # them on the connecting side (it has one, and pings it every interval).

@@ -471,7 +471,7 @@ class Remotes:
             link.session.transition(LinkInput.SUSPEND)  # its calls and handlers carry on
             if self.links.get(link.key) is link:
                 del self.links[link.key]
-            link.suspended_at = self._clock()
+            self.resumption.suspended(link, self._clock(), silent=why is LinkInput.EXPIRE)
             log.info("%r: %s; its session is kept for resumption", link.identity, reason)
             return True
         was_open = link.session.is_open

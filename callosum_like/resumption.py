@@ -52,6 +52,7 @@ class Resumption:
 
     def __init__(self, options: PeerOptions) -> None:
         self._timeout = options.resume_timeout
+        self._heartbeat_timeout = options.heartbeat_timeout
         self._max_unacked = options.max_unacked_bytes
         self._bound = options.bound
         #: Bound side: every resumable link, open or suspended, by session id.
@@ -160,6 +161,21 @@ class Resumption:
     def expired(self, now: float) -> list[Link]:
         """The suspended links whose ``resume_timeout`` passed."""
         return [link for link in self.kept() if now - link.suspended_at >= self._timeout]
+
+    def suspended(self, link: Link, now: float, *, silent: bool) -> None:
+        """``link`` was suspended at ``now``; ``silent``: because the heartbeat expired it.
+
+        Its ``resume_timeout`` counts from when its connection was lost: for a silent one,
+        from ``heartbeat_timeout`` after it was last heard, so that a remote gone for good
+        fails the calls within ``resume_timeout + heartbeat_timeout`` of going.
+        """
+        link.suspended_at = (
+            min(now, link.session.heard + self._heartbeat_timeout) if silent else now
+        )
+
+    def next_expiry(self) -> float | None:
+        """When the first suspended link's ``resume_timeout`` passes, or ``None``."""
+        return min((link.suspended_at + self._timeout for link in self.kept()), default=None)
 
     def forget(self, link: Link) -> None:
         """``link`` ended: it can no longer be resumed."""
