@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,9 @@ import callosum_like as cl
 from callosum_like import auth
 from callosum_like.addresses import ZeroMQAddress
 from callosum_like.lower.zeromq import ZeroMQTransport
+from callosum_like.replay import Replay
 from callosum_like.wire import messages as m
+from callosum_like.wire.codec import encode
 
 from .conftest import bind_address, until
 from .netproxy import Proxy
@@ -446,3 +449,27 @@ async def test_the_right_session_id_without_the_peers_token_resumes_nothing(
     finally:
         await owner.aclose()
         await thief.aclose()
+
+
+async def test_what_a_reconnecting_remote_queued_before_its_hello_is_counted_quietly(
+    transport_kind: str, peers: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ZeroMQ DEALER sends its old connection's queue (numbered messages, a ping) before
+    the Hello of its new one: expected after every blip, so no WARNING, and no harm."""
+    server = await peers.enter_async_context(
+        cl.Peer(bind=bind_address(transport_kind), identity="server", **RESUME)
+    )
+    raw = await RawClient.connect(server, transport_kind)
+    try:
+        with caplog.at_level(logging.WARNING, logger="callosum_like"):
+            numbered = Replay("s" * 32, MAX).stamp(encode(m.Call(id=7, method="x")))
+            await raw.send_frames([bytes(frame) for frame in numbered])
+            await raw.send(m.Ping())
+            await raw.send(m.Hello(identity="agent-1", max_body_size=MAX))
+            assert isinstance(await raw.receive(), m.Welcome)
+        assert server.statistics().dropped_messages == 2
+        assert server.statistics().calls_in == 0
+        assert [r.getMessage() for r in caplog.records] == []
+        assert server.peers == {"agent-1"}
+    finally:
+        await raw.aclose()
