@@ -105,8 +105,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         name="session-traffic-is-no-sign-of-life",
         path="callosum_like/session.py",
-        old="        self._heard = now\n\n    def handshake",
-        new="        pass\n\n    def handshake",
+        old="        self._heard = now\n\n    def resume",
+        new="        pass\n\n    def resume",
         tests=("tests/test_session.py",),
         why="every message heard keeps a link alive, not only the handshake",
     ),
