@@ -54,7 +54,10 @@ async def keep_alive(remotes: Remotes, clock: Callable[[], float]) -> None:
             link.send_in_background(m.Ack(seq=link.replay.ack()))  # type: ignore[union-attr]
         for link in remotes.resumption.expired(now):
             reason = f"not resumed within {options.resume_timeout} s"
-            await remotes.lose(link, LinkInput.EXPIRE, reason)
+            try:
+                await remotes.lose(link, LinkInput.EXPIRE, reason)
+            except Exception:  # as for a heartbeat: one link's failure ends nothing else
+                log.exception("ending the session of %r failed", link.identity)
 
 
 def _quiet(remotes: Remotes, now: float, quiet: float) -> list[Link]:

@@ -124,9 +124,8 @@ class Remotes:
         self._clock = clock
 
     def heard(self, link: Link) -> None:
-        """A message from ``link`` was accepted: it is now the most recently heard."""
-        if self.links.get(link.key) is link:
-            self.links.move_to_end(link.key)
+        """A message from ``link`` (on its connection now) was accepted: it is the newest heard."""
+        self.links.move_to_end(link.key)
 
     def awaits_hello(self, link: Link) -> bool:
         """Whether ``link`` (bound side) has not said Hello yet."""
@@ -207,7 +206,8 @@ class Remotes:
 
     async def wait_for(self, identity: str, timeout: float | None) -> None:
         """Wait until a remote named ``identity`` has connected (see ``Peer.wait_for_peer``)."""
-        if identity in self.by_identity or identity in self.routes or identity in self.peers:
+        known = self.by_identity if self.options.bound else self.peers  # not 10,000 built
+        if identity in known or identity in self.routes:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(identity, []).append(waiter)

@@ -86,6 +86,32 @@ class Meeting:
         return request.peer_id
 
 
+class Blocker:
+    """A handler that blocks until cancelled, and says when it started and was cancelled."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def __call__(self, request: cl.Request) -> Any:
+        self.started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+async def open_relay(
+    stack: contextlib.AsyncExitStack, kind: str, upstream: Any, identity: str, **options: Any
+) -> cl.Relay:
+    """A relay bound on 127.0.0.1, connected up to ``upstream``; closed with ``stack``."""
+    relay = cl.Relay(bind=bind_address(kind), upstream=upstream, identity=identity, **options)
+    await stack.enter_async_context(relay)
+    await relay.wait_upstream(timeout=10)
+    return relay
+
+
 @pytest.fixture(params=TRANSPORTS)
 def transport_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -10,25 +10,9 @@ import pytest
 
 import callosum_like as cl
 
-from .conftest import PairFactory
+from .conftest import Blocker, PairFactory
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
-
-
-class Blocker:
-    """A handler that blocks until cancelled, and says when it started and was cancelled."""
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.cancelled = asyncio.Event()
-
-    async def __call__(self, request: cl.Request) -> Any:
-        self.started.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
 
 
 async def within(event: asyncio.Event, seconds: float = 5.0) -> None:

@@ -16,7 +16,7 @@ import callosum_like as cl
 from callosum_like import calls
 from callosum_like.wire.codec import pack_body
 
-from .conftest import bind_address, connect_address
+from .conftest import Blocker, bind_address, connect_address, open_relay
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -83,25 +83,16 @@ async def test_the_timeout_bounds_the_whole_fan_out_and_cancels_the_slow_handler
     transport_kind: str, peers: Stack
 ) -> None:
     server, agents = await server_with_agents(peers, transport_kind, ["quick", "slow"])
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def hang(request: cl.Request) -> Any:
-        started.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
+    hang = Blocker()
     agents["quick"].handle_function("work", lambda request: asyncio.sleep(0, "done"))
     agents["slow"].handle_function("work", hang)
     results = await server.invoke_all("work", timeout=0.5)
-    assert started.is_set()
+    assert hang.started.is_set()
     assert results["quick"] == "done"
     assert isinstance(results["slow"], cl.RPCTimeoutError)
     assert isinstance(results["slow"], TimeoutError)
     async with asyncio.timeout(10):
-        await cancelled.wait()
+        await hang.cancelled.wait()
 
 
 async def test_cancelling_the_fan_out_cancels_every_remote_handler(
@@ -152,11 +143,7 @@ async def test_names_behind_a_relay_are_called_too(transport_kind: str, peers: S
     manager = await peers.enter_async_context(
         cl.Peer(bind=bind_address(transport_kind), identity="manager")
     )
-    relay = cl.Relay(
-        bind=bind_address(transport_kind), upstream=connect_address(manager), identity="cluster"
-    )
-    await peers.enter_async_context(relay)
-    await relay.wait_upstream(timeout=10)
+    relay = await open_relay(peers, transport_kind, connect_address(manager), "cluster")
     for name in ["agent-1", "agent-2"]:
         agent = await peers.enter_async_context(
             cl.Peer(connect=connect_address(relay), identity=name)

@@ -22,7 +22,7 @@ from callosum_like.remotes import MAX_HANDSHAKES, MAX_TOKEN_LENGTH, REPLACED
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import pack_body
 
-from .conftest import bind_address, connect_address, until
+from .conftest import bind_address, connect_address, open_relay, until
 from .netproxy import Proxy
 from .rawpeer import MAX, RawClient
 
@@ -406,11 +406,7 @@ async def test_several_links_of_one_identity_behind_a_relay_are_one_name_above(
     transport_kind: str, peers: contextlib.AsyncExitStack
 ) -> None:
     manager = await bound(peers, transport_kind)
-    relay = cl.Relay(
-        bind=bind_address(transport_kind), upstream=connect_address(manager), identity="cluster"
-    )
-    await peers.enter_async_context(relay)
-    await relay.wait_upstream(timeout=10)
+    relay = await open_relay(peers, transport_kind, connect_address(manager), "cluster")
     async with manager.events() as events:
         first = await peers.enter_async_context(
             cl.Peer(connect=connect_address(relay), identity="agent-1")  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from callosum_like.replay import Replay
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import encode
 
-from .conftest import bind_address, until
+from .conftest import Blocker, bind_address, open_relay, until
 from .netproxy import Proxy
 from .rawpeer import MAX, RawClient
 from .relayproc import Children, address_of, port_of
@@ -276,14 +276,9 @@ async def test_each_hop_of_a_relay_resumes_on_its_own(
         cl.Peer(bind=bind_address(transport_kind), identity="manager", **RESUME)
     )
     upper = await peers.enter_async_context(Proxy.to(manager))
-    relay = cl.Relay(
-        bind=bind_address(transport_kind),
-        upstream=upper.address(transport_kind),
-        identity="cluster",
-        **RESUME,
+    relay = await open_relay(
+        peers, transport_kind, upper.address(transport_kind), "cluster", **RESUME
     )
-    await peers.enter_async_context(relay)
-    await relay.wait_upstream(timeout=10)
     lower = await peers.enter_async_context(Proxy.to(relay))  # type: ignore[arg-type]
     agent = await peers.enter_async_context(
         cl.Peer(connect=lower.address(transport_kind), identity="agent-1", **RESUME)
@@ -392,20 +387,11 @@ async def test_a_cancellation_during_the_break_reaches_the_handler_once_resumed(
     transport_kind: str, peers: Stack
 ) -> None:
     server, client, proxy = await pair(peers, transport_kind)
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def hang(request: cl.Request) -> Any:
-        started.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
+    hang = Blocker()
     server.handle_function("hang", hang)
     call = asyncio.create_task(client.invoke("hang"))
     async with asyncio.timeout(10):
-        await started.wait()
+        await hang.started.wait()
     proxy.blocked = True
     proxy.cut()
     call.cancel()  # the caller gives up while nothing reaches the server
@@ -414,7 +400,7 @@ async def test_a_cancellation_during_the_break_reaches_the_handler_once_resumed(
     proxy.blocked = False  # the Cancel, kept meanwhile, goes out with the resumption
     await resumed(server, client)
     async with asyncio.timeout(10):
-        await cancelled.wait()
+        await hang.cancelled.wait()
 
 
 async def test_the_right_session_id_without_the_peers_token_resumes_nothing(

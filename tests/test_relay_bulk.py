@@ -24,7 +24,7 @@ import pytest
 
 import callosum_like as cl
 
-from .conftest import bind_address, connect_address
+from .conftest import bind_address, connect_address, open_relay
 from .netproxy import Proxy
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -53,11 +53,7 @@ async def test_large_bodies_cross_a_relay_in_both_directions_at_once(
     manager = await peers.enter_async_context(
         cl.Peer(bind=bind_address(transport_kind), identity="manager")
     )
-    relay = cl.Relay(
-        bind=bind_address(transport_kind), upstream=connect_address(manager), identity="cluster"
-    )
-    await peers.enter_async_context(relay)
-    await relay.wait_upstream(timeout=10)
+    relay = await open_relay(peers, transport_kind, connect_address(manager), "cluster")
     agent = await peers.enter_async_context(
         cl.Peer(connect=connect_address(relay), identity="agent")  # type: ignore[arg-type]
     )
@@ -88,11 +84,7 @@ async def test_a_large_call_down_lives_through_a_short_break_of_the_lower_hop(
     manager = await peers.enter_async_context(
         cl.Peer(bind=bind_address(kind), identity="manager", **RESUME)
     )
-    relay = cl.Relay(
-        bind=bind_address(kind), upstream=connect_address(manager), identity="cluster", **RESUME
-    )
-    await peers.enter_async_context(relay)
-    await relay.wait_upstream(timeout=10)
+    relay = await open_relay(peers, kind, connect_address(manager), "cluster", **RESUME)
     lower = await peers.enter_async_context(Proxy.to(relay))  # type: ignore[arg-type]
     agent = await peers.enter_async_context(
         cl.Peer(connect=lower.address(kind), identity="agent", **RESUME)
