@@ -10,11 +10,13 @@ from .addresses import TCPAddress as TCPAddress
 from .addresses import UnixAddress as UnixAddress
 from .addresses import ZeroMQAddress as ZeroMQAddress
 from .errors import AuthenticationError as AuthenticationError
+from .errors import InterceptorError as InterceptorError
 from .errors import MessageTooLargeError as MessageTooLargeError
 from .errors import MethodNotFoundError as MethodNotFoundError
 from .errors import OverloadedError as OverloadedError
 from .errors import PeerClosedError as PeerClosedError
 from .errors import PeerDisconnectedError as PeerDisconnectedError
+from .errors import RefusedError as RefusedError
 from .errors import RemoteError as RemoteError
 from .errors import RPCCancelledError as RPCCancelledError
 from .errors import RPCError as RPCError
@@ -26,6 +28,8 @@ from .errors import UnknownPeerError as UnknownPeerError
 from .events import PeerEvent as PeerEvent
 from .events import PeerEventKind as PeerEventKind
 from .events import PeerEvents as PeerEvents
+from .interceptors import Interceptor as Interceptor
+from .interceptors import OutgoingCall as OutgoingCall
 from .lower.base import Transport as Transport
 from .lower.tcp import TCPTransport as TCPTransport
 from .lower.unix import UnixTransport as UnixTransport
@@ -47,6 +51,9 @@ __all__ = [
     "PeerEvent",
     "PeerEventKind",
     "PeerEvents",
+    # observability
+    "Interceptor",
+    "OutgoingCall",
     # federation
     "Relay",
     # addresses and transports
@@ -64,6 +71,8 @@ __all__ = [
     "MethodNotFoundError",
     "RPCInternalError",
     "OverloadedError",
+    "RefusedError",
+    "InterceptorError",
     "RPCTimeoutError",
     "RPCCancelledError",
     "PeerDisconnectedError",

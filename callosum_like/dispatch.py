@@ -18,10 +18,13 @@ Theory of operation: the Peer hands every decoded ``Call`` to ``Dispatcher.call`
   once. They run as jobs of one aiojobs ``Scheduler``, which owns their tasks and closes
   them; its own limit is off, as its FIFO queue would undo the round-robin order. A request
   keeps its slot until its reply is sent, so the slots bound the replies in flight too;
+* runs the handler inside the peer's interceptors (``interceptors.InterceptorChain``), if
+  it has any, in the handler's own task;
 * turns the outcome into one reply: ``Result``, ``Failure`` (handler raised, with its
   traceback, which is also logged once to ``callosum_like.handlers`` at ERROR),
-  ``Error(INTERNAL)`` (undecodable body, unencodable result) or ``Cancelled`` (execute
-  timeout, caller's Cancel, or we are closing);
+  ``Error(INTERNAL)`` (undecodable body, unencodable result), the error an interceptor
+  refused the request with (``Error`` with its code) or ``Cancelled`` (execute timeout,
+  caller's Cancel, or we are closing);
 * runs a stream handler (an async generator) for a stream call: each yielded item goes out
   as a ``StreamItem`` once the consumer has granted credit (``STREAM_WINDOW`` at the start,
   more with each ``Credit``), so a slow consumer stops the generator; ``StreamEnd`` is the
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
@@ -49,6 +53,7 @@ import aiojobs
 from .deadlines import Deadlines
 from .errors import ErrorCode, ProtocolError, error_for_code
 from .fairness import FairShares
+from .interceptors import InterceptorChain, Refusal
 from .ordering import Ordering, ReplyReorder, SerialQueue
 from .request import Handler, Request
 from .stats import Counters, log_rpc, rpc_started
@@ -122,6 +127,7 @@ class Dispatcher:
             to its fair share (see ``fairness``).
         execute_timeout: Seconds a handler may run before it is cancelled, or ``None``.
         counters: Where refused and failed requests are counted.
+        interceptors: The Peer's interceptors, or ``None`` when it has none.
     """
 
     def __init__(
@@ -133,8 +139,10 @@ class Dispatcher:
         max_pending: int,
         execute_timeout: float | None,
         counters: Counters | None = None,
+        interceptors: InterceptorChain | None = None,
     ) -> None:
         self._send = send
+        self._interceptors = interceptors
         self._counters = counters or Counters()
         self._default_ordering = default_ordering
         self._fair: FairShares[_Inbound] = FairShares(max_pending, max_concurrency)
@@ -151,7 +159,18 @@ class Dispatcher:
     # -- registry -----------------------------------------------------------------------------
 
     def register(self, name: str, handler: Handler, ordering: Ordering | None) -> None:
-        """Register ``handler`` under ``name``, replacing any previous one."""
+        """Register ``handler`` under ``name``, replacing any previous one.
+
+        Raises:
+            TypeError: ``name`` is not a non-empty str, ``handler`` not callable, or
+                ``ordering`` not an ``Ordering`` or ``None``.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError("name must be a non-empty str")
+        if not callable(handler):
+            raise TypeError("handler must be an async function taking a Request")
+        if ordering is not None and not isinstance(ordering, Ordering):
+            raise TypeError(f"ordering must be an Ordering or None, not {type(ordering).__name__}")
         self._handlers[name] = Registration(handler, ordering, is_stream_handler(handler))
 
     def unregister(self, name: str) -> None:
@@ -353,9 +372,13 @@ class Dispatcher:
             inbound.task = asyncio.current_task(self._loop)
             deadline = self._deadlines.add(timeout, _expire, inbound)
         try:
-            if call.stream:
-                return await self._produce(inbound, request)
-            result = await inbound.registration.handler(request)
+            if self._interceptors is None and not call.stream:  # the common case, direct
+                result = await inbound.registration.handler(request)
+            else:
+                result = await self._run_handler(inbound, request)
+        except Refusal as refusal:
+            error = refusal.error
+            return m.Error(id=call.id, code=error.code, message=error.message)
         except asyncio.CancelledError:
             if not inbound.expired or inbound.task.uncancel():  # type: ignore[union-attr]
                 raise  # cancelled for another reason too
@@ -375,10 +398,7 @@ class Dispatcher:
             inbound.task = None  # from here on, the deadline can cancel nothing
             if deadline is not None:
                 self._deadlines.discard(deadline)
-        try:
-            return m.Result(id=call.id, body=pack_body(result))
-        except TypeError as exc:
-            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
+        return _reply(call, result)
 
     def _request(self, inbound: _Inbound) -> Request | m.Error:
         """The handler's ``Request`` for ``inbound``, or the error that answers it instead."""
@@ -414,7 +434,21 @@ class Dispatcher:
 
         return UploadBody(inbound.call.id, inbound.upload, send_credit, unpack_body)
 
-    async def _produce(self, inbound: _Inbound, request: Request) -> Reply:
+    async def _run_handler(self, inbound: _Inbound, request: Request) -> Any:
+        """Run a stream handler, or any handler inside the peer's interceptors."""
+        if self._interceptors is None:
+            return await self._handle(inbound, request)
+        handle = functools.partial(self._handle, inbound)
+        return await self._interceptors.request(request, handle)
+
+    async def _handle(self, inbound: _Inbound, request: Request) -> Any:
+        """Run the handler of ``inbound`` (the end of the interceptors' chain)."""
+        if inbound.call.stream:
+            await self._produce(inbound, request)
+            return None
+        return await inbound.registration.handler(request)
+
+    async def _produce(self, inbound: _Inbound, request: Request) -> None:
         """Run a stream handler, sending each item as the consumer's credit allows."""
         assert inbound.credit is not None
         items: AsyncGenerator[Any, None] = inbound.registration.handler(request)  # type: ignore[assignment]
@@ -429,7 +463,6 @@ class Dispatcher:
                     await self._send(inbound.link, m.StreamItem(id=inbound.call.id, body=packed))
         finally:
             await items.aclose()
-        return m.StreamEnd(id=inbound.call.id)
 
     async def _answer(self, inbound: _Inbound, reply: Reply) -> None:
         """Send ``reply`` in the order the request's ordering demands, and free its key.
@@ -479,6 +512,16 @@ class Dispatcher:
 
     def _forget(self, inbound: _Inbound) -> None:
         self._inflight.pop((inbound.link, inbound.call.id), None)
+
+
+def _reply(call: m.Call, result: Any) -> Reply:
+    """The reply to ``call`` whose handler returned ``result`` (a stream's: its end)."""
+    if call.stream:
+        return m.StreamEnd(id=call.id)
+    try:
+        return m.Result(id=call.id, body=pack_body(result))
+    except TypeError as exc:
+        return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
 
 
 def _error_name(code: int) -> str:

@@ -30,6 +30,8 @@ __all__ = [
     "MethodNotFoundError",
     "RPCInternalError",
     "OverloadedError",
+    "RefusedError",
+    "InterceptorError",
     "RPCTimeoutError",
     "RPCCancelledError",
     "PeerDisconnectedError",
@@ -51,6 +53,7 @@ class ErrorCode(enum.IntEnum):
     MESSAGE_TOO_LARGE = 3
     OVERLOADED = 4
     PEER_DISCONNECTED = 5  # a relay lost (or never had) the peer a call was routed to
+    REFUSED = 6  # an interceptor of the callee refused the call before its handler ran
 
 
 class RPCError(Exception):
@@ -112,6 +115,26 @@ class OverloadedError(RemoteError):
     code = ErrorCode.OVERLOADED
 
 
+class RefusedError(RemoteError):
+    """The remote refused the call before its handler ran: one of its interceptors raised it.
+
+    An interceptor raises it (``intercept_request``) to turn a request away, for instance a
+    per-method authorization check on ``request.peer_id``; the caller gets it with the
+    interceptor's message. Nothing of the call ran.
+    """
+
+    code = ErrorCode.REFUSED
+
+
+class InterceptorError(RPCError):
+    """An interceptor of this peer failed on an outgoing call with an unexpected exception.
+
+    The interceptor's exception is the ``__cause__``; it was logged once, at ERROR, to
+    ``callosum_like.interceptors``. (An ``RPCError`` an interceptor raises reaches the caller
+    as it is: that is a refusal, not a failure.)
+    """
+
+
 class RPCTimeoutError(RPCError, TimeoutError):
     """``invoke(timeout=)`` or ``invoke_timeout`` passed; the remote handler was cancelled.
 
@@ -170,6 +193,7 @@ _BY_CODE: Final[dict[int, type[RPCError]]] = {
     ErrorCode.MESSAGE_TOO_LARGE: MessageTooLargeError,
     ErrorCode.OVERLOADED: OverloadedError,
     ErrorCode.PEER_DISCONNECTED: PeerDisconnectedError,
+    ErrorCode.REFUSED: RefusedError,
 }
 
 

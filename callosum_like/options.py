@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .addresses import Address, AddressLike, parse_address
+from .interceptors import Interceptor, check_interceptors
 from .lower import transport_for
 from .lower.base import Transport
 from .ordering import Ordering
@@ -69,6 +70,7 @@ class PeerOptions:
     connect_timeout: float | None
     resume_timeout: float = 0.0
     max_unacked_bytes: int = 0
+    interceptors: tuple[Interceptor, ...] = ()
 
     @classmethod
     def build(
@@ -92,6 +94,7 @@ class PeerOptions:
         connect_timeout: float | None,
         resume_timeout: float = 0.0,
         max_unacked_bytes: int | None = None,
+        interceptors: Iterable[Interceptor] | None = None,
     ) -> PeerOptions:
         """Check the arguments of ``Peer`` and return them as options.
 
@@ -149,6 +152,7 @@ class PeerOptions:
             connect_timeout=connect_timeout,
             resume_timeout=resume,
             max_unacked_bytes=max_unacked_bytes,
+            interceptors=check_interceptors(interceptors),
         )
 
 

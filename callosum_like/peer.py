@@ -49,6 +49,7 @@ from .errors import PeerClosedError, PeerDisconnectedError, RPCTimeoutError
 from .events import DEFAULT_EVENT_BUFFER, EventHub, EventListener, PeerEvents
 from .forwarding import Forwarder
 from .heartbeats import keep_alive
+from .interceptors import Interceptor, InterceptorChain
 from .link import Link
 from .lower.base import Connection, Transport
 from .options import (
@@ -115,6 +116,8 @@ class Peer:
             ``max_body_size`` if larger.
         forwarder: For relays: the hooks that pass calls on (``remotes.Forwarder``,
             docs/federation.md). Others leave it ``None``.
+        interceptors: ``Interceptor`` instances around every call made and request served,
+            the first outermost (docs/observability.md).
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -153,6 +156,7 @@ class Peer:
         resume_timeout: float = 0.0,
         max_unacked_bytes: int | None = None,
         forwarder: Forwarder | None = None,
+        interceptors: Iterable[Interceptor] | None = None,
     ) -> None:
         self._options = options = PeerOptions.build(
             bind=bind,
@@ -173,8 +177,12 @@ class Peer:
             connect_timeout=connect_timeout,
             resume_timeout=resume_timeout,
             max_unacked_bytes=max_unacked_bytes,
+            interceptors=interceptors,
         )
         self._counters = Counters()
+        self._interceptors = chain = (
+            InterceptorChain(options.interceptors) if options.interceptors else None
+        )
         self._drop_log = DropLog(log)
         self._dispatcher = Dispatcher(
             send=self._send_reply,
@@ -183,6 +191,7 @@ class Peer:
             max_pending=options.max_pending,
             execute_timeout=options.execute_timeout,
             counters=self._counters,
+            interceptors=chain,
         )
         self._events = EventHub()
         self._remotes = Remotes(
@@ -198,6 +207,7 @@ class Peer:
             counters=self._counters,
             invoke_timeout=options.invoke_timeout,
             link_gone=self._link_gone,
+            interceptors=chain,
         )
         self._connection: Connection | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -280,12 +290,6 @@ class Peer:
             TypeError: ``name`` is not a str, ``handler`` not an async function, or
                 ``ordering`` not an ``Ordering``.
         """
-        if not isinstance(name, str) or not name:
-            raise TypeError("name must be a non-empty str")
-        if not callable(handler):
-            raise TypeError("handler must be an async function taking a Request")
-        if ordering is not None and not isinstance(ordering, Ordering):
-            raise TypeError(f"ordering must be an Ordering or None, not {type(ordering).__name__}")
         self._dispatcher.register(name, handler, ordering)  # type: ignore[arg-type]
 
     def unhandle_function(self, name: str) -> None:
@@ -344,18 +348,15 @@ class Peer:
         Cancellation: cancelling the caller cancels the remote handler.
         """
         self._check_open()
-        upload = body if isinstance(body, AsyncIterable) else None
-        link, msg = self._caller.prepare(
+        return await self._caller.invoke(
             self._remotes.route,
-            to,
             method,
-            None if upload is not None else body,
+            body,
             order_key=order_key,
+            to=to,
             timeout=timeout,
             headers=headers,
-            upload=upload is not None,
         )
-        return await self._caller.call(link, msg, upload)
 
     async def invoke_all(
         self,
@@ -428,7 +429,7 @@ class Peer:
         Raises:
             The errors of ``invoke``; ``RPCInternalError`` when the method is not a stream.
         """
-        return self._caller.stream(
+        return self._caller.open_stream(
             self._route, to, method, body, order_key=order_key, timeout=timeout, headers=headers
         )
 
@@ -487,6 +488,8 @@ class Peer:
             await self.aclose()
             raise
         self._state = "open"
+        if self._interceptors is not None:
+            self._interceptors.attach(self)
         return self
 
     async def __aexit__(
@@ -564,6 +567,8 @@ class Peer:
             await self._connection.aclose()
         self._remotes.end_links()
         self._state = "closed"
+        if self._interceptors is not None:
+            self._interceptors.detach(self)
 
     # -- wiring -----------------------------------------------------------------------------------
 

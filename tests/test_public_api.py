@@ -33,6 +33,10 @@ EXTRA_NAMES = {
     "PeerEvents",
     "Relay",
     "UnixTransport",  # the stream transport's options (TLS, reconnection) for cl.UnixAddress
+    "Interceptor",  # the base class of Peer(interceptors=[...]) (docs/observability.md)
+    "OutgoingCall",
+    "RefusedError",  # an interceptor of the callee refused the call
+    "InterceptorError",  # an interceptor of ours failed on a call
 }
 
 
