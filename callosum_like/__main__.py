@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from .keys import generate_keypair, save_keypair
 from .tools.bench.children import (
     add_client_arguments,
+    add_interceptor_argument,
     add_server_arguments,
     run_bench_client,
     run_bench_server,
@@ -128,10 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     bench_server = commands.add_parser("bench-server")
     _transport_option(bench_server)
     add_server_arguments(bench_server)
+    add_interceptor_argument(bench_server)
     bench_server.set_defaults(command=run_bench_server)
     bench_client = commands.add_parser("bench-client")
     _transport_option(bench_client)
     add_client_arguments(bench_client)
+    add_interceptor_argument(bench_client)
     bench_client.set_defaults(command=run_bench_client)
     bench_hub = commands.add_parser("bench-hub")
     _transport_option(bench_hub)

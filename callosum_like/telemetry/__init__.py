@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .otel import OpenTelemetry as OpenTelemetry
+    from .prometheus import Prometheus as Prometheus
 
-__all__ = ["OpenTelemetry"]
+__all__ = ["OpenTelemetry", "Prometheus"]
 
 #: Each name: its module, and the extra that brings what the module needs.
 _LAZY: Final = {
     "OpenTelemetry": ("otel", "otel"),
+    "Prometheus": ("prometheus", "prometheus"),
 }
 
 

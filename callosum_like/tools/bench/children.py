@@ -25,6 +25,7 @@ from typing import Any, Final, TypeAlias, cast
 from ...peer import Peer
 from ...request import Body, Handler, Request
 from ..child import announce, bind_address, connect_address, ignore_sigint, run_loop
+from .intercepted import KINDS, chain
 from .measure import EchoClient, Payload, ProcessProbe, measure
 from .workloads import Workload
 
@@ -34,6 +35,7 @@ __all__ = [
     "peer_main",
     "add_server_arguments",
     "add_client_arguments",
+    "add_interceptor_argument",
     "run_bench_server",
     "run_bench_client",
 ]
@@ -51,6 +53,11 @@ def _loop_name() -> str:
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a benchmark server process."""
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+
+
+def add_interceptor_argument(parser: argparse.ArgumentParser) -> None:
+    """``--interceptors`` of this project's server and client (``intercepted``)."""
+    parser.add_argument("--interceptors", choices=KINDS, default="none")
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,20 +119,21 @@ def peer_main(
 
 def run_bench_server(args: argparse.Namespace) -> int:
     """``bench-server``: serve ``echo`` and the ``stream`` generator over ``args.transport``."""
-    return _serve_main(_serve_like(args.transport), args.loop)
+    return _serve_main(_serve_like(args.transport, args.interceptors), args.loop)
 
 
 def run_bench_client(args: argparse.Namespace) -> int:
     """``bench-client``: measure one workload against a ``bench-server``."""
     transport: str = args.transport
+    interceptors: str = args.interceptors
 
     def connect(address: str) -> AbstractAsyncContextManager[EchoClient]:
-        return _connect_like(transport, address)
+        return _connect_like(transport, address, interceptors)
 
     return _client_main(connect, args)
 
 
-async def _serve_like(transport: str) -> None:
+async def _serve_like(transport: str, interceptors: str) -> None:
     async def echo(request: Request) -> Body:
         return request.body
 
@@ -135,7 +143,9 @@ async def _serve_like(transport: str) -> None:
         for _ in range(size // chunk_size):
             yield chunk
 
-    async with Peer(bind=bind_address(transport), identity="bench-server") as server:
+    async with Peer(
+        bind=bind_address(transport), identity="bench-server", interceptors=chain(interceptors)
+    ) as server:
         server.handle_function("echo", echo)
         server.handle_function("stream", cast("Handler", stream))  # Peer's hint omits streams
         await announce(server.address)
@@ -160,10 +170,13 @@ class _LikeClient:
 
 
 @contextlib.asynccontextmanager
-async def _connect_like(transport: str, address: str) -> AsyncIterator[EchoClient]:
+async def _connect_like(
+    transport: str, address: str, interceptors: str
+) -> AsyncIterator[EchoClient]:
     async with Peer(
         connect=connect_address(transport, address),
         identity="bench-client",
         invoke_timeout=CALL_TIMEOUT,
+        interceptors=chain(interceptors),
     ) as peer:
         yield _LikeClient(peer)

@@ -50,6 +50,7 @@ class System:
         streams: How W5 runs on it: ``stream`` (native), or the emulation used.
         root: The source tree its children import ``callosum_like`` from, when not this
             one (``--baseline``).
+        interceptors: This project's interceptor chain on both peers (``intercepted``).
     """
 
     key: str
@@ -60,6 +61,7 @@ class System:
     transport: str = ""
     streams: str = "stream"
     root: str | None = None
+    interceptors: str = "none"
 
     def argv(self, role: str) -> list[str]:
         """The command line of its ``server`` or ``client`` process (without options)."""
@@ -71,6 +73,7 @@ class System:
                 f"bench-{role}",
                 "--transport",
                 self.transport,
+                *(["--interceptors", self.interceptors] if self.interceptors != "none" else []),
             ]
         return [sys.executable, str(PEERS_DIR / self.script), role]
 
@@ -94,6 +97,22 @@ SYSTEMS: Final = (
         transport="zeromq",
     ),
     System(key="like-tcp", label="callosum_like tcp", requires="zmq", dists=(), transport="tcp"),
+    System(
+        key="like-noop",
+        label="callosum_like zeromq + pass-through interceptor",
+        requires="zmq",
+        dists=(),
+        transport="zeromq",
+        interceptors="noop",
+    ),
+    System(
+        key="like-otel",
+        label="callosum_like zeromq + OpenTelemetry",
+        requires="opentelemetry.sdk",
+        dists=("opentelemetry-sdk",),
+        transport="zeromq",
+        interceptors="otel",
+    ),
     System(
         key="callosum",
         label="callosum 1.0.3",
@@ -123,7 +142,8 @@ SYSTEMS: Final = (
 SYSTEM_GROUPS: Final = {
     "all": tuple(s.key for s in SYSTEMS),
     "ours": ("like-zeromq", "like-tcp"),
-    "peers": tuple(s.key for s in SYSTEMS[2:]),
+    "interceptors": ("like-zeromq", "like-noop", "like-otel"),
+    "peers": tuple(s.key for s in SYSTEMS if s.script is not None),
 }
 
 
@@ -135,7 +155,7 @@ def with_baseline(systems: list[System], root: str | None) -> list[System]:
     out: list[System] = []
     for system in systems:
         out.append(system)
-        if system.script is None:
+        if system.script is None and system.interceptors == "none":  # older trees lack them
             key = system.key.replace("like-", "base-")
             label = system.label.replace("callosum_like", "baseline")
             out.append(dataclasses.replace(system, key=key, label=label, dists=(), root=tree))
