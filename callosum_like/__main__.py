@@ -43,7 +43,6 @@ from .tools.bench.children import (
 from .tools.bench.cli import add_bench_arguments, run_bench
 from .tools.bench.hub import add_hub_arguments, run_bench_hub
 from .tools.child import TRANSPORTS
-from .tools.demo import run_demo, run_demo_client, serve_demo
 from .tools.fleet import add_agents_arguments, run_agents
 from .tools.soak.cli import add_soak_arguments, run_soak
 from .tools.soak.server import add_soak_server_arguments, run_soak_server
@@ -172,17 +171,25 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 # --- demo -----------------------------------------------------------------------------------
+# Imported when run: the demo's typed calls need the extras thrift and schema, which the rest
+# of the command line (and its --help) does not.
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .tools.demo import run_demo
+
     return asyncio.run(run_demo(args.transport))
 
 
 def _demo_server(args: argparse.Namespace) -> int:
+    from .tools.demo import serve_demo
+
     return asyncio.run(serve_demo(args.transport, args.keys))
 
 
 def _demo_client(args: argparse.Namespace) -> int:
+    from .tools.demo import run_demo_client
+
     return asyncio.run(run_demo_client(args.transport, args.connect, args.keys))
 
 

@@ -14,19 +14,14 @@ import callosum_like as cl
 from callosum_like.telemetry import Prometheus
 
 from .conftest import PairFactory
+from .httpget import http_get
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
 
-async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-    await writer.drain()
-    response = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = response.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body.decode()
+async def scrape(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+    status, _, body = await http_get(port, path, host)
+    return status, body.decode()
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -96,7 +91,7 @@ async def test_metrics_of_both_sides_are_scraped_over_http(make_pair: PairFactor
         async with asyncio.timeout(5):
             while server.statistics().requests_running < 1:
                 await asyncio.sleep(0.01)
-        status, text = await http_get(endpoint.port, "/metrics")
+        status, text = await scrape(endpoint.port, "/metrics")
         assert status == 200
         got = samples(text)
         assert all(name.startswith("callosum_like_") for name, _ in got)
@@ -113,8 +108,8 @@ async def test_metrics_of_both_sides_are_scraped_over_http(make_pair: PairFactor
         assert value("callosum_like_requests_running", **server_peer) == 1
         assert value("callosum_like_calls_in_flight", **client_peer) == 1
         assert value("callosum_like_bytes_sent_total", **client_peer) > 0
-        assert (await http_get(endpoint.port, "/nothing"))[0] == 404
-        assert (await http_get(endpoint.port, "/metrics", host="evil.example"))[0] == 403
+        assert (await scrape(endpoint.port, "/nothing"))[0] == 404
+        assert (await scrape(endpoint.port, "/metrics", host="evil.example"))[0] == 403
     finally:
         gate.set()
         await held
@@ -128,7 +123,7 @@ async def test_metrics_of_both_sides_are_scraped_over_http(make_pair: PairFactor
 async def http_get_once(metrics: Prometheus) -> tuple[int, str]:
     endpoint = await metrics.serve()
     try:
-        return await http_get(endpoint.port, "/metrics")
+        return await scrape(endpoint.port, "/metrics")
     finally:
         await endpoint.aclose()
 

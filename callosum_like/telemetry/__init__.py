@@ -14,15 +14,17 @@ import importlib
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from .console import Console as Console
     from .otel import OpenTelemetry as OpenTelemetry
     from .prometheus import Prometheus as Prometheus
 
-__all__ = ["OpenTelemetry", "Prometheus"]
+__all__ = ["OpenTelemetry", "Prometheus", "Console"]
 
 #: Each name: its module, and the extra that brings what the module needs.
 _LAZY: Final = {
     "OpenTelemetry": ("otel", "otel"),
     "Prometheus": ("prometheus", "prometheus"),
+    "Console": ("console", None),
 }
 
 
