@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
@@ -54,6 +55,7 @@ from .errors import (
 from .events import PeerEventKind, PeerEvents
 from .forward_table import Forward, ForwardTable
 from .hops import FORWARDING, Hop
+from .interceptors import Interceptor, check_interceptors
 from .link import Link
 from .lower.base import Transport
 from .options import DEFAULT_CONNECT_TIMEOUT, check_count, check_positive
@@ -108,6 +110,10 @@ class Relay:
             (``OverloadedError`` for their callers).
         resume_timeout: As for ``Peer``, on both hops: each resumes on its own, so an agent
             below keeps its calls through a break of either hop.
+        interceptors: As for ``Peer``, given to both of the relay's peers (``attached``
+            tells each about both: gauges and the console see the relay's links). The calls
+            it forwards pass through untouched, headers and all, and are intercepted at
+            their two ends, not here (docs/observability.md).
 
     Raises:
         TypeError, ValueError: An argument is wrong (the message names it).
@@ -132,10 +138,12 @@ class Relay:
         max_reconnect_interval: float = DEFAULT_MAX_RECONNECT_INTERVAL,
         max_forwarded: int = MAX_FORWARDED,
         resume_timeout: float = 0.0,
+        interceptors: Iterable[Interceptor] | None = None,
     ) -> None:
         options = functools.partial(
             Peer,
             identity=identity,
+            interceptors=check_interceptors(interceptors),
             resume_timeout=resume_timeout,
             max_body_size=max_body_size,
             compress=compress,

@@ -272,6 +272,7 @@ async def test_invoke_all_passes_each_call_through_the_chain(
 
 async def test_interceptors_run_at_both_ends_of_a_call_through_relays(transport_kind: str) -> None:
     journal: list[str] = []
+    at_relay = Recorder("r", journal)
     async with contextlib.AsyncExitStack() as stack:
         manager = await stack.enter_async_context(
             cl.Peer(
@@ -280,7 +281,10 @@ async def test_interceptors_run_at_both_ends_of_a_call_through_relays(transport_
                 interceptors=[Recorder("m", journal)],
             )
         )
-        relay = await open_relay(stack, transport_kind, connect_address(manager), "relay")
+        relay = await open_relay(
+            stack, transport_kind, connect_address(manager), "relay", interceptors=[at_relay]
+        )
+        assert len(at_relay.peers) == 2  # its peer below and its peer above
         agent = await stack.enter_async_context(
             cl.Peer(
                 connect=connect_address(relay),  # type: ignore[arg-type]
@@ -299,6 +303,8 @@ async def test_interceptors_run_at_both_ends_of_a_call_through_relays(transport_
         assert await agent.invoke("headers") == ["x-g"]  # up through the relay
     assert "g request headers from relay" in journal
     assert "m request headers from relay/agent" in journal
+    assert not [line for line in journal if line.startswith("r ")]  # forwarded, not served
+    assert at_relay.peers == []
 
 
 async def test_interceptors_must_be_interceptors() -> None:
