@@ -97,7 +97,7 @@ class Caller:
         """The Peer opened on ``loop``."""
         self._loop = loop
 
-    async def invoke(
+    def invoke(
         self,
         route: Route,
         method: str,
@@ -107,15 +107,19 @@ class Caller:
         to: str | None,
         timeout: float | None,
         headers: Headers | None,
-    ) -> Body:
-        """Make one call, through the interceptors if any (see ``Peer.invoke``)."""
+    ) -> Awaitable[Body]:
+        """Make one call, through the interceptors if any (see ``Peer.invoke``).
+
+        Returns the call to await: without interceptors, the ``call`` coroutine itself (no
+        frame of its own on the hot path); the arguments are checked at once.
+        """
         if self._chain is not None:
             call = self._outgoing(route, method, to, order_key, timeout, headers)
-            return await self._chain.call(call, functools.partial(self._invoke_as, route, body))
+            return self._chain.call(call, functools.partial(self._invoke_as, route, body))
         link, msg, upload = self._prepare_invoke(
             route, to, method, body, order_key, timeout, headers
         )
-        return await self.call(link, msg, upload)
+        return self.call(link, msg, upload)
 
     async def _invoke_as(self, route: Route, body: Body, call: OutgoingCall) -> Body:
         """The end of the interceptors' chain: the call as they left it."""
