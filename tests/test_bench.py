@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import callosum_like as cl
 from callosum_like.__main__ import main
 from callosum_like.tools import fleet
 from callosum_like.tools.bench import cli, fleet_step, measure, steps, systems, workloads
@@ -478,3 +479,40 @@ def test_fleet_sizes_must_be_positive(tmp_path: Path) -> None:
         result = run_bench(option, value, cwd=tmp_path)
         assert result.returncode == 2
         assert f"argument {option}: {error}" in result.stderr
+
+
+@pytest.mark.timeout(300)
+def test_bench_measures_the_interceptor_chains(tmp_path: Path) -> None:
+    output = tmp_path / "chains.json"
+    result = run_bench(
+        "--quick",
+        "--systems",
+        "interceptors",
+        "--workloads",
+        "W1",
+        "--no-chart",
+        "--no-progress",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    report = json.loads(output.read_text())
+    measured = {r["system"]: r["median"]["calls_per_s"] for r in report["results"]}
+    assert set(measured) == {"like-zeromq", "like-noop", "like-otel"}
+    assert all(value > 0 for value in measured.values())
+    assert "callosum_like zeromq + OpenTelemetry" in result.stdout
+
+
+def test_bench_chains_are_what_they_say() -> None:
+    from callosum_like.telemetry import OpenTelemetry
+    from callosum_like.tools.bench import intercepted
+
+    assert intercepted.chain("none") == []
+    (noop,) = intercepted.chain("noop")
+    assert isinstance(noop, cl.Interceptor)
+    (otel,) = intercepted.chain("otel")
+    assert isinstance(otel, OpenTelemetry)
+    with pytest.raises(ValueError, match="interceptors"):
+        intercepted.chain("fast")
