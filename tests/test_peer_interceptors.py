@@ -312,3 +312,44 @@ async def test_interceptors_must_be_interceptors() -> None:
         cl.Peer(bind="tcp://127.0.0.1:0", interceptors=Recorder("a", []))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="interceptors"):
         cl.Peer(bind="tcp://127.0.0.1:0", interceptors=[object()])  # type: ignore[list-item]
+
+
+class Shortener(cl.Interceptor):
+    """Gives every call a short timeout and marks it, before it leaves."""
+
+    async def intercept_call(self, call: cl.OutgoingCall, proceed: Any) -> Any:
+        call.timeout = 0.2
+        call.headers["x-short"] = "yes"
+        return await proceed(call)
+
+
+async def test_what_an_interceptor_changes_is_what_is_sent(make_pair: PairFactory) -> None:
+    started = asyncio.Event()
+
+    async def slow(request: cl.Request) -> Any:
+        started.set()
+        await asyncio.sleep(10)
+
+    async def total(request: cl.Request) -> Any:
+        return [sum([item async for item in request.body]), request.headers["x-short"]]
+
+    server, client = await make_pair(client={"interceptors": [Shortener()]})
+    server.handle_function("slow", slow)
+    server.handle_function("total", total)
+    with pytest.raises(cl.RPCTimeoutError):
+        await client.invoke("slow")  # no timeout given: the interceptor's applies
+    assert started.is_set()
+
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(5):
+            yield i
+
+    assert await client.invoke("total", numbers()) == [10, "yes"]  # a streamed body too
+
+
+async def test_a_refused_stream_raises_at_its_first_item(make_pair: PairFactory) -> None:
+    server, client = await make_pair(interceptors=[Limiter()])
+    server.handle_function("count", count)
+    with pytest.raises(cl.OverloadedError, match="rate limited"):
+        async for _ in client.stream("count", 3):
+            pass
