@@ -17,9 +17,8 @@ hand the rest to ``Caller``:
   leaving early (or its timeout) abandons it.
 * A send that finds the link gone ends the link at once (``link_gone``), so that ``peers``
   and ``wait_for_peer`` are truthful for a caller that retries.
-* With interceptors (``interceptors.InterceptorChain``), ``invoke`` and ``open_stream`` run
-  the chain around the same path; ``call_all`` then makes each call as an ``invoke`` of its
-  own task, so that each passes the chain. Without them nothing of this is on the path.
+* A Peer with interceptors puts ``interception.InterceptedCaller`` in front of this one;
+  nothing here knows of them.
 
 Only ``peer`` uses this module.
 """
@@ -27,7 +26,6 @@ Only ``peer`` uses this module.
 from __future__ import annotations
 
 import asyncio
-import functools
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
@@ -38,14 +36,12 @@ from .errors import (
     PeerDisconnectedError,
     ProtocolError,
     RPCCancelledError,
-    RPCError,
     RPCInternalError,
     RPCTimeoutError,
     RPCUserError,
     UnknownPeerError,
     error_for_code,
 )
-from .interceptors import InterceptorChain, OutgoingCall
 from .link import Link
 from .options import check_call_args, check_timeout
 from .request import Body, Headers
@@ -73,7 +69,6 @@ class Caller:
         counters: Where calls made and their errors are counted.
         invoke_timeout: The default timeout of a call, or ``None``.
         link_gone: Ends a link whose send found it gone.
-        interceptors: The Peer's interceptors, or ``None`` when it has none.
     """
 
     def __init__(
@@ -82,9 +77,7 @@ class Caller:
         counters: Counters,
         invoke_timeout: float | None,
         link_gone: LinkGone,
-        interceptors: InterceptorChain | None = None,
     ) -> None:
-        self._chain = interceptors
         self._counters = counters
         self._invoke_timeout = invoke_timeout
         self._link_gone = link_gone
@@ -102,43 +95,19 @@ class Caller:
         route: Route,
         method: str,
         body: Body,
-        *,
         order_key: str | None,
         to: str | None,
         timeout: float | None,
         headers: Headers | None,
     ) -> Awaitable[Body]:
-        """Make one call, through the interceptors if any (see ``Peer.invoke``).
+        """Check and build one call; return it to await (see ``Peer.invoke``).
 
-        Returns the call to await: without interceptors, the ``call`` coroutine itself (no
-        frame of its own on the hot path); the arguments are checked at once.
+        The arguments are checked at once; what is returned is the ``call`` coroutine itself,
+        so that the hot path has no frame of its own here.
+
+        Raises:
+            The errors of ``prepare``.
         """
-        if self._chain is not None:
-            call = self._outgoing(route, method, to, order_key, timeout, headers)
-            return self._chain.call(call, functools.partial(self._invoke_as, route, body))
-        link, msg, upload = self._prepare_invoke(
-            route, to, method, body, order_key, timeout, headers
-        )
-        return self.call(link, msg, upload)
-
-    async def _invoke_as(self, route: Route, body: Body, call: OutgoingCall) -> Body:
-        """The end of the interceptors' chain: the call as they left it."""
-        link, msg, upload = self._prepare_invoke(
-            route, call.to, call.method, body, call.order_key, call.timeout, call.headers
-        )
-        return await self.call(link, msg, upload)
-
-    def _prepare_invoke(
-        self,
-        route: Route,
-        to: str | None,
-        method: str,
-        body: Body,
-        order_key: str | None,
-        timeout: float | None,
-        headers: Headers | None,
-    ) -> tuple[Link, m.Call, AsyncIterable[Body] | None]:
-        """``prepare`` for ``invoke``, whose body may be streamed (an async iterable)."""
         upload = body if isinstance(body, AsyncIterable) else None
         link, msg = self.prepare(
             route,
@@ -150,66 +119,7 @@ class Caller:
             headers=headers,
             upload=upload is not None,
         )
-        return link, msg, upload
-
-    def open_stream(
-        self,
-        route: Route,
-        to: str | None,
-        method: str,
-        body: Body,
-        *,
-        order_key: str | None,
-        timeout: float | None,
-        headers: Headers | None,
-    ) -> AsyncIterator[Body]:
-        """A stream call's iterator, through the interceptors if any (see ``Peer.stream``)."""
-        if self._chain is None:
-            return self.stream(
-                route, to, method, body, order_key=order_key, timeout=timeout, headers=headers
-            )
-        call = self._outgoing(route, method, to, order_key, timeout, headers, stream=True)
-
-        def last(call: OutgoingCall) -> AsyncIterator[Body]:
-            return self.stream(
-                route,
-                call.to,
-                call.method,
-                body,
-                order_key=call.order_key,
-                timeout=call.timeout,
-                headers=call.headers,
-            )
-
-        return self._chain.stream(call, last)
-
-    def _outgoing(
-        self,
-        route: Route,
-        method: str,
-        to: str | None,
-        order_key: str | None,
-        timeout: float | None,
-        headers: Headers | None,
-        stream: bool = False,
-    ) -> OutgoingCall:
-        """The ``OutgoingCall`` the interceptors see (misused arguments raise first)."""
-        self._check(method, order_key, timeout, headers)
-        peer = to
-        if to is None:
-            try:
-                peer = route(None)[0].identity
-            except RPCError:
-                peer = None  # ambiguous or gone: the call itself will say so
-        return OutgoingCall(
-            method=method,
-            to=to,
-            peer=peer,
-            headers=dict(headers or {}),
-            order_key=order_key,
-            timeout=timeout,
-            stream=stream,
-        )
+        return self.call(link, msg, upload)
 
     def prepare(
         self,
@@ -245,7 +155,7 @@ class Caller:
             UnknownPeerError, PeerDisconnectedError: ``route`` found no link.
             MessageTooLargeError: ``body`` exceeds either side's ``max_body_size``.
         """
-        call_timeout = self._check(method, order_key, timeout, headers)
+        call_timeout = self.check(method, order_key, timeout, headers)
         link, target = route(to)
         packed = pack_body(body)
         call = _build(
@@ -253,10 +163,14 @@ class Caller:
         )
         return link, call
 
-    def _check(
+    def check(
         self, method: str, order_key: str | None, timeout: float | None, headers: Headers | None
     ) -> float | None:
-        """Check a call's arguments; return its timeout (``invoke_timeout`` for ``None``)."""
+        """Check a call's arguments; return its timeout (``invoke_timeout`` for ``None``).
+
+        Raises:
+            TypeError, ValueError: A misused argument (named).
+        """
         call_timeout = check_timeout(
             "timeout", self._invoke_timeout if timeout is None else timeout
         )
@@ -282,10 +196,8 @@ class Caller:
         Raises:
             TypeError, ValueError: Misused arguments; ``body`` not msgpack-serializable.
         """
-        call_timeout = self._check(method, None, timeout, headers)
+        call_timeout = self.check(method, None, timeout, headers)
         packed = pack_body(body)
-        if self._chain is not None:
-            return await self._call_all_intercepted(route, names, method, body, timeout, headers)
         results: dict[str, Any] = {}
         bulky: dict[str, asyncio.Task[Body]] = {}  # chunked: each waits for credit, in a task
         out: dict[str, tuple[Link, m.Call, asyncio.Future[m.Message]]] = {}
@@ -310,26 +222,6 @@ class Caller:
                 task.cancel()
             raise
         return results
-
-    async def _call_all_intercepted(
-        self,
-        route: Route,
-        names: Iterable[str],
-        method: str,
-        body: Body,
-        timeout: float | None,
-        headers: Headers | None,
-    ) -> dict[str, Any]:
-        """``call_all`` through the interceptors: one ``invoke`` each, side by side."""
-        names = list(names)
-        calls = [
-            self.invoke(
-                route, method, body, order_key=None, to=name, timeout=timeout, headers=headers
-            )
-            for name in names
-        ]
-        outcomes = await asyncio.gather(*calls, return_exceptions=True)
-        return dict(zip(names, outcomes, strict=True))
 
     async def _start_one(
         self,

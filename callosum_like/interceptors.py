@@ -259,9 +259,7 @@ class InterceptorChain:
             raise error from exc
         finally:
             for iterator in opened:
-                close = getattr(iterator, "aclose", None)
-                if close is not None:
-                    await close()
+                await _close(iterator)
 
     async def request(self, request: Request, last: RequestProceed) -> Body:
         """Run ``request`` through the ``intercept_request`` hooks; ``last`` runs its handler.
@@ -302,6 +300,17 @@ class InterceptorChain:
         """Tell every interceptor that ``peer`` closed."""
         for interceptor in self.interceptors:
             _quietly(interceptor.detached, peer)
+
+
+async def _close(iterator: AsyncIterator[Body]) -> None:
+    """Close one iterator of a stream's chain; one that fails to close is logged, not raised."""
+    close = getattr(iterator, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:
+        interceptor_log.exception("closing %r of an intercepted stream failed", iterator)
 
 
 def _quietly(hook: Callable[[object], None], peer: object) -> None:

@@ -49,6 +49,7 @@ from .errors import PeerClosedError, PeerDisconnectedError, RPCTimeoutError
 from .events import DEFAULT_EVENT_BUFFER, EventHub, EventListener, PeerEvents
 from .forwarding import Forwarder
 from .heartbeats import keep_alive
+from .interception import InterceptedCaller
 from .interceptors import Interceptor, InterceptorChain
 from .link import Link
 from .lower.base import Connection, Transport
@@ -207,8 +208,9 @@ class Peer:
             counters=self._counters,
             invoke_timeout=options.invoke_timeout,
             link_gone=self._link_gone,
-            interceptors=chain,
         )
+        #: Where calls go: through the interceptors, or (none) straight to the Caller.
+        self._calls = InterceptedCaller(self._caller, chain) if chain else self._caller
         self._connection: Connection | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -348,15 +350,8 @@ class Peer:
         Cancellation: cancelling the caller cancels the remote handler.
         """
         self._check_open()
-        return await self._caller.invoke(
-            self._remotes.route,
-            method,
-            body,
-            order_key=order_key,
-            to=to,
-            timeout=timeout,
-            headers=headers,
-        )
+        route = self._remotes.route
+        return await self._calls.invoke(route, method, body, order_key, to, timeout, headers)
 
     async def invoke_all(
         self,
@@ -399,7 +394,7 @@ class Peer:
         if isinstance(body, AsyncIterable):
             raise TypeError("invoke_all sends one body to all; a streamed body cannot be shared")
         names = sorted(self.peers) if to is None else check_names("to", to)
-        return await self._caller.call_all(
+        return await self._calls.call_all(
             self._remotes.route, names, method, body, timeout=timeout, headers=headers
         )
 
@@ -429,7 +424,7 @@ class Peer:
         Raises:
             The errors of ``invoke``; ``RPCInternalError`` when the method is not a stream.
         """
-        return self._caller.open_stream(
+        return self._calls.stream(
             self._route, to, method, body, order_key=order_key, timeout=timeout, headers=headers
         )
 
