@@ -118,6 +118,22 @@ def test_file_transfer() -> None:
     assert re.search(r"\d+ small calls during the transfers", out)
 
 
+@pytest.mark.timeout(90)
+def test_observability() -> None:
+    out = run_example("observability.py").stdout
+    assert re.search(r"console: http://127\.0\.0\.1:\d+/ ", out)
+    assert "manager -> rack-1/agent-2.work(1) = 'noted: agent-2 did 1'" in out
+    trace = (
+        "└─ work    CLIENT to rack-1/agent-1\n"
+        "   └─ work    SERVER from rack-1\n"
+        "      └─ report  CLIENT to rack-1\n"
+        "         └─ report  SERVER from rack-1/agent-1\n"
+    )
+    assert trace in out  # the call and its call back: one trace, through the relay
+    assert out.count("trace ") == 2
+    assert 'callosum_like_server_requests_total{method="report",outcome="ok"} 2.0' in out
+
+
 @pytest.mark.timeout(30)
 def test_every_example_is_tested_and_documented() -> None:
     names = sorted(path.name for path in EXAMPLES.glob("*.py"))
@@ -126,6 +142,7 @@ def test_every_example_is_tested_and_documented() -> None:
         "bidirectional.py",
         "file_transfer.py",
         "fleet.py",
+        "observability.py",
         "ordering.py",
         "schema_client.py",
         "schema_server.py",
