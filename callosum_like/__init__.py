@@ -28,6 +28,7 @@ from .errors import UnknownPeerError as UnknownPeerError
 from .events import PeerEvent as PeerEvent
 from .events import PeerEventKind as PeerEventKind
 from .events import PeerEvents as PeerEvents
+from .interceptors import ForwardedCall as ForwardedCall
 from .interceptors import Interceptor as Interceptor
 from .interceptors import OutgoingCall as OutgoingCall
 from .lower.base import Transport as Transport
@@ -54,6 +55,7 @@ __all__ = [
     # observability
     "Interceptor",
     "OutgoingCall",
+    "ForwardedCall",
     # federation
     "Relay",
     # addresses and transports

@@ -61,7 +61,7 @@ from .streams import CreditWindow, StreamInbox, UploadBody
 from .wire import messages as m
 from .wire.codec import pack_body, unpack_body
 
-__all__ = ["Dispatcher", "Registration", "CLOSE_TIMEOUT"]
+__all__ = ["Dispatcher", "Registration", "CLOSE_TIMEOUT", "outcome_name"]
 
 log = logging.getLogger(__name__)
 #: Where a handler that raised is logged, once, at ERROR with its traceback: a logger of its
@@ -494,7 +494,7 @@ class Dispatcher:
 
     async def _deliver(self, inbound: _Inbound, reply: Reply, released: list[Reply]) -> None:
         """Count and log ``inbound``'s outcome, ``reply``; send the ``released`` replies."""
-        outcome = _outcome_name(reply)
+        outcome = outcome_name(reply)
         if outcome != "ok":
             self._counters.count_request_error(outcome)
         if inbound.started is not None:
@@ -529,7 +529,7 @@ def _error_name(code: int) -> str:
     return type(error_for_code(code, "")).__name__
 
 
-def _outcome_name(reply: Reply) -> str:
+def outcome_name(reply: Reply) -> str:
     """``"ok"`` or the name of the error class the caller gets for ``reply``."""
     kind = type(reply)
     if kind is m.Result or kind is m.StreamEnd:

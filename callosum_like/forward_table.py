@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .interceptors import ForwardDone
 from .link import Link
 
 __all__ = ["Forward", "ForwardTable"]
@@ -20,6 +21,7 @@ class Forward:
     caller_id: int
     callee_link: Link
     callee_id: int
+    done: list[ForwardDone] | None = None  # the interceptors to tell how it ended
 
 
 class ForwardTable:

@@ -29,13 +29,18 @@ at all: its calls take the path they took before interceptors existed (no task, 
 allocation per call). ``attached``/``detached`` tell an interceptor which peers it serves
 (for gauges and consoles); an exception from them is logged and ignored.
 
+A relay given interceptors calls ``intercept_forward`` for each call it passes on, in its
+receive loop (so: synchronous, quick); the function it may return is called once with the
+forwarded call's outcome. Their exceptions are logged and ignored: a relay never fails a call
+for its observers.
+
 ``calls`` and ``dispatch`` use this module; it imports only ``errors`` and ``request``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -45,12 +50,15 @@ from .request import Body, Request
 __all__ = [
     "Interceptor",
     "OutgoingCall",
+    "ForwardedCall",
+    "ForwardDone",
     "CallProceed",
     "StreamProceed",
     "RequestProceed",
     "InterceptorChain",
     "Refusal",
     "check_interceptors",
+    "forward_ended",
     "interceptor_log",
 ]
 
@@ -89,6 +97,30 @@ class OutgoingCall:
     stream: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardedCall:
+    """One call a relay passes on, as the relay's interceptors see it.
+
+    Attributes:
+        method: The method called.
+        relay: The relay's identity.
+        caller: Who sent it: the calling link's identity, and the route behind it.
+        callee: Where it goes: the identity of the next hop, and the route behind it.
+        headers: The call's headers, as they pass (read them; the relay changes nothing).
+        stream: Whether it is a stream call.
+    """
+
+    method: str
+    relay: str
+    caller: str
+    callee: str
+    headers: Mapping[str, str | bytes]
+    stream: bool = False
+
+
+#: Told once how a forwarded call ended: ``"ok"``, the name of the error class its caller
+#: gets (``"PeerDisconnectedError"`` when a hop was lost), or ``"cancelled"``.
+ForwardDone = Callable[[str], None]
 #: Runs the rest of the chain for an outgoing call; returns the remote handler's value.
 CallProceed = Callable[[OutgoingCall], Awaitable[Body]]
 #: Runs the rest of the chain for an outgoing stream; iterates over the remote's items.
@@ -152,6 +184,16 @@ class Interceptor:
         """
         return await proceed(request)
 
+    def intercept_forward(self, call: ForwardedCall) -> ForwardDone | None:
+        """A relay with this interceptor passes ``call`` on (default: nothing).
+
+        Called in the relay's receive loop: it must be quick and must not block.
+
+        Returns:
+            ``None``, or a function the relay calls once with the call's outcome.
+        """
+        return None
+
     def attached(self, peer: Any) -> None:
         """A ``Peer`` with this interceptor opened (default: nothing)."""
 
@@ -204,6 +246,27 @@ class InterceptorChain:
         self._requests = [
             i.intercept_request for i in interceptors if _overrides(i, "intercept_request")
         ]
+        self._forwards = [
+            i.intercept_forward for i in interceptors if _overrides(i, "intercept_forward")
+        ]
+
+    @property
+    def watches_forwards(self) -> bool:
+        """Whether any interceptor overrides ``intercept_forward``."""
+        return bool(self._forwards)
+
+    def forward(self, call: ForwardedCall) -> list[ForwardDone]:
+        """Tell the interceptors that a relay passes ``call`` on; what to tell at its end."""
+        done: list[ForwardDone] = []
+        for hook in self._forwards:
+            try:
+                ends = hook(call)
+            except Exception:
+                interceptor_log.exception("%r failed on a forwarded call; ignored", hook)
+                continue
+            if ends is not None:
+                done.append(ends)
+        return done
 
     async def call(self, call: OutgoingCall, last: CallProceed) -> Body:
         """Run ``call`` through the ``intercept_call`` hooks; ``last`` sends it.
@@ -311,6 +374,15 @@ async def _close(iterator: AsyncIterator[Body]) -> None:
         await close()
     except Exception:
         interceptor_log.exception("closing %r of an intercepted stream failed", iterator)
+
+
+def forward_ended(done: list[ForwardDone], outcome: str) -> None:
+    """Tell each of ``done`` how a forwarded call ended; failures are logged and ignored."""
+    for ended in done:
+        try:
+            ended(outcome)
+        except Exception:
+            interceptor_log.exception("%r failed at the end of a forwarded call; ignored", ended)
 
 
 def _quietly(hook: Callable[[object], None], peer: object) -> None:

@@ -47,6 +47,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
 from .addresses import AddressLike
+from .dispatch import outcome_name
 from .errors import (
     ErrorCode,
     ProtocolError,
@@ -55,7 +56,14 @@ from .errors import (
 from .events import PeerEventKind, PeerEvents
 from .forward_table import Forward, ForwardTable
 from .hops import FORWARDING, Hop
-from .interceptors import Interceptor, check_interceptors
+from .interceptors import (
+    ForwardDone,
+    ForwardedCall,
+    Interceptor,
+    InterceptorChain,
+    check_interceptors,
+    forward_ended,
+)
 from .link import Link
 from .lower.base import Transport
 from .options import DEFAULT_CONNECT_TIMEOUT, check_count, check_positive
@@ -113,7 +121,8 @@ class Relay:
         interceptors: As for ``Peer``, given to both of the relay's peers (``attached``
             tells each about both: gauges and the console see the relay's links). The calls
             it forwards pass through untouched, headers and all, and are intercepted at
-            their two ends, not here (docs/observability.md).
+            their two ends; here each is told to ``intercept_forward`` (a hop span, rates;
+            docs/observability.md).
 
     Raises:
         TypeError, ValueError: An argument is wrong (the message names it).
@@ -140,10 +149,12 @@ class Relay:
         resume_timeout: float = 0.0,
         interceptors: Iterable[Interceptor] | None = None,
     ) -> None:
+        chain = InterceptorChain(check_interceptors(interceptors))
+        self._watch = chain if chain.watches_forwards else None  # intercept_forward
         options = functools.partial(
             Peer,
             identity=identity,
-            interceptors=check_interceptors(interceptors),
+            interceptors=chain.interceptors,
             resume_timeout=resume_timeout,
             max_body_size=max_body_size,
             compress=compress,
@@ -270,6 +281,7 @@ class Relay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._outboxes.aclose()
         for fwd in self._forwards.pop_everything():
+            _ended(fwd, "PeerDisconnectedError")
             await _answer(fwd.caller_link, fwd.caller_id, "the relay closed")
             await _cancel(fwd)
         above, self._above = self._above, None
@@ -399,16 +411,34 @@ class Relay:
             await caller_link.send_quietly(refusal)
             return
         callee_id = callee_link.session.start_call()
-        fwd = Forward(caller_link, msg.id, callee_link, callee_id)
+        done = self._watched(msg, caller_link, callee_link, target)
+        fwd = Forward(caller_link, msg.id, callee_link, callee_id, done)
         self._forwards.add(fwd)
         call = dataclasses.replace(msg, id=callee_id, target=target, origin=origin)
 
         async def failed(exc: Exception) -> None:
+            _ended(fwd, "PeerDisconnectedError")
             self._forwards.remove(fwd)
             callee_link.session.call_input(callee_id, CallInput.REPLY)
             await _answer(caller_link, msg.id, f"could not pass the call on: {exc}")
 
         await self._outboxes.send(callee_link, call, failed)
+
+    def _watched(
+        self, msg: m.Call, caller_link: Link, callee_link: Link, target: str | None
+    ) -> list[ForwardDone] | None:
+        """Tell the interceptors that ``msg`` is passed on; whom to tell how it ended."""
+        if self._watch is None:
+            return None
+        call = ForwardedCall(
+            method=msg.method,
+            relay=self.identity,
+            caller=scoped(caller_link.identity, msg.origin),
+            callee=scoped(callee_link.identity, target),
+            headers=msg.headers or {},
+            stream=msg.stream,
+        )
+        return self._watch.forward(call) or None
 
     def _refusal(self, msg: m.Call, callee_link: Link) -> m.Error | None:
         if self._state != "open":
@@ -434,6 +464,7 @@ class Relay:
         is_item = type(msg) is m.StreamItem
         if not is_item:
             self._forwards.remove(fwd)
+            _ended(fwd, outcome_name(msg))  # type: ignore[arg-type]  # a reply
         reply: m.Message = dataclasses.replace(msg, id=fwd.caller_id)  # type: ignore[arg-type]
         body: bytes | None = getattr(msg, "body", None)
         limit = fwd.caller_link.session.remote_max_body_size
@@ -461,8 +492,10 @@ class Relay:
         who = link.identity or "the remote"
         self._outboxes.drop(link)
         for fwd in self._forwards.pop_callee(link):
+            _ended(fwd, "PeerDisconnectedError")
             await _answer(fwd.caller_link, fwd.caller_id, f"{who}: {reason}")
         for fwd in self._forwards.pop_caller(link):
+            _ended(fwd, "cancelled")
             await _cancel(fwd)
 
     def uplink_opened(self) -> None:
@@ -536,6 +569,13 @@ async def _next(events: PeerEvents, kind: PeerEventKind) -> bool:
         if event.kind is kind:
             return True
     return False
+
+
+def _ended(fwd: Forward, outcome: str) -> None:
+    """Tell the interceptors watching ``fwd`` (once) how it ended."""
+    if fwd.done:
+        done, fwd.done = fwd.done, None
+        forward_ended(done, outcome)
 
 
 def _error(call_id: int, code: ErrorCode, text: str) -> m.Error:

@@ -5,9 +5,10 @@
 
 Needs the extras ``otel`` (plus ``opentelemetry-sdk``) and ``prometheus``. A manager, a relay
 ``rack-1`` and two agents behind it; the manager calls ``work`` on each agent, and each agent
-calls ``report`` back on the manager from inside its handler. Every peer has the same three
-interceptors: ``OpenTelemetry()`` (spans to an in-memory exporter, printed as a tree: each
-call and its call back are one trace, through the relay), ``Prometheus()`` (its ``/metrics``
+calls ``report`` back on the manager from inside its handler. Every peer and the relay have
+the same three interceptors: ``OpenTelemetry()`` (spans to an in-memory exporter, printed as
+a tree: each call and its call back are one trace, with the relay's hop beside the callee's
+span), ``Prometheus()`` (its ``/metrics``
 scraped over HTTP and a few lines printed) and a ``Console`` (open its URL in a browser to
 see the federation tree and the rates; see docs/observability.md).
 """
@@ -36,25 +37,35 @@ def print_trees(spans: tuple[ReadableSpan, ...]) -> None:
     for span in sorted(spans, key=lambda s: s.start_time or 0):
         children.setdefault(span.parent.span_id if span.parent else None, []).append(span)
 
-    def show(span: ReadableSpan, depth: int) -> None:
+    def show(span: ReadableSpan, prefix: str, last: bool) -> None:
         attributes = span.attributes or {}
-        if "server.address" in attributes:
-            where = f"to {attributes['server.address']}"
+        if span.kind.name == "INTERNAL":  # a relay's hop
+            kind, where = (
+                "RELAY",
+                f"{attributes['callosum_like.relay']} to {attributes['server.address']}",
+            )
+        elif span.kind.name == "CLIENT":
+            kind, where = "CLIENT", f"to {attributes['server.address']}"
         else:
-            where = f"from {attributes.get('client.address')}"
-        print(f"{'   ' * depth}└─ {span.name:<7} {span.kind.name:<6} {where}")
-        for child in children.get(span.context.span_id, []):
-            show(child, depth + 1)
+            kind, where = "SERVER", f"from {attributes['client.address']}"
+        print(f"{prefix}{'└─' if last else '├─'} {span.name:<7} {kind:<6} {where}")
+        below = children.get(span.context.span_id, [])
+        for i, child in enumerate(below):
+            show(child, prefix + ("   " if last else "│  "), i == len(below) - 1)
 
     for root in children.get(None, []):
         print(f"trace {root.context.trace_id:032x}")
-        show(root, 0)
+        show(root, "", True)
 
 
 def metrics_lines(port: int) -> list[str]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    wanted = ("callosum_like_client_calls_total{", "callosum_like_server_requests_total{")
+    wanted = (
+        "callosum_like_client_calls_total{",
+        "callosum_like_server_requests_total{",
+        "callosum_like_relay_forwarded_total{",
+    )
     return [line for line in text.splitlines() if line.startswith(wanted)]
 
 

@@ -125,13 +125,16 @@ def test_observability() -> None:
     assert "manager -> rack-1/agent-2.work(1) = 'noted: agent-2 did 1'" in out
     trace = (
         "└─ work    CLIENT to rack-1/agent-1\n"
+        "   ├─ work    RELAY  rack-1 to agent-1\n"
         "   └─ work    SERVER from rack-1\n"
         "      └─ report  CLIENT to rack-1\n"
+        "         ├─ report  RELAY  rack-1 to manager\n"
         "         └─ report  SERVER from rack-1/agent-1\n"
     )
     assert trace in out  # the call and its call back: one trace, through the relay
     assert out.count("trace ") == 2
     assert 'callosum_like_server_requests_total{method="report",outcome="ok"} 2.0' in out
+    assert 'callosum_like_relay_forwarded_total{method="work",outcome="ok"} 2.0' in out
 
 
 @pytest.mark.timeout(30)

@@ -64,6 +64,10 @@ class Recorder(cl.Interceptor):
         finally:
             self.journal.append(f"{self.name} request done")
 
+    def intercept_forward(self, call: Any) -> Any:
+        self.journal.append(f"{self.name} forward {call.method} {call.caller} -> {call.callee}")
+        return lambda outcome: self.journal.append(f"{self.name} forwarded {outcome}")
+
     def attached(self, peer: Any) -> None:
         self.peers.append(peer)
 
@@ -270,7 +274,20 @@ async def test_invoke_all_passes_each_call_through_the_chain(
     ]
 
 
-async def test_interceptors_run_at_both_ends_of_a_call_through_relays(transport_kind: str) -> None:
+class BrokenForward(cl.Interceptor):
+    def intercept_forward(self, call: Any) -> Any:
+        if call.method == "headers" and call.caller == "manager":
+            raise ZeroDivisionError("the hook")
+
+        def done(outcome: str) -> None:
+            raise ZeroDivisionError("the end")
+
+        return done if call.caller == "agent" else None
+
+
+async def test_interceptors_run_at_both_ends_of_a_call_through_relays(
+    transport_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     journal: list[str] = []
     at_relay = Recorder("r", journal)
     async with contextlib.AsyncExitStack() as stack:
@@ -282,7 +299,11 @@ async def test_interceptors_run_at_both_ends_of_a_call_through_relays(transport_
             )
         )
         relay = await open_relay(
-            stack, transport_kind, connect_address(manager), "relay", interceptors=[at_relay]
+            stack,
+            transport_kind,
+            connect_address(manager),
+            "relay",
+            interceptors=[at_relay, BrokenForward()],
         )
         assert len(at_relay.peers) == 2  # its peer below and its peer above
         agent = await stack.enter_async_context(
@@ -303,8 +324,18 @@ async def test_interceptors_run_at_both_ends_of_a_call_through_relays(transport_
         assert await agent.invoke("headers") == ["x-g"]  # up through the relay
     assert "g request headers from relay" in journal
     assert "m request headers from relay/agent" in journal
-    assert not [line for line in journal if line.startswith("r ")]  # forwarded, not served
+    at_the_relay = [line for line in journal if line.startswith("r ")]
+    assert at_the_relay == [  # forwarded, not served: the hop is told, and how it ended
+        "r forward headers manager -> agent",
+        "r forwarded ok",
+        "r forward headers agent -> manager",
+        "r forwarded ok",
+    ]
     assert at_relay.peers == []
+    failed = [
+        r.exc_info[1] for r in caplog.records if r.exc_info and r.name.endswith("interceptors")
+    ]
+    assert [str(exc) for exc in failed] == ["the hook", "the end"]  # logged once, ignored
 
 
 async def test_interceptors_must_be_interceptors() -> None:

@@ -35,6 +35,7 @@ EXTRA_NAMES = {
     "UnixTransport",  # the stream transport's options (TLS, reconnection) for cl.UnixAddress
     "Interceptor",  # the base class of Peer(interceptors=[...]) (docs/observability.md)
     "OutgoingCall",
+    "ForwardedCall",  # what a relay's interceptors see of a call it passes on
     "RefusedError",  # an interceptor of the callee refused the call
     "InterceptorError",  # an interceptor of ours failed on a call
 }

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 import callosum_like as cl
+from callosum_like.interceptors import ForwardedCall
 from callosum_like.telemetry import Console
 
 from .conftest import bind_address, connect_address, open_relay
@@ -170,3 +171,16 @@ async def test_the_page_draws_the_live_tree_in_a_real_browser(fleet: Fleet, tmp_
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", png[16:24]) == (1200, 640)
     print(f"console screenshot: {screenshot}")
+
+
+async def test_a_relay_console_shows_what_passes_through() -> None:
+    console = Console()
+    call = ForwardedCall(method="work", relay="rack", caller="manager", callee="agent", headers={})
+    ok, failed, pending = (console.intercept_forward(call) for _ in range(3))
+    ok("ok")
+    failed("PeerDisconnectedError")
+    (via,) = console.state()["methods"]
+    assert (via["direction"], via["method"]) == ("via", "work")
+    assert (via["calls"], via["errors"], via["in_flight"]) == (2, 1, 1)
+    pending("cancelled")
+    assert console.state()["methods"][0]["in_flight"] == 0

@@ -54,8 +54,17 @@ async def test_a_call_through_two_relays_and_the_call_back_are_one_trace(
                 interceptors=[OpenTelemetry()],
             )
         )
-        upper = await open_relay(stack, transport_kind, connect_address(manager), "upper")
-        lower = await open_relay(stack, transport_kind, connect_address(upper), "lower")  # type: ignore[arg-type]
+        hops = [OpenTelemetry()]  # the relays' hop spans
+        upper = await open_relay(
+            stack, transport_kind, connect_address(manager), "upper", interceptors=hops
+        )
+        lower = await open_relay(
+            stack,
+            transport_kind,
+            connect_address(upper),  # type: ignore[arg-type]
+            "lower",
+            interceptors=hops,
+        )
         agent = await stack.enter_async_context(
             cl.Peer(
                 connect=connect_address(lower),  # type: ignore[arg-type]
@@ -79,7 +88,9 @@ async def test_a_call_through_two_relays_and_the_call_back_are_one_trace(
             2,
         ]
 
-    table = by_name_and_kind(spans.get_finished_spans())
+    finished = spans.get_finished_spans()
+    relayed = [span for span in finished if span.kind is SpanKind.INTERNAL]
+    table = by_name_and_kind(tuple(span for span in finished if span not in relayed))
     assert set(table) == {
         ("work", SpanKind.CLIENT),
         ("work", SpanKind.SERVER),
@@ -111,6 +122,16 @@ async def test_a_call_through_two_relays_and_the_call_back_are_one_trace(
     assert table["work", SpanKind.SERVER].attributes["client.address"] == "lower"  # type: ignore[index]
     assert table["report", SpanKind.CLIENT].attributes["server.address"] == "lower"  # type: ignore[index]
     assert table["report", SpanKind.SERVER].attributes["client.address"] == "upper/lower/agent"  # type: ignore[index]
+    # Each relay's hop: a child of the caller's span, beside the callee's; same trace.
+    hops = {(span.name, span.attributes["callosum_like.relay"]): span for span in relayed}  # type: ignore[index]
+    assert set(hops) == {(n, r) for n in ("work", "report") for r in ("upper", "lower")}
+    for (name, _), hop in hops.items():
+        assert hop.context.trace_id == root.context.trace_id
+        assert hop.parent.span_id == table[name, SpanKind.CLIENT].context.span_id  # type: ignore[union-attr]
+        assert hop.attributes["rpc.response.status_code"] == "ok"  # type: ignore[index]
+    assert hops["work", "upper"].attributes["client.address"] == "manager"  # type: ignore[index]
+    assert hops["work", "upper"].attributes["server.address"] == "lower/agent"  # type: ignore[index]
+    assert hops["report", "lower"].attributes["client.address"] == "agent"  # type: ignore[index]
 
 
 async def fail(request: cl.Request) -> Any:

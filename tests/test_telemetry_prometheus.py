@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import callosum_like as cl
 from callosum_like.telemetry import Prometheus
 
-from .conftest import PairFactory
+from .conftest import PairFactory, bind_address, connect_address, open_relay
 from .httpget import http_get
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
@@ -152,3 +153,32 @@ async def test_the_endpoint_bounds_what_it_reads() -> None:
         assert (await reader.read()).startswith(b"HTTP/1.1 405 ")
         writer.close()
         await writer.wait_closed()
+
+
+async def test_a_relay_counts_what_it_passes_on(transport_kind: str) -> None:
+    metrics = Prometheus(registry=CollectorRegistry())
+    async with contextlib.AsyncExitStack() as stack:
+        manager = await stack.enter_async_context(
+            cl.Peer(bind=bind_address(transport_kind), identity="manager")
+        )
+        relay = await open_relay(
+            stack, transport_kind, connect_address(manager), "rack", interceptors=[metrics]
+        )
+        agent = await stack.enter_async_context(
+            cl.Peer(connect=connect_address(relay), identity="agent")  # type: ignore[arg-type]
+        )
+        agent.handle_function("echo", echo)
+        agent.handle_function("fail", fail)
+        await manager.wait_for_peer("rack/agent", timeout=10)
+        assert await manager.invoke("echo", 1, to="rack/agent") == 1
+        with pytest.raises(cl.RPCUserError):
+            await manager.invoke("fail", to="rack/agent")
+        async with await metrics.serve() as endpoint:
+            _, text = await scrape(endpoint.port, "/metrics")
+    got = samples(text)
+    forwarded = "callosum_like_relay_forwarded_total"
+    assert got[forwarded, frozenset({("method", "echo"), ("outcome", "ok")})] == 1
+    assert got[forwarded, frozenset({("method", "fail"), ("outcome", "RPCUserError")})] == 1
+    links = {labels: value for (name, labels), value in got.items() if name.endswith("_links")}
+    assert sorted(links.values()) == [1, 1]  # the relay's two peers: one link each
+    metrics.unregister()

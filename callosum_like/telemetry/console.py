@@ -2,7 +2,8 @@
 
 Theory of operation: ``Console`` watches *targets*, peers and relays: those given to it, and
 every peer it is an interceptor of (``attached``/``detached``). As an interceptor it also
-keeps, per direction (``out`` for calls made, ``in`` for requests served) and method, the
+keeps, per direction (``out`` for calls made, ``in`` for requests served, ``via`` for calls
+a relay passed on) and method, the
 totals, the calls in flight, and per-second buckets over the last ``window`` seconds, from
 which it reports rates and mean latencies. Nothing is sent anywhere: ``state()`` renders a
 snapshot on demand, and ``start`` serves it on a small read-only HTTP endpoint
@@ -35,7 +36,15 @@ from importlib import resources
 from types import TracebackType
 from typing import Any, Final, Self
 
-from ..interceptors import CallProceed, Interceptor, OutgoingCall, RequestProceed, StreamProceed
+from ..interceptors import (
+    CallProceed,
+    ForwardDone,
+    ForwardedCall,
+    Interceptor,
+    OutgoingCall,
+    RequestProceed,
+    StreamProceed,
+)
 from ..options import check_positive
 from ..request import Body, Request
 from .endpoint import HTTPEndpoint, Page
@@ -215,6 +224,15 @@ class Console(Interceptor):
     async def intercept_request(self, request: Request, proceed: RequestProceed) -> Body:
         """Count and time one request served."""
         return await self._timed("in", request.method, proceed(request))
+
+    def intercept_forward(self, call: ForwardedCall) -> ForwardDone:
+        """Count and time one call a relay passes on (direction ``via``)."""
+        stats, started = self._begin("via", call.method), time.perf_counter()
+
+        def done(outcome: str) -> None:
+            self._end(stats, started, outcome != "ok")
+
+        return done
 
     async def _timed(self, direction: str, method: str, outcome: Any) -> Body:
         stats, started, failed = self._begin(direction, method), time.perf_counter(), True

@@ -8,7 +8,8 @@ Around an incoming request it reads the context back out of ``request.headers``,
 SERVER span under it and makes that span current while the handler runs, so that calls the
 handler makes are its children. Relays pass call headers on untouched (docs/PROTOCOL.md §11),
 so a call from a manager through relays to an agent, and the agent's calls back, are one
-trace.
+trace. A relay given this interceptor adds an INTERNAL span per call it passes on, from the
+call passing to its reply passing back: a child of the caller's span, beside the callee's.
 
 Spans follow OpenTelemetry's RPC semantic conventions (semconv 1.38, the
 ``opentelemetry-semantic-conventions`` 0.66b2 package): name ``rpc.method``; attributes
@@ -34,7 +35,15 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from ..interceptors import CallProceed, Interceptor, OutgoingCall, RequestProceed, StreamProceed
+from ..interceptors import (
+    CallProceed,
+    ForwardDone,
+    ForwardedCall,
+    Interceptor,
+    OutgoingCall,
+    RequestProceed,
+    StreamProceed,
+)
 from ..request import Body, Request
 
 __all__ = ["OpenTelemetry", "RPC_SYSTEM"]
@@ -127,6 +136,32 @@ class OpenTelemetry(Interceptor):
         finally:
             context.detach(token)
             span.end()
+
+    def intercept_forward(self, call: ForwardedCall) -> ForwardDone:
+        """A relay's hop: an INTERNAL span from the call passing to its reply passing back.
+
+        It is a child of the caller's span (read from the headers, which the relay passes on
+        unchanged), so it is a sibling of the callee's SERVER span.
+        """
+        span = self._tracer.start_span(
+            call.method,
+            context=self._extract(call.headers),
+            kind=SpanKind.INTERNAL,
+            attributes={
+                **_attributes(call.method, "client.address", call.caller),
+                "server.address": call.callee,
+                "callosum_like.relay": call.relay,
+            },
+        )
+
+        def done(outcome: str) -> None:
+            span.set_attribute("rpc.response.status_code", outcome)
+            if outcome not in ("ok", "cancelled"):
+                span.set_attribute("error.type", outcome)
+                span.set_status(Status(StatusCode.ERROR, outcome))
+            span.end()
+
+        return done
 
     def _client_span(self, call: OutgoingCall) -> Span:
         span = self._tracer.start_span(

@@ -16,6 +16,9 @@ Metrics (all prefixed ``callosum_like_``):
 * ``server_requests_total{method,outcome}``,
   ``server_request_duration_seconds{method,outcome}``: requests its handlers served (a
   request refused before its handler, e.g. for an unknown method or overload, is not one);
+* ``relay_forwarded_total{method,outcome}``,
+  ``relay_forward_duration_seconds{method,outcome}``: calls a relay given this interceptor
+  passed on, from the call passing to its reply passing back;
 * gauges per peer (labels ``peer``, its identity, and ``address``): ``links`` (connected
   remotes), ``calls_in_flight``, ``requests_running``, ``requests_queued``; and counters
   per peer: ``bytes_sent_total``, ``bytes_received_total``, ``dropped_messages_total``.
@@ -41,7 +44,15 @@ from prometheus_client.metrics import Counter, Histogram
 from prometheus_client.registry import Collector
 
 from ..errors import RemoteError
-from ..interceptors import CallProceed, Interceptor, OutgoingCall, RequestProceed, StreamProceed
+from ..interceptors import (
+    CallProceed,
+    ForwardDone,
+    ForwardedCall,
+    Interceptor,
+    OutgoingCall,
+    RequestProceed,
+    StreamProceed,
+)
 from ..request import Body, Request
 from .endpoint import HTTPEndpoint, Page
 
@@ -117,12 +128,27 @@ class Prometheus(Interceptor):
             buckets=buckets,
             registry=None,
         )
+        self._forwarded = Counter(
+            PREFIX + "relay_forwarded",
+            "Calls a relay passed on, by method and outcome",
+            _LABELS,
+            registry=None,
+        )
+        self._forward_seconds = Histogram(
+            PREFIX + "relay_forward_duration_seconds",
+            "Seconds from a call passing a relay to its reply passing back",
+            _LABELS,
+            buckets=buckets,
+            registry=None,
+        )
         self._peers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._collectors: list[Collector] = [
             self._calls,
             self._call_seconds,
             self._requests,
             self._request_seconds,
+            self._forwarded,
+            self._forward_seconds,
             _PeerCollector(self._peers),
         ]
         registered: list[Collector] = []
@@ -202,6 +228,15 @@ class Prometheus(Interceptor):
         finally:
             method = request.method
             self._observe(self._requests, self._request_seconds, method, outcome, started)
+
+    def intercept_forward(self, call: ForwardedCall) -> ForwardDone:
+        """Count and time one call a relay passes on."""
+        started = time.perf_counter()
+
+        def done(outcome: str) -> None:
+            self._observe(self._forwarded, self._forward_seconds, call.method, outcome, started)
+
+        return done
 
     @staticmethod
     def _observe(
