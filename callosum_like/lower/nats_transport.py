@@ -300,24 +300,27 @@ class NATSTransport(Transport):
             raise
 
 
+def _is_refusal(error: BaseException) -> bool:
+    """Whether nats-py's ``error`` says that the server refused our credentials."""
+    from nats.errors import AuthorizationError
+
+    return isinstance(error, AuthorizationError) or "authorization violation" in str(error).lower()
+
+
 async def _connected(
     connecting: asyncio.Future[None], errors: list[BaseException], timeout: float
 ) -> None:
     """Wait for nats-py's ``connect``: done, refused (at once), or out of time."""
-    from nats.errors import AuthorizationError
-
     async with asyncio.timeout(timeout):
         while not connecting.done():
-            if any(isinstance(e, AuthorizationError) for e in errors):
+            if any(map(_is_refusal, errors)):
                 raise errors[-1]  # nats-py would try forever: the credentials are wrong
             await asyncio.wait([connecting], timeout=0.05)
     connecting.result()
 
 
 def _connect_error(address: NATSAddress, errors: list[BaseException]) -> Exception:
-    from nats.errors import AuthorizationError
-
-    refused = [e for e in errors if isinstance(e, AuthorizationError)]
+    refused = [e for e in errors if _is_refusal(e)]
     last = (refused or errors)[-1]
     text = str(last) or type(last).__name__
     if refused:
