@@ -101,3 +101,38 @@ async def test_an_authenticator_is_refused(nats_server: NATSServer) -> None:
         await NATSTransport().bind(
             nats_address(nats_server), max_frame_size=1024, authenticator=authenticator
         )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.asyncio
+async def test_a_slow_consumer_is_counted_and_dropped_and_knocks_again(
+    nats_server: NATSServer,
+) -> None:
+    """The bound side reads nothing: nats-py's pending limit overflows, memory stays bounded."""
+    from callosum_like.lower.base import RECEIVE_QUEUE_SIZE, Connected, Disconnected, Received
+
+    from .conformance import next_event
+
+    transport = NATSTransport(max_pending_messages=100)
+    server = await transport.bind(nats_address(nats_server), max_frame_size=2**20)
+    client = await transport.connect(
+        NATSAddress.from_url(server.local_address), max_frame_size=2**20
+    )
+    try:
+        assert isinstance(await next_event(client), Connected)
+        for n in range(RECEIVE_QUEUE_SIZE + 2_000):
+            await client.send([n.to_bytes(4, "big")])
+        events: list[Any] = []
+        while not any(isinstance(e, Disconnected) for e in events):
+            events.append(await next_event(server))
+        gone = next(e for e in events if isinstance(e, Disconnected))
+        assert gone.slow
+        assert server.dropped >= 1
+        received = [int.from_bytes(e.frames[0], "big") for e in events if isinstance(e, Received)]
+        assert received == list(range(len(received)))  # what came, came in order
+        # the client is told, reports the loss, and knocks again under a new key
+        assert isinstance(await next_event(client, Disconnected), Disconnected)
+        assert isinstance(await next_event(client, Connected), Connected)
+    finally:
+        await client.aclose()
+        await server.aclose()
