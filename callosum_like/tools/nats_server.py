@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -162,10 +163,36 @@ class NATSServer:
             return False
 
     def _log_says_ready(self) -> bool:
+        return "Server is ready" in self._log()
+
+    def leafnode_port(self) -> int:
+        """The port the server listens on for leaf nodes (``leafnodes { listen: ... }``).
+
+        Raises:
+            RuntimeError: The server's log names no such port (no ``leafnodes`` listener).
+        """
+        match = re.search(r"Listening for leafnode connections on \S+:(\d+)", self._log())
+        if match is None:
+            raise RuntimeError(f"nats-server listens for no leaf nodes: {self.tail()}")
+        return int(match.group(1))
+
+    def wait_for_log(self, text: str, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the server's log holds ``text`` (a leaf node connected, for one).
+
+        Raises:
+            TimeoutError: Not within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while text not in self._log():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {text!r} in nats-server's log: {self.tail()}")
+            time.sleep(0.02)
+
+    def _log(self) -> str:
         try:
-            return "Server is ready" in self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
-            return False
+            return ""
 
     def tail(self, lines: int = 20) -> str:
         """The end of the server's log (and of its stderr, if it exited)."""
