@@ -191,3 +191,38 @@ async def test_with_resumption_a_call_carries_over_a_server_restart() -> None:
             async with asyncio.timeout(30):
                 assert await call == "done"
             assert await client.invoke("echo", b"after") == b"after"
+
+
+@pytest.mark.asyncio
+async def test_through_a_cluster_a_peer_fails_over_to_another_server() -> None:
+    """Manager on server A, agent given A and B, first on B: B dies, the agent moves to A."""
+    require_binary()
+    cluster = 'cluster {{ name: "c", listen: "127.0.0.1:-1" {routes} }}'
+    with NATSServer(cluster.format(routes=""), name="a") as a:
+        routes = f', routes: ["nats-route://127.0.0.1:{a.route_port()}"]'
+        with NATSServer(cluster.format(routes=routes), name="b") as b:
+            await asyncio.to_thread(a.wait_for_log, "Route connection created")
+            subject = nats_address(a).subject
+            server = cl.Peer(bind=cl.NATSAddress(a.url, subject), identity="manager")
+            server.handle_function("echo", echo)
+            transport = cl.NATSTransport(identity="agent-1", randomize_servers=False)  # b first
+            client = cl.Peer(
+                connect=cl.NATSAddress([b.url, a.url], subject),
+                identity="agent-1",
+                transport=transport,
+                heartbeat_interval=0.5,
+                heartbeat_timeout=2,
+            )
+            async with server, client:
+                assert await client.invoke("echo", b"via a server of the cluster") == (
+                    b"via a server of the cluster"
+                )
+                b.kill()
+                async with asyncio.timeout(20):
+                    while True:  # calls fail while the agent moves over, then succeed
+                        with contextlib.suppress(cl.PeerDisconnectedError, cl.RPCTimeoutError):
+                            if await client.invoke("echo", b"moved", timeout=2) == b"moved":
+                                break
+                        await asyncio.sleep(0.1)
+                assert server.peers == {"agent-1"}
+                assert client.statistics().reconnects == 1  # it was on b, and moved

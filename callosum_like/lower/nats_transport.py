@@ -108,6 +108,8 @@ class NATSTransport(Transport):
             rounds of reconnection attempts.
         max_pending_messages: Messages a subscription holds that were not taken yet.
         max_pending_size: Bytes a subscription holds that were not taken yet.
+        randomize_servers: Try the address's servers in a random order (spreading clients
+            over a cluster), or in the order given (a preferred server first).
 
     Raises:
         ImportError: nats-py is not installed.
@@ -132,14 +134,19 @@ class NATSTransport(Transport):
         reconnect_max_interval: float = DEFAULT_RECONNECT_MAX_INTERVAL,
         max_pending_messages: int = DEFAULT_MAX_PENDING_MESSAGES,
         max_pending_size: int = DEFAULT_MAX_PENDING_SIZE,
+        randomize_servers: bool = True,
     ) -> None:
         _require_nats()
         if identity is not None and (not isinstance(identity, str) or not is_nats_token(identity)):
             raise ValueError(
                 f"identity must be one subject token (letters, digits, '_', '-'), got {identity!r}"
             )
-        if not isinstance(trust_subjects, bool):
-            raise TypeError("trust_subjects must be a bool")
+        for flag, given in (
+            ("trust_subjects", trust_subjects),
+            ("randomize_servers", randomize_servers),
+        ):
+            if not isinstance(given, bool):
+                raise TypeError(f"{flag} must be a bool")
         for option, value in (
             ("user", user),
             ("password", password),
@@ -170,6 +177,7 @@ class NATSTransport(Transport):
             "tls": tls,
             "tls_hostname": tls_hostname,
             "name": name,
+            "dont_randomize": not randomize_servers,
         }
 
     async def bind(

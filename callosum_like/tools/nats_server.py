@@ -171,9 +171,20 @@ class NATSServer:
         Raises:
             RuntimeError: The server's log names no such port (no ``leafnodes`` listener).
         """
-        match = re.search(r"Listening for leafnode connections on \S+:(\d+)", self._log())
+        return self._listening("leafnode")
+
+    def route_port(self) -> int:
+        """The port the server listens on for its cluster's routes (``cluster { listen }``).
+
+        Raises:
+            RuntimeError: The server's log names no such port (no ``cluster`` listener).
+        """
+        return self._listening("route")
+
+    def _listening(self, kind: str) -> int:
+        match = re.search(rf"Listening for {kind} connections on \S+:(\d+)", self._log())
         if match is None:
-            raise RuntimeError(f"nats-server listens for no leaf nodes: {self.tail()}")
+            raise RuntimeError(f"nats-server listens for no {kind} connections: {self.tail()}")
         return int(match.group(1))
 
     def wait_for_log(self, text: str, timeout: float = START_TIMEOUT) -> None:
