@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import pytest
@@ -138,3 +139,12 @@ async def test_a_slow_consumer_is_counted_and_dropped_and_knocks_again(
     finally:
         await client.aclose()
         await server.aclose()
+
+
+def test_without_nats_py_the_transport_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "nats", None)  # ``import nats`` fails as if absent
+    with pytest.raises(ImportError, match=r"pip install 'callosum-like\[nats\]'"):
+        NATSTransport()
+    assert NATSAddress("nats://h:1", "s").subject == "s"  # addresses need no nats-py
