@@ -474,11 +474,15 @@ class ConnectingNATS(NATSConnection):
         await self.publish_quietly(self._subjects.inbound(self._key), _BYE_PAYLOAD)
 
     async def aclose(self) -> None:
-        """See ``Connection.aclose``; the knocker is stopped too."""
-        knocker = self._knocker
+        """See ``Connection.aclose``; the knocker is stopped too.
+
+        The knocker is taken once the connection counts as closed: one started while the
+        goodbye went out (the Peer dropping the link as it closes) is stopped as well.
+        """
         try:
             await super().aclose()
         finally:
+            knocker = self._knocker
             if knocker is not None:
                 knocker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
