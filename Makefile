@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning -rs
 
-.PHONY: install setup lint test test-fast cov mutants demo demo-federation bench soak soak-network \
+.PHONY: install setup lint test test-fast cov mutants demo demo-federation demo-nats bench soak soak-network \
 	churn resume-figures clean
 
 install setup: $(STAMP)
@@ -56,6 +56,10 @@ demo: $(STAMP)
 
 demo-federation: $(STAMP)
 	$(BIN)/python examples/federation/demo.py
+
+# The federation scenario on NATS: a hub nats-server and a leaf node, no relay of ours.
+demo-nats: $(STAMP)
+	$(BIN)/python examples/nats_federation.py
 
 # A bounded soak: mixed load while the server is killed and restarted; SOAK_DURATION seconds.
 SOAK_DURATION ?= 300

@@ -6,6 +6,7 @@ schemas) is imported on its own, so that thriftpy2 stays optional.
 """
 
 from . import auth as auth
+from .addresses import NATSAddress as NATSAddress
 from .addresses import TCPAddress as TCPAddress
 from .addresses import UnixAddress as UnixAddress
 from .addresses import ZeroMQAddress as ZeroMQAddress
@@ -32,6 +33,7 @@ from .interceptors import ForwardedCall as ForwardedCall
 from .interceptors import Interceptor as Interceptor
 from .interceptors import OutgoingCall as OutgoingCall
 from .lower.base import Transport as Transport
+from .lower.nats_transport import NATSTransport as NATSTransport
 from .lower.tcp import TCPTransport as TCPTransport
 from .lower.unix import UnixTransport as UnixTransport
 from .lower.zeromq import ZeroMQTransport as ZeroMQTransport
@@ -62,10 +64,12 @@ __all__ = [
     "ZeroMQAddress",
     "TCPAddress",
     "UnixAddress",
+    "NATSAddress",
     "Transport",
     "ZeroMQTransport",
     "TCPTransport",
     "UnixTransport",
+    "NATSTransport",
     # errors
     "RPCError",
     "RemoteError",

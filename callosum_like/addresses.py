@@ -1,17 +1,20 @@
 """Transport addresses: the one place where users' address types are declared.
 
 Theory of operation: the Peer accepts a plain ``str`` (a ZeroMQ endpoint), a
-``ZeroMQAddress``, a ``TCPAddress`` or a ``UnixAddress``. ``parse_address`` normalises these
-and rejects anything else with a ``TypeError``/``ValueError`` naming the argument, so that the
-transports below only ever see validated address objects. Which transport serves an address
-type is not decided here: each transport module registers itself for its address type
-(``lower.registry``). A third-party transport's own address type is accepted once a transport
-is registered for it: the registry tells this module through ``accept_address_type``.
+``ZeroMQAddress``, a ``TCPAddress``, a ``UnixAddress`` or a ``NATSAddress``.
+``parse_address`` normalises these and rejects anything else with a
+``TypeError``/``ValueError`` naming the argument, so that the transports below only ever see
+validated address objects. Which transport serves an address type is not decided here: each
+transport module registers itself for its address type (``lower.registry``). A third-party
+transport's own address type is accepted once a transport is registered for it: the registry
+tells this module through ``accept_address_type``.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias, cast, get_args
 
@@ -19,10 +22,12 @@ __all__ = [
     "ZeroMQAddress",
     "TCPAddress",
     "UnixAddress",
+    "NATSAddress",
     "Address",
     "AddressLike",
     "parse_address",
     "accept_address_type",
+    "is_nats_token",
 ]
 
 _ZMQ_SCHEMES: Final = ("tcp://", "ipc://", "inproc://")
@@ -113,8 +118,77 @@ class UnixAddress:
         return self.path
 
 
-Address: TypeAlias = ZeroMQAddress | TCPAddress | UnixAddress
-AddressLike: TypeAlias = str | ZeroMQAddress | TCPAddress | UnixAddress
+_NATS_SCHEMES: Final = ("nats://", "tls://")
+#: A NATS subject token of ours: no wildcards, separators or whitespace (NATS allows more,
+#: but these survive every shell, config file and URL the subject is written into).
+_NATS_TOKEN: Final = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class NATSAddress:
+    """A subject on a NATS system, reached through any of its servers (``NATSTransport``).
+
+    ``Peer(bind=NATSAddress(servers, "manager"))`` serves on subject ``manager``;
+    ``Peer(connect=...)`` with the same subject reaches it, through any server of the
+    cluster (docs/nats.md has the subject layout below it).
+
+    Args:
+        servers: A server URL (``nats://host:port`` or ``tls://host:port``), or a non-empty
+            sequence of them; the client picks one and fails over to the others.
+        subject: The service's subject: tokens of letters, digits, ``_`` and ``-`` joined
+            by dots, without wildcards (``"manager"``, ``"fleet.eu.manager"``).
+
+    Raises:
+        TypeError: ``servers`` is not a str or a sequence of str, or ``subject`` not a str.
+        ValueError: A URL has another scheme, no servers are given, or the subject is not
+            a valid subject.
+    """
+
+    servers: tuple[str, ...]
+    subject: str
+
+    def __init__(self, servers: str | Sequence[str], subject: str) -> None:
+        urls = (servers,) if isinstance(servers, str) else servers
+        if not isinstance(urls, Sequence) or not all(isinstance(u, str) for u in urls):
+            raise TypeError(f"servers must be a URL or a sequence of URLs, got {servers!r}")
+        if not urls:
+            raise ValueError("servers must name at least one NATS server")
+        for url in urls:
+            if not url.startswith(_NATS_SCHEMES) or url.endswith("//") or " " in url:
+                raise ValueError(f"servers: {url!r} is not a nats:// or tls:// URL")
+        if not isinstance(subject, str):
+            raise TypeError(f"subject must be a str, not {type(subject).__name__}")
+        if not all(_NATS_TOKEN.fullmatch(token) for token in subject.split(".")):
+            raise ValueError(
+                f"subject must be dot-separated tokens of letters, digits, '_' and '-' "
+                f"(no wildcards), got {subject!r}"
+            )
+        object.__setattr__(self, "servers", tuple(urls))
+        object.__setattr__(self, "subject", subject)
+
+    def __str__(self) -> str:
+        return f"{','.join(self.servers)}/{self.subject}"
+
+    @classmethod
+    def from_url(cls, url: str) -> NATSAddress:
+        """The address a NATS connection's ``local_address`` names (``nats://h:p/subject``).
+
+        Raises:
+            ValueError: ``url`` has no ``/subject`` after the server(s).
+        """
+        head, sep, subject = url.rpartition("/")
+        if not sep or head.endswith("/") or not subject:
+            raise ValueError(f"not a NATS address URL (servers/subject): {url!r}")
+        return cls(head.split(","), subject)
+
+
+def is_nats_token(value: str) -> bool:
+    """Whether ``value`` is one subject token as ``NATSAddress`` accepts them."""
+    return _NATS_TOKEN.fullmatch(value) is not None
+
+
+Address: TypeAlias = ZeroMQAddress | TCPAddress | UnixAddress | NATSAddress
+AddressLike: TypeAlias = str | ZeroMQAddress | TCPAddress | UnixAddress | NATSAddress
 
 #: The address types ``parse_address`` passes through: ours, and those a transport was
 #: registered for (``accept_address_type``).

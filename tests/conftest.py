@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import errno
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,8 +18,14 @@ import zmq
 
 import callosum_like as cl
 
+from .natsserver import shared_server, stop_shared, unique_subject
+
 #: The transports every Peer-level test runs against.
-TRANSPORTS = ["zeromq", "tcp"]
+TRANSPORTS = ["zeromq", "tcp", "nats"]
+#: Those with a socket of ours between the two peers: the tests that cut, freeze or write
+#: raw bytes into that socket, or run peers in child processes, are marked
+#: ``@pytest.mark.transports(*SOCKET_TRANSPORTS)`` (NATS's own: tests/test_nats_*.py).
+SOCKET_TRANSPORTS = ["zeromq", "tcp"]
 
 PairFactory = Callable[..., Awaitable[tuple[cl.Peer, cl.Peer]]]
 
@@ -36,6 +42,8 @@ def bind_address(kind: str) -> Any:
         return "tcp://127.0.0.1:0"
     if kind == "tcp":
         return cl.TCPAddress("127.0.0.1", 0)
+    if kind == "nats":  # a subject of its own on the session's nats-server
+        return cl.NATSAddress(shared_server().url, unique_subject())
     raise ValueError(kind)
 
 
@@ -62,6 +70,8 @@ def connect_address(server: cl.Peer) -> Any:
     address = server.address
     if address.startswith(("tcp://", "ipc://", "inproc://")):
         return address
+    if address.startswith(("nats://", "tls://")):
+        return cl.NATSAddress.from_url(address)
     host, port = address.rsplit(":", 1)
     return cl.TCPAddress(host, int(port))
 
@@ -112,7 +122,22 @@ async def open_relay(
     return relay
 
 
-@pytest.fixture(params=TRANSPORTS)
+@pytest.fixture(scope="session", autouse=True)
+def _stop_nats_server() -> Iterator[None]:
+    """Stop the session's nats-server (started by the first test that needs it)."""
+    yield
+    stop_shared()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that takes ``transport_kind`` on every transport its marker allows."""
+    if "transport_kind" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("transports")
+        kinds = list(marker.args) if marker is not None else TRANSPORTS
+        metafunc.parametrize("transport_kind", kinds, indirect=True)
+
+
+@pytest.fixture
 def transport_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -516,3 +516,35 @@ def test_bench_chains_are_what_they_say() -> None:
     assert isinstance(otel, OpenTelemetry)
     with pytest.raises(ValueError, match="interceptors"):
         intercepted.chain("fast")
+
+
+@pytest.mark.timeout(300)
+def test_quick_bench_of_nats_beside_its_raw_floor(tmp_path: Path) -> None:
+    """The bench starts a nats-server; like-nats and raw-nats run W1, W2 and W4 through it."""
+    output = tmp_path / "nats.json"
+    result = run_bench(
+        "--quick",
+        "--systems",
+        "nats",
+        "--workloads",
+        "W1,W2,W4",
+        "--no-chart",
+        "--no-progress",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(output.read_text())
+    results = {(r["system"], r["workload"]): r for r in report["results"]}
+    expected = {("like-nats", w) for w in ("W1", "W2", "W4")} | {
+        ("raw-nats", "W1"),
+        ("raw-nats", "W2"),
+    }
+    assert set(results) == expected  # raw NATS cannot carry W4's 16 MiB at all
+    for key, r in results.items():
+        assert r["status"] == "ok", (key, r["reason"])
+    for row in ("W1 calls/s", "W2 calls/s", "W4 small-call p99"):
+        assert any(
+            line.startswith(row) and "like-nats" in line for line in result.stdout.splitlines()
+        )

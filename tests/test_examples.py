@@ -145,6 +145,7 @@ def test_every_example_is_tested_and_documented() -> None:
         "bidirectional.py",
         "file_transfer.py",
         "fleet.py",
+        "nats_federation.py",
         "observability.py",
         "ordering.py",
         "schema_client.py",
@@ -185,6 +186,18 @@ def test_federation_scripts_are_documented() -> None:
         text = (FEDERATION / name).read_text(encoding="utf-8")
         assert text.startswith('"""'), f"{name} has no docstring"
         assert f"examples/federation/{name}" in text.split('"""')[1], name
+
+
+@pytest.mark.timeout(90)
+def test_nats_federation_demo() -> None:
+    """A manager on a hub nats-server, agents behind a leaf node, calls both ways."""
+    out = run_example("nats_federation.py").stdout
+    assert "(dialled out to the hub)" in out
+    for name in ("agent-1", "agent-2"):
+        assert f"manager  <- {name} reports {{'pid': " in out
+        assert f'manager  -> {name}.hello() = "hello manager from {name};' in out
+        assert f"the manager said 'noted, {name}'" in out
+    assert out.rstrip().endswith("demo finished")
 
 
 @pytest.mark.timeout(90)

@@ -39,7 +39,7 @@ from callosum_like.wire import messages as m
 from callosum_like.wire.codec import decode, encode, pack_body
 from callosum_like.wire.framing import encode_message
 
-from .conftest import bind_address, connect_address
+from .conftest import SOCKET_TRANSPORTS, bind_address, connect_address
 from .rawpeer import MAX, RawClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -196,6 +196,7 @@ async def test_a_frame_over_the_transport_limit_costs_the_sender_its_connection(
             assert len(drop_records(caplog)) == 1
 
 
+@pytest.mark.transports(*SOCKET_TRANSPORTS)  # raw bytes on a socket of ours
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     "garbage",

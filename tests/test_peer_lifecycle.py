@@ -21,7 +21,7 @@ from callosum_like.lower.zeromq import ZeroMQTransport, shared_context
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import encode, pack_body
 
-from .conftest import PairFactory, bind_address, connect_address
+from .conftest import SOCKET_TRANSPORTS, PairFactory, bind_address, connect_address
 from .rawpeer import MAX, RawClient, gated_echo
 
 pytestmark = pytest.mark.timeout(30)
@@ -125,6 +125,9 @@ async def test_silent_client_fails_calls_to_it_within_heartbeat_timeout(
         await raw.aclose()
 
 
+@pytest.mark.transports(
+    *SOCKET_TRANSPORTS
+)  # freezes a socket connection (no socket between NATS peers)
 @pytest.mark.asyncio
 async def test_silent_server_fails_calls_within_heartbeat_timeout(
     transport_kind: str, peers: Any
@@ -191,6 +194,9 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.transports(
+    *SOCKET_TRANSPORTS
+)  # kills the server's socket; tests/test_nats_faults.py kills nats-server
 @pytest.mark.asyncio
 async def test_killed_server_fails_pending_calls_promptly(transport_kind: str) -> None:
     proc = subprocess.Popen(

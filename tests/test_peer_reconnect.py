@@ -25,7 +25,7 @@ from callosum_like.lower.base import CONNECTED_KEY, Connection, Transport
 from callosum_like.lower.tcp import TCPTransport
 from callosum_like.lower.zeromq import ZeroMQTransport
 
-from .conftest import bind_address, connect_address, open_rebinding
+from .conftest import SOCKET_TRANSPORTS, bind_address, connect_address, open_rebinding
 
 pytestmark = pytest.mark.timeout(40)
 FAST_HEARTBEAT = {"heartbeat_interval": 0.2, "heartbeat_timeout": 2.0}  # slack for a busy CI
@@ -46,6 +46,8 @@ def same_address(kind: str, address: str) -> Any:
     """The bind address of a restarted server: the port the first one got."""
     if kind == "zeromq":
         return address
+    if kind == "nats":  # the same subject on the same server
+        return cl.NATSAddress.from_url(address)
     host, port = address.rsplit(":", 1)
     return cl.TCPAddress(host, int(port))
 
@@ -270,6 +272,7 @@ async def test_a_first_handshake_that_breaks_is_tried_again_within_connect_timeo
         await client.aclose()
 
 
+@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
 @pytest.mark.asyncio
 async def test_a_failed_call_and_peers_agree_so_a_retry_loop_waits(
     transport_kind: str, peers: contextlib.AsyncExitStack, caplog: pytest.LogCaptureFixture

@@ -21,7 +21,7 @@ import pytest_asyncio
 import callosum_like as cl
 from callosum_like.wire.messages import STREAM_WINDOW
 
-from .conftest import Meeting, bind_address, connect_address, open_rebinding
+from .conftest import SOCKET_TRANSPORTS, Meeting, bind_address, connect_address, open_rebinding
 from .relayproc import Children, port_of
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
@@ -284,6 +284,7 @@ async def test_timeouts_and_cancellation_cross_a_relay(federation: Federation) -
 PATIENT = {"heartbeat_interval": 0.25, "heartbeat_timeout": 60.0}
 
 
+@pytest.mark.transports(*SOCKET_TRANSPORTS)  # child processes speak zeromq and tcp only
 @pytest.mark.parametrize("direction", ["up", "down"])
 async def test_a_call_timeout_travels_through_the_relay_and_ends_the_far_handler(
     transport_kind: str, direction: str, peers: Stack, children: Children
@@ -407,6 +408,7 @@ async def test_order_keys_hold_end_to_end_and_per_agent(federation: Federation) 
     ) == ["cluster-b/agent-1", "cluster-b/agent-2"]
 
 
+@pytest.mark.transports(*SOCKET_TRANSPORTS)  # child processes speak zeromq and tcp only
 async def test_an_agent_dying_fails_exactly_its_calls(
     federation: Federation, children: Children
 ) -> None:
@@ -439,6 +441,7 @@ async def test_an_agent_dying_fails_exactly_its_calls(
     assert relay.peers == {"agent-2"}
 
 
+@pytest.mark.transports(*SOCKET_TRANSPORTS)  # child processes speak zeromq and tcp only
 @pytest.mark.parametrize("agent_kind", ["zeromq", "tcp"])
 async def test_a_relay_dying_fails_exactly_the_calls_through_it_and_it_comes_back(
     transport_kind: str, agent_kind: str, peers: Stack, children: Children
@@ -723,6 +726,7 @@ async def test_the_relay_checks_the_next_hops_max_body_size(federation: Federati
     assert await manager.invoke("echo", b"x" * 5_000, to="cluster-b/agent-1") == b"x" * 5_000
 
 
+@pytest.mark.transports(*SOCKET_TRANSPORTS)  # child processes speak zeromq and tcp only
 async def test_a_caller_dying_cancels_its_call_beyond_the_relay(
     federation: Federation, children: Children
 ) -> None:

@@ -19,6 +19,8 @@ import pytest
 
 import callosum_like as cl
 
+from .conftest import SOCKET_TRANSPORTS
+
 pytestmark = pytest.mark.timeout(120)
 
 TOTAL = 256 * 2**20
@@ -95,6 +97,7 @@ async def uploaded(count: int) -> AsyncIterator[bytes]:
         yield item
 
 
+@pytest.mark.transports(*SOCKET_TRANSPORTS)  # child processes speak zeromq and tcp only
 @pytest.mark.asyncio
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 async def test_streaming_256_mib_each_way_keeps_both_processes_within_budget(

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
-from ..addresses import AddressLike, TCPAddress
+from ..addresses import AddressLike, NATSAddress, TCPAddress
 
 __all__ = [
     "TRANSPORTS",
+    "BENCH_TRANSPORTS",
+    "NATS_URL_VARIABLE",
     "bind_address",
     "connect_address",
     "say_ready",
@@ -38,6 +41,10 @@ T = TypeVar("T")
 
 #: The transports the demo, the benchmark and the soak can use, by command-line name.
 TRANSPORTS: Final = ("zeromq", "tcp")
+#: The benchmark's: NATS too, through the nats-server the benchmark starts.
+BENCH_TRANSPORTS: Final = (*TRANSPORTS, "nats")
+#: The environment variable that tells a child the URL of that nats-server.
+NATS_URL_VARIABLE: Final = "CALLOSUM_LIKE_NATS_URL"
 
 
 def bind_address(transport: str, port: int = 0, host: str = "127.0.0.1") -> AddressLike:
@@ -48,6 +55,8 @@ def bind_address(transport: str, port: int = 0, host: str = "127.0.0.1") -> Addr
     """
     if transport == "tcp":
         return TCPAddress(host, port)
+    if transport == "nats":  # a subject of this process's own, on the parent's nats-server
+        return NATSAddress(os.environ[NATS_URL_VARIABLE], f"bench-{os.getpid()}")
     return f"tcp://{host}:{port}"
 
 
@@ -61,6 +70,8 @@ def connect_address(transport: str, address: str) -> AddressLike:
     if transport == "tcp":
         host, port = address.rsplit(":", 1)
         return TCPAddress(host, int(port))
+    if transport == "nats":
+        return NATSAddress.from_url(address)
     return address
 
 

@@ -250,14 +250,18 @@ class FrameDecoder:
             self._frames = []
 
 
-def pack_batch(messages: Sequence[Sequence[bytes | bytearray | memoryview]]) -> bytes:
+def pack_batch(
+    messages: Sequence[Sequence[bytes | bytearray | memoryview]], prefix: bytes = b""
+) -> bytes:
     """Join messages back to back in this module's layout, for ``split_batch`` to split.
+
+    ``prefix`` goes before them, in the same copy (a transport's own header byte).
 
     Raises:
         ValueError: A message with no frames or more than ``MAX_FRAMES``, or a frame of
             4 GiB or more.
     """
-    pieces: list[bytes | bytearray | memoryview] = []
+    pieces: list[bytes | bytearray | memoryview] = [prefix] if prefix else []
     add = pieces.append
     pack_count, pack_length, pack_head = _COUNT.pack, _LENGTH.pack, _HEAD.pack
     for frames in messages:
@@ -278,7 +282,7 @@ def pack_batch(messages: Sequence[Sequence[bytes | bytearray | memoryview]]) -> 
     return b"".join(pieces)
 
 
-def split_batch(data: Buffer) -> list[list[Buffer]]:
+def split_batch(data: Buffer, offset: int = 0) -> list[list[Buffer]]:
     """Split a batch (one or more messages in this module's layout, back to back).
 
     The batch is already in memory, so splitting allocates no more than its size: the caller
@@ -286,6 +290,7 @@ def split_batch(data: Buffer) -> list[list[Buffer]]:
 
     Args:
         data: The whole batch.
+        offset: Where the batch starts in ``data`` (after a transport's own header).
 
     Returns:
         The messages, in order; each frame is a copy (``bytes``).
@@ -295,10 +300,10 @@ def split_batch(data: Buffer) -> list[list[Buffer]]:
     """
     if type(data) is not bytes:
         data = bytes(data)
-    if not data:
+    if len(data) <= offset:
         raise ProtocolError("empty batch")
     out: list[list[Buffer]] = []
-    pos = _parse(data, 0, _MAX_LENGTH, out)
+    pos = _parse(data, offset, _MAX_LENGTH, out)
     if pos < len(data):
         raise ProtocolError(f"batch ends inside a message (at byte {pos} of {len(data)})")
     return out

@@ -6,8 +6,10 @@ project only) a hub and its agents processes (``fleet_step.run_fleet_step``), wi
 ``Progress`` bar on stderr; then it prints the tables and targets (``report``) and writes the
 JSON (``record``), a Markdown copy of the tables, and the chart (``chart``, W1 to W5). First
 it raises its soft limit on open files to the hard limit (``fleet.raise_fd_limit``), which
-its children inherit: 10,000 agents need more than the usual 1,024. See the package's
-docstring for what is measured.
+its children inherit: 10,000 agents need more than the usual 1,024. When a NATS system runs
+(``like-nats``, ``raw-nats``), one local ``nats-server`` serves the whole run, and the
+children find it through ``child.NATS_URL_VARIABLE``. See the package's docstring for what
+is measured.
 
 Only ``__main__`` imports this module.
 """
@@ -16,16 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final, TextIO
 
+from ..child import NATS_URL_VARIABLE
 from ..fleet import raise_fd_limit
+from ..nats_server import NATSServer
 from .chart import write_chart
 from .fleet_step import applies, run_fleet_step
 from .record import HostLoad, host_load, json_report
@@ -296,14 +302,29 @@ async def _run_all(
     }
     steps = [(s, w) for s in runnable for w in workloads if applies(s, w)]
     progress = Progress(args.repeat * len(steps), enabled=not args.no_progress)
-    for run in range(args.repeat):
-        for system, workload in steps:
-            progress.step(f"{system.key} {workload.key} (run {run + 1}/{args.repeat})")
-            step = run_fleet_step if workload.fleet else run_step
-            outcome = await step(system, workload, loop, timeout, pin)
-            outcomes[(system.key, workload.key)].append(outcome)
+    with _nats_server(any(s.nats for s, _ in steps)):
+        for run in range(args.repeat):
+            for system, workload in steps:
+                progress.step(f"{system.key} {workload.key} (run {run + 1}/{args.repeat})")
+                step = run_fleet_step if workload.fleet else run_step
+                outcome = await step(system, workload, loop, timeout, pin)
+                outcomes[(system.key, workload.key)].append(outcome)
     progress.close()
     return {key: summarize(*key, runs) for key, runs in outcomes.items()}
+
+
+@contextlib.contextmanager
+def _nats_server(needed: bool) -> Iterator[None]:
+    """A local nats-server for the NATS systems' children (``NATS_URL_VARIABLE``), if needed."""
+    if not needed:
+        yield
+        return
+    with NATSServer(name="bench") as server:
+        os.environ[NATS_URL_VARIABLE] = server.url  # the children inherit it
+        try:
+            yield
+        finally:
+            del os.environ[NATS_URL_VARIABLE]
 
 
 def _report(

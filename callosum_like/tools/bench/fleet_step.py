@@ -39,8 +39,15 @@ POLL_INTERVAL: Final = 0.2
 
 
 def applies(system: System, workload: Workload) -> bool:
-    """Whether ``workload`` runs on ``system``: fleets need this project's ``Peer``."""
-    return not workload.fleet or system.script is None
+    """Whether ``workload`` runs on ``system``: fleets need this project's ``Peer``.
+
+    Not over NATS: the fleet's agent processes speak ZeroMQ and TCP. Nor bodies over what
+    the system can carry at all (raw NATS: one message of ``max_payload``).
+    """
+    limit = system.max_body_size
+    if limit is not None and max(workload.body_size, workload.big_size) > limit:
+        return False
+    return not workload.fleet or (system.script is None and not system.nats)
 
 
 def shares(agents: int, processes: int) -> list[int]:

@@ -240,6 +240,10 @@ _TARGET_TABLE: Final = (
     ("W6-10k idle CPU", "like-tcp", "W6-10k", "idle_cpu_percent", False, 2, None),
     ("W7 invoke_all p99", "like-zeromq", "W7", "p99_us", False, 100_000, None),
     ("W7 invoke_all p99", "like-tcp", "W7", "p99_us", False, 100_000, None),
+    # Issue 22 (NATS): against a raw nats-py request-reply echo through the same server.
+    ("W1 calls/s", "like-nats", "W1", "calls_per_s", True, 0.8, "raw-nats"),
+    ("W2 calls/s", "like-nats", "W2", "calls_per_s", True, 0.8, "raw-nats"),
+    ("W4 small-call p99", "like-nats", "W4", "p99_us", False, 5000, None),
 )
 TARGETS: Final = tuple(
     _Target(row=r, system=s, workload=w, metric=m, at_least=a, factor=f, reference=ref)

