@@ -6,6 +6,7 @@ schemas) is imported on its own, so that thriftpy2 stays optional.
 """
 
 from . import auth as auth
+from .addresses import QUICAddress as QUICAddress
 from .addresses import TCPAddress as TCPAddress
 from .addresses import UnixAddress as UnixAddress
 from .addresses import ZeroMQAddress as ZeroMQAddress
@@ -27,6 +28,7 @@ from .events import PeerEvent as PeerEvent
 from .events import PeerEventKind as PeerEventKind
 from .events import PeerEvents as PeerEvents
 from .lower.base import Transport as Transport
+from .lower.quic import QUICTransport as QUICTransport
 from .lower.tcp import TCPTransport as TCPTransport
 from .lower.unix import UnixTransport as UnixTransport
 from .lower.zeromq import ZeroMQTransport as ZeroMQTransport
@@ -53,10 +55,12 @@ __all__ = [
     "ZeroMQAddress",
     "TCPAddress",
     "UnixAddress",
+    "QUICAddress",
     "Transport",
     "ZeroMQTransport",
     "TCPTransport",
     "UnixTransport",
+    "QUICTransport",
     # errors
     "RPCError",
     "RemoteError",

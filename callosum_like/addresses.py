@@ -1,12 +1,13 @@
 """Transport addresses: the one place where users' address types are declared.
 
 Theory of operation: the Peer accepts a plain ``str`` (a ZeroMQ endpoint), a
-``ZeroMQAddress``, a ``TCPAddress`` or a ``UnixAddress``. ``parse_address`` normalises these
-and rejects anything else with a ``TypeError``/``ValueError`` naming the argument, so that the
-transports below only ever see validated address objects. Which transport serves an address
-type is not decided here: each transport module registers itself for its address type
-(``lower.registry``). A third-party transport's own address type is accepted once a transport
-is registered for it: the registry tells this module through ``accept_address_type``.
+``ZeroMQAddress``, a ``TCPAddress``, a ``UnixAddress`` or a ``QUICAddress``. ``parse_address``
+normalises these and rejects anything else with a ``TypeError``/``ValueError`` naming the
+argument, so that the transports below only ever see validated address objects. Which
+transport serves an address type is not decided here: each transport module registers itself
+for its address type (``lower.registry``). A third-party transport's own address type is
+accepted once a transport is registered for it: the registry tells this module through
+``accept_address_type``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "ZeroMQAddress",
     "TCPAddress",
     "UnixAddress",
+    "QUICAddress",
     "Address",
     "AddressLike",
     "parse_address",
@@ -57,17 +59,8 @@ class ZeroMQAddress:
 
 
 @dataclass(frozen=True, slots=True)
-class TCPAddress:
-    """A host and port for the plain asyncio TCP transport. Port ``0`` binds a free port.
-
-    Args:
-        host: A host name or IP address.
-        port: A port number from 0 to 65535.
-
-    Raises:
-        TypeError: ``host`` is not a str or ``port`` not an int.
-        ValueError: ``port`` is out of range.
-    """
+class _HostPort:
+    """A host and port, checked; the base of ``TCPAddress`` and ``QUICAddress``."""
 
     host: str
     port: int
@@ -82,6 +75,34 @@ class TCPAddress:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TCPAddress(_HostPort):
+    """A host and port for the plain asyncio TCP transport. Port ``0`` binds a free port.
+
+    Args:
+        host: A host name or IP address.
+        port: A port number from 0 to 65535.
+
+    Raises:
+        TypeError: ``host`` is not a str or ``port`` not an int.
+        ValueError: ``port`` is out of range.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class QUICAddress(_HostPort):
+    """A host and UDP port for the QUIC transport (``QUICTransport``). Port ``0`` binds a free port.
+
+    Args:
+        host: A host name or IP address.
+        port: A port number from 0 to 65535.
+
+    Raises:
+        TypeError: ``host`` is not a str or ``port`` not an int.
+        ValueError: ``port`` is out of range.
+    """
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -113,8 +134,8 @@ class UnixAddress:
         return self.path
 
 
-Address: TypeAlias = ZeroMQAddress | TCPAddress | UnixAddress
-AddressLike: TypeAlias = str | ZeroMQAddress | TCPAddress | UnixAddress
+Address: TypeAlias = ZeroMQAddress | TCPAddress | UnixAddress | QUICAddress
+AddressLike: TypeAlias = str | ZeroMQAddress | TCPAddress | UnixAddress | QUICAddress
 
 #: The address types ``parse_address`` passes through: ours, and those a transport was
 #: registered for (``accept_address_type``).

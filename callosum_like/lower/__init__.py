@@ -6,6 +6,7 @@ them whichever module of the layer was imported first. Nothing above this layer 
 concrete transport to choose one: it asks ``transport_for``.
 """
 
+from . import quic as quic
 from . import tcp as tcp
 from . import unix as unix
 from . import zeromq as zeromq
