@@ -41,7 +41,7 @@ from .tools.bench.children import (
 )
 from .tools.bench.cli import add_bench_arguments, run_bench
 from .tools.bench.hub import add_hub_arguments, run_bench_hub
-from .tools.child import TRANSPORTS
+from .tools.child import BENCH_TRANSPORTS, TRANSPORTS
 from .tools.demo import run_demo, run_demo_client, serve_demo
 from .tools.fleet import add_agents_arguments, run_agents
 from .tools.soak.cli import add_soak_arguments, run_soak
@@ -126,11 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     demo_client.add_argument("--keys")
     demo_client.set_defaults(command=_demo_client)
     bench_server = commands.add_parser("bench-server")
-    _transport_option(bench_server)
+    _transport_option(bench_server, choices=BENCH_TRANSPORTS)
     add_server_arguments(bench_server)
     bench_server.set_defaults(command=run_bench_server)
     bench_client = commands.add_parser("bench-client")
-    _transport_option(bench_client)
+    _transport_option(bench_client, choices=BENCH_TRANSPORTS)
     add_client_arguments(bench_client)
     bench_client.set_defaults(command=run_bench_client)
     bench_hub = commands.add_parser("bench-hub")
@@ -146,8 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _transport_option(parser: argparse.ArgumentParser, text: str | None = None) -> None:
-    parser.add_argument("--transport", choices=TRANSPORTS, default="zeromq", help=text)
+def _transport_option(
+    parser: argparse.ArgumentParser,
+    text: str | None = None,
+    choices: tuple[str, ...] = TRANSPORTS,
+) -> None:
+    parser.add_argument("--transport", choices=choices, default="zeromq", help=text)
 
 
 # --- keygen ---------------------------------------------------------------------------------

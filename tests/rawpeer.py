@@ -11,8 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from callosum_like.lower.base import Connection, Received
-from callosum_like.lower.tcp import TCPTransport
-from callosum_like.lower.zeromq import ZeroMQTransport
+from callosum_like.lower.registry import transport_for
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import ChunkedHead, decode, encode
 
@@ -32,8 +31,8 @@ class RawClient:
 
     @classmethod
     async def connect(cls, server: Any, kind: str) -> RawClient:
-        transport = ZeroMQTransport() if kind == "zeromq" else TCPTransport()
-        conn = await transport.connect(_address(connect_address(server)), max_frame_size=MAX)
+        address = _address(connect_address(server))
+        conn = await transport_for(address).connect(address, max_frame_size=MAX)
         return cls(conn)
 
     async def send(self, msg: m.Message) -> None:

@@ -190,6 +190,8 @@ async def test_a_client_that_never_reads_is_dropped_and_others_are_served(
     transport_kind: str, peers: contextlib.AsyncExitStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
+    if transport_kind == "quic":  # docs/quic.md, limits
+        pytest.skip("aioquic acknowledges what arrives whether or not the Peer reads it")
     bound = SLOW_REMOTE_MEMORY[transport_kind]
     if transport_kind == "zeromq":
         if not HAVE_PROC:

@@ -25,7 +25,13 @@ from callosum_like.lower.base import CONNECTED_KEY, Connection, Transport
 from callosum_like.lower.tcp import TCPTransport
 from callosum_like.lower.zeromq import ZeroMQTransport
 
-from .conftest import bind_address, connect_address, open_rebinding
+from .conftest import (
+    QUICTestTransport,
+    bind_address,
+    connect_address,
+    open_rebinding,
+    same_address,
+)
 
 pytestmark = pytest.mark.timeout(40)
 FAST_HEARTBEAT = {"heartbeat_interval": 0.2, "heartbeat_timeout": 2.0}  # slack for a busy CI
@@ -40,14 +46,6 @@ async def double(request: cl.Request) -> Any:
 async def next_event(events: cl.PeerEvents, timeout: float = 15) -> cl.PeerEvent:
     async with asyncio.timeout(timeout):
         return await anext(events)
-
-
-def same_address(kind: str, address: str) -> Any:
-    """The bind address of a restarted server: the port the first one got."""
-    if kind == "zeromq":
-        return address
-    host, port = address.rsplit(":", 1)
-    return cl.TCPAddress(host, int(port))
 
 
 async def open_server(kind: str, address: Any = None) -> cl.Peer:
@@ -283,7 +281,12 @@ async def test_a_failed_call_and_peers_agree_so_a_retry_loop_waits(
     """
     first = await open_server(transport_kind)
     peers.push_async_callback(first.aclose)
-    base: type[Transport] = TCPTransport if transport_kind == "tcp" else ZeroMQTransport
+    bases: dict[str, type[Transport]] = {
+        "tcp": TCPTransport,
+        "zeromq": ZeroMQTransport,
+        "quic": QUICTestTransport,
+    }
+    base = bases[transport_kind]
     connections: list[Connection] = []
 
     class Keeping(base):  # type: ignore[valid-type,misc]

@@ -32,8 +32,9 @@ last message: a call's lane after its request when that has no chunks or upload 
 follow, else after its last chunk (the transport counts the body's bytes against the size
 the head announced), its ``UploadEnd`` or its ``Cancel``; a reply lane after the final
 reply's last byte. Key lanes stay open (at most ``MAX_KEY_LANES``; the least recently used
-one is finished beyond that, and the next message of a key whose lane was finished is then
-sent as a barrier, so that it cannot overtake the calls of its finished stream).
+one is finished beyond that, and the next call of a key whose lane was finished is then sent as a
+barrier, so that it cannot overtake the calls of its finished stream; the last
+``MAX_EVICTED_KEYS`` such keys are remembered, and past that every new key is a barrier).
 
 Barriers: messages that must not overtake anything sent before them, nor be overtaken by
 anything sent after them (the handshake, the Goodbye, a Cancel, which must not arrive before
@@ -82,6 +83,8 @@ CONTROL: Final[Lane] = ("control", None)
 #: Key lanes kept open at once: the calls of more keys than this share no stream credit
 #: (QUIC grants a peer a bounded number of open streams) and finish the least recent lane.
 MAX_KEY_LANES: Final = 64
+#: Keys of finished key lanes remembered (so that their next call is sent as a barrier).
+MAX_EVICTED_KEYS: Final = 4096
 #: Open transfers (chunked bodies) a sender tracks; a receiver holds at most 16 per link.
 MAX_TRANSFERS: Final = 256
 #: Bytes of messages a receiver holds for a barrier that has not arrived (a remote that
@@ -169,7 +172,10 @@ class LanePlanner:
         self._keyed_uploads: dict[int, Lane] = {}  # our keyed upload calls -> their key lane
         self._transfers: OrderedDict[int, _Transfer] = OrderedDict()
         self._closing: set[Lane] = set()  # lanes to end once their transfers are sent
-        self._evicted = False  # a key lane was finished while its key may come back
+        #: Keys whose lane was finished while their calls may still be under way (recent
+        #: ones); once more were pushed out than it holds, every new key is a barrier.
+        self._evicted: OrderedDict[object, None] = OrderedDict()
+        self._forgot = False
 
     def plan(self, frames: Sequence[bytes | bytearray | memoryview]) -> tuple[Plan, list[Lane]]:
         """The plan for one outgoing message, and the lanes it ends otherwise."""
@@ -207,11 +213,15 @@ class LanePlanner:
         ended: list[Lane] = []
         barrier = False
         if key not in self._keys:
-            barrier = self._evicted  # its earlier calls may be on a finished stream
+            # its earlier calls may be on a finished stream that this one must not overtake
+            barrier = self._forgot or self._evicted.pop(key, False) is None
             if len(self._keys) >= MAX_KEY_LANES:
                 old, _ = self._keys.popitem(last=False)
                 ended.append(("key", old))
-                self._evicted = True
+                self._evicted[old] = None
+                if len(self._evicted) > MAX_EVICTED_KEYS:
+                    self._evicted.popitem(last=False)
+                    self._forgot = True
         self._keys[key] = None
         self._keys.move_to_end(key)
         if upload:

@@ -322,9 +322,8 @@ class QUICEndpoint(Connection):
     async def disconnect(self, peer: bytes) -> None:
         """See ``Connection.disconnect``."""
         link = self.links.pop(peer, None)
-        if link is not None:
-            link.abort()  # its CONNECTION_CLOSE leaves before its socket closes
-            self.forget(link)
+        if link is not None:  # what we sent it (a Goodbye) still reaches it, then it closes
+            link.shut_soon()
 
     def forget(self, link: QUICLink) -> None:
         """Stop routing anything to ``link`` (a client closes its socket)."""
@@ -385,7 +384,7 @@ class _QUICClient(QUICEndpoint):
             link.abort()
             self._close_socket(link)
             why = link.ended or f"no answer within {HANDSHAKE_TIMEOUT} s"
-            if "certificate" in why.lower():
+            if link.tls_failed:
                 raise ssl.SSLCertVerificationError(
                     f"QUIC handshake with {self._address}: {why}"
                 ) from exc
@@ -399,6 +398,12 @@ class _QUICClient(QUICEndpoint):
     def forget(self, link: QUICLink) -> None:
         """Close ``link``'s socket."""
         self._close_socket(link)
+
+    async def disconnect(self, peer: bytes) -> None:
+        """See ``Connection.disconnect``: the remote is silent or said Goodbye; reconnect now."""
+        link = self.links.pop(peer, None)
+        if link is not None:
+            link.abort()
 
     def _close_socket(self, link: QUICLink) -> None:
         sock = self._sockets.pop(link, None)

@@ -66,10 +66,13 @@ __all__ = [
     "HIGH_WATER",
     "CLOSE_TIMEOUT",
     "CERTIFICATE_REFUSED",
+    "TLS_ALERTS",
 ]
 
 log = logging.getLogger(__name__)
 
+#: QUIC's error codes for TLS alerts: 0x100 plus the alert (RFC 9001 section 4.8).
+TLS_ALERTS: Final = QuicErrorCode.CRYPTO_ERROR
 #: Unacknowledged bytes above which a connected endpoint's sender waits.
 HIGH_WATER: Final = 4 * 1024 * 1024
 #: Seconds ``shut()`` waits for the remote to acknowledge what we sent before closing.
@@ -154,10 +157,12 @@ class QUICLink(QuicConnectionProtocol):
         self.handshaken = False
         self._ended: str | None = None
         self._drainers: list[asyncio.Future[None]] = []
-        self._acknowledged: asyncio.Future[None] | None = None  # shut() waits for it
+        self._deadline: asyncio.TimerHandle | None = None  # shutting: abort at the latest then
         #: Resolved once the connection has terminated.
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.user_id: str | None = None
+        #: The QUIC error code the connection terminated with, once it has.
+        self.error_code: int | None = None
 
     @property
     def ended(self) -> str | None:
@@ -228,11 +233,18 @@ class QUICLink(QuicConnectionProtocol):
     def _terminated(self, event: qe.ConnectionTerminated) -> None:
         reason = self._ended or (event.reason_phrase or f"QUIC error {event.error_code:#x}")
         self._ended = reason
+        self.error_code = event.error_code
         auth_failed = event.error_code == CERTIFICATE_REFUSED
         self._wake_senders()
         self._owner.link_lost(self, reason, auth_failed)
         if not self.closed.done():
             self.closed.set_result(None)
+
+    @property
+    def tls_failed(self) -> bool:
+        """Whether the connection ended for a TLS alert (a certificate that did not verify)."""
+        code = self.error_code
+        return code is not None and TLS_ALERTS <= code < TLS_ALERTS + 0x100
 
     # -- sending --------------------------------------------------------------------------
 
@@ -285,13 +297,8 @@ class QUICLink(QuicConnectionProtocol):
     def transmit(self) -> None:
         """Send what aioquic has for the network; wake senders once it has taken enough."""
         super().transmit()
-        done = self._acknowledged
-        if (
-            done is not None
-            and not done.done()
-            and (self._ended or self._everything_acknowledged())
-        ):
-            done.set_result(None)
+        if self._deadline is not None and self._everything_acknowledged():
+            self.abort()  # shutting, and the remote has everything: close now
         if self._drainers and self.unacked() <= HIGH_WATER // 4:
             drainers, self._drainers = self._drainers, []
             for waiter in drainers:
@@ -312,29 +319,43 @@ class QUICLink(QuicConnectionProtocol):
 
     # -- closing --------------------------------------------------------------------------
 
+    def shut_soon(self) -> None:
+        """Finish our lanes and close once the remote acknowledged them (or ``CLOSE_TIMEOUT``).
+
+        No task: a timer, and the acknowledgements ``transmit`` sees, end it.
+        """
+        if self._ended is not None or self._deadline is not None:
+            return
+        if not self.admitted:
+            self.abort()
+            return
+        for stream_id in self._lanes.values():
+            self._quic.send_stream_data(stream_id, b"", end_stream=True)
+        self._lanes.clear()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(CLOSE_TIMEOUT, self.abort)
+        self.transmit()
+
     async def shut(self) -> None:
         """Finish our lanes, wait for their acknowledgement, close; see the module doc.
 
         Cancellation: the connection is closed (without waiting) even when cancelled.
         """
+        self.shut_soon()
         try:
-            if self._ended is None and self.admitted:
-                for stream_id in self._lanes.values():
-                    self._quic.send_stream_data(stream_id, b"", end_stream=True)
-                self._lanes.clear()
-                self.transmit()
-                if not self._everything_acknowledged():
-                    self._acknowledged = asyncio.get_running_loop().create_future()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._acknowledged, CLOSE_TIMEOUT)
-        finally:
+            await asyncio.shield(self.closed)
+        except asyncio.CancelledError:
             self.abort()
+            raise
 
     def abort(self) -> None:
         """Close the connection now and stop its timer (its socket is the owner's).
 
         Waiting senders fail and ``closed`` resolves; the owner is not told (it asked).
         """
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None:
+            deadline.cancel()
         if self._ended is None:
             self._ended = "closed"
             self._quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="closed")

@@ -87,9 +87,14 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         self._max_unsent_size = max_unsent_size
         self._routes: dict[bytes, QUICLink] = {}
         self._handshaking: dict[QUICLink, asyncio.TimerHandle] = {}
-        self._all: set[QUICLink] = set()
+        self._known: set[QUICLink] = set()
         self._numbers = itertools.count(1)
         self._socket: asyncio.DatagramTransport | None = None
+
+    @property
+    def handshakes(self) -> int:
+        """Handshakes in progress (connections that hold state and are not yet admitted)."""
+        return len(self._handshaking)
 
     async def start(self, address: QUICAddress) -> None:
         """Bind the UDP socket."""
@@ -189,7 +194,8 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         link.connection_made(cast(asyncio.DatagramTransport, self._socket))
         self._routes[header.destination_cid] = link
         self._routes[quic.host_cid] = link
-        self._all.add(link)
+        self._known.add(link)
+        link.closed.add_done_callback(lambda _: self.forget(link))
         loop = asyncio.get_running_loop()
         self._handshaking[link] = loop.call_later(HANDSHAKE_TIMEOUT, self._too_slow, link)
         return link
@@ -237,7 +243,7 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         timer = self._handshaking.pop(link, None)
         if timer is not None:
             timer.cancel()
-        self._all.discard(link)
+        self._known.discard(link)
         for cid in [c for c, value in self._routes.items() if value is link]:
             del self._routes[cid]
 
@@ -247,7 +253,7 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
             return
         self.closing = True
         try:
-            await self.close_links(list(self._all))
+            await self.close_links(list(self._known))
         finally:
             if self._socket is not None:
                 self._socket.close()

@@ -21,10 +21,13 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
-from ..addresses import AddressLike, TCPAddress
+from ..addresses import AddressLike, QUICAddress, TCPAddress
+from ..lower.base import Transport
 
 __all__ = [
     "TRANSPORTS",
+    "BENCH_TRANSPORTS",
+    "transport_of",
     "bind_address",
     "connect_address",
     "say_ready",
@@ -38,16 +41,29 @@ T = TypeVar("T")
 
 #: The transports the demo, the benchmark and the soak can use, by command-line name.
 TRANSPORTS: Final = ("zeromq", "tcp")
+#: The benchmark's transports: QUIC too (with throw-away certificates, ``tools.certificates``).
+BENCH_TRANSPORTS: Final = (*TRANSPORTS, "quic")
+
+
+def transport_of(transport: str, *, bound: bool) -> Transport | None:
+    """The ``Peer(transport=...)`` of a child for ``transport``: ``None`` for the default."""
+    if transport != "quic":
+        return None
+    from .certificates import quic_transport
+
+    return quic_transport(bound=bound)
 
 
 def bind_address(transport: str, port: int = 0, host: str = "127.0.0.1") -> AddressLike:
-    """An address on ``host`` for ``transport`` (``zeromq``/``tcp``); port 0 is a free port.
+    """An address on ``host`` for ``transport`` (``zeromq``/``tcp``/``quic``); port 0: a free port.
 
     ``host`` is 127.0.0.1 unless told: a child in a host of a network test bed binds on
     that host's address (``NetBed.address``).
     """
     if transport == "tcp":
         return TCPAddress(host, port)
+    if transport == "quic":
+        return QUICAddress(host, port)
     return f"tcp://{host}:{port}"
 
 
@@ -58,9 +74,9 @@ def connect_address(transport: str, address: str) -> AddressLike:
         transport: ``zeromq`` or ``tcp``.
         address: ``Peer.address`` of the bound side (``tcp://HOST:PORT`` or ``HOST:PORT``).
     """
-    if transport == "tcp":
+    if transport in ("tcp", "quic"):
         host, port = address.rsplit(":", 1)
-        return TCPAddress(host, int(port))
+        return (TCPAddress if transport == "tcp" else QUICAddress)(host, int(port))
     return address
 
 

@@ -24,7 +24,14 @@ from typing import Any, Final, TypeAlias, cast
 
 from ...peer import Peer
 from ...request import Body, Handler, Request
-from ..child import announce, bind_address, connect_address, ignore_sigint, run_loop
+from ..child import (
+    announce,
+    bind_address,
+    connect_address,
+    ignore_sigint,
+    run_loop,
+    transport_of,
+)
 from .measure import EchoClient, Payload, ProcessProbe, measure
 from .workloads import Workload
 
@@ -51,6 +58,7 @@ def _loop_name() -> str:
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a benchmark server process."""
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to bind (a server)")
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +120,7 @@ def peer_main(
 
 def run_bench_server(args: argparse.Namespace) -> int:
     """``bench-server``: serve ``echo`` and the ``stream`` generator over ``args.transport``."""
-    return _serve_main(_serve_like(args.transport), args.loop)
+    return _serve_main(_serve_like(args.transport, args.host), args.loop)
 
 
 def run_bench_client(args: argparse.Namespace) -> int:
@@ -125,7 +133,7 @@ def run_bench_client(args: argparse.Namespace) -> int:
     return _client_main(connect, args)
 
 
-async def _serve_like(transport: str) -> None:
+async def _serve_like(transport: str, host: str = "127.0.0.1") -> None:
     async def echo(request: Request) -> Body:
         return request.body
 
@@ -135,7 +143,11 @@ async def _serve_like(transport: str) -> None:
         for _ in range(size // chunk_size):
             yield chunk
 
-    async with Peer(bind=bind_address(transport), identity="bench-server") as server:
+    async with Peer(
+        bind=bind_address(transport, host=host),
+        identity="bench-server",
+        transport=transport_of(transport, bound=True),
+    ) as server:
         server.handle_function("echo", echo)
         server.handle_function("stream", cast("Handler", stream))  # Peer's hint omits streams
         await announce(server.address)
@@ -163,6 +175,7 @@ class _LikeClient:
 async def _connect_like(transport: str, address: str) -> AsyncIterator[EchoClient]:
     async with Peer(
         connect=connect_address(transport, address),
+        transport=transport_of(transport, bound=False),
         identity="bench-client",
         invoke_timeout=CALL_TIMEOUT,
     ) as peer:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ..certificates import tool_certificates
 from ..supervisor import SOURCE_TREE
 
 __all__ = [
@@ -46,7 +47,8 @@ class System:
         requires: A module that must be importable, else the system is skipped.
         dists: Distributions whose versions the JSON records.
         script: The peer script in ``bench/peers/``, or ``None`` for this project.
-        transport: This project's transport (``zeromq``/``tcp``) when ``script`` is ``None``.
+        transport: This project's transport (``zeromq``/``tcp``/``quic``) when ``script`` is
+            ``None``.
         streams: How W5 runs on it: ``stream`` (native), or the emulation used.
         root: The source tree its children import ``callosum_like`` from, when not this
             one (``--baseline``).
@@ -62,7 +64,12 @@ class System:
     root: str | None = None
 
     def argv(self, role: str) -> list[str]:
-        """The command line of its ``server`` or ``client`` process (without options)."""
+        """The command line of its ``server`` or ``client`` process (without options).
+
+        A QUIC system's processes share the tool's throw-away certificates, made here once.
+        """
+        if self.transport == "quic":
+            tool_certificates()
         if self.script is None:
             return [
                 sys.executable,
@@ -95,6 +102,13 @@ SYSTEMS: Final = (
     ),
     System(key="like-tcp", label="callosum_like tcp", requires="zmq", dists=(), transport="tcp"),
     System(
+        key="like-quic",
+        label="callosum_like quic",
+        requires="aioquic",
+        dists=("aioquic",),
+        transport="quic",
+    ),
+    System(
         key="callosum",
         label="callosum 1.0.3",
         requires="callosum",
@@ -123,7 +137,8 @@ SYSTEMS: Final = (
 SYSTEM_GROUPS: Final = {
     "all": tuple(s.key for s in SYSTEMS),
     "ours": ("like-zeromq", "like-tcp"),
-    "peers": tuple(s.key for s in SYSTEMS[2:]),
+    "transports": ("like-zeromq", "like-tcp", "like-quic"),
+    "peers": tuple(s.key for s in SYSTEMS[3:]),
 }
 
 
