@@ -25,6 +25,7 @@ from callosum_like.lower.base import CONNECTED_KEY, Connection, Transport
 from callosum_like.lower.tcp import TCPTransport
 from callosum_like.lower.zeromq import ZeroMQTransport
 
+from .certs import quic_server_options
 from .conftest import (
     QUICTestTransport,
     bind_address,
@@ -126,7 +127,8 @@ SERVER_SCRIPT = textwrap.dedent(
     async def main():
         global server
         kind, port = sys.argv[1], int(sys.argv[2])
-        addr = f"tcp://127.0.0.1:{port}" if kind == "zeromq" else cl.TCPAddress("127.0.0.1", port)
+        from tests.conftest import KINDS  # the test's certificates, for QUIC
+        addr = KINDS[kind].address(KINDS[kind].host, port)
         async with cl.Peer(bind=addr, identity="server") as server:
             server.handle_function("block", block)
             server.handle_function("call_back", call_back)
@@ -142,6 +144,7 @@ class ServerProcess:
     """A server in a child process, so that it can die for real (SIGKILL)."""
 
     def __init__(self, kind: str, port: int = 0) -> None:
+        quic_server_options()  # the test certificates exist before the child looks for them
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER_SCRIPT, kind, str(port)],
             stdout=subprocess.PIPE,
@@ -174,7 +177,7 @@ async def test_killed_and_restarted_server_is_reconnected(transport_kind: str) -
     try:
         address = await first.address()
         port = int(address.rsplit(":", 1)[1])
-        target = address if transport_kind == "zeromq" else same_address("tcp", address)
+        target = same_address(transport_kind, address)
         async with cl.Peer(connect=target, identity="agent-1", **FAST_HEARTBEAT) as client:
             client.handle_function("double", double)
             assert await client.invoke("call_back", 5) == 10
@@ -206,7 +209,7 @@ async def test_a_server_that_hung_is_found_again_after_the_heartbeat_gave_up(
     server = ServerProcess(transport_kind)
     try:
         address = await server.address()
-        target = address if transport_kind == "zeromq" else same_address("tcp", address)
+        target = same_address(transport_kind, address)
         async with cl.Peer(connect=target, identity="agent-1", **FAST_HEARTBEAT) as client:
             client.handle_function("double", double)
             async with client.events() as events:

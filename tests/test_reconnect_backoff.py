@@ -123,6 +123,8 @@ def failed_attempts(kind: str) -> list[float]:
 def test_the_wait_between_failed_reconnection_attempts_doubles_up_to_the_cap(
     transport_kind: str,
 ) -> None:
+    if transport_kind == "quic":  # QUIC shares the options' checks and the backoff's shape
+        pytest.skip("counts failed TCP connection attempts (/proc/net/snmp)")
     attempts = failed_attempts(transport_kind)
     gaps = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
     shown = f"{len(attempts)} attempts, gaps {gaps}"
