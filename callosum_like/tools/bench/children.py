@@ -67,6 +67,9 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", required=True, help="the address the server printed")
     parser.add_argument("--server-pid", type=int, required=True)
     parser.add_argument("--workload", required=True, help="a Workload as JSON")
+    parser.add_argument(
+        "--call-timeout", type=float, default=CALL_TIMEOUT, help="seconds one call may take"
+    )
 
 
 def _serve_main(serve: Coroutine[Any, Any, None], loop: str) -> int:
@@ -128,7 +131,7 @@ def run_bench_client(args: argparse.Namespace) -> int:
     transport: str = args.transport
 
     def connect(address: str) -> AbstractAsyncContextManager[EchoClient]:
-        return _connect_like(transport, address)
+        return _connect_like(transport, address, args.call_timeout)
 
     return _client_main(connect, args)
 
@@ -172,11 +175,13 @@ class _LikeClient:
 
 
 @contextlib.asynccontextmanager
-async def _connect_like(transport: str, address: str) -> AsyncIterator[EchoClient]:
+async def _connect_like(
+    transport: str, address: str, call_timeout: float = CALL_TIMEOUT
+) -> AsyncIterator[EchoClient]:
     async with Peer(
         connect=connect_address(transport, address),
         transport=transport_of(transport, bound=False),
         identity="bench-client",
-        invoke_timeout=CALL_TIMEOUT,
+        invoke_timeout=call_timeout,
     ) as peer:
         yield _LikeClient(peer)

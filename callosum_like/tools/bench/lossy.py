@@ -61,6 +61,8 @@ async def one(bed: NetBed, transport: str, load: Workload, timeout: float) -> Ou
             str(server.pid),
             "--workload",
             json.dumps(dataclasses.asdict(load)),
+            "--call-timeout",
+            str(timeout),
         )
         async with bed.spawn(
             "a", f"{transport} client", *command, *client_args, relay=False
