@@ -151,6 +151,8 @@ class QUICLink(QuicConnectionProtocol):
         self._gate = LaneGate()
         self._lanes: dict[Lane, int] = {}
         self._decoders: dict[int, FrameDecoder] = {}
+        self._partial: dict[int, int] = {}  # stream id -> bytes of its unfinished message
+        self._partial_total = 0
         self._events = owner.events
         #: Admitted: the handshake is complete and the identity accepted; messages flow.
         self.admitted = False
@@ -207,6 +209,7 @@ class QUICLink(QuicConnectionProtocol):
             decoder = self._decoders[stream_id] = FrameDecoder(self._owner.max_frame_size)
         try:
             messages = decoder.feed(data) if data else []
+            self._count_partial(stream_id, 0 if end else decoder.buffered)
             for frames in messages:
                 if len(frames) < 2:
                     raise ProtocolError("a message without a stamp and frames")
@@ -219,6 +222,24 @@ class QUICLink(QuicConnectionProtocol):
             del self._decoders[stream_id]
             if decoder.buffered:
                 self.violation(f"stream {stream_id} ended {decoder.buffered} bytes into a message")
+
+    def _count_partial(self, stream_id: int, buffered: int) -> None:
+        """Track the bytes held for incomplete messages over all streams; bound them.
+
+        Each stream holds at most one incomplete message (its decoder checks each frame
+        against ``max_frame_size``); many streams at once may not hold more than
+        ``2 * max_frame_size`` together (QUIC's flow control, which aioquic extends as data
+        arrives, does not bound what a remote leaves unfinished).
+
+        Raises:
+            ProtocolError: Over that bound.
+        """
+        self._partial_total += buffered - self._partial.pop(stream_id, 0)
+        if buffered:
+            self._partial[stream_id] = buffered
+        limit = 2 * self._owner.max_frame_size
+        if self._partial_total > limit:
+            raise ProtocolError(f"over {limit} bytes of unfinished messages on its streams")
 
     def violation(self, why: str) -> None:
         """The remote broke our framing or stamps: count it once and close the connection."""

@@ -229,9 +229,9 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
             timer.cancel()
         certificate, chain = link.peer_certificate()
         ok, user_id = server_identity(link, self._cafile, self._hook, certificate, chain)
-        if ok and not self.closing:
+        if ok and not self.closing:  # (closing: aclose shuts it with the others)
             self.links[link.key] = link
-        return ok and not self.closing, user_id
+        return ok, user_id
 
     def link_lost(self, link: QUICLink, reason: str, auth_failed: bool) -> None:
         """A connection terminated: forget it, and report it if it was admitted."""

@@ -186,3 +186,20 @@ async def test_a_stream_that_never_finishes_holds_at_most_one_frame() -> None:
         gone = await next_event(server, Disconnected)
         assert gone.reason
         await still_served(server, good, b"after")
+
+
+async def test_unfinished_messages_over_many_streams_are_bounded() -> None:
+    """Each stream may hold one unfinished message; together at most 2 x max_frame_size."""
+    async with (
+        served() as (server, good, target),
+        quic_connect(*target, configuration=raw_configuration(), create_protocol=RawQUIC) as raw,
+    ):
+        assert isinstance(raw, RawQUIC)
+        raw.write(stamped([b"first"]))
+        first = await next_event(server, Received)
+        for _ in range(4):  # 4 x 0.9 frames, never finished
+            raw.write(stamped([b"w" * MAX_FRAME])[: MAX_FRAME * 9 // 10])
+        gone = await next_event(server, Disconnected)
+        assert gone.peer == first.peer
+        assert "unfinished messages" in gone.reason
+        await still_served(server, good, b"after")
