@@ -16,8 +16,10 @@ certificate with none of these.
 Transports call ``identify`` with the hook; a hook that raises refuses too (logged), so that
 a bug in a user's hook cannot let a remote in under its claimed name.
 
-This module is a leaf of the lower layer: it parses certificates with ``cryptography`` and
-knows nothing of sockets.
+This module is a leaf of the lower layer: it parses certificates with ``cryptography``
+(imported on use: it comes with the ``quic`` extra, or ``pip install cryptography``; without
+it every client certificate is refused, with an error in the log) and knows nothing of
+sockets.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "PeerCertificate",
@@ -54,14 +56,22 @@ class PeerCertificate:
 
     @property
     def x509(self) -> x509.Certificate:
-        """The certificate parsed by ``cryptography`` (subject, extensions, fingerprint...)."""
+        """The certificate parsed by ``cryptography`` (subject, extensions, fingerprint...).
+
+        Raises:
+            ImportError: ``cryptography`` is not installed.
+        """
         if not self._parsed:
+            from cryptography import x509
+
             self._parsed.append(x509.load_der_x509_certificate(self.der))
         return self._parsed[0]
 
     @property
     def subject_common_name(self) -> str | None:
         """The subject's common name (CN), or ``None`` when it has none."""
+        from cryptography.x509.oid import NameOID
+
         names = self.x509.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if not names:
             return None
@@ -78,6 +88,8 @@ def common_name(certificate: PeerCertificate) -> str | None:
 
     Returns ``None`` (refused) for a certificate with none of these.
     """
+    from cryptography import x509
+
     name = certificate.subject_common_name
     if name:
         return name

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ..certificates import tool_certificates
 from ..supervisor import SOURCE_TREE
 
 __all__ = [
@@ -69,6 +68,8 @@ class System:
         A QUIC system's processes share the tool's throw-away certificates, made here once.
         """
         if self.transport == "quic":
+            from ..certificates import tool_certificates  # cryptography: the quic extra
+
             tool_certificates()
         if self.script is None:
             return [
