@@ -7,6 +7,8 @@ each id it issues or retires). What is not routed is judged here:
 
 * a datagram that does not parse as QUIC, or a short-header one for no connection we know:
   dropped and counted (``dropped``), logged at most a few times a second (``DropLog``);
+  a late packet of a connection we closed (its ids are remembered, ``CLOSED_CIDS``) is
+  ignored without counting;
 * an Initial smaller than ``MIN_INITIAL_SIZE``, or of a QUIC version we do not speak:
   dropped and counted;
 * a full-size Initial without a token, with ``retry``: answered with a stateless Retry
@@ -27,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import aioquic.buffer
@@ -50,6 +53,9 @@ __all__ = ["QUICServer"]
 
 log = logging.getLogger(__name__)
 
+#: Connection ids of closed connections remembered, so that their late packets (an ACK,
+#: a CONNECTION_CLOSE in flight) are ignored rather than counted as garbage.
+CLOSED_CIDS: Final = 4096
 #: The length of the connection ids we hand out in a Retry.
 RETRY_CID_LENGTH: Final = CID_LENGTH
 
@@ -86,6 +92,7 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         self._max_handshakes = max_handshakes
         self._max_unsent_size = max_unsent_size
         self._routes: dict[bytes, QUICLink] = {}
+        self._closed: OrderedDict[bytes, None] = OrderedDict()  # ids of closed connections
         self._handshaking: dict[QUICLink, asyncio.TimerHandle] = {}
         self._known: set[QUICLink] = set()
         self._numbers = itertools.count(1)
@@ -120,6 +127,8 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
             return
         link = self._routes.get(header.destination_cid)
         if link is None:
+            if header.destination_cid in self._closed:
+                return  # a late packet of a connection we closed: not garbage
             link = self._new(data, addr, header)
             if link is None:
                 return
@@ -246,6 +255,9 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         self._known.discard(link)
         for cid in [c for c, value in self._routes.items() if value is link]:
             del self._routes[cid]
+            self._closed[cid] = None
+        while len(self._closed) > CLOSED_CIDS:
+            self._closed.popitem(last=False)
 
     async def aclose(self) -> None:
         """See ``Connection.aclose``."""
