@@ -43,7 +43,7 @@ def _directory() -> Path:
 
 
 @functools.cache
-def test_ca() -> trustme.CA:
+def session_ca() -> trustme.CA:
     """The session's CA."""
     return trustme.CA()
 
@@ -53,7 +53,7 @@ def ca_file() -> str:
     """The session CA's certificate, as a PEM file."""
     path = _directory() / "ca.pem"
     if not path.exists():
-        test_ca().cert_pem.write_to_path(str(path))
+        session_ca().cert_pem.write_to_path(str(path))
     return str(path)
 
 
@@ -65,7 +65,7 @@ def identity(common_name: str, *, ca: trustme.CA | None = None) -> Identity:
     if ca is None and os.path.exists(found.keyfile):
         return found  # made by the parent process
     hosts = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "localhost")
-    cert = (ca or test_ca()).issue_cert(*hosts, common_name=common_name)
+    cert = (ca or session_ca()).issue_cert(*hosts, common_name=common_name)
     cert.cert_chain_pems[0].write_to_path(found.certfile)
     cert.private_key_pem.write_to_path(found.keyfile)
     return found

@@ -181,6 +181,8 @@ async def test_quic_options_are_checked() -> None:
         cl.TCPTransport(identity_from_certificate=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="idle_timeout"):
         cl.QUICTransport(idle_timeout=0)
+    with pytest.raises(ValueError, match="max_datagram_size"):
+        cl.QUICTransport(max_datagram_size=1000)
 
 
 async def test_binding_quic_needs_a_certificate() -> None:

@@ -77,6 +77,9 @@ TLS_ALERTS: Final = QuicErrorCode.CRYPTO_ERROR
 HIGH_WATER: Final = 4 * 1024 * 1024
 #: Seconds ``shut()`` waits for the remote to acknowledge what we sent before closing.
 CLOSE_TIMEOUT: Final = 2.0
+#: Seconds without a datagram from the remote after which ``shut_soon`` closes at once
+#: instead of waiting for acknowledgements that will not come.
+SILENT_REMOTE: Final = 1.0
 #: The application error code of a connection closed for its client certificate.
 CERTIFICATE_REFUSED: Final = 0x1001
 #: The application error code of a connection closed for breaking our framing or stamps.
@@ -159,6 +162,7 @@ class QUICLink(QuicConnectionProtocol):
         self.handshaken = False
         self._ended: str | None = None
         self._drainers: list[asyncio.Future[None]] = []
+        self._heard = asyncio.get_running_loop().time()  # the last datagram from the remote
         self._deadline: asyncio.TimerHandle | None = None  # shutting: abort at the latest then
         #: Resolved once the connection has terminated.
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -175,6 +179,11 @@ class QUICLink(QuicConnectionProtocol):
         """The remote's certificate and chain, as aioquic parsed them (``None, []``: none)."""
         quic = self._quic
         return quic.peer_certificate() if isinstance(quic, ServerConnection) else (None, [])
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        """Note when the remote was last heard of, then let aioquic take the datagram."""
+        self._heard = self._loop.time()
+        super().datagram_received(data, addr)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -347,13 +356,13 @@ class QUICLink(QuicConnectionProtocol):
         """
         if self._ended is not None or self._deadline is not None:
             return
-        if not self.admitted:
-            self.abort()
+        loop = asyncio.get_running_loop()
+        if not self.admitted or loop.time() - self._heard > SILENT_REMOTE:
+            self.abort()  # nobody there to acknowledge (the Peer's heartbeat gave up on it)
             return
         for stream_id in self._lanes.values():
             self._quic.send_stream_data(stream_id, b"", end_stream=True)
         self._lanes.clear()
-        loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(CLOSE_TIMEOUT, self.abort)
         self.transmit()
 

@@ -53,9 +53,11 @@ __all__ = ["QUICServer"]
 
 log = logging.getLogger(__name__)
 
-#: Connection ids of closed connections remembered, so that their late packets (an ACK,
-#: a CONNECTION_CLOSE in flight) are ignored rather than counted as garbage.
+#: Connection ids of closed connections remembered (at most this many, for this many
+#: seconds: a few times any loss-recovery period), so that their late packets (an ACK, a
+#: CONNECTION_CLOSE in flight) are ignored rather than counted as garbage.
 CLOSED_CIDS: Final = 4096
+CLOSED_CID_SECONDS: Final = 2.0
 #: The length of the connection ids we hand out in a Retry.
 RETRY_CID_LENGTH: Final = CID_LENGTH
 
@@ -92,7 +94,9 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         self._max_handshakes = max_handshakes
         self._max_unsent_size = max_unsent_size
         self._routes: dict[bytes, QUICLink] = {}
-        self._closed: OrderedDict[bytes, None] = OrderedDict()  # ids of closed connections
+        #: Ids of recently closed connections, and until when they are remembered.
+        self._closed: OrderedDict[bytes, float] = OrderedDict()
+        self._purger: asyncio.TimerHandle | None = None
         self._handshaking: dict[QUICLink, asyncio.TimerHandle] = {}
         self._known: set[QUICLink] = set()
         self._numbers = itertools.count(1)
@@ -253,11 +257,25 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         if timer is not None:
             timer.cancel()
         self._known.discard(link)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + CLOSED_CID_SECONDS
         for cid in [c for c, value in self._routes.items() if value is link]:
             del self._routes[cid]
-            self._closed[cid] = None
+            self._closed[cid] = until
         while len(self._closed) > CLOSED_CIDS:
             self._closed.popitem(last=False)
+        if self._closed and self._purger is None and not self.closing:
+            self._purger = loop.call_later(CLOSED_CID_SECONDS, self._purge)
+
+    def _purge(self) -> None:
+        """Forget the ids of connections closed ``CLOSED_CID_SECONDS`` ago or more."""
+        self._purger = None
+        now = asyncio.get_running_loop().time()
+        closed = self._closed
+        while closed and next(iter(closed.values())) <= now:
+            closed.popitem(last=False)
+        if closed and not self.closing:
+            self._purger = asyncio.get_running_loop().call_later(CLOSED_CID_SECONDS, self._purge)
 
     async def aclose(self) -> None:
         """See ``Connection.aclose``."""
@@ -267,6 +285,10 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         try:
             await self.close_links(list(self._known))
         finally:
+            if self._purger is not None:
+                self._purger.cancel()
+                self._purger = None
+            self._closed.clear()
             if self._socket is not None:
                 self._socket.close()
                 with contextlib.suppress(Exception):
