@@ -127,6 +127,7 @@ def test_every_example_is_tested_and_documented() -> None:
         "file_transfer.py",
         "fleet.py",
         "ordering.py",
+        "quic.py",
         "schema_client.py",
         "schema_server.py",
         "simple-client.py",
