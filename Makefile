@@ -5,8 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -W error::ResourceWarning -rs
 
-.PHONY: install setup lint test test-fast cov mutants demo demo-federation demo-nats bench soak soak-network \
-	churn resume-figures clean
+.PHONY: install setup lint test test-fast cov mutants demo demo-federation demo-nats bench bench-lossy soak \
+	soak-network churn resume-figures clean
 
 install setup: $(STAMP)
 
@@ -92,6 +92,11 @@ churn: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m callosum_like bench
+
+# W4 (small calls beside a 16 MiB echo) over a lossy network (root: a network test bed: 2 %
+# loss, 20 ms one way) for QUIC, TCP and ZeroMQ in one run; writes bench/results/lossy.json.
+bench-lossy: $(STAMP)
+	$(BIN)/python -m callosum_like.tools.bench.lossy
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -7,6 +7,7 @@ schemas) is imported on its own, so that thriftpy2 stays optional.
 
 from . import auth as auth
 from .addresses import NATSAddress as NATSAddress
+from .addresses import QUICAddress as QUICAddress
 from .addresses import TCPAddress as TCPAddress
 from .addresses import UnixAddress as UnixAddress
 from .addresses import ZeroMQAddress as ZeroMQAddress
@@ -34,6 +35,7 @@ from .interceptors import Interceptor as Interceptor
 from .interceptors import OutgoingCall as OutgoingCall
 from .lower.base import Transport as Transport
 from .lower.nats_transport import NATSTransport as NATSTransport
+from .lower.quic import QUICTransport as QUICTransport
 from .lower.tcp import TCPTransport as TCPTransport
 from .lower.unix import UnixTransport as UnixTransport
 from .lower.zeromq import ZeroMQTransport as ZeroMQTransport
@@ -65,11 +67,13 @@ __all__ = [
     "TCPAddress",
     "UnixAddress",
     "NATSAddress",
+    "QUICAddress",
     "Transport",
     "ZeroMQTransport",
     "TCPTransport",
     "UnixTransport",
     "NATSTransport",
+    "QUICTransport",
     # errors
     "RPCError",
     "RemoteError",

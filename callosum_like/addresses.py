@@ -1,8 +1,8 @@
 """Transport addresses: the one place where users' address types are declared.
 
 Theory of operation: the Peer accepts a plain ``str`` (a ZeroMQ endpoint), a
-``ZeroMQAddress``, a ``TCPAddress``, a ``UnixAddress`` or a ``NATSAddress``.
-``parse_address`` normalises these and rejects anything else with a
+``ZeroMQAddress``, a ``TCPAddress``, a ``UnixAddress``, a ``QUICAddress`` or a
+``NATSAddress``. ``parse_address`` normalises these and rejects anything else with a
 ``TypeError``/``ValueError`` naming the argument, so that the transports below only ever see
 validated address objects. Which transport serves an address type is not decided here: each
 transport module registers itself for its address type (``lower.registry``). A third-party
@@ -23,6 +23,7 @@ __all__ = [
     "TCPAddress",
     "UnixAddress",
     "NATSAddress",
+    "QUICAddress",
     "Address",
     "AddressLike",
     "parse_address",
@@ -62,17 +63,8 @@ class ZeroMQAddress:
 
 
 @dataclass(frozen=True, slots=True)
-class TCPAddress:
-    """A host and port for the plain asyncio TCP transport. Port ``0`` binds a free port.
-
-    Args:
-        host: A host name or IP address.
-        port: A port number from 0 to 65535.
-
-    Raises:
-        TypeError: ``host`` is not a str or ``port`` not an int.
-        ValueError: ``port`` is out of range.
-    """
+class _HostPort:
+    """A host and port, checked; the base of ``TCPAddress`` and ``QUICAddress``."""
 
     host: str
     port: int
@@ -87,6 +79,34 @@ class TCPAddress:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TCPAddress(_HostPort):
+    """A host and port for the plain asyncio TCP transport. Port ``0`` binds a free port.
+
+    Args:
+        host: A host name or IP address.
+        port: A port number from 0 to 65535.
+
+    Raises:
+        TypeError: ``host`` is not a str or ``port`` not an int.
+        ValueError: ``port`` is out of range.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class QUICAddress(_HostPort):
+    """A host and UDP port for the QUIC transport (``QUICTransport``). Port ``0`` binds a free port.
+
+    Args:
+        host: A host name or IP address.
+        port: A port number from 0 to 65535.
+
+    Raises:
+        TypeError: ``host`` is not a str or ``port`` not an int.
+        ValueError: ``port`` is out of range.
+    """
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -187,8 +207,8 @@ def is_nats_token(value: str) -> bool:
     return _NATS_TOKEN.fullmatch(value) is not None
 
 
-Address: TypeAlias = ZeroMQAddress | TCPAddress | UnixAddress | NATSAddress
-AddressLike: TypeAlias = str | ZeroMQAddress | TCPAddress | UnixAddress | NATSAddress
+Address: TypeAlias = ZeroMQAddress | TCPAddress | UnixAddress | QUICAddress | NATSAddress
+AddressLike: TypeAlias = str | ZeroMQAddress | TCPAddress | UnixAddress | QUICAddress | NATSAddress
 
 #: The address types ``parse_address`` passes through: ours, and those a transport was
 #: registered for (``accept_address_type``).

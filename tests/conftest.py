@@ -1,6 +1,21 @@
 """Shared fixtures: transports by name, peer pairs that always close, free ports.
 
-Every network test runs on 127.0.0.1 with ports chosen by the OS (port 0), never fixed ones.
+Every network test runs on loopback with ports chosen by the OS (port 0), never fixed ones.
+
+Transports by name: ``KINDS`` is the table of the transports the Peer-level tests run over
+(``transport_kind``): how to bind one, how to reach a bound one from its ``Peer.address``, and
+how to tell its addresses. Host-and-port kinds bind their own loopback address, 127.0.0.x, so
+that a server's address says which transport serves it (TCP and QUIC both say
+``host:port``); NATS addresses are URLs with the subject. A kind that needs options on every
+Peer (QUIC's certificates) registers an address subclass with a transport factory that
+supplies them (``QUICTestAddress``): a test then writes ``cl.Peer(bind=bind_address(kind))``
+and ``cl.Peer(connect=connect_address(server))`` alike for every kind, and relays pick their
+transports the same way.
+
+A test that needs what only some transports have is marked
+``@pytest.mark.transports(*SOCKET_TRANSPORTS)`` (a socket of ours between the two peers: raw
+bytes written into it, peers in child processes) or ``@pytest.mark.transports(*PROXY_TRANSPORTS)``
+(a TCP proxy between the peers that cuts or freezes the connection).
 """
 
 from __future__ import annotations
@@ -10,6 +25,7 @@ import contextlib
 import errno
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,15 +33,67 @@ import pytest_asyncio
 import zmq
 
 import callosum_like as cl
+from callosum_like.lower.registry import register_transport
 
+from .certs import quic_client_options, quic_server_options
 from .natsserver import shared_server, stop_shared, unique_subject
 
+
+class QUICTestAddress(cl.QUICAddress):
+    """A QUIC address whose default transport carries the test certificates (both sides)."""
+
+    __slots__ = ()
+
+
+class QUICTestTransport(cl.Transport):
+    """QUIC with the test certificates: a server's certificate to bind, the CA to connect."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+
+    async def bind(self, address: Any, **kwargs: Any) -> Any:
+        return await cl.QUICTransport(**quic_server_options(), **self._options).bind(
+            address, **kwargs
+        )
+
+    async def connect(self, address: Any, **kwargs: Any) -> Any:
+        return await cl.QUICTransport(**quic_client_options(), **self._options).connect(
+            address, **kwargs
+        )
+
+
+register_transport(QUICTestAddress, QUICTestTransport)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the tests use one transport (see the module doc)."""
+
+    #: The loopback address its servers bind (one per host-and-port kind), or ``""``.
+    host: str
+    #: Makes an address from a host and port (or, for NATS, from a URL and a subject).
+    address: Callable[[str, int], Any]
+
+
+def _nats_address(host: str, port: int) -> cl.NATSAddress:
+    """A subject of its own on the session's nats-server (``host``/``port`` unused)."""
+    return cl.NATSAddress(shared_server().url, unique_subject())
+
+
+#: The transports the Peer-level tests run over, by name. ZeroMQ's addresses are URIs.
+KINDS: dict[str, Kind] = {
+    "zeromq": Kind("127.0.0.1", lambda host, port: f"tcp://{host}:{port}"),
+    "tcp": Kind("127.0.0.1", cl.TCPAddress),
+    "quic": Kind("127.0.0.3", QUICTestAddress),
+    "nats": Kind("", _nats_address),
+}
+
 #: The transports every Peer-level test runs against.
-TRANSPORTS = ["zeromq", "tcp", "nats"]
-#: Those with a socket of ours between the two peers: the tests that cut, freeze or write
-#: raw bytes into that socket, or run peers in child processes, are marked
-#: ``@pytest.mark.transports(*SOCKET_TRANSPORTS)`` (NATS's own: tests/test_nats_*.py).
-SOCKET_TRANSPORTS = ["zeromq", "tcp"]
+TRANSPORTS = list(KINDS)
+#: Those with a socket of ours between the two peers (see the module doc).
+SOCKET_TRANSPORTS = ["zeromq", "tcp", "quic"]
+#: Those a TCP proxy can stand between (see the module doc).
+PROXY_TRANSPORTS = ["zeromq", "tcp"]
 
 PairFactory = Callable[..., Awaitable[tuple[cl.Peer, cl.Peer]]]
 
@@ -38,13 +106,19 @@ def free_port() -> int:
 
 
 def bind_address(kind: str) -> Any:
-    if kind == "zeromq":
-        return "tcp://127.0.0.1:0"
-    if kind == "tcp":
-        return cl.TCPAddress("127.0.0.1", 0)
-    if kind == "nats":  # a subject of its own on the session's nats-server
-        return cl.NATSAddress(shared_server().url, unique_subject())
-    raise ValueError(kind)
+    """Where a server of transport ``kind`` binds: its loopback host, port 0 (NATS: a subject)."""
+    spec = KINDS[kind]
+    return spec.address(spec.host, 0)
+
+
+def same_address(kind: str, address: str) -> Any:
+    """``address`` (a ``Peer.address``) as an address of transport ``kind`` to reach it at."""
+    if address.startswith(("tcp://", "ipc://", "inproc://")):
+        return address
+    if address.startswith(("nats://", "tls://")):
+        return cl.NATSAddress.from_url(address)
+    host, port = address.rsplit(":", 1)
+    return KINDS[kind].address(host, int(port))
 
 
 async def open_rebinding(make: Callable[[], cl.Peer], timeout: float = 10) -> cl.Peer:
@@ -65,15 +139,20 @@ async def open_rebinding(make: Callable[[], cl.Peer], timeout: float = 10) -> cl
             await asyncio.sleep(0.05)
 
 
+def kind_of(address: str) -> str:
+    """The transport kind serving ``address`` (a bound ``Peer.address``)."""
+    if address.startswith(("tcp://", "ipc://", "inproc://")):
+        return "zeromq"
+    if address.startswith(("nats://", "tls://")):
+        return "nats"
+    host = address.rsplit(":", 1)[0]
+    return next((k for k, spec in KINDS.items() if spec.host == host and k != "zeromq"), "tcp")
+
+
 def connect_address(server: cl.Peer) -> Any:
     """Where a client reaches ``server`` (which was bound to port 0)."""
     address = server.address
-    if address.startswith(("tcp://", "ipc://", "inproc://")):
-        return address
-    if address.startswith(("nats://", "tls://")):
-        return cl.NATSAddress.from_url(address)
-    host, port = address.rsplit(":", 1)
-    return cl.TCPAddress(host, int(port))
+    return same_address(kind_of(address), address)
 
 
 class Meeting:

@@ -10,7 +10,8 @@ its stdout, one event per line:
   ended (``invoke`` in the description: made at once when the child is open).
 
 Addresses travel as strings: ``tcp://host:port`` for ZeroMQ, ``host:port`` for the plain TCP
-transport (what ``Peer.address`` and ``Relay.address`` give).
+transport and QUIC (what ``Peer.address`` and ``Relay.address`` give; the host says which:
+tests/conftest.py ``KINDS``).
 
 Run as ``python -m tests.relayproc '<json>'``; ``Child`` does that, and ``Children`` is the
 fixture's object that kills and reaps every child at the end of a test, pass or fail.
@@ -31,6 +32,9 @@ import zmq
 
 import callosum_like as cl
 
+from .certs import quic_server_options
+from .conftest import KINDS, kind_of, same_address
+
 #: Seconds a child or a line from it may take to appear (Python starts slowly when loaded).
 START_TIMEOUT = 20
 #: The directory that holds ``callosum_like`` and ``tests``, for the child's ``sys.path``.
@@ -39,19 +43,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def address_of(text: str) -> Any:
     """The address object for an address string (see the module doc)."""
-    if text.startswith("tcp://"):
-        return text
-    host, port = text.rsplit(":", 1)
-    return cl.TCPAddress(host, int(port))
+    return same_address(kind_of(text), text)
 
 
 def bind_at(kind: str, port: int = 0) -> Any:
-    """Where a child binds: 127.0.0.1 at ``port`` on the ``kind`` of transport."""
-    if kind == "zeromq":
-        return f"tcp://127.0.0.1:{port}"
-    if kind == "tcp":
-        return cl.TCPAddress("127.0.0.1", port)
-    raise ValueError(kind)
+    """Where a child binds: the ``kind``'s loopback host at ``port`` (tests/conftest.py)."""
+    return KINDS[kind].address(KINDS[kind].host, port)
 
 
 def port_of(address: str) -> int:
@@ -224,6 +221,7 @@ class Children:
                 optionally ``body``, ``to``, ``timeout``, ``wait_for`` (a peer to wait for
                 first).
         """
+        quic_server_options()  # the test certificates exist before the child looks for them
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

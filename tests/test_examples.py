@@ -148,6 +148,7 @@ def test_every_example_is_tested_and_documented() -> None:
         "nats_federation.py",
         "observability.py",
         "ordering.py",
+        "quic.py",
         "schema_client.py",
         "schema_server.py",
         "simple-client.py",
@@ -208,3 +209,11 @@ def test_fleet() -> None:
     assert re.search(r"manager: agent-3 -> \d+(\.\d+)?\n", out)
     assert "manager: 3 of 4 answered within 1 s" in out
     assert "agent-x: peers ['manager']; replies ['worker 0', 'worker 1']" in out
+
+
+@pytest.mark.timeout(90)
+def test_quic_client_is_known_by_its_certificate() -> None:
+    out = run_example("quic.py").stdout
+    assert "client  whoami -> you are 'agent-7'" in out
+    assert "server  knows ['agent-7']" in out
+    assert out.rstrip().endswith("done")

@@ -156,6 +156,10 @@ async def test_a_flooder_neither_refuses_nor_starves_a_well_behaved_remote(
     calls. The flood spreads over three order keys, the good client uses one: under ORDERED
     and SERIALIZED the calls pass through their keys' books too (a pushed-out call is
     answered at once, and leaves its key's order intact)."""
+    if transport_kind == "quic" and ordering is not cl.Ordering.UNORDERED:
+        # The scene needs the burst's three keys admitted in turn; QUIC delivers each key's
+        # calls on its own stream, in any interleaving with the others.
+        pytest.skip("the scene assumes the keys of one burst arrive interleaved")
     server = await peers.enter_async_context(
         cl.Peer(
             bind=bind_address(transport_kind),

@@ -22,7 +22,7 @@ from callosum_like.remotes import MAX_HANDSHAKES, MAX_TOKEN_LENGTH, REPLACED
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import pack_body
 
-from .conftest import SOCKET_TRANSPORTS, bind_address, connect_address, open_relay, until
+from .conftest import PROXY_TRANSPORTS, bind_address, connect_address, open_relay, until
 from .netproxy import Proxy
 from .rawpeer import MAX, RawClient
 
@@ -264,7 +264,7 @@ async def test_a_malformed_token_is_refused(
         await raw.aclose()
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # cuts one TCP connection
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # cuts one TCP connection
 async def test_a_reconnecting_peer_replaces_only_its_own_dead_link(
     transport_kind: str, peers: contextlib.AsyncExitStack
 ) -> None:

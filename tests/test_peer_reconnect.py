@@ -25,7 +25,15 @@ from callosum_like.lower.base import CONNECTED_KEY, Connection, Transport
 from callosum_like.lower.tcp import TCPTransport
 from callosum_like.lower.zeromq import ZeroMQTransport
 
-from .conftest import SOCKET_TRANSPORTS, bind_address, connect_address, open_rebinding
+from .certs import quic_server_options
+from .conftest import (
+    PROXY_TRANSPORTS,
+    QUICTestTransport,
+    bind_address,
+    connect_address,
+    open_rebinding,
+    same_address,
+)
 
 pytestmark = pytest.mark.timeout(40)
 FAST_HEARTBEAT = {"heartbeat_interval": 0.2, "heartbeat_timeout": 2.0}  # slack for a busy CI
@@ -40,16 +48,6 @@ async def double(request: cl.Request) -> Any:
 async def next_event(events: cl.PeerEvents, timeout: float = 15) -> cl.PeerEvent:
     async with asyncio.timeout(timeout):
         return await anext(events)
-
-
-def same_address(kind: str, address: str) -> Any:
-    """The bind address of a restarted server: the port the first one got."""
-    if kind == "zeromq":
-        return address
-    if kind == "nats":  # the same subject on the same server
-        return cl.NATSAddress.from_url(address)
-    host, port = address.rsplit(":", 1)
-    return cl.TCPAddress(host, int(port))
 
 
 async def open_server(kind: str, address: Any = None) -> cl.Peer:
@@ -130,7 +128,8 @@ SERVER_SCRIPT = textwrap.dedent(
     async def main():
         global server
         kind, port = sys.argv[1], int(sys.argv[2])
-        addr = f"tcp://127.0.0.1:{port}" if kind == "zeromq" else cl.TCPAddress("127.0.0.1", port)
+        from tests.conftest import KINDS  # the test's certificates, for QUIC
+        addr = KINDS[kind].address(KINDS[kind].host, port)
         async with cl.Peer(bind=addr, identity="server") as server:
             server.handle_function("block", block)
             server.handle_function("call_back", call_back)
@@ -146,6 +145,7 @@ class ServerProcess:
     """A server in a child process, so that it can die for real (SIGKILL)."""
 
     def __init__(self, kind: str, port: int = 0) -> None:
+        quic_server_options()  # the test certificates exist before the child looks for them
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER_SCRIPT, kind, str(port)],
             stdout=subprocess.PIPE,
@@ -178,7 +178,7 @@ async def test_killed_and_restarted_server_is_reconnected(transport_kind: str) -
     try:
         address = await first.address()
         port = int(address.rsplit(":", 1)[1])
-        target = address if transport_kind == "zeromq" else same_address("tcp", address)
+        target = same_address(transport_kind, address)
         async with cl.Peer(connect=target, identity="agent-1", **FAST_HEARTBEAT) as client:
             client.handle_function("double", double)
             assert await client.invoke("call_back", 5) == 10
@@ -210,7 +210,7 @@ async def test_a_server_that_hung_is_found_again_after_the_heartbeat_gave_up(
     server = ServerProcess(transport_kind)
     try:
         address = await server.address()
-        target = address if transport_kind == "zeromq" else same_address("tcp", address)
+        target = same_address(transport_kind, address)
         async with cl.Peer(connect=target, identity="agent-1", **FAST_HEARTBEAT) as client:
             client.handle_function("double", double)
             async with client.events() as events:
@@ -272,7 +272,7 @@ async def test_a_first_handshake_that_breaks_is_tried_again_within_connect_timeo
         await client.aclose()
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 @pytest.mark.asyncio
 async def test_a_failed_call_and_peers_agree_so_a_retry_loop_waits(
     transport_kind: str, peers: contextlib.AsyncExitStack, caplog: pytest.LogCaptureFixture
@@ -286,7 +286,12 @@ async def test_a_failed_call_and_peers_agree_so_a_retry_loop_waits(
     """
     first = await open_server(transport_kind)
     peers.push_async_callback(first.aclose)
-    base: type[Transport] = TCPTransport if transport_kind == "tcp" else ZeroMQTransport
+    bases: dict[str, type[Transport]] = {
+        "tcp": TCPTransport,
+        "zeromq": ZeroMQTransport,
+        "quic": QUICTestTransport,
+    }
+    base = bases[transport_kind]
     connections: list[Connection] = []
 
     class Keeping(base):  # type: ignore[valid-type,misc]

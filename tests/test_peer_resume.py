@@ -23,7 +23,7 @@ from callosum_like.replay import Replay
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import encode
 
-from .conftest import SOCKET_TRANSPORTS, Blocker, bind_address, open_relay, until
+from .conftest import PROXY_TRANSPORTS, Blocker, bind_address, open_relay, until
 from .netproxy import Proxy
 from .rawpeer import MAX, RawClient
 from .relayproc import Children, address_of, port_of
@@ -72,7 +72,7 @@ async def resumed(*peers: cl.Peer, count: int = 1) -> None:
         )
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 async def test_a_call_in_flight_completes_across_a_break_and_runs_once(
     transport_kind: str, peers: Stack
 ) -> None:
@@ -92,7 +92,7 @@ async def test_a_call_in_flight_completes_across_a_break_and_runs_once(
     assert server.peers == {"agent-1"}
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 async def test_calls_made_while_the_link_is_down_go_out_when_it_is_back(
     transport_kind: str, peers: Stack
 ) -> None:
@@ -112,7 +112,7 @@ async def test_calls_made_while_the_link_is_down_go_out_when_it_is_back(
     assert await asyncio.gather(*down) == [3 * n for n in range(20)]
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 async def test_streams_and_large_bodies_carry_on_in_both_directions(
     transport_kind: str, peers: Stack
 ) -> None:
@@ -163,7 +163,7 @@ async def test_streams_and_large_bodies_carry_on_in_both_directions(
     assert items == list(range(200))
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 async def test_a_break_longer_than_resume_timeout_fails_exactly_the_pending_calls(
     transport_kind: str, peers: Stack
 ) -> None:
@@ -189,7 +189,7 @@ async def test_a_break_longer_than_resume_timeout_fails_exactly_the_pending_call
     assert client.statistics().sessions_resumed == 0
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 async def test_only_the_peer_that_opened_a_session_can_resume_it(
     transport_kind: str, peers: Stack
 ) -> None:
@@ -244,7 +244,7 @@ async def test_a_forged_acknowledgement_costs_only_the_message(
         await raw.aclose()
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 async def test_what_a_suspended_link_keeps_is_bounded(transport_kind: str, peers: Stack) -> None:
     server, client, proxy = await pair(
         peers, transport_kind, max_unacked_bytes=1 << 20, resume_timeout=30
@@ -260,7 +260,7 @@ async def test_what_a_suspended_link_keeps_is_bounded(transport_kind: str, peers
             await asyncio.wait_for(call, 20)
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 async def test_without_resume_timeout_nothing_changes(transport_kind: str, peers: Stack) -> None:
     server, client, proxy = await pair(peers, transport_kind, resume_timeout=0)
     handler = Counted()
@@ -274,7 +274,7 @@ async def test_without_resume_timeout_nothing_changes(transport_kind: str, peers
     assert client.statistics().sessions_resumed == 0
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 @pytest.mark.parametrize("hop", ["upper", "lower"])
 async def test_each_hop_of_a_relay_resumes_on_its_own(
     transport_kind: str, peers: Stack, hop: str
@@ -361,7 +361,7 @@ async def test_under_curve_only_the_same_principal_resumes(peers: Stack) -> None
         await other.aclose()
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 async def test_a_restarted_server_ends_the_old_session_at_once_not_after_resume_timeout(
     transport_kind: str, peers: Stack
 ) -> None:
@@ -392,7 +392,7 @@ async def test_a_restarted_server_ends_the_old_session_at_once_not_after_resume_
         await children.reap_all()
 
 
-@pytest.mark.transports(*SOCKET_TRANSPORTS)  # a proxy cuts the socket
+@pytest.mark.transports(*PROXY_TRANSPORTS)  # a proxy cuts the socket
 async def test_a_cancellation_during_the_break_reaches_the_handler_once_resumed(
     transport_kind: str, peers: Stack
 ) -> None:

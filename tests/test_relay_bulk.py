@@ -73,7 +73,8 @@ async def test_large_bodies_cross_a_relay_in_both_directions_at_once(
         for _ in range(ROUNDS):
             assert await manager.invoke("echo", BODY, to="cluster/agent") == BODY
 
-    async with asyncio.timeout(DEADLINE):
+    slow = 3 if transport_kind == "quic" else 1  # aioquic moves bulk at tens of MB/s
+    async with asyncio.timeout(DEADLINE * slow):
         await asyncio.gather(up(), downs())
 
 

@@ -7,6 +7,7 @@ concrete transport to choose one: it asks ``transport_for``.
 """
 
 from . import nats_transport as nats_transport
+from . import quic as quic
 from . import tcp as tcp
 from . import unix as unix
 from . import zeromq as zeromq

@@ -21,6 +21,17 @@ connection by itself until it is closed: ``Disconnected`` when the connection dr
 ``Connected`` once it is back (the Peer then re-handshakes). Its ``disconnect(CONNECTED_KEY)``
 drops the current connection (a remote that went silent) and lets it reconnect.
 
+Order: a connection delivers each remote's messages in the order they were sent, as far as
+the Peer relies on order (docs/PROTOCOL.md). A transport may deliver messages that the Peer
+does not order relative to each other in another order: QUIC sends each call on a stream of
+its own and keeps only the orders the Peer needs (``lower.lanes``: a call's own messages,
+calls of one ``order_key``, and the handshake, cancellations and Goodbye as barriers that
+nothing overtakes).
+
+Identity: ``Connected.user_id`` is the identity the transport *proved* for the remote (a
+CURVE key, a client certificate: ``lower.certificates``); the Peer uses it instead of the
+identity the remote's Hello claims.
+
 The conformance suite in ``tests/transports/conformance.py`` is the executable form of this
 contract; every transport passes it.
 """

@@ -255,6 +255,13 @@ class StreamProtocol(asyncio.Protocol):
         else:
             transport.writelines(pieces)
 
+    def peer_certificate(self) -> bytes | None:
+        """The remote's verified TLS certificate (DER), if it presented one."""
+        if self._transport is None:
+            return None
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        return None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+
     def unsent(self) -> int:
         """Bytes written to the transport and not yet taken by the socket."""
         return 0 if self._transport is None else self._transport.get_write_buffer_size()

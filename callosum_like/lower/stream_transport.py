@@ -8,7 +8,12 @@ listens and how a client dials; ``StreamTransport`` holds everything else (the o
 checks, the slow-consumer limits, reconnection) and asks its subclass for those two steps
 (``listen`` and ``dial``), so ``lower/tcp.py`` and ``lower/unix.py`` stay thin.
 
-An optional ``ssl.SSLContext`` encrypts every connection (server and client side).
+An optional ``ssl.SSLContext`` encrypts every connection (server and client side). A bound
+endpoint whose context asks for client certificates (``verify_mode = ssl.CERT_REQUIRED``)
+names each remote by its certificate (``lower.certificates``): ``Connected(key, user_id=...)``
+carries the identity the ``identity_from_certificate`` hook derives (the subject's common name
+by default), which wins over the identity the remote's Hello claims; a certificate the hook
+refuses closes the connection before anything it sent is delivered.
 
 Reconnection (connected side): once an established connection is lost, the client reports
 ``Disconnected``, then tries again after ``reconnect_interval`` seconds, doubling the wait
@@ -46,6 +51,7 @@ from .base import (
     Transport,
     check_reconnect_intervals,
 )
+from .certificates import IdentityHook, check_identity_hook, identify
 from .stream import WRITE_HIGH_WATER, Limits, StreamProtocol
 
 if TYPE_CHECKING:
@@ -113,6 +119,8 @@ class StreamConnection(Connection):
         self._streams: dict[bytes, StreamProtocol] = {}
         self._closed = False
         self._address = ""
+        #: A bound TLS endpoint's identity hook (client certificates); ``None`` otherwise.
+        self.identity_hook: IdentityHook | None = None
 
     @property
     def local_address(self) -> str:
@@ -123,8 +131,19 @@ class StreamConnection(Connection):
         """A connection was made: make it the remote ``stream.key``; False once closed."""
         if self._closed:
             return False
+        user_id = None
+        if self.identity_hook is not None:
+            der = stream.peer_certificate()
+            if der is not None:  # a certificate the TLS handshake verified
+                user_id = identify(self.identity_hook, der)
+                if user_id is None:
+                    self.log.warning(
+                        "refused a %s remote: its client certificate proves no identity",
+                        self.kind,
+                    )
+                    return False
         self._streams[stream.key] = stream
-        stream.offer(Connected(stream.key))
+        stream.offer(Connected(stream.key, user_id=user_id))
         return True
 
     def lost(self, stream: StreamProtocol, reason: str) -> None:
@@ -309,10 +328,12 @@ class StreamTransport(Transport, Generic[A], abc.ABC):
         reconnect_max_interval: float = DEFAULT_RECONNECT_MAX_INTERVAL,
         max_unsent_size: int | None = None,
         slow_remote_timeout: float = DEFAULT_SLOW_REMOTE_TIMEOUT,
+        identity_from_certificate: IdentityHook | None = None,
     ) -> None:
         if ssl is not None and not isinstance(ssl, _SSLContext):
             raise TypeError("ssl must be an ssl.SSLContext")
         self._ssl = ssl
+        self._identity_hook = check_identity_hook(identity_from_certificate)
         self._server_hostname = server_hostname
         interval, max_interval = check_reconnect_intervals(
             reconnect_interval, reconnect_max_interval
@@ -370,6 +391,8 @@ class StreamTransport(Transport, Generic[A], abc.ABC):
         unsent = self._max_unsent_size or max(MIN_UNSENT_SIZE, 4 * max_frame_size)
         limits = Limits(unsent, self._slow_remote_timeout)
         conn = _StreamServer(max_frame_size, limits, self.kind, self.log)
+        if self._ssl is not None:
+            conn.identity_hook = self._identity_hook
         conn.listening(await self.listen(addr, conn.new_stream))
         return conn
 

@@ -41,6 +41,10 @@ class TCPTransport(StreamTransport[TCPAddress]):
             and not yet read (default: four of the largest frames, at least 64 MiB).
         slow_remote_timeout: A bound endpoint drops a remote with a backlog (more than
             4 MiB unread) that reads none of it for this many seconds (default 10).
+        identity_from_certificate: On a bound peer whose ``ssl`` context requires client
+            certificates: a callable taking the remote's ``PeerCertificate`` and returning
+            the identity it proves (which wins over the identity its Hello claims), or
+            ``None`` to refuse it. Default: the certificate's subject common name.
 
     Raises:
         TypeError, ValueError: An option has the wrong type or value.

@@ -38,8 +38,8 @@ class UnixTransport(StreamTransport[UnixAddress]):
     """The stream transport over a Unix domain socket, optionally with TLS.
 
     It takes the options of ``TCPTransport`` (``reconnect``, ``reconnect_interval``,
-    ``reconnect_max_interval``, ``max_unsent_size``, ``slow_remote_timeout``), which mean the
-    same here; only these two differ:
+    ``reconnect_max_interval``, ``max_unsent_size``, ``slow_remote_timeout``,
+    ``identity_from_certificate``), which mean the same here; only these two differ:
 
     Args:
         ssl: An ``ssl.SSLContext``: on a bound peer a server context, on a connecting peer a

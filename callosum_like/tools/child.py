@@ -22,12 +22,14 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
-from ..addresses import AddressLike, NATSAddress, TCPAddress
+from ..addresses import AddressLike, NATSAddress, QUICAddress, TCPAddress
+from ..lower.base import Transport
 
 __all__ = [
     "TRANSPORTS",
     "BENCH_TRANSPORTS",
     "NATS_URL_VARIABLE",
+    "transport_of",
     "bind_address",
     "connect_address",
     "say_ready",
@@ -41,14 +43,24 @@ T = TypeVar("T")
 
 #: The transports the demo, the benchmark and the soak can use, by command-line name.
 TRANSPORTS: Final = ("zeromq", "tcp")
-#: The benchmark's: NATS too, through the nats-server the benchmark starts.
-BENCH_TRANSPORTS: Final = (*TRANSPORTS, "nats")
+#: The benchmark's: QUIC too (with throw-away certificates, ``tools.certificates``), and NATS
+#: through the nats-server the benchmark starts.
+BENCH_TRANSPORTS: Final = (*TRANSPORTS, "quic", "nats")
 #: The environment variable that tells a child the URL of that nats-server.
 NATS_URL_VARIABLE: Final = "CALLOSUM_LIKE_NATS_URL"
 
 
+def transport_of(transport: str, *, bound: bool) -> Transport | None:
+    """The ``Peer(transport=...)`` of a child for ``transport``: ``None`` for the default."""
+    if transport != "quic":
+        return None
+    from .certificates import quic_transport
+
+    return quic_transport(bound=bound)
+
+
 def bind_address(transport: str, port: int = 0, host: str = "127.0.0.1") -> AddressLike:
-    """An address on ``host`` for ``transport`` (``zeromq``/``tcp``); port 0 is a free port.
+    """An address on ``host`` for ``transport`` (``zeromq``, ``tcp``, ``quic``, ``nats``).
 
     ``host`` is 127.0.0.1 unless told: a child in a host of a network test bed binds on
     that host's address (``NetBed.address``).
@@ -57,6 +69,8 @@ def bind_address(transport: str, port: int = 0, host: str = "127.0.0.1") -> Addr
         return TCPAddress(host, port)
     if transport == "nats":  # a subject of this process's own, on the parent's nats-server
         return NATSAddress(os.environ[NATS_URL_VARIABLE], f"bench-{os.getpid()}")
+    if transport == "quic":
+        return QUICAddress(host, port)
     return f"tcp://{host}:{port}"
 
 
@@ -64,12 +78,13 @@ def connect_address(transport: str, address: str) -> AddressLike:
     """Turn the ``address`` a bound peer reported back into something to connect to.
 
     Args:
-        transport: ``zeromq`` or ``tcp``.
-        address: ``Peer.address`` of the bound side (``tcp://HOST:PORT`` or ``HOST:PORT``).
+        transport: ``zeromq``, ``tcp``, ``quic`` or ``nats``.
+        address: ``Peer.address`` of the bound side (``tcp://HOST:PORT``, ``HOST:PORT`` or
+            a NATS URL with its subject).
     """
-    if transport == "tcp":
+    if transport in ("tcp", "quic"):
         host, port = address.rsplit(":", 1)
-        return TCPAddress(host, int(port))
+        return (TCPAddress if transport == "tcp" else QUICAddress)(host, int(port))
     if transport == "nats":
         return NATSAddress.from_url(address)
     return address

@@ -24,7 +24,14 @@ from typing import Any, Final, TypeAlias, cast
 
 from ...peer import Peer
 from ...request import Body, Handler, Request
-from ..child import announce, bind_address, connect_address, ignore_sigint, run_loop
+from ..child import (
+    announce,
+    bind_address,
+    connect_address,
+    ignore_sigint,
+    run_loop,
+    transport_of,
+)
 from .intercepted import KINDS, chain
 from .measure import EchoClient, Payload, ProcessProbe, measure
 from .workloads import Workload
@@ -53,6 +60,7 @@ def _loop_name() -> str:
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a benchmark server process."""
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to bind (a server)")
 
 
 def add_interceptor_argument(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +74,9 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", required=True, help="the address the server printed")
     parser.add_argument("--server-pid", type=int, required=True)
     parser.add_argument("--workload", required=True, help="a Workload as JSON")
+    parser.add_argument(
+        "--call-timeout", type=float, default=CALL_TIMEOUT, help="seconds one call may take"
+    )
 
 
 def _serve_main(serve: Coroutine[Any, Any, None], loop: str) -> int:
@@ -119,7 +130,7 @@ def peer_main(
 
 def run_bench_server(args: argparse.Namespace) -> int:
     """``bench-server``: serve ``echo`` and the ``stream`` generator over ``args.transport``."""
-    return _serve_main(_serve_like(args.transport, args.interceptors), args.loop)
+    return _serve_main(_serve_like(args.transport, args.interceptors, args.host), args.loop)
 
 
 def run_bench_client(args: argparse.Namespace) -> int:
@@ -128,12 +139,12 @@ def run_bench_client(args: argparse.Namespace) -> int:
     interceptors: str = args.interceptors
 
     def connect(address: str) -> AbstractAsyncContextManager[EchoClient]:
-        return _connect_like(transport, address, interceptors)
+        return _connect_like(transport, address, interceptors, args.call_timeout)
 
     return _client_main(connect, args)
 
 
-async def _serve_like(transport: str, interceptors: str) -> None:
+async def _serve_like(transport: str, interceptors: str, host: str = "127.0.0.1") -> None:
     async def echo(request: Request) -> Body:
         return request.body
 
@@ -144,7 +155,10 @@ async def _serve_like(transport: str, interceptors: str) -> None:
             yield chunk
 
     async with Peer(
-        bind=bind_address(transport), identity="bench-server", interceptors=chain(interceptors)
+        bind=bind_address(transport, host=host),
+        identity="bench-server",
+        transport=transport_of(transport, bound=True),
+        interceptors=chain(interceptors),
     ) as server:
         server.handle_function("echo", echo)
         server.handle_function("stream", cast("Handler", stream))  # Peer's hint omits streams
@@ -171,12 +185,13 @@ class _LikeClient:
 
 @contextlib.asynccontextmanager
 async def _connect_like(
-    transport: str, address: str, interceptors: str
+    transport: str, address: str, interceptors: str, call_timeout: float = CALL_TIMEOUT
 ) -> AsyncIterator[EchoClient]:
     async with Peer(
         connect=connect_address(transport, address),
+        transport=transport_of(transport, bound=False),
         identity="bench-client",
-        invoke_timeout=CALL_TIMEOUT,
+        invoke_timeout=call_timeout,
         interceptors=chain(interceptors),
     ) as peer:
         yield _LikeClient(peer)

@@ -26,6 +26,7 @@ import os
 from collections.abc import Sequence
 from typing import Final
 
+from ..child import TRANSPORTS
 from ..fleet import agents_argv, fd_shortfall
 from ..supervisor import ChildProcess, python_path, subcommand
 from .steps import Outcome, Pinning, parse_result
@@ -61,6 +62,8 @@ async def run_fleet_step(
     system: System, workload: Workload, loop: str, timeout: float, pin: Pinning | None = None
 ) -> Outcome:
     """Run one fleet workload on one of this project's transports; collect the hub's figures."""
+    if system.transport not in TRANSPORTS:
+        return Outcome(skipped=f"fleets run over {' and '.join(TRANSPORTS)} only")
     counts = shares(workload.agents, workload.processes)
     shortfall = fd_shortfall(system.transport, max(counts), workload.agents)
     if shortfall is not None:

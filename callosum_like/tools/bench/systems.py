@@ -47,7 +47,8 @@ class System:
         requires: A module that must be importable, else the system is skipped.
         dists: Distributions whose versions the JSON records.
         script: The peer script in ``bench/peers/``, or ``None`` for this project.
-        transport: This project's transport (``zeromq``/``tcp``) when ``script`` is ``None``.
+        transport: This project's transport (``zeromq``/``tcp``/``quic``) when ``script`` is
+            ``None``.
         streams: How W5 runs on it: ``stream`` (native), or the emulation used.
         root: The source tree its children import ``callosum_like`` from, when not this
             one (``--baseline``).
@@ -70,7 +71,14 @@ class System:
     max_body_size: int | None = None
 
     def argv(self, role: str) -> list[str]:
-        """The command line of its ``server`` or ``client`` process (without options)."""
+        """The command line of its ``server`` or ``client`` process (without options).
+
+        A QUIC system's processes share the tool's throw-away certificates, made here once.
+        """
+        if self.transport == "quic":
+            from ..certificates import tool_certificates  # cryptography: the quic extra
+
+            tool_certificates()
         if self.script is None:
             return [
                 sys.executable,
@@ -108,6 +116,13 @@ SYSTEMS: Final = (
         transport="zeromq",
     ),
     System(key="like-tcp", label="callosum_like tcp", requires="zmq", dists=(), transport="tcp"),
+    System(
+        key="like-quic",
+        label="callosum_like quic",
+        requires="aioquic",
+        dists=("aioquic",),
+        transport="quic",
+    ),
     System(
         key="like-noop",
         label="callosum_like zeromq + pass-through interceptor",
@@ -170,9 +185,8 @@ SYSTEMS: Final = (
 #: ``--systems`` groups.
 SYSTEM_GROUPS: Final = {
     "all": tuple(s.key for s in SYSTEMS),
-    "ours": tuple(
-        s.key for s in SYSTEMS if s.script is None and not s.nats and s.interceptors == "none"
-    ),
+    "ours": ("like-zeromq", "like-tcp"),
+    "transports": ("like-zeromq", "like-tcp", "like-quic"),
     "interceptors": ("like-zeromq", "like-noop", "like-otel"),
     "peers": tuple(s.key for s in SYSTEMS if s.script is not None and not s.nats),
     "nats": tuple(s.key for s in SYSTEMS if s.nats),  # through a local nats-server
