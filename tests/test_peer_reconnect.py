@@ -28,6 +28,7 @@ from callosum_like.lower.zeromq import ZeroMQTransport
 from .certs import quic_server_options
 from .conftest import (
     PROXY_TRANSPORTS,
+    SOCKET_TRANSPORTS,
     QUICTestTransport,
     bind_address,
     connect_address,
@@ -171,6 +172,9 @@ class ServerProcess:
             self.proc.stdout.close()
 
 
+# The server runs in a child process; a nats-server killed and restarted under a Peer is in
+# tests/test_nats_faults.py.
+@pytest.mark.transports(*SOCKET_TRANSPORTS)
 @pytest.mark.asyncio
 async def test_killed_and_restarted_server_is_reconnected(transport_kind: str) -> None:
     first = ServerProcess(transport_kind)
@@ -202,6 +206,7 @@ async def test_killed_and_restarted_server_is_reconnected(transport_kind: str) -
                 server.kill()
 
 
+@pytest.mark.transports(*SOCKET_TRANSPORTS)  # the server runs in a child process
 @pytest.mark.asyncio
 async def test_a_server_that_hung_is_found_again_after_the_heartbeat_gave_up(
     transport_kind: str,
