@@ -135,7 +135,11 @@ async def test_a_slow_consumer_is_counted_and_dropped_and_knocks_again(
         assert received == list(range(len(received)))  # what came, came in order
         # the client is told, reports the loss, and knocks again under a new key
         assert isinstance(await next_event(client, Disconnected), Disconnected)
-        assert isinstance(await next_event(client, Connected), Connected)
+        # Its knock waits behind what is left of the flood (and KNOCK_TIMEOUT per try): on a
+        # busy host that takes longer than conformance's WAIT.
+        async with asyncio.timeout(30):
+            while not isinstance(await client.receive(), Connected):
+                pass
     finally:
         await client.aclose()
         await server.aclose()
