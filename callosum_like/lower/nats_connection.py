@@ -451,7 +451,16 @@ class ConnectingNATS(NATSConnection):
         self._nudge.set()
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
-        """See ``Connection.send``."""
+        """See ``Connection.send``: only while the bound side knows us (after ``Connected``).
+
+        Between a lost link and the answer to our next knock there is nobody to send to:
+        what we published would be dropped there as from a stranger, and answered with a
+        ``BYE`` that would cost the knock in progress its key.
+        """
+        if self._closed:
+            raise PeerClosedError("connection closed")
+        if not self._connected:
+            raise PeerDisconnectedError("not connected: the bound side has not answered our knock")
         await self.publish(self._subjects.inbound(self._key), frames)
 
     async def disconnect(self, peer: bytes) -> None:
