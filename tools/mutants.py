@@ -172,6 +172,22 @@ MUTANTS: tuple[Mutant, ...] = (
         why="max_concurrency caps the handlers running at once",
     ),
     Mutant(
+        name="fairness-fast-start-past-the-cap",
+        path="callosum_like/fairness.py",
+        old="            or self._running >= self._max_concurrency\n",
+        new="            or self._running > self._max_concurrency\n",
+        tests=("tests/test_peer_ordering.py", "tests/test_peer_fairness.py"),
+        why="a call started at once (nothing queued) still respects max_concurrency",
+    ),
+    Mutant(
+        name="fairness-fast-start-jumps-the-queue",
+        path="callosum_like/fairness.py",
+        old="            self._turns\n            or self._running",
+        new="            False\n            or self._running",
+        tests=("tests/test_fairness.py", "tests/test_peer_fairness.py"),
+        why="a new call does not start before requests already waiting for a slot",
+    ),
+    Mutant(
         name="dispatch-serialized-not-queued",
         path="callosum_like/dispatch.py",
         old="elif inbound.ordering is Ordering.SERIALIZED and not self._serial.arrive(",
