@@ -177,6 +177,9 @@ class Connection(abc.ABC):
         """Hand messages to ``take`` as they arrive while ``receive()`` waits (module doc).
 
         The default does nothing: every event comes through ``receive()``.
+
+        Cancellation: a ``receive()`` cancelled while it finishes what ``take`` left cancels
+        that message's handling (the consumer's own, as if it had been handling it itself).
         """
         del take
 
