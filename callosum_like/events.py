@@ -7,9 +7,8 @@ names its link (``link``, a number unique within the Peer) and says how many ope
 identity has after it (``links``), so ``links == 0`` on a ``DISCONNECTED`` is the identity
 leaving ``peer.peers``. Any number of listeners receive them:
 
-* ``peer.add_event_listener(callback)``: a plain function, called synchronously as the
-  Peer handles the message (in its receive loop, or straight from the transport's callback,
-  see ``receiving``). It must not block; an exception it raises is logged and ignored.
+* ``peer.add_event_listener(callback)``: a plain function, called synchronously from the
+  receive loop. It must not block; an exception it raises is logged and ignored.
 * ``async with peer.events() as events: async for event in events:``: an async iterator
   with a bounded buffer. When a consumer falls more than ``maxsize`` events behind, the
   oldest are dropped (and counted in ``events.dropped``) rather than letting memory grow;

@@ -16,12 +16,15 @@ or failing authentication. A message is decoded, checked against its link's stat
 A handler may raise ``ProtocolError``: the loop drops that message (logged, counted) and
 goes on.
 
-Messages mostly do not even wait for the loop: ``take``, which the Peer gives its connection
-(``Connection.take_directly``), handles a message from the transport's callback while the loop
-is idle, in the loop's context, and leaves the loop only what had to wait (a reply held up by
-a full socket, a chunk's acknowledgement, ...). A small call's message so costs no task step
-of the loop's, and each side of a call one loop iteration less. Only ``peer`` uses this
-module.
+The messages of the hot path do not even wait for the loop: ``take``, which the Peer gives
+its connection (``Connection.take_directly``), handles a call, a reply, a chunk, credit or a
+ping from the transport's callback while the loop is idle, in the loop's context, and leaves
+the loop only what had to wait (a reply held up by a full socket, a body joined off the
+loop, ...). A small call's message so costs no task step of the loop's, and each side of a
+call one loop iteration less. ``take`` declines every other kind (they go through the loop
+as before): a ``Cancel`` stops a job and a link's own messages may end a link, which wait
+under ``asyncio.timeout`` and so need a task; so does a relay's forwarding, and a resumable
+link's envelope. Only ``peer`` uses this module.
 """
 
 from __future__ import annotations
@@ -67,6 +70,24 @@ _PONG: Final = encode(m.Pong())
 _LINK_CODES: Final = frozenset(int(cls.KIND) for cls in m.kinds_with(m.Trait.LINK)) - {
     int(m.MessageKind.GOODBYE)
 }
+#: The wire codes of the messages ``take`` handles from the transport's callback: those whose
+#: handling never needs a task of its own (see the module doc).
+_TAKEN_CODES: Final = frozenset(
+    int(cls.KIND)
+    for cls in (
+        *m.kinds_with(m.Trait.REPLY),
+        m.Call,
+        m.Credit,
+        m.StreamItem,
+        m.Chunk,
+        m.ChunkAck,
+        m.Ping,
+        m.Pong,
+        m.UploadItem,
+        m.UploadEnd,
+        m.UploadCredit,
+    )
+)
 #: The wire codes of what a resumable link does not number.
 _UNSEQUENCED_CODES: Final = frozenset(int(cls.KIND) for cls in UNSEQUENCED_KINDS)
 
@@ -145,9 +166,19 @@ class Receiver:
             await handle(event)
             del event  # do not hold its frames (maybe a large body) until the next one
 
-    def take(self, event: Received) -> Started | None:
-        """Handle ``event`` now, from a transport callback; return what is left (module doc)."""
-        return self._context.run(Started.start, self._handle(event))
+    def take(self, event: Received) -> Started | bool:
+        """Handle ``event`` now, from a transport callback, if its kind allows (module doc).
+
+        Returns:
+            ``True`` when it was handled, what is left of its handling, or ``False`` when it
+            is declined (the receive loop handles it).
+        """
+        # A relay's messages, and kinds that may need a task, are the loop's (module doc); so
+        # is a resumable link's enveloped message (its first byte is no msgpack array).
+        if self._forwarder is not None or _kind_of(event.frames) not in _TAKEN_CODES:
+            return False
+        started = self._context.run(Started.start, self._handle(event))
+        return True if started is None else started
 
     async def _handle(self, event: TransportEvent) -> None:
         """Handle one event; a bad one costs that event (dropped, logged, counted)."""

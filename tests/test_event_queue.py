@@ -31,13 +31,17 @@ class Consumer:
     def __init__(self) -> None:
         self.handled: list[int] = []
         self.hold: set[int] = set()
+        self.decline: set[int] = set()
         self.release = asyncio.get_running_loop().create_future()
         self.ended: list[str] = []
         self.queue: EventQueue | None = None
         self.offer_inside: Received | None = None
 
-    def take(self, event: Received) -> Started | None:
-        return Started.start(self.handle(event))
+    def take(self, event: Received) -> Started | bool:
+        if int.from_bytes(event.frames[0], "big") in self.decline:
+            return False
+        started = Started.start(self.handle(event))
+        return True if started is None else started
 
     async def handle(self, event: Received) -> None:
         n = int.from_bytes(event.frames[0], "big")
@@ -74,6 +78,19 @@ async def test_a_message_is_taken_while_the_consumer_waits() -> None:
     assert not getter.done()  # nothing for the consumer: both were handled
     queue.offer(Connected(b"k"))  # other events still go through get()
     assert await getter == Connected(b"k")
+
+
+async def test_a_declined_message_is_queued_for_the_consumer() -> None:
+    queue, consumer = EventQueue(), Consumer()
+    queue.take_directly(consumer.take)
+    consumer.decline = {2}
+    getter = await waiting_getter(queue)
+    queue.offer(message(1))  # taken
+    queue.offer(message(2))  # declined: the consumer gets it
+    queue.offer(message(3))  # queued behind it, not taken
+    assert await getter == message(2)
+    assert consumer.handled == [1]
+    assert await queue.get() == message(3)
 
 
 async def test_without_a_waiting_consumer_messages_are_queued() -> None:

@@ -188,6 +188,14 @@ MUTANTS: tuple[Mutant, ...] = (
         why="a new call does not start before requests already waiting for a slot",
     ),
     Mutant(
+        name="receiving-cancel-taken-in-the-callback",
+        path="callosum_like/receiving.py",
+        old="        m.Call,\n        m.Credit,\n",
+        new="        m.Call,\n        m.Cancel,\n        m.Credit,\n",
+        tests=("tests/test_peer_errors.py",),
+        why="a Cancel stops a job, which needs a task: it is handled in the receive loop",
+    ),
+    Mutant(
         name="dispatch-serialized-not-queued",
         path="callosum_like/dispatch.py",
         old="elif inbound.ordering is Ordering.SERIALIZED and not self._serial.arrive(",

@@ -20,7 +20,8 @@ A connection may also let its consumer take messages *as they arrive*
 (``take_directly``): while the consumer waits in ``receive()`` with nothing queued, a message
 is handed to its ``take`` callback from the transport's own callback, which runs it until it
 first waits (most messages never do) and hands what is left back as a ``Started``, which the
-next ``receive()`` finishes before returning anything else. A message then costs no loop
+next ``receive()`` finishes before returning anything else (``take`` may also decline a
+message, which then queues as usual). A message then costs no loop
 iteration and no task step of the consumer's; its order among the others is unchanged. The
 events a Peer's loop waits for are handled the same way either way; a transport that does
 not offer it (the default) is used through ``receive()`` alone.
@@ -277,8 +278,9 @@ class Started:
         self._coro.close()
 
 
-#: What a consumer gives ``take_directly``: handles one message now, returns what is left.
-Take: TypeAlias = Callable[[Received], Started | None]
+#: What a consumer gives ``take_directly``: handles one message now and returns ``True``, or
+#: what is left of it (a ``Started``), or ``False`` to leave the message to ``receive()``.
+Take: TypeAlias = Callable[[Received], Started | bool]
 
 
 class EventQueue:
@@ -325,15 +327,17 @@ class EventQueue:
                     started = self._take(event)
                 finally:
                     self._taking = False
-                if started is not None:
+                if type(started) is Started:
                     if self._closed:
                         started.close()
                     else:
                         self._started = started
                         if not getter.done():
                             getter.set_result(None)
-                return True
-            getter.set_result(None)
+                    return True
+                if started:
+                    return True
+            getter.set_result(None)  # declined, or not for ``take``: queued for ``get()``
         self._items.append(event)
         return len(self._items) < self._maxsize
 
