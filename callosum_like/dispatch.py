@@ -15,9 +15,11 @@ Theory of operation: the Peer hands every decoded ``Call`` to ``Dispatcher.call`
   ``Error(OVERLOADED)``: it never ran); at most ``max_pending + max_concurrency`` are held;
 * starts requests that may start (their ordering allows it) round-robin across links, then
   across origins, as execution slots free up: at most ``max_concurrency`` handlers run at
-  once. They run as jobs of one aiojobs ``Scheduler``, which owns their tasks and closes
-  them; its own limit is off, as its FIFO queue would undo the round-robin order. A request
-  keeps its slot until its reply is sent, so the slots bound the replies in flight too;
+  once (an unordered request that nothing waits before starts in the same step as it is
+  admitted: ``FairShares.admit_running``). They run as jobs of one aiojobs ``Scheduler``,
+  which owns their tasks and closes them; its own limit is off, as its FIFO queue would undo
+  the round-robin order. A request keeps its slot until its reply is sent, so the slots bound
+  the replies in flight too;
 * runs the handler inside the peer's interceptors (``interceptors.InterceptorChain``), if
   it has any, in the handler's own task;
 * turns the outcome into one reply: ``Result``, ``Failure`` (handler raised, with its
@@ -250,6 +252,11 @@ class Dispatcher:
         if call.order_key is None:
             ordering = Ordering.UNORDERED
         inbound = _Inbound(link, call, peer_id, registration, ordering)
+        if ordering is Ordering.UNORDERED and self._fair.admit_running(link, call.origin, inbound):
+            self._hold(inbound)  # nothing waits for a slot: it starts now, its fair turn
+            assert self._scheduler is not None
+            inbound.job = await self._scheduler.spawn(self._run(inbound))
+            return
         admission = self._fair.admit(link, call.origin, inbound)
         if not admission.admitted:
             self._counters.requests_refused += 1
@@ -259,16 +266,21 @@ class Dispatcher:
             )
             await self._refuse(link, peer_id, call, ErrorCode.OVERLOADED, text)
             return
+        self._hold(inbound)
+        self._admit(inbound)
+        if admission.pushed_out is not None:
+            await self._push_out(admission.pushed_out)
+        await self._start_ready()
+
+    def _hold(self, inbound: _Inbound) -> None:
+        """Enter an admitted request among those held (its streams, its log clock)."""
+        call = inbound.call
         inbound.started = rpc_started()
         if call.stream:
             inbound.credit = CreditWindow(m.STREAM_WINDOW)
         if call.upload:
             inbound.upload = StreamInbox(m.STREAM_WINDOW, m.UploadCredit)
-        self._inflight[link, call.id] = inbound
-        self._admit(inbound)
-        if admission.pushed_out is not None:
-            await self._push_out(admission.pushed_out)
-        await self._start_ready()
+        self._inflight[inbound.link, call.id] = inbound
 
     async def _refuse(
         self, link: Hashable, peer_id: str, call: m.Call, code: ErrorCode, text: str
@@ -359,7 +371,8 @@ class Dispatcher:
                 await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="cancelled"))
             raise
         await self._answer(inbound, reply)
-        await self._start_ready()
+        if self._fair.startable:  # its slot is free: the next in turn starts
+            await self._start_ready()
 
     async def _execute(self, inbound: _Inbound) -> Reply:
         request = self._request(inbound)

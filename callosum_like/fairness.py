@@ -34,6 +34,9 @@ Ready requests start round-robin over the links that have some, and within a lin
 round-robin over its origins; in arrival order within an origin. A ready request of a link
 therefore starts after at most one request of each other link, whatever their queues hold.
 At most ``C`` requests run at once; ``release`` frees a request's place and its slot.
+``admit_running`` is ``admit``, ``ready`` and ``start_next`` in one step for the common case
+where they would start the request at once (rule 1 admits it, nothing else is ready, a slot
+is free): the dispatcher's path for unordered calls.
 
 Only ``dispatch`` uses this module.
 """
@@ -159,6 +162,39 @@ class FairShares(Generic[T]):
         group.unstarted[item] = None
         self._entries[item] = _Entry(link, origin)
         return Admission(admitted=True, pushed_out=pushed_out)
+
+    def admit_running(self, link: Hashable, origin: Hashable, item: T) -> bool:
+        """Admit ``item`` and start it at once, if ``admit``, ``ready`` and ``start_next`` would.
+
+        That is when rule 1 admits it, nothing else is ready and a slot is free: the common
+        case of a serving peer that keeps up, in one step and without the queues.
+
+        Returns:
+            Whether ``item`` now runs; if not, nothing was held (use ``admit``).
+        """
+        if (
+            self._turns
+            or self._running >= self._max_concurrency
+            or len(self._entries) >= self._max_pending
+            or item in self._entries
+        ):
+            return False
+        linked = self._links.get(link)
+        if linked is None:
+            self._links[link] = linked = _Link()
+        group = linked.origins.get(origin)
+        if group is None:
+            linked.origins[origin] = group = _Origin()
+        linked.held += 1
+        group.held += 1
+        self._entries[item] = _Entry(link, origin, _State.RUNNING)
+        self._running += 1
+        return True
+
+    @property
+    def startable(self) -> bool:
+        """Whether ``start_next`` would start a request now."""
+        return bool(self._turns) and self._running < self._max_concurrency
 
     def _make_room(self, link: Hashable, origin: Hashable) -> T | _Refused | None:
         """With the pool full, apply rules 2 and 3 of the module doc to a new request.

@@ -522,6 +522,7 @@ class Peer:
             drop=self._drop,
             clock=loop.time,
         )
+        self._connection.take_directly(receiver.take)
         self._loops = [
             asyncio.create_task(
                 receiver.run(self._connection.receive, self._closing, repr(self)),

@@ -14,11 +14,22 @@ or failing authentication. A message is decoded, checked against its link's stat
 * chunks are reassembled per link, acknowledged, and the whole message dispatched again.
 
 A handler may raise ``ProtocolError``: the loop drops that message (logged, counted) and
-goes on. Only ``peer`` uses this module.
+goes on.
+
+The messages of the hot path do not even wait for the loop: ``take``, which the Peer gives
+its connection (``Connection.take_directly``), handles a call, a reply, a chunk, credit or a
+ping from the transport's callback while the loop is idle, in the loop's context, and leaves
+the loop only what had to wait (a reply held up by a full socket, a body joined off the
+loop, ...). A small call's message so costs no task step of the loop's, and each side of a
+call one loop iteration less. ``take`` declines every other kind (they go through the loop
+as before): a ``Cancel`` stops a job and a link's own messages may end a link, which wait
+under ``asyncio.timeout`` and so need a task; so does a relay's forwarding, and a resumable
+link's envelope. Only ``peer`` uses this module.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -32,7 +43,15 @@ from .errors import (
     ProtocolError,
 )
 from .link import TRANSFER_KINDS, UNSEQUENCED_KINDS, Link
-from .lower.base import AuthFailed, Connected, Disconnected, Frame, Received, TransportEvent
+from .lower.base import (
+    AuthFailed,
+    Connected,
+    Disconnected,
+    Frame,
+    Received,
+    Started,
+    TransportEvent,
+)
 from .remotes import Remotes
 from .replay import has_envelope
 from .routing import scoped
@@ -51,6 +70,24 @@ _PONG: Final = encode(m.Pong())
 _LINK_CODES: Final = frozenset(int(cls.KIND) for cls in m.kinds_with(m.Trait.LINK)) - {
     int(m.MessageKind.GOODBYE)
 }
+#: The wire codes of the messages ``take`` handles from the transport's callback: those whose
+#: handling never needs a task of its own (see the module doc).
+_TAKEN_CODES: Final = frozenset(
+    int(cls.KIND)
+    for cls in (
+        *m.kinds_with(m.Trait.REPLY),
+        m.Call,
+        m.Credit,
+        m.StreamItem,
+        m.Chunk,
+        m.ChunkAck,
+        m.Ping,
+        m.Pong,
+        m.UploadItem,
+        m.UploadEnd,
+        m.UploadCredit,
+    )
+)
 #: The wire codes of what a resumable link does not number.
 _UNSEQUENCED_CODES: Final = frozenset(int(cls.KIND) for cls in UNSEQUENCED_KINDS)
 
@@ -98,6 +135,7 @@ class Receiver:
         self._clock = clock
         self._max_body_size = remotes.options.max_body_size
         self._bound = remotes.options.bound
+        self._context = contextvars.copy_context()  # the receive loop's, until it runs
 
     async def run(
         self,
@@ -112,6 +150,7 @@ class Receiver:
         will come again: the reason is logged at ERROR and every link ends, so each pending
         call fails with ``PeerDisconnectedError`` instead of waiting for ever.
         """
+        self._context = contextvars.copy_context()
         try:
             await self._handle_events(receive)
         except Exception as exc:
@@ -121,20 +160,38 @@ class Receiver:
             await self._remotes.end_all(f"this peer stopped receiving ({exc!r})")
 
     async def _handle_events(self, receive: Callable[[], Awaitable[TransportEvent]]) -> None:
-        received, other = self.received, self.other
+        handle = self._handle
         while True:
             event = await receive()
-            try:
-                if type(event) is Received:  # the common case
-                    await received(event)
-                else:
-                    await other(event)
-            except ProtocolError as exc:
-                self._drop(f"protocol violation: {exc}")
-            except Exception:
-                log.exception("error while handling %r; the message is dropped", event)
-                self._counters.dropped_messages += 1
+            await handle(event)
             del event  # do not hold its frames (maybe a large body) until the next one
+
+    def take(self, event: Received) -> Started | bool:
+        """Handle ``event`` now, from a transport callback, if its kind allows (module doc).
+
+        Returns:
+            ``True`` when it was handled, what is left of its handling, or ``False`` when it
+            is declined (the receive loop handles it).
+        """
+        # A relay's messages, and kinds that may need a task, are the loop's (module doc); so
+        # is a resumable link's enveloped message (its first byte is no msgpack array).
+        if self._forwarder is not None or _kind_of(event.frames) not in _TAKEN_CODES:
+            return False
+        started = self._context.run(Started.start, self._handle(event))
+        return True if started is None else started
+
+    async def _handle(self, event: TransportEvent) -> None:
+        """Handle one event; a bad one costs that event (dropped, logged, counted)."""
+        try:
+            if type(event) is Received:  # the common case
+                await self.received(event)
+            else:
+                await self.other(event)
+        except ProtocolError as exc:
+            self._drop(f"protocol violation: {exc}")
+        except Exception:
+            log.exception("error while handling %r; the message is dropped", event)
+            self._counters.dropped_messages += 1
 
     async def received(self, event: Received) -> None:
         """A message arrived: decode it, check it against its link, and handle it.

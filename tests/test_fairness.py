@@ -138,6 +138,23 @@ class FairSharesMachine(RuleBasedStateMachine):
         self.model.held.append(req)
         self.after_ready_change(before)
 
+    @rule(link=st.sampled_from(LINKS), origin=st.sampled_from(ORIGINS))
+    def arrive_running(self, link: str, origin: str | None) -> None:
+        """The fast path: admitted and started at once exactly when nothing else could start
+        first and rule 1 admits it; otherwise nothing changes (``admit`` follows)."""
+        req = Req(link, origin, next(self.numbers))
+        held = self.model.held
+        may = (
+            not any(r.state == "ready" for r in held)
+            and sum(r.state == "running" for r in held) < self.model.c
+            and len(held) < self.model.p
+        )
+        assert self.books.admit_running(link, origin, req) == may
+        if may:
+            event("started at once")
+            req.state = "running"
+            held.append(req)
+
     @precondition(lambda self: any(r.state == "waiting" for r in self.model.held))
     @rule(data=st.data())
     def make_ready(self, data: st.DataObject) -> None:
@@ -231,6 +248,13 @@ class FairSharesMachine(RuleBasedStateMachine):
         assert self.books.running == sum(r.state == "running" for r in self.model.held)
         for link in LINKS:
             assert self.books.held_by(link) == len(self.model.of_link(link))
+
+    @invariant()
+    def startable_when_a_slot_and_a_ready_request(self) -> None:
+        held = self.model.held
+        running = sum(r.state == "running" for r in held)
+        ready = any(r.state == "ready" for r in held)
+        assert self.books.startable == (ready and running < self.model.c)
 
     @invariant()
     def bounded(self) -> None:

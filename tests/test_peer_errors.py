@@ -96,6 +96,7 @@ async def test_timeout_raises_and_cancels_the_remote_handler(
     assert isinstance(info.value, cl.RPCError)
     await within(blocker.cancelled)
     assert client.statistics().calls_in_flight == 0
+    assert server.statistics().dropped_messages == 0
 
 
 async def test_caller_cancellation_cancels_the_remote_handler(make_pair: PairFactory) -> None:
@@ -108,6 +109,8 @@ async def test_caller_cancellation_cancels_the_remote_handler(make_pair: PairFac
     with pytest.raises(asyncio.CancelledError):
         await call
     await within(blocker.cancelled)
+    # The Cancel was handled, not dropped (stopping a job needs a task: the receive loop's).
+    assert server.statistics().dropped_messages == 0
 
 
 async def test_cancellation_crosses_the_wire_the_other_way(make_pair: PairFactory) -> None:

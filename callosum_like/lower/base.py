@@ -16,6 +16,16 @@ A connection has four verbs:
 * ``disconnect(key)`` — forget one remote (and drop its connection where there is one);
 * ``aclose()`` — stop everything and release every socket and task.
 
+A connection may also let its consumer take messages *as they arrive*
+(``take_directly``): while the consumer waits in ``receive()`` with nothing queued, a message
+is handed to its ``take`` callback from the transport's own callback, which runs it until it
+first waits (most messages never do) and hands what is left back as a ``Started``, which the
+next ``receive()`` finishes before returning anything else (``take`` may also decline a
+message, which then queues as usual). A message then costs no loop
+iteration and no task step of the consumer's; its order among the others is unchanged. The
+events a Peer's loop waits for are handled the same way either way; a transport that does
+not offer it (the default) is used through ``receive()`` alone.
+
 A *connected* endpoint that can reconnect (capability ``reconnects``) re-establishes a lost
 connection by itself until it is closed: ``Disconnected`` when the connection drops, then
 ``Connected`` once it is back (the Peer then re-handshakes). Its ``disconnect(CONNECTED_KEY)``
@@ -41,8 +51,8 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final, TypeAlias
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ..addresses import Address
 from ..errors import PeerClosedError
@@ -61,6 +71,8 @@ __all__ = [
     "Connection",
     "Transport",
     "EventQueue",
+    "Started",
+    "Take",
     "RECEIVE_QUEUE_SIZE",
     "CONNECTED_KEY",
     "check_reconnect_intervals",
@@ -173,6 +185,16 @@ class Connection(abc.ABC):
         Cancellation: no event is lost; the next call returns it.
         """
 
+    def take_directly(self, take: Take) -> None:
+        """Hand messages to ``take`` as they arrive while ``receive()`` waits (module doc).
+
+        The default does nothing: every event comes through ``receive()``.
+
+        Cancellation: a ``receive()`` cancelled while it finishes what ``take`` left cancels
+        that message's handling (the consumer's own, as if it had been handling it itself).
+        """
+        del take
+
     @abc.abstractmethod
     async def disconnect(self, peer: bytes) -> None:
         """Forget remote ``peer``, closing its connection where it has one of its own.
@@ -223,6 +245,55 @@ class Transport(abc.ABC):
         """
 
 
+class Started:
+    """A coroutine already run up to where it first waited: ``await`` it to finish it.
+
+    Awaiting it resumes the coroutine in the awaiting task (cancelling that task cancels the
+    coroutine); ``close()`` abandons it instead (``GeneratorExit`` at its ``await``).
+    """
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: object) -> None:
+        self._coro = coro
+        self._waiting = waiting
+
+    @classmethod
+    def start(cls, coro: Coroutine[Any, Any, None]) -> Started | None:
+        """Run ``coro`` until it first waits; ``None`` if it finished (its errors propagate)."""
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return None
+        return cls(coro, waiting)
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        """Wait for what the coroutine waits for, and resume it, until it returns."""
+        coro, waiting = self._coro, self._waiting
+        while True:
+            try:
+                sent = yield waiting
+            except BaseException as exc:  # cancellation (or close) goes to the coroutine
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coro.send(sent)
+                except StopIteration:
+                    return
+
+    def close(self) -> None:
+        """Abandon the coroutine."""
+        self._coro.close()
+
+
+#: What a consumer gives ``take_directly``: handles one message now and returns ``True``, or
+#: what is left of it (a ``Started``), or ``False`` to leave the message to ``receive()``.
+Take: TypeAlias = Callable[[Received], Started | bool]
+
+
 class EventQueue:
     """The bounded queue between a connection's socket readers and its ``receive()``.
 
@@ -231,6 +302,10 @@ class EventQueue:
     is full: the producer then stops reading and registers ``when_space(resume)``, called
     once the consumer has taken the queue down to half. ``close()`` discards what is
     queued and makes every current and future ``get()`` raise ``PeerClosedError``.
+
+    With ``take_directly(take)``, a message offered while the consumer waits in ``get()``
+    with nothing queued goes to ``take`` at once instead (see the module doc); what ``take``
+    could not finish is finished by that ``get()`` before it returns the next event.
     """
 
     def __init__(self, maxsize: int = RECEIVE_QUEUE_SIZE) -> None:
@@ -239,18 +314,42 @@ class EventQueue:
         self._getter: asyncio.Future[None] | None = None
         self._space: list[Callable[[], object]] = []
         self._closed = False
+        self._take: Take | None = None
+        self._taking = False  # in ``take``: what arrives meanwhile is queued
+        self._started: Started | None = None  # what ``take`` left for ``get()`` to finish
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def take_directly(self, take: Take) -> None:
+        """Hand ``Received`` events to ``take`` while the consumer waits (class doc)."""
+        self._take = take
+
     def offer(self, event: TransportEvent) -> bool:
-        """Queue ``event`` now; return whether there is room for more."""
+        """Queue ``event`` now (or have it taken); return whether there is room for more."""
         if self._closed:
             return True
-        self._items.append(event)
         getter = self._getter
         if getter is not None and not getter.done():
-            getter.set_result(None)
+            # The consumer waits: nothing is queued, and nothing is left to finish.
+            if self._take is not None and type(event) is Received and not self._taking:
+                self._taking = True
+                try:
+                    started = self._take(event)
+                finally:
+                    self._taking = False
+                if type(started) is Started:
+                    if self._closed:
+                        started.close()
+                    else:
+                        self._started = started
+                        if not getter.done():
+                            getter.set_result(None)
+                    return True
+                if started:
+                    return True
+            getter.set_result(None)  # declined, or not for ``take``: queued for ``get()``
+        self._items.append(event)
         return len(self._items) < self._maxsize
 
     def when_space(self, callback: Callable[[], object]) -> None:
@@ -285,7 +384,13 @@ class EventQueue:
             PeerClosedError: The queue was closed.
         """
         items = self._items
-        while not items:
+        while True:
+            started = self._started
+            if started is not None:  # finish what ``take`` began before anything else
+                self._started = None
+                await started
+            if items:
+                break
             if self._closed:
                 raise PeerClosedError("connection closed")
             self._getter = asyncio.get_running_loop().create_future()
@@ -306,6 +411,9 @@ class EventQueue:
             return
         self._closed = True
         self._items.clear()
+        if self._started is not None:
+            self._started.close()
+            self._started = None
         if self._getter is not None and not self._getter.done():
             self._getter.set_result(None)
         callbacks, self._space = self._space, []

@@ -54,6 +54,7 @@ from .base import (
     EventQueue,
     Frame,
     Received,
+    Take,
     TransportEvent,
 )
 from .nats_envelope import BYE, DATA, KNOCK, LAST, PART, REASSEMBLY_SLACK, Reassembly, Subjects
@@ -109,6 +110,10 @@ class NATSConnection(Connection):
     def local_address(self) -> str:
         """See ``Connection.local_address``: ``servers/subject`` (``NATSAddress.from_url``)."""
         return self._address
+
+    def take_directly(self, take: Take) -> None:
+        """See ``Connection.take_directly``."""
+        self._events.take_directly(take)
 
     async def receive(self) -> TransportEvent:
         """See ``Connection.receive``."""

@@ -48,6 +48,7 @@ from .base import (
     EventQueue,
     Frame,
     Received,
+    Take,
     Transport,
     check_reconnect_intervals,
 )
@@ -152,6 +153,10 @@ class StreamConnection(Connection):
             del self._streams[stream.key]
             slow = stream.slow is not None
             self.events.offer(Disconnected(stream.key, reason, slow=slow))
+
+    def take_directly(self, take: Take) -> None:
+        """See ``Connection.take_directly``."""
+        self.events.take_directly(take)
 
     async def receive(self) -> Received | Connected | Disconnected:
         """See ``Connection.receive``."""

@@ -84,6 +84,7 @@ from .base import (
     EventQueue,
     Frame,
     Received,
+    Take,
     Transport,
     TransportEvent,
     check_reconnect_intervals,
@@ -222,6 +223,10 @@ class _ZeroMQConnection(Connection):
         if not room:
             self._events.when_space(self._driver.resume_reading)
         return room
+
+    def take_directly(self, take: Take) -> None:
+        """See ``Connection.take_directly``."""
+        self._events.take_directly(take)
 
     async def receive(self) -> TransportEvent:
         """See ``Connection.receive``."""
