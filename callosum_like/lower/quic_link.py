@@ -23,18 +23,23 @@ Bad input costs one connection: a stream that breaks the framing (a frame over
 barrier counts could no longer hold): the connection is closed with ``PROTOCOL_VIOLATION``,
 the loss counted once in ``dropped`` and logged once.
 
-Flow: aioquic buffers what we send until it is acknowledged. A *connected* endpoint's sender
-waits (``drain``) while more than ``HIGH_WATER`` bytes are unacknowledged, until under a
-quarter of it; a *bound* endpoint never waits for one remote (as TCP's: the remote might be
-waiting for us), and drops a remote with more than ``max_unsent_size`` unacknowledged.
+Flow, receiving: the connection's receive credit (MAX_DATA) follows what the endpoint's
+``receive()`` has taken (``ReceiveCredit``; ``taken`` returns a message's bytes), so a Peer
+that does not read holds at most ``receive_window`` bytes of unread messages per connection.
+
+Flow, sending: aioquic buffers what we send until it is acknowledged. A *connected*
+endpoint's sender waits (``drain``) while more than ``HIGH_WATER`` bytes are unacknowledged,
+until under a quarter of it; a *bound* endpoint never waits for one remote (as TCP's: the
+remote might be waiting for us), and drops a remote with more than ``max_unsent_size``
+unacknowledged (its open streams counted too: ``STREAM_OVERHEAD``).
 
 Closing: ``shut()`` finishes every open lane, waits (at most ``CLOSE_TIMEOUT``) until the
 remote has acknowledged everything sent, so that our last messages (a Peer's last replies
 and its Goodbye) are not cut off, then closes the connection.
 
-aioquic has no public API for three things this needs; each is one marked line here: the
-bytes a stream holds unacknowledged, whether the remote has taken everything, and asking a
-client for its certificate (and reading the one it sent).
+aioquic has no public API for four things this needs; each is marked here: the bytes a
+stream holds unacknowledged, whether the remote has taken everything, asking a client for
+its certificate (and reading the one it sent), and its connection-level receive limit.
 """
 
 from __future__ import annotations
@@ -42,12 +47,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as qe
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.connection import Limit, QuicConnection
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..errors import PeerDisconnectedError, ProtocolError
 from ..wire.framing import FrameDecoder, encode_message
@@ -62,7 +68,10 @@ if TYPE_CHECKING:
 __all__ = [
     "QUICLink",
     "LinkOwner",
+    "CreditedConnection",
     "ServerConnection",
+    "ReceiveCredit",
+    "EVENT_OVERHEAD",
     "HIGH_WATER",
     "CLOSE_TIMEOUT",
     "CERTIFICATE_REFUSED",
@@ -84,6 +93,11 @@ SILENT_REMOTE: Final = 1.0
 CERTIFICATE_REFUSED: Final = 0x1001
 #: The application error code of a connection closed for breaking our framing or stamps.
 PROTOCOL_VIOLATION: Final = 0x1002
+#: Bytes an open stream costs aioquic (its objects), counted with its unacknowledged data.
+STREAM_OVERHEAD: Final = 1536
+#: Bytes a received message is counted for beyond its frames (its event, its list), so that
+#: many small unread messages are bounded too.
+EVENT_OVERHEAD: Final = 256
 
 
 class LinkOwner(Protocol):
@@ -101,7 +115,66 @@ class LinkOwner(Protocol):
         """``link`` terminated (after it was admitted, or not)."""
 
 
-class ServerConnection(QuicConnection):
+class ReceiveCredit(Limit):
+    """The connection's MAX_DATA, raised only in step with what the Peer has taken.
+
+    aioquic doubles its receive limit once half of it is used, however much of what arrived
+    is still unread. Here each raise it asks for is clamped to ``delivered - unread +
+    window``: the remote may send at most ``window`` bytes beyond what aioquic delivered in
+    order (``delivered``; what arrived beyond a gap waits in aioquic's stream buffers and
+    counts against the window until the gap is filled) and was taken from the endpoint's
+    events (``unread`` counts what was not, with ``EVENT_OVERHEAD`` per message) or is held
+    elsewhere under its own bound (an unfinished message: ``max_frame_size`` per stream; a
+    message waiting for a barrier: ``lanes.MAX_HELD_SIZE``). A raise smaller than an eighth
+    of the window waits for more, so that MAX_DATA is not repeated in every packet.
+    """
+
+    def __init__(self, window: int) -> None:
+        super().__init__(frame_type=QuicFrameType.MAX_DATA, name="max_data", value=window)
+        self.window = window
+        #: Bytes of received messages the Peer has not taken yet (kept by the link).
+        self.unread = 0
+        #: Stream bytes aioquic has delivered in order (kept by the link).
+        self.delivered = 0
+
+    @property
+    def value(self) -> int:
+        """The limit granted (aioquic reads it to check what arrives, and to send it)."""
+        return self._value
+
+    @value.setter
+    def value(self, wanted: int) -> None:
+        if not hasattr(self, "_value"):  # Limit.__init__'s initial value
+            self._value = wanted
+            return
+        allowed = min(wanted, self.target())
+        if allowed >= self._value + self.window // 8:
+            self._value = allowed
+
+    def target(self) -> int:
+        """The highest limit the Peer's consumption allows now."""
+        return self.delivered - self.unread + self.window
+
+    def starved(self) -> bool:
+        """Whether a raise is due that no packet of ours may carry soon (the remote waits)."""
+        return self.target() >= self.sent + self.window // 2 and self.used * 2 > self._value
+
+
+class CreditedConnection(QuicConnection):
+    """An aioquic connection whose receive credit follows the Peer's consumption.
+
+    Args:
+        receive_window: Bytes the remote may send beyond what the Peer has taken.
+    """
+
+    def __init__(self, *, receive_window: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.credit = ReceiveCredit(receive_window)
+        # aioquic has no hook for its receive window; ReceiveCredit replaces its limit:
+        self._local_max_data = self.credit
+
+
+class ServerConnection(CreditedConnection):
     """A server's QUIC connection that asks the client for its certificate."""
 
     def __init__(self, *, request_certificate: bool, **kwargs: Any) -> None:
@@ -133,7 +206,7 @@ class QUICLink(QuicConnectionProtocol):
 
     def __init__(
         self,
-        quic: QuicConnection,
+        quic: CreditedConnection,
         *,
         owner: LinkOwner,
         key: bytes,
@@ -142,6 +215,7 @@ class QUICLink(QuicConnectionProtocol):
         on_connection_id: Callable[[bytes, QUICLink | None], None] | None = None,
     ) -> None:
         super().__init__(quic)
+        self._credit = quic.credit
         if on_connection_id is not None:  # a bound endpoint routes datagrams by these ids
             self._connection_id_issued_handler = lambda cid: on_connection_id(cid, self)
             self._connection_id_retired_handler = lambda cid: on_connection_id(cid, None)
@@ -156,6 +230,7 @@ class QUICLink(QuicConnectionProtocol):
         self._decoders: dict[int, FrameDecoder] = {}
         self._partial: dict[int, int] = {}  # stream id -> bytes of its unfinished message
         self._partial_total = 0
+        self._unread: deque[tuple[Received, int]] = deque()  # offered, not yet taken
         self._events = owner.events
         #: Admitted: the handshake is complete and the identity accepted; messages flow.
         self.admitted = False
@@ -167,6 +242,8 @@ class QUICLink(QuicConnectionProtocol):
         #: Resolved once the connection has terminated.
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.user_id: str | None = None
+        #: Whether we dropped the remote for not taking what we sent (``max_unsent_size``).
+        self.slow = False
         #: The QUIC error code the connection terminated with, once it has.
         self.error_code: int | None = None
 
@@ -216,6 +293,7 @@ class QUICLink(QuicConnectionProtocol):
         decoder = self._decoders.get(stream_id)
         if decoder is None:
             decoder = self._decoders[stream_id] = FrameDecoder(self._owner.max_frame_size)
+        self._credit.delivered += len(data)
         try:
             messages = decoder.feed(data) if data else []
             self._count_partial(stream_id, 0 if end else decoder.buffered)
@@ -223,7 +301,7 @@ class QUICLink(QuicConnectionProtocol):
                 if len(frames) < 2:
                     raise ProtocolError("a message without a stamp and frames")
                 for released in self._gate.arrive(frames[0], frames[1:]):
-                    self._events.offer(Received(self.key, released))
+                    self._offer(released)
         except ProtocolError as exc:
             self.violation(str(exc))
             return
@@ -231,6 +309,29 @@ class QUICLink(QuicConnectionProtocol):
             del self._decoders[stream_id]
             if decoder.buffered:
                 self.violation(f"stream {stream_id} ended {decoder.buffered} bytes into a message")
+
+    def _offer(self, frames: list[Any]) -> None:
+        event = Received(self.key, frames)
+        size = EVENT_OVERHEAD + sum(map(len, frames))
+        self._unread.append((event, size))
+        self._credit.unread += size
+        self._events.offer(event)
+
+    @property
+    def unread(self) -> int:
+        """Bytes of messages delivered to the events that the Peer has not taken yet."""
+        return self._credit.unread
+
+    def taken(self, event: Received) -> None:
+        """The endpoint's ``receive()`` handed ``event`` over: its bytes are credit again."""
+        unread = self._unread
+        if not unread or unread[0][0] is not event:
+            return  # an event of an earlier connection with the same key
+        _, size = unread.popleft()
+        credit = self._credit
+        credit.unread -= size
+        if credit.starved() and self._ended is None:
+            self.transmit()  # the remote may be waiting for this credit
 
     def _count_partial(self, stream_id: int, buffered: int) -> None:
         """Track the bytes held for incomplete messages over all streams; bound them.
@@ -306,14 +407,13 @@ class QUICLink(QuicConnectionProtocol):
         quic.send_stream_data(stream_id, b"".join(encode_message([stamp, *frames])), plan.last)
         self._transmit_soon()
         unacked = self.unacked()
-        if unacked <= HIGH_WATER:
-            return False
-        if not self._waits:
-            if unacked > self._max_unsent_size:
-                self.violation(f"{unacked} bytes unacknowledged, over max_unsent_size")
-                raise PeerDisconnectedError("the remote was dropped: too slow a consumer")
-            return False
-        return True
+        if self._waits:
+            return unacked > HIGH_WATER
+        if unacked > self._max_unsent_size:
+            self.slow = True  # its credit, or its acknowledgements, did not come
+            self.violation(f"{unacked} bytes unacknowledged, over max_unsent_size")
+            raise PeerDisconnectedError("the remote was dropped: too slow a consumer")
+        return False
 
     async def drain(self) -> None:
         """Wait until under a quarter of ``HIGH_WATER`` is unacknowledged."""
@@ -336,9 +436,13 @@ class QUICLink(QuicConnectionProtocol):
                     waiter.set_result(None)
 
     def unacked(self) -> int:
-        """Bytes we sent that the remote has not acknowledged yet."""
+        """Bytes we sent (or hold to send) that the remote has not acknowledged yet.
+
+        Each stream counts ``STREAM_OVERHEAD`` too: a remote that withholds its credit
+        makes us hold many small replies' streams.
+        """
         streams = self._quic._streams.values()  # noqa: SLF001 - aioquic has no public count
-        return sum(len(s.sender._buffer) for s in streams)  # noqa: SLF001
+        return sum(len(s.sender._buffer) + STREAM_OVERHEAD for s in streams)  # noqa: SLF001
 
     def _everything_acknowledged(self) -> bool:
         own = int(not self._quic.configuration.is_client)  # the low bit of our stream ids
