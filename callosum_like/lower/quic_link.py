@@ -18,10 +18,15 @@ where one is required, or that does not verify, or whose identity the hook refus
 the connection with ``CERTIFICATE_REFUSED`` before anything the client sent is delivered; the
 client reports ``AuthFailed``.
 
+A cancellation resets a stream (``_reset_lane``; the planner says which): the reset's error
+code counts the stream's messages (``lanes.reset_code``), and the receiving side (``_reset``)
+counts those that never came as delivered for the barrier after them, drops the stream's
+unfinished message, and takes the stream's final size back into its credit.
+
 Bad input costs one connection: a stream that breaks the framing (a frame over
-``max_frame_size``), a bad stamp, a reset stream (messages on it would be lost, so the
-barrier counts could no longer hold): the connection is closed with ``PROTOCOL_VIOLATION``,
-the loss counted once in ``dropped`` and logged once.
+``max_frame_size``), a bad stamp, a reset whose count contradicts what arrived: the
+connection is closed with ``PROTOCOL_VIOLATION``, the loss counted once in ``dropped`` and
+logged once.
 
 Flow, receiving: the connection's receive credit (MAX_DATA) follows what the endpoint's
 ``receive()`` has taken (``ReceiveCredit``; ``taken`` returns a message's bytes), so a Peer
@@ -39,7 +44,8 @@ and its Goodbye) are not cut off, then closes the connection.
 
 aioquic has no public API for four things this needs; each is marked here: the bytes a
 stream holds unacknowledged, whether the remote has taken everything, asking a client for
-its certificate (and reading the one it sent), and its connection-level receive limit.
+its certificate (and reading the one it sent), its connection-level receive limit, and a
+reset stream's final size.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -58,7 +64,7 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from ..errors import PeerDisconnectedError, ProtocolError
 from ..wire.framing import FrameDecoder, encode_message
 from .base import Connected, EventQueue, Frame, Received
-from .lanes import Lane, LaneGate, LanePlanner, LaneSender
+from .lanes import Lane, LaneGate, LanePlanner, LaneSender, parse_reset_code, reset_code
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -93,6 +99,8 @@ SILENT_REMOTE: Final = 1.0
 CERTIFICATE_REFUSED: Final = 0x1001
 #: The application error code of a connection closed for breaking our framing or stamps.
 PROTOCOL_VIOLATION: Final = 0x1002
+#: Call and reply lanes whose streams are remembered, so that a cancellation can reset them.
+MAX_MARKED_LANES: Final = 1024
 #: Bytes an open stream costs aioquic (its objects), counted with its unacknowledged data.
 STREAM_OVERHEAD: Final = 1536
 #: Bytes a received message is counted for beyond its frames (its event, its list), so that
@@ -229,6 +237,9 @@ class QUICLink(QuicConnectionProtocol):
         self._lanes: dict[Lane, int] = {}
         self._decoders: dict[int, FrameDecoder] = {}
         self._partial: dict[int, int] = {}  # stream id -> bytes of its unfinished message
+        self._arrived: dict[int, list[int]] = {}  # stream id -> [messages, bytes] it gave
+        # call and reply lanes -> (stream id, epoch of its first message, messages on it)
+        self._marks: OrderedDict[Lane, tuple[int, int, int]] = OrderedDict()
         self._partial_total = 0
         self._unread: deque[tuple[Received, int]] = deque()  # offered, not yet taken
         self._events = owner.events
@@ -274,7 +285,7 @@ class QUICLink(QuicConnectionProtocol):
         elif isinstance(event, qe.ConnectionTerminated):
             self._terminated(event)
         elif isinstance(event, qe.StreamReset) and self.admitted:
-            self.violation(f"the remote reset stream {event.stream_id}")
+            self._reset(event.stream_id, event.error_code)
 
     def _handshake_done(self) -> None:
         self.handshaken = True
@@ -294,8 +305,11 @@ class QUICLink(QuicConnectionProtocol):
         if decoder is None:
             decoder = self._decoders[stream_id] = FrameDecoder(self._owner.max_frame_size)
         self._credit.delivered += len(data)
+        arrived = self._arrived.setdefault(stream_id, [0, 0])
+        arrived[1] += len(data)
         try:
             messages = decoder.feed(data) if data else []
+            arrived[0] += len(messages)
             self._count_partial(stream_id, 0 if end else decoder.buffered)
             for frames in messages:
                 if len(frames) < 2:
@@ -307,8 +321,34 @@ class QUICLink(QuicConnectionProtocol):
             return
         if end:
             del self._decoders[stream_id]
+            self._arrived.pop(stream_id, None)
             if decoder.buffered:
                 self.violation(f"stream {stream_id} ended {decoder.buffered} bytes into a message")
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        """The remote reset a stream (its call was cancelled): what did not arrive is lost.
+
+        Its error code says how many messages it held and of which epoch (``reset_code``),
+        so that the barrier after them does not wait for them; its unfinished message is
+        dropped; and the bytes aioquic counted for it but never delivered are credit again.
+        """
+        epoch, count = parse_reset_code(code)
+        messages, size = self._arrived.pop(stream_id, [0, 0])
+        self._decoders.pop(stream_id, None)
+        self._count_partial(stream_id, 0)
+        stream = self._quic._streams.get(stream_id)  # noqa: SLF001 - its final size
+        if stream is not None:
+            self._credit.delivered += max(0, stream.receiver.highest_offset - size)
+        if count < messages:
+            self.violation(f"stream {stream_id} reset as {count} messages, {messages} came")
+            return
+        try:
+            released = self._gate.lost(epoch, count - messages)
+        except ProtocolError as exc:
+            self.violation(str(exc))
+            return
+        for frames in released:
+            self._offer(frames)
 
     def _offer(self, frames: list[Any]) -> None:
         event = Received(self.key, frames)
@@ -392,10 +432,7 @@ class QUICLink(QuicConnectionProtocol):
             )
         plan, ended = self._planner.plan(frames)
         quic = self._quic
-        for lane in ended:
-            stream_id = self._lanes.pop(lane, None)
-            if stream_id is not None:
-                quic.send_stream_data(stream_id, b"", end_stream=True)
+        self._end_lanes(plan.reset, ended)
         stream_id = self._lanes.get(plan.lane)
         if stream_id is None:
             stream_id = quic.get_next_available_stream_id(is_unidirectional=True)
@@ -403,6 +440,8 @@ class QUICLink(QuicConnectionProtocol):
                 self._lanes[plan.lane] = stream_id
         elif plan.last:
             del self._lanes[plan.lane]
+        if not plan.barrier and plan.lane[0] in ("call", "reply"):
+            self._mark(plan.lane, stream_id)
         stamp = self._stamps.stamp(plan.barrier)
         quic.send_stream_data(stream_id, b"".join(encode_message([stamp, *frames])), plan.last)
         self._transmit_soon()
@@ -414,6 +453,36 @@ class QUICLink(QuicConnectionProtocol):
             self.violation(f"{unacked} bytes unacknowledged, over max_unsent_size")
             raise PeerDisconnectedError("the remote was dropped: too slow a consumer")
         return False
+
+    def _end_lanes(self, reset: Lane | None, ended: list[Lane]) -> None:
+        if reset is not None:
+            self._reset_lane(reset)
+        for lane in ended:
+            stream_id = self._lanes.pop(lane, None)
+            if stream_id is not None:
+                self._quic.send_stream_data(stream_id, b"", end_stream=True)
+
+    def _mark(self, lane: Lane, stream_id: int) -> None:
+        """Note one more message on ``lane``'s stream, for ``_reset_lane``."""
+        marks, epoch = self._marks, self._stamps.epoch
+        sid, first, count = marks.pop(lane, (stream_id, epoch, 0))
+        marks[lane] = (stream_id, first, count + 1) if sid == stream_id else (stream_id, epoch, 1)
+        if len(marks) > MAX_MARKED_LANES:
+            marks.popitem(last=False)
+
+    def _reset_lane(self, lane: Lane) -> None:
+        """Reset ``lane``'s stream: its unsent data is dropped, its credit freed.
+
+        Only where every message on it belongs to the current epoch (the receiver can then
+        account for the ones that never come; ``reset_code``); else it is just finished.
+        """
+        open_id = self._lanes.pop(lane, None)
+        stream_id, first, count = self._marks.pop(lane, (open_id, -1, 0))
+        code = reset_code(first, count) if first == self._stamps.epoch else None
+        if stream_id is not None and code is not None:
+            self._quic.reset_stream(stream_id, code)
+        elif open_id is not None:
+            self._quic.send_stream_data(open_id, b"", end_stream=True)
 
     async def drain(self) -> None:
         """Wait until under a quarter of ``HIGH_WATER`` is unacknowledged."""
