@@ -27,8 +27,14 @@ connection that ends otherwise (idle timeout, the server's close) is reported
 ``Disconnected`` and re-established with backoff, as the TCP transport does.
 
 Heartbeats: QUIC's ``idle_timeout`` closes a connection that hears nothing for that long; the
-Peer's own pings keep a live link busy, so set ``idle_timeout`` at least to the Peer's
-``heartbeat_timeout`` (the default, 30 s, suits the Peer's defaults).
+Peer's own pings keep a live link busy, so set ``idle_timeout`` above the Peer's
+``heartbeat_timeout`` (the default, 30 s, suits the Peer's defaults). It is not derived from
+them: ``Transport.bind``/``connect`` do not carry the Peer's heartbeat settings
+(docs/quic.md, "Heartbeats and the idle timeout").
+
+Memory: a Peer that stops reading holds at most ``receive_window`` bytes of unread messages
+per connection (``lower.quic_connection.ReceiveCredit``), beside one unfinished message per
+stream.
 
 aioquic is optional: ``QUICTransport()`` raises ``ImportError`` naming the ``quic`` extra
 when it is missing.
@@ -399,7 +405,8 @@ class _QUICClient(QUICEndpoint):
         self.reconnects = transport._reconnect  # noqa: SLF001 - our own transport's option
 
     async def _open(self) -> QUICLink:
-        from .quic_link import CreditedConnection, QUICLink
+        from .quic_connection import CreditedConnection
+        from .quic_link import QUICLink
 
         loop = asyncio.get_running_loop()
         host, port = self._target.host, self._target.port

@@ -58,13 +58,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as qe
-from aioquic.quic.connection import Limit, QuicConnection
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.quic.packet import QuicErrorCode
 
 from ..errors import PeerDisconnectedError, ProtocolError
 from ..wire.framing import FrameDecoder, encode_message
 from .base import Connected, EventQueue, Frame, Received
 from .lanes import Lane, LaneGate, LanePlanner, LaneSender, parse_reset_code, reset_code
+from .quic_connection import CreditedConnection, ServerConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -74,9 +74,6 @@ if TYPE_CHECKING:
 __all__ = [
     "QUICLink",
     "LinkOwner",
-    "CreditedConnection",
-    "ServerConnection",
-    "ReceiveCredit",
     "EVENT_OVERHEAD",
     "HIGH_WATER",
     "CLOSE_TIMEOUT",
@@ -123,83 +120,6 @@ class LinkOwner(Protocol):
         """``link`` terminated (after it was admitted, or not)."""
 
 
-class ReceiveCredit(Limit):
-    """The connection's MAX_DATA, raised only in step with what the Peer has taken.
-
-    aioquic doubles its receive limit once half of it is used, however much of what arrived
-    is still unread. Here each raise it asks for is clamped to ``delivered - unread +
-    window``: the remote may send at most ``window`` bytes beyond what aioquic delivered in
-    order (``delivered``; what arrived beyond a gap waits in aioquic's stream buffers and
-    counts against the window until the gap is filled) and was taken from the endpoint's
-    events (``unread`` counts what was not, with ``EVENT_OVERHEAD`` per message) or is held
-    elsewhere under its own bound (an unfinished message: ``max_frame_size`` per stream; a
-    message waiting for a barrier: ``lanes.MAX_HELD_SIZE``). A raise smaller than an eighth
-    of the window waits for more, so that MAX_DATA is not repeated in every packet.
-    """
-
-    def __init__(self, window: int) -> None:
-        super().__init__(frame_type=QuicFrameType.MAX_DATA, name="max_data", value=window)
-        self.window = window
-        #: Bytes of received messages the Peer has not taken yet (kept by the link).
-        self.unread = 0
-        #: Stream bytes aioquic has delivered in order (kept by the link).
-        self.delivered = 0
-
-    @property
-    def value(self) -> int:
-        """The limit granted (aioquic reads it to check what arrives, and to send it)."""
-        return self._value
-
-    @value.setter
-    def value(self, wanted: int) -> None:
-        if not hasattr(self, "_value"):  # Limit.__init__'s initial value
-            self._value = wanted
-            return
-        allowed = min(wanted, self.target())
-        if allowed >= self._value + self.window // 8:
-            self._value = allowed
-
-    def target(self) -> int:
-        """The highest limit the Peer's consumption allows now."""
-        return self.delivered - self.unread + self.window
-
-    def starved(self) -> bool:
-        """Whether a raise is due that no packet of ours may carry soon (the remote waits)."""
-        return self.target() >= self.sent + self.window // 2 and self.used * 2 > self._value
-
-
-class CreditedConnection(QuicConnection):
-    """An aioquic connection whose receive credit follows the Peer's consumption.
-
-    Args:
-        receive_window: Bytes the remote may send beyond what the Peer has taken.
-    """
-
-    def __init__(self, *, receive_window: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.credit = ReceiveCredit(receive_window)
-        # aioquic has no hook for its receive window; ReceiveCredit replaces its limit:
-        self._local_max_data = self.credit
-
-
-class ServerConnection(CreditedConnection):
-    """A server's QUIC connection that asks the client for its certificate."""
-
-    def __init__(self, *, request_certificate: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._request_certificate = request_certificate
-
-    def _initialize(self, peer_cid: bytes) -> None:
-        super()._initialize(peer_cid)
-        if self._request_certificate:  # aioquic's only switch for a CertificateRequest:
-            self.tls._request_client_certificate = True  # noqa: SLF001
-
-    def peer_certificate(self) -> tuple[Any, list[Any]]:
-        """The certificate the remote sent, and its chain (``None, []`` if none)."""
-        tls = self.tls
-        return tls._peer_certificate, list(tls._peer_certificate_chain)  # noqa: SLF001
-
-
 class QUICLink(QuicConnectionProtocol):
     """One QUIC connection of an endpoint; see the module doc.
 
@@ -224,6 +144,7 @@ class QUICLink(QuicConnectionProtocol):
     ) -> None:
         super().__init__(quic)
         self._credit = quic.credit
+        self._connection = quic
         if on_connection_id is not None:  # a bound endpoint routes datagrams by these ids
             self._connection_id_issued_handler = lambda cid: on_connection_id(cid, self)
             self._connection_id_retired_handler = lambda cid: on_connection_id(cid, None)
@@ -265,7 +186,7 @@ class QUICLink(QuicConnectionProtocol):
 
     def peer_certificate(self) -> tuple[Any, list[Any]]:
         """The remote's certificate and chain, as aioquic parsed them (``None, []``: none)."""
-        quic = self._quic
+        quic = self._connection
         return quic.peer_certificate() if isinstance(quic, ServerConnection) else (None, [])
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
@@ -298,6 +219,7 @@ class QUICLink(QuicConnectionProtocol):
             return
         self.admitted = True
         self.user_id = user_id
+        self._connection.expect_prompt_acks()
         self._events.offer(Connected(self.key, user_id=user_id))
 
     def _data(self, stream_id: int, data: bytes, end: bool) -> None:

@@ -41,7 +41,8 @@ from aioquic.quic.packet import (
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from .quic import CID_LENGTH, HANDSHAKE_TIMEOUT, MIN_INITIAL_SIZE, QUICEndpoint, server_identity
-from .quic_link import QUICLink, ServerConnection
+from .quic_connection import ServerConnection
+from .quic_link import QUICLink
 
 if TYPE_CHECKING:
     from aioquic.quic.configuration import QuicConfiguration
