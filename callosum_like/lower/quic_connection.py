@@ -1,28 +1,21 @@
 """aioquic's connection, with receive credit that follows the Peer, and a server's asks.
 
-Theory of operation: ``CreditedConnection`` is aioquic's ``QuicConnection`` with three
-changes ``lower.quic_link`` needs, each where aioquic has no public setting:
+Theory of operation: ``CreditedConnection`` is aioquic's ``QuicConnection`` with the changes
+``lower.quic_link`` needs, each where aioquic has no public setting:
 
 * its connection-level receive limit (MAX_DATA) is a ``ReceiveCredit``, which grows only as
   the Peer takes what arrived, not as it arrives (docs/quic.md, "Memory");
-* once the handshake is done, its probe timeouts allow the remote ``ACK_DELAY`` to
-  acknowledge (both ends are this transport, which acknowledges within about a
-  millisecond), instead of the 25 ms aioquic announces and waits for;
 * ``ServerConnection`` asks the client for a certificate, and hands over the one it sent.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from aioquic.quic.connection import Limit, QuicConnection
 from aioquic.quic.packet import QuicFrameType
 
-__all__ = ["ACK_DELAY", "CreditedConnection", "ReceiveCredit", "ServerConnection"]
-
-#: The ack delay our probe timeouts allow the remote (both ends run this transport, which
-#: acknowledges after aioquic's 1 ms, plus a loop iteration or two).
-ACK_DELAY: Final = 0.005
+__all__ = ["CreditedConnection", "ReceiveCredit", "ServerConnection"]
 
 
 class ReceiveCredit(Limit):
@@ -82,16 +75,6 @@ class CreditedConnection(QuicConnection):
         self.credit = ReceiveCredit(receive_window)
         # aioquic has no hook for its receive window; ReceiveCredit replaces its limit:
         self._local_max_data = self.credit
-
-    def expect_prompt_acks(self) -> None:
-        """Size loss recovery for a remote that acknowledges within ``ACK_DELAY``.
-
-        aioquic acknowledges after 1 ms, yet announces the protocol's default maximum ack
-        delay, 25 ms, which every probe timeout then waits for on top of the round trip: a
-        small call whose last packet is lost waited that much longer. Both ends are ours
-        (the ALPN says so), so the probe timeout assumes ``ACK_DELAY`` instead.
-        """
-        self._loss.max_ack_delay = ACK_DELAY  # no public setting in aioquic
 
 
 class ServerConnection(CreditedConnection):

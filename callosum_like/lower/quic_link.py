@@ -219,7 +219,6 @@ class QUICLink(QuicConnectionProtocol):
             return
         self.admitted = True
         self.user_id = user_id
-        self._connection.expect_prompt_acks()
         self._events.offer(Connected(self.key, user_id=user_id))
 
     def _data(self, stream_id: int, data: bytes, end: bool) -> None:
