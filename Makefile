@@ -12,12 +12,13 @@ install setup: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	@# The federation test and the network fault test bed (tests/net, docs/netbed.md) build
-	@# network namespaces with `ip` and `tc` (iproute2) and `nft` (nftables). A fresh CI machine
-	@# runs as root with Debian's tools only: install them there; anyone else goes on without.
-	@if { ! command -v ip || ! command -v tc || ! command -v nft; } >/dev/null 2>&1 \
+	@# network namespaces with `ip` and `tc` (iproute2) and `nft` (nftables); the lossy benchmark
+	@# turns the links' segmentation offloads off with `ethtool`. A fresh CI machine runs as root
+	@# with Debian's tools only: install them there; anyone else goes on without.
+	@if { ! command -v ip || ! command -v tc || ! command -v nft || ! command -v ethtool; } >/dev/null 2>&1 \
 		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables >/dev/null \
-		|| echo "could not install iproute2 and nftables: the network-namespace tests will be skipped"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables ethtool >/dev/null \
+		|| echo "could not install iproute2, nftables and ethtool: the network-namespace tests will be skipped"; \
 	fi
 	@# The console's test (tests/test_telemetry_console.py) drives a real headless chromium.
 	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -27,7 +27,13 @@ from callosum_like.lower.base import Received
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import decode, encode, pack_body
 
-from .conftest import PROXY_TRANSPORTS, PairFactory, bind_address, connect_address
+from .conftest import (
+    PROXY_TRANSPORTS,
+    PairFactory,
+    QUICTestTransport,
+    bind_address,
+    connect_address,
+)
 from .rawpeer import MAX, RawClient, gated_echo
 
 pytestmark = pytest.mark.timeout(60)
@@ -157,9 +163,13 @@ async def test_callers_tell_overload_apart_and_may_retry(make_pair: PairFactory)
 
 
 def slow_consumer_server(kind: str) -> cl.Peer:
-    """A server that drops a remote reading nothing for half a second (TCP), or with a
-    full pipe (ZeroMQ, which never waits)."""
-    transport = cl.TCPTransport(slow_remote_timeout=0.5) if kind == "tcp" else None
+    """A server that drops a remote reading nothing for half a second (TCP), with a full
+    pipe (ZeroMQ, which never waits), or with 256 KiB unacknowledged (QUIC)."""
+    transport: cl.Transport | None = None
+    if kind == "tcp":
+        transport = cl.TCPTransport(slow_remote_timeout=0.5)
+    elif kind == "quic":  # the remote's flow control holds our replies back
+        transport = QUICTestTransport(max_unsent_size=2**18)
     return cl.Peer(bind=bind_address(kind), transport=transport, max_pending=MAX_PENDING)
 
 
@@ -181,13 +191,13 @@ async def keep_calling(client: cl.Peer, until: Callable[[], bool]) -> int:
 #: hold HIGH_WATER_MARK batches of at most 16 KiB, about 32 MiB, each way (the flooding
 #: client's receiving pipe is in this process too): 64 MiB and room for the rest. A pipe
 #: ten times deeper grows it by over 300 MiB.
-SLOW_REMOTE_MEMORY = {"tcp": 32 * 2**20, "zeromq": 96 * 2**20}
+SLOW_REMOTE_MEMORY = {"tcp": 32 * 2**20, "quic": 32 * 2**20, "zeromq": 96 * 2**20}
 HAVE_PROC = os.path.exists("/proc/self/status")
 
 
-# Socket buffers. NATS's slow consumers: tests/test_nats_faults.py. Not QUIC: aioquic
-# acknowledges what arrives whether or not the Peer reads it (docs/quic.md, limits).
-@pytest.mark.transports(*PROXY_TRANSPORTS)
+# Socket buffers, and QUIC's flow control (its receive credit follows what the Peer takes).
+# NATS's slow consumers: tests/test_nats_faults.py.
+@pytest.mark.transports(*PROXY_TRANSPORTS, "quic")
 @pytest.mark.asyncio
 async def test_a_client_that_never_reads_is_dropped_and_others_are_served(
     transport_kind: str, peers: contextlib.AsyncExitStack, caplog: pytest.LogCaptureFixture
@@ -205,7 +215,14 @@ async def test_a_client_that_never_reads_is_dropped_and_others_are_served(
     good = await peers.enter_async_context(
         cl.Peer(connect=connect_address(server), identity="good")
     )
-    loris = await RawClient.connect(server, transport_kind)
+    if transport_kind == "quic":  # a small window: its credit is exhausted sooner
+        loris = RawClient(
+            await QUICTestTransport(receive_window=2**16).connect(
+                connect_address(server), max_frame_size=MAX
+            )
+        )
+    else:
+        loris = await RawClient.connect(server, transport_kind)
     try:
         await loris.handshake("loris")
         with measuring as grown:

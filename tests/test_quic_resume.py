@@ -22,6 +22,18 @@ from .conftest import QUICTestTransport, bind_address, connect_address
 pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio]
 
 
+class KeepingQUIC(QUICTestTransport):
+    """The test QUIC transport, keeping each connection it makes for the test to reach."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.connections: list[Connection] = []
+
+    async def connect(self, *args: Any, **kwargs: Any) -> Any:
+        self.connections.append(await super().connect(*args, **kwargs))
+        return self.connections[-1]
+
+
 async def test_calls_in_flight_complete_across_a_dropped_quic_connection(
     peers: contextlib.AsyncExitStack,
 ) -> None:
@@ -37,18 +49,13 @@ async def test_calls_in_flight_complete_across_a_dropped_quic_connection(
         cl.Peer(bind=bind_address("quic"), identity="server", resume_timeout=10, chunk_size=65536)
     )
     server.handle_function("held", held)
-    connections: list[Connection] = []
-
-    class Keeping(QUICTestTransport):
-        async def connect(self, *args: Any, **kwargs: Any) -> Any:
-            connections.append(await super().connect(*args, **kwargs))
-            return connections[-1]
-
+    keeping = KeepingQUIC()
+    connections = keeping.connections
     client = await peers.enter_async_context(
         cl.Peer(
             connect=connect_address(server),
             identity="agent-1",
-            transport=Keeping(),
+            transport=keeping,
             resume_timeout=10,
             chunk_size=65536,
         )

@@ -19,9 +19,11 @@ other ``Call``                                   its own lane (``("call", id)``)
                                                  carries its upload items
 ``UploadItem``/``UploadEnd`` of a call           the lane its ``Call`` took
 replies: ``Result``, ``Failure``, ``Error``,     the reply lane of that call (``("reply",
-``Cancelled``, ``StreamItem``, ``StreamEnd``     id)``), in order
+``StreamItem``, ``StreamEnd``                    id)``), in order
 ``Chunk``/``ChunkAbort``                         the lane of the message they are the body of
-``Hello``, ``Welcome``, ``Goodbye``, ``Cancel``  the control lane, as a **barrier** (below)
+``Hello``, ``Welcome``, ``Goodbye``, ``Cancel``  the control lane, as a **barrier** (below);
+and ``Cancelled``                                a ``Cancel`` resets the call's own lane, a
+                                                 ``Cancelled`` the call's reply lane
 everything else (pings, credits, acks,           the control lane
 announcements, numbered messages of a
 resumable session, anything unparsed)
@@ -30,9 +32,12 @@ resumable session, anything unparsed)
 A lane ends (the transport finishes its stream, which frees QUIC's stream credit) after its
 last message: a call's lane after its request when that has no chunks or upload items to
 follow, else after its last chunk (the transport counts the body's bytes against the size
-the head announced), its ``UploadEnd`` or its ``Cancel``; a reply lane after the final
-reply's last byte. Key lanes stay open (at most ``MAX_KEY_LANES``; the least recently used
-one is finished beyond that, and the next call of a key whose lane was finished is then sent as a
+the head announced) or its ``UploadEnd``; a reply lane after the final reply's last byte. A
+reset lane's stream is reset instead (its unsent data dropped) where every message on it was
+sent in the current epoch, with ``reset_code(epoch, count)`` as the error code, so that the
+receiver's ``LaneGate.lost`` counts the messages that never come; else it is finished. Key
+lanes stay open (at most ``MAX_KEY_LANES``; the least recently used one is finished beyond
+that, and the next call of a key whose lane was finished is then sent as a
 barrier, so that it cannot overtake the calls of its finished stream; the last
 ``MAX_EVICTED_KEYS`` such keys are remembered, and past that every new key is a barrier).
 
@@ -74,6 +79,8 @@ __all__ = [
     "MAX_HELD_SIZE",
     "STAMP_SIZE",
     "parse_stamp",
+    "reset_code",
+    "parse_reset_code",
 ]
 
 #: A lane's name: ``("control", None)``, ``("key", key)``, ``("call", id)``, ``("reply", id)``.
@@ -111,11 +118,15 @@ class Plan:
         lane: Its lane.
         barrier: Whether it is a barrier (see the module doc).
         last: Whether it is the last message of its lane (the stream is finished with it).
+        reset: A lane whose stream to reset before it is sent (a cancelled call's own lane,
+            the reply lane of a call answered ``Cancelled``): what it still holds unsent
+            is of no use.
     """
 
     lane: Lane
     barrier: bool = False
     last: bool = False
+    reset: Lane | None = None
 
 
 _CONTROL_PLAN: Final = Plan(CONTROL)
@@ -188,7 +199,9 @@ class LanePlanner:
         if not isinstance(ident, int) or isinstance(ident, bool):
             return Plan(CONTROL, barrier=kind in _BARRIERS), []
         if kind == K.CANCEL:
-            return Plan(CONTROL, barrier=True), self._cancelled(ident)
+            return Plan(CONTROL, barrier=True, reset=self._cancelled(("call", ident))), []
+        if kind == K.CANCELLED:
+            return Plan(CONTROL, barrier=True, reset=self._cancelled(("reply", ident))), []
         if kind == K.CALL:
             return self._call(header, ident, chunked)
         if kind in _REPLIES:
@@ -269,14 +282,14 @@ class LanePlanner:
             return Plan(lane, last=True)
         return Plan(lane)
 
-    def _cancelled(self, ident: int) -> list[Lane]:
-        """Our call ``ident`` is cancelled: its own lane (an upload's) ends, if still open."""
-        self._keyed_uploads.pop(ident, None)
-        lane: Lane = ("call", ident)
+    def _cancelled(self, lane: Lane) -> Lane:
+        """A call is cancelled: its ``lane`` (its upload's, or its replies') is to be reset."""
+        if lane[0] == "call":
+            self._keyed_uploads.pop(cast(int, lane[1]), None)
         for transfer_id in [t for t, v in self._transfers.items() if v.lane == lane]:
             del self._transfers[transfer_id]
         self._closing.discard(lane)
-        return [lane]
+        return lane
 
 
 class LaneSender:
@@ -285,6 +298,11 @@ class LaneSender:
     def __init__(self) -> None:
         self._epoch = 0  # barriers sent so far
         self._since = 0  # ordinary messages sent since the last barrier
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ordinary message belongs to (barriers sent so far)."""
+        return self._epoch
 
     def stamp(self, barrier: bool) -> bytes:
         """The stamp frame to send before a message (see the module doc)."""
@@ -311,6 +329,25 @@ def parse_stamp(frame: bytes | bytearray | memoryview) -> tuple[bool, int]:
     return tag == _BARRIER, number
 
 
+#: Bits of a reset's error code that count the stream's messages (the rest: their epoch).
+_RESET_COUNT_BITS: Final = 24
+
+
+def reset_code(epoch: int, count: int) -> int | None:
+    """The error code of a reset stream that held ``count`` messages, all of ``epoch``.
+
+    ``None``: too many to say (the stream is finished instead).
+    """
+    if count >> _RESET_COUNT_BITS or epoch >> (62 - _RESET_COUNT_BITS):
+        return None
+    return epoch << _RESET_COUNT_BITS | count
+
+
+def parse_reset_code(code: int) -> tuple[int, int]:
+    """``(epoch, count)`` from a reset stream's error code (see ``reset_code``)."""
+    return code >> _RESET_COUNT_BITS, code & ((1 << _RESET_COUNT_BITS) - 1)
+
+
 Message: TypeAlias = list[bytes | bytearray | memoryview]
 
 
@@ -330,6 +367,7 @@ class LaneGate:
         self._held: dict[int, list[Message]] = {}
         self._held_size = 0
         self._max_held_size = max_held_size
+        self._lost: dict[int, int] = {}  # epoch -> its messages on reset streams
 
     @property
     def held(self) -> int:
@@ -357,6 +395,24 @@ class LaneGate:
         self._hold(frames)
         return []
 
+    def lost(self, epoch: int, count: int) -> list[Message]:
+        """``count`` ordinary messages of ``epoch`` will never come (their stream was reset).
+
+        Returns what that releases.
+
+        Raises:
+            ProtocolError: Messages of an epoch already closed are said to be lost.
+        """
+        if count <= 0:
+            return []
+        if epoch < self._epoch:
+            raise ProtocolError(f"{count} messages of closed epoch {epoch} reset")
+        if epoch > self._epoch:
+            self._lost[epoch] = self._lost.get(epoch, 0) + count
+            return []
+        self._count += count
+        return self._advance([])
+
     def _hold(self, frames: Message) -> None:
         self._held_size += sum(map(len, frames))
         if self._held_size > self._max_held_size:
@@ -378,5 +434,5 @@ class LaneGate:
             for message in released:
                 self._held_size -= sum(map(len, message))
                 out.append(message)
-            self._count = len(released)
+            self._count = len(released) + self._lost.pop(self._epoch, 0)
         return out

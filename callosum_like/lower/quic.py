@@ -27,8 +27,14 @@ connection that ends otherwise (idle timeout, the server's close) is reported
 ``Disconnected`` and re-established with backoff, as the TCP transport does.
 
 Heartbeats: QUIC's ``idle_timeout`` closes a connection that hears nothing for that long; the
-Peer's own pings keep a live link busy, so set ``idle_timeout`` at least to the Peer's
-``heartbeat_timeout`` (the default, 30 s, suits the Peer's defaults).
+Peer's own pings keep a live link busy, so set ``idle_timeout`` above the Peer's
+``heartbeat_timeout`` (the default, 30 s, suits the Peer's defaults). It is not derived from
+them: ``Transport.bind``/``connect`` do not carry the Peer's heartbeat settings
+(docs/quic.md, "Heartbeats and the idle timeout").
+
+Memory: a Peer that stops reading holds at most ``receive_window`` bytes of unread messages
+per connection (``lower.quic_connection.ReceiveCredit``), beside one unfinished message per
+stream.
 
 aioquic is optional: ``QUICTransport()`` raises ``ImportError`` naming the ``quic`` extra
 when it is missing.
@@ -56,6 +62,7 @@ from .base import (
     Disconnected,
     EventQueue,
     Frame,
+    Received,
     Transport,
     TransportEvent,
     check_reconnect_intervals,
@@ -95,6 +102,10 @@ DEFAULT_MAX_DATAGRAM_SIZE: Final = 1350
 MIN_INITIAL_SIZE: Final = 1200
 #: Connection ids we issue are this long (aioquic's default).
 CID_LENGTH: Final = 8
+#: The smallest ``receive_window``.
+MIN_RECEIVE_WINDOW: Final = 64 * 1024
+#: Bytes a remote may send beyond what the Peer has taken (``receive_window``'s default).
+DEFAULT_RECEIVE_WINDOW: Final = 8 * 1024 * 1024
 
 
 def _need_aioquic() -> None:
@@ -131,6 +142,13 @@ class QUICTransport(Transport):
         max_datagram_size: The largest UDP payload sent (default 1350, which fits the
             usual 1500-byte paths with room for tunnels; 1200 fits every QUIC path; larger
             values move bulk faster where the path allows).
+        receive_window: Bytes a remote may send beyond what this Peer has taken from the
+            connection (default 8 MiB, at least 64 KiB): QUIC's connection-level flow
+            control grants credit only as the Peer consumes, so a Peer that stops reading
+            holds at most this much of received messages per connection (plus, as on
+            every transport, one unfinished message per stream, bounded by
+            ``max_body_size``). Raise it for bulk over paths whose bandwidth-delay
+            product is larger.
 
     Raises:
         ImportError: aioquic is not installed.
@@ -154,6 +172,7 @@ class QUICTransport(Transport):
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         max_unsent_size: int | None = None,
         max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE,
+        receive_window: int = DEFAULT_RECEIVE_WINDOW,
     ) -> None:
         _need_aioquic()
         self._certfile = _check_file(certfile, "certfile")
@@ -184,17 +203,26 @@ class QUICTransport(Transport):
         if not MIN_INITIAL_SIZE <= max_datagram_size <= 65527:
             raise ValueError(f"max_datagram_size must be in 1200..65527, got {max_datagram_size}")
         self._max_datagram_size = max_datagram_size
+        if not isinstance(receive_window, int) or isinstance(receive_window, bool):
+            raise TypeError("receive_window must be an int")
+        if receive_window < MIN_RECEIVE_WINDOW:
+            raise ValueError(
+                f"receive_window must be at least {MIN_RECEIVE_WINDOW}, got {receive_window}"
+            )
+        self.receive_window = receive_window
 
     def _configuration(self, *, client: bool, max_frame_size: int) -> QuicConfiguration:
         from aioquic.quic.configuration import QuicConfiguration
 
-        window = max(4 * 1024 * 1024, 2 * max_frame_size)
+        # a stream must take a whole message: the Peer cannot consume half of one; the
+        # connection's credit follows the Peer's consumption (quic_link.ReceiveCredit)
+        stream_window = max(4 * 1024 * 1024, 2 * max_frame_size)
         config = QuicConfiguration(
             is_client=client,
             alpn_protocols=[ALPN],
             idle_timeout=self._idle_timeout,
-            max_data=4 * window,
-            max_stream_data=window,
+            max_data=self.receive_window,
+            max_stream_data=stream_window,
             connection_id_length=CID_LENGTH,
             server_name=self._server_hostname,
             max_datagram_size=self._max_datagram_size,
@@ -245,6 +273,7 @@ class QUICTransport(Transport):
             retry=self._retry,
             max_handshakes=self._max_handshakes,
             max_unsent_size=self._max_unsent_size or max(MIN_UNSENT_SIZE, 4 * max_frame_size),
+            receive_window=self.receive_window,
         )
         await server.start(addr)
         return server
@@ -316,11 +345,16 @@ class QUICEndpoint(Connection):
             self.events.offer(AuthFailed(f"the QUIC server refused us: {reason}"))
         if self.links.get(link.key) is link:
             del self.links[link.key]
-            self.events.offer(Disconnected(link.key, reason))
+            self.events.offer(Disconnected(link.key, reason, slow=link.slow))
 
     async def receive(self) -> TransportEvent:
-        """See ``Connection.receive``."""
-        return await self.events.get()
+        """See ``Connection.receive``: what is taken is credit for its link's remote again."""
+        event = await self.events.get()
+        if isinstance(event, Received):
+            link = self.links.get(event.peer)
+            if link is not None:
+                link.taken(event)
+        return event
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
         """See ``Connection.send``."""
@@ -371,8 +405,7 @@ class _QUICClient(QUICEndpoint):
         self.reconnects = transport._reconnect  # noqa: SLF001 - our own transport's option
 
     async def _open(self) -> QUICLink:
-        from aioquic.quic.connection import QuicConnection
-
+        from .quic_connection import CreditedConnection
         from .quic_link import QUICLink
 
         loop = asyncio.get_running_loop()
@@ -384,7 +417,10 @@ class _QUICClient(QUICEndpoint):
         )
         if config.server_name is None:
             config.server_name = host
-        quic = QuicConnection(configuration=config)
+        quic = CreditedConnection(
+            configuration=config,
+            receive_window=self._transport.receive_window,
+        )
         link = QUICLink(quic, owner=self, key=CONNECTED_KEY, waits=True, max_unsent_size=0)
         wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
         sock, _ = await loop.create_datagram_endpoint(lambda: link, local_addr=(wildcard, 0))

@@ -18,23 +18,34 @@ where one is required, or that does not verify, or whose identity the hook refus
 the connection with ``CERTIFICATE_REFUSED`` before anything the client sent is delivered; the
 client reports ``AuthFailed``.
 
-Bad input costs one connection: a stream that breaks the framing (a frame over
-``max_frame_size``), a bad stamp, a reset stream (messages on it would be lost, so the
-barrier counts could no longer hold): the connection is closed with ``PROTOCOL_VIOLATION``,
-the loss counted once in ``dropped`` and logged once.
+A cancellation resets a stream (``_reset_lane``; the planner says which): the reset's error
+code counts the stream's messages (``lanes.reset_code``), and the receiving side (``_reset``)
+counts those that never came as delivered for the barrier after them, drops the stream's
+unfinished message, and takes the stream's final size back into its credit.
 
-Flow: aioquic buffers what we send until it is acknowledged. A *connected* endpoint's sender
-waits (``drain``) while more than ``HIGH_WATER`` bytes are unacknowledged, until under a
-quarter of it; a *bound* endpoint never waits for one remote (as TCP's: the remote might be
-waiting for us), and drops a remote with more than ``max_unsent_size`` unacknowledged.
+Bad input costs one connection: a stream that breaks the framing (a frame over
+``max_frame_size``), a bad stamp, a reset whose count contradicts what arrived: the
+connection is closed with ``PROTOCOL_VIOLATION``, the loss counted once in ``dropped`` and
+logged once.
+
+Flow, receiving: the connection's receive credit (MAX_DATA) follows what the endpoint's
+``receive()`` has taken (``ReceiveCredit``; ``taken`` returns a message's bytes), so a Peer
+that does not read holds at most ``receive_window`` bytes of unread messages per connection.
+
+Flow, sending: aioquic buffers what we send until it is acknowledged. A *connected*
+endpoint's sender waits (``drain``) while more than ``HIGH_WATER`` bytes are unacknowledged,
+until under a quarter of it; a *bound* endpoint never waits for one remote (as TCP's: the
+remote might be waiting for us), and drops a remote with more than ``max_unsent_size``
+unacknowledged (its open streams counted too: ``STREAM_OVERHEAD``).
 
 Closing: ``shut()`` finishes every open lane, waits (at most ``CLOSE_TIMEOUT``) until the
 remote has acknowledged everything sent, so that our last messages (a Peer's last replies
 and its Goodbye) are not cut off, then closes the connection.
 
-aioquic has no public API for three things this needs; each is one marked line here: the
-bytes a stream holds unacknowledged, whether the remote has taken everything, and asking a
-client for its certificate (and reading the one it sent).
+aioquic has no public API for four things this needs; each is marked here: the bytes a
+stream holds unacknowledged, whether the remote has taken everything, asking a client for
+its certificate (and reading the one it sent), its connection-level receive limit, and a
+reset stream's final size.
 """
 
 from __future__ import annotations
@@ -42,17 +53,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as qe
-from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode
 
 from ..errors import PeerDisconnectedError, ProtocolError
 from ..wire.framing import FrameDecoder, encode_message
 from .base import Connected, EventQueue, Frame, Received
-from .lanes import Lane, LaneGate, LanePlanner, LaneSender
+from .lanes import Lane, LaneGate, LanePlanner, LaneSender, parse_reset_code, reset_code
+from .quic_connection import CreditedConnection, ServerConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -62,7 +74,7 @@ if TYPE_CHECKING:
 __all__ = [
     "QUICLink",
     "LinkOwner",
-    "ServerConnection",
+    "EVENT_OVERHEAD",
     "HIGH_WATER",
     "CLOSE_TIMEOUT",
     "CERTIFICATE_REFUSED",
@@ -84,6 +96,13 @@ SILENT_REMOTE: Final = 1.0
 CERTIFICATE_REFUSED: Final = 0x1001
 #: The application error code of a connection closed for breaking our framing or stamps.
 PROTOCOL_VIOLATION: Final = 0x1002
+#: Call and reply lanes whose streams are remembered, so that a cancellation can reset them.
+MAX_MARKED_LANES: Final = 1024
+#: Bytes an open stream costs aioquic (its objects), counted with its unacknowledged data.
+STREAM_OVERHEAD: Final = 1536
+#: Bytes a received message is counted for beyond its frames (its event, its list), so that
+#: many small unread messages are bounded too.
+EVENT_OVERHEAD: Final = 256
 
 
 class LinkOwner(Protocol):
@@ -101,24 +120,6 @@ class LinkOwner(Protocol):
         """``link`` terminated (after it was admitted, or not)."""
 
 
-class ServerConnection(QuicConnection):
-    """A server's QUIC connection that asks the client for its certificate."""
-
-    def __init__(self, *, request_certificate: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._request_certificate = request_certificate
-
-    def _initialize(self, peer_cid: bytes) -> None:
-        super()._initialize(peer_cid)
-        if self._request_certificate:  # aioquic's only switch for a CertificateRequest:
-            self.tls._request_client_certificate = True  # noqa: SLF001
-
-    def peer_certificate(self) -> tuple[Any, list[Any]]:
-        """The certificate the remote sent, and its chain (``None, []`` if none)."""
-        tls = self.tls
-        return tls._peer_certificate, list(tls._peer_certificate_chain)  # noqa: SLF001
-
-
 class QUICLink(QuicConnectionProtocol):
     """One QUIC connection of an endpoint; see the module doc.
 
@@ -133,7 +134,7 @@ class QUICLink(QuicConnectionProtocol):
 
     def __init__(
         self,
-        quic: QuicConnection,
+        quic: CreditedConnection,
         *,
         owner: LinkOwner,
         key: bytes,
@@ -142,6 +143,8 @@ class QUICLink(QuicConnectionProtocol):
         on_connection_id: Callable[[bytes, QUICLink | None], None] | None = None,
     ) -> None:
         super().__init__(quic)
+        self._credit = quic.credit
+        self._connection = quic
         if on_connection_id is not None:  # a bound endpoint routes datagrams by these ids
             self._connection_id_issued_handler = lambda cid: on_connection_id(cid, self)
             self._connection_id_retired_handler = lambda cid: on_connection_id(cid, None)
@@ -155,7 +158,11 @@ class QUICLink(QuicConnectionProtocol):
         self._lanes: dict[Lane, int] = {}
         self._decoders: dict[int, FrameDecoder] = {}
         self._partial: dict[int, int] = {}  # stream id -> bytes of its unfinished message
+        self._arrived: dict[int, list[int]] = {}  # stream id -> [messages, bytes] it gave
+        # call and reply lanes -> (stream id, epoch of its first message, messages on it)
+        self._marks: OrderedDict[Lane, tuple[int, int, int]] = OrderedDict()
         self._partial_total = 0
+        self._unread: deque[tuple[Received, int]] = deque()  # offered, not yet taken
         self._events = owner.events
         #: Admitted: the handshake is complete and the identity accepted; messages flow.
         self.admitted = False
@@ -167,6 +174,8 @@ class QUICLink(QuicConnectionProtocol):
         #: Resolved once the connection has terminated.
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.user_id: str | None = None
+        #: Whether we dropped the remote for not taking what we sent (``max_unsent_size``).
+        self.slow = False
         #: The QUIC error code the connection terminated with, once it has.
         self.error_code: int | None = None
 
@@ -177,7 +186,7 @@ class QUICLink(QuicConnectionProtocol):
 
     def peer_certificate(self) -> tuple[Any, list[Any]]:
         """The remote's certificate and chain, as aioquic parsed them (``None, []``: none)."""
-        quic = self._quic
+        quic = self._connection
         return quic.peer_certificate() if isinstance(quic, ServerConnection) else (None, [])
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
@@ -197,7 +206,7 @@ class QUICLink(QuicConnectionProtocol):
         elif isinstance(event, qe.ConnectionTerminated):
             self._terminated(event)
         elif isinstance(event, qe.StreamReset) and self.admitted:
-            self.violation(f"the remote reset stream {event.stream_id}")
+            self._reset(event.stream_id, event.error_code)
 
     def _handshake_done(self) -> None:
         self.handshaken = True
@@ -216,21 +225,74 @@ class QUICLink(QuicConnectionProtocol):
         decoder = self._decoders.get(stream_id)
         if decoder is None:
             decoder = self._decoders[stream_id] = FrameDecoder(self._owner.max_frame_size)
+        self._credit.delivered += len(data)
+        arrived = self._arrived.setdefault(stream_id, [0, 0])
+        arrived[1] += len(data)
         try:
             messages = decoder.feed(data) if data else []
+            arrived[0] += len(messages)
             self._count_partial(stream_id, 0 if end else decoder.buffered)
             for frames in messages:
                 if len(frames) < 2:
                     raise ProtocolError("a message without a stamp and frames")
                 for released in self._gate.arrive(frames[0], frames[1:]):
-                    self._events.offer(Received(self.key, released))
+                    self._offer(released)
         except ProtocolError as exc:
             self.violation(str(exc))
             return
         if end:
             del self._decoders[stream_id]
+            self._arrived.pop(stream_id, None)
             if decoder.buffered:
                 self.violation(f"stream {stream_id} ended {decoder.buffered} bytes into a message")
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        """The remote reset a stream (its call was cancelled): what did not arrive is lost.
+
+        Its error code says how many messages it held and of which epoch (``reset_code``),
+        so that the barrier after them does not wait for them; its unfinished message is
+        dropped; and the bytes aioquic counted for it but never delivered are credit again.
+        """
+        epoch, count = parse_reset_code(code)
+        messages, size = self._arrived.pop(stream_id, [0, 0])
+        self._decoders.pop(stream_id, None)
+        self._count_partial(stream_id, 0)
+        stream = self._quic._streams.get(stream_id)  # noqa: SLF001 - its final size
+        if stream is not None:
+            self._credit.delivered += max(0, stream.receiver.highest_offset - size)
+        if count < messages:
+            self.violation(f"stream {stream_id} reset as {count} messages, {messages} came")
+            return
+        try:
+            released = self._gate.lost(epoch, count - messages)
+        except ProtocolError as exc:
+            self.violation(str(exc))
+            return
+        for frames in released:
+            self._offer(frames)
+
+    def _offer(self, frames: list[Any]) -> None:
+        event = Received(self.key, frames)
+        size = EVENT_OVERHEAD + sum(map(len, frames))
+        self._unread.append((event, size))
+        self._credit.unread += size
+        self._events.offer(event)
+
+    @property
+    def unread(self) -> int:
+        """Bytes of messages delivered to the events that the Peer has not taken yet."""
+        return self._credit.unread
+
+    def taken(self, event: Received) -> None:
+        """The endpoint's ``receive()`` handed ``event`` over: its bytes are credit again."""
+        unread = self._unread
+        if not unread or unread[0][0] is not event:
+            return  # an event of an earlier connection with the same key
+        _, size = unread.popleft()
+        credit = self._credit
+        credit.unread -= size
+        if credit.starved() and self._ended is None:
+            self.transmit()  # the remote may be waiting for this credit
 
     def _count_partial(self, stream_id: int, buffered: int) -> None:
         """Track the bytes held for incomplete messages over all streams; bound them.
@@ -291,10 +353,7 @@ class QUICLink(QuicConnectionProtocol):
             )
         plan, ended = self._planner.plan(frames)
         quic = self._quic
-        for lane in ended:
-            stream_id = self._lanes.pop(lane, None)
-            if stream_id is not None:
-                quic.send_stream_data(stream_id, b"", end_stream=True)
+        self._end_lanes(plan.reset, ended)
         stream_id = self._lanes.get(plan.lane)
         if stream_id is None:
             stream_id = quic.get_next_available_stream_id(is_unidirectional=True)
@@ -302,18 +361,49 @@ class QUICLink(QuicConnectionProtocol):
                 self._lanes[plan.lane] = stream_id
         elif plan.last:
             del self._lanes[plan.lane]
+        if not plan.barrier and plan.lane[0] in ("call", "reply"):
+            self._mark(plan.lane, stream_id)
         stamp = self._stamps.stamp(plan.barrier)
         quic.send_stream_data(stream_id, b"".join(encode_message([stamp, *frames])), plan.last)
         self._transmit_soon()
         unacked = self.unacked()
-        if unacked <= HIGH_WATER:
-            return False
-        if not self._waits:
-            if unacked > self._max_unsent_size:
-                self.violation(f"{unacked} bytes unacknowledged, over max_unsent_size")
-                raise PeerDisconnectedError("the remote was dropped: too slow a consumer")
-            return False
-        return True
+        if self._waits:
+            return unacked > HIGH_WATER
+        if unacked > self._max_unsent_size:
+            self.slow = True  # its credit, or its acknowledgements, did not come
+            self.violation(f"{unacked} bytes unacknowledged, over max_unsent_size")
+            raise PeerDisconnectedError("the remote was dropped: too slow a consumer")
+        return False
+
+    def _end_lanes(self, reset: Lane | None, ended: list[Lane]) -> None:
+        if reset is not None:
+            self._reset_lane(reset)
+        for lane in ended:
+            stream_id = self._lanes.pop(lane, None)
+            if stream_id is not None:
+                self._quic.send_stream_data(stream_id, b"", end_stream=True)
+
+    def _mark(self, lane: Lane, stream_id: int) -> None:
+        """Note one more message on ``lane``'s stream, for ``_reset_lane``."""
+        marks, epoch = self._marks, self._stamps.epoch
+        sid, first, count = marks.pop(lane, (stream_id, epoch, 0))
+        marks[lane] = (stream_id, first, count + 1) if sid == stream_id else (stream_id, epoch, 1)
+        if len(marks) > MAX_MARKED_LANES:
+            marks.popitem(last=False)
+
+    def _reset_lane(self, lane: Lane) -> None:
+        """Reset ``lane``'s stream: its unsent data is dropped, its credit freed.
+
+        Only where every message on it belongs to the current epoch (the receiver can then
+        account for the ones that never come; ``reset_code``); else it is just finished.
+        """
+        open_id = self._lanes.pop(lane, None)
+        stream_id, first, count = self._marks.pop(lane, (open_id, -1, 0))
+        code = reset_code(first, count) if first == self._stamps.epoch else None
+        if stream_id is not None and code is not None:
+            self._quic.reset_stream(stream_id, code)
+        elif open_id is not None:
+            self._quic.send_stream_data(open_id, b"", end_stream=True)
 
     async def drain(self) -> None:
         """Wait until under a quarter of ``HIGH_WATER`` is unacknowledged."""
@@ -336,9 +426,13 @@ class QUICLink(QuicConnectionProtocol):
                     waiter.set_result(None)
 
     def unacked(self) -> int:
-        """Bytes we sent that the remote has not acknowledged yet."""
+        """Bytes we sent (or hold to send) that the remote has not acknowledged yet.
+
+        Each stream counts ``STREAM_OVERHEAD`` too: a remote that withholds its credit
+        makes us hold many small replies' streams.
+        """
         streams = self._quic._streams.values()  # noqa: SLF001 - aioquic has no public count
-        return sum(len(s.sender._buffer) for s in streams)  # noqa: SLF001
+        return sum(len(s.sender._buffer) + STREAM_OVERHEAD for s in streams)  # noqa: SLF001
 
     def _everything_acknowledged(self) -> bool:
         own = int(not self._quic.configuration.is_client)  # the low bit of our stream ids

@@ -41,7 +41,8 @@ from aioquic.quic.packet import (
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from .quic import CID_LENGTH, HANDSHAKE_TIMEOUT, MIN_INITIAL_SIZE, QUICEndpoint, server_identity
-from .quic_link import QUICLink, ServerConnection
+from .quic_connection import ServerConnection
+from .quic_link import QUICLink
 
 if TYPE_CHECKING:
     from aioquic.quic.configuration import QuicConfiguration
@@ -73,6 +74,7 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         retry: Whether new clients prove their address with a Retry first.
         max_handshakes: Handshakes in progress at once.
         max_unsent_size: Unacknowledged bytes past which a remote is dropped.
+        receive_window: Bytes a remote may send beyond what the Peer has taken.
     """
 
     def __init__(
@@ -85,8 +87,10 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
         retry: bool,
         max_handshakes: int,
         max_unsent_size: int,
+        receive_window: int,
     ) -> None:
         super().__init__(bound=True, max_frame_size=max_frame_size)
+        self._receive_window = receive_window
         self._config = configuration
         self._cafile = cafile
         self._hook = identity_hook
@@ -195,6 +199,7 @@ class QUICServer(QUICEndpoint, asyncio.DatagramProtocol):
             configuration=self._config,
             original_destination_connection_id=original,
             retry_source_connection_id=retry_cid,
+            receive_window=self._receive_window,
         )
         link = QUICLink(
             quic,

@@ -71,7 +71,7 @@ def test_each_host_has_its_own_subnet_with_the_router_first() -> None:
 def test_loss_is_a_random_drop_at_an_ingress_in_steps_of_a_hundredth_percent() -> None:
     script = plan.loss_ruleset("b", "eth0", 12.34)
     assert 'hook ingress device "eth0"' in script
-    assert "numgen random mod 10000 < 1234 drop" in script
+    assert "numgen random mod 10000 < 1234 counter drop" in script
     assert script.startswith("table netdev netbed_loss_b\ndelete table netdev netbed_loss_b\n")
     assert plan.loss_ruleset("b", "eth0", 0).count("{") == 0  # 0 %: the table is only removed
 

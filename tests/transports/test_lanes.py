@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callosum_like.errors import ProtocolError
-from callosum_like.lower.lanes import CONTROL, LaneGate, LanePlanner, LaneSender
+from callosum_like.lower.lanes import (
+    CONTROL,
+    LaneGate,
+    LanePlanner,
+    LaneSender,
+    parse_reset_code,
+    parse_stamp,
+    reset_code,
+)
 from callosum_like.wire import messages as m
 from callosum_like.wire.codec import encode, encode_head, pack_body
 
@@ -79,12 +87,53 @@ def test_a_chunked_body_follows_its_head_and_ends_the_lane_with_its_last_byte() 
     assert (last.lane, last.last) == (("reply", 9), True)
 
 
-def test_a_cancelled_upload_ends_its_lane() -> None:
+def test_a_cancelled_upload_resets_its_lane() -> None:
     planner = LanePlanner()
     planner.plan(encode(m.Call(id=5, method="x", upload=True)))
     p, ended = planner.plan(encode(m.Cancel(id=5)))
-    assert p.barrier
-    assert ended == [("call", 5)]
+    assert (p.lane, p.barrier, p.reset, ended) == (CONTROL, True, ("call", 5), [])
+
+
+def test_cancelled_is_a_barrier_on_the_control_lane_that_resets_the_replies() -> None:
+    planner = LanePlanner()
+    assert planner.plan(encode(m.StreamItem(id=7, body=b"x")))[0].lane == ("reply", 7)
+    p, _ = planner.plan(encode(m.Cancelled(id=7)))
+    assert (p.lane, p.barrier, p.reset) == (CONTROL, True, ("reply", 7))
+
+
+@given(st.integers(0, 2**38 - 1), st.integers(0, 2**24 - 1))
+def test_a_reset_code_says_its_epoch_and_count(epoch: int, count: int) -> None:
+    code = reset_code(epoch, count)
+    assert code is not None
+    assert code < 2**62
+    assert parse_reset_code(code) == (epoch, count)
+    assert reset_code(epoch, 2**24) is None
+
+
+def test_messages_lost_on_a_reset_stream_let_their_barrier_pass() -> None:
+    sender, gate = LaneSender(), LaneGate()
+    kept = [b"kept"]
+    assert gate.arrive(sender.stamp(False), kept) == [kept]
+    sender.stamp(False)  # sent on a stream that is then reset: it never arrives
+    lost_later = sender.stamp(False)
+    cancel = [b"cancel"]
+    assert gate.arrive(sender.stamp(True), cancel) == []  # waits for two more
+    after = [b"after"]
+    assert gate.arrive(sender.stamp(False), after) == []
+    assert gate.lost(0, 2) == [cancel, after]
+    with pytest.raises(ProtocolError):
+        gate.lost(0, 1)  # epoch 0 is closed
+    assert parse_stamp(lost_later) == (False, 0)
+
+
+def test_messages_lost_in_a_later_epoch_count_once_it_opens() -> None:
+    sender, gate = LaneSender(), LaneGate()
+    first = sender.stamp(True)
+    sender.stamp(False)  # epoch 1, on a reset stream
+    second = sender.stamp(True)
+    assert gate.lost(1, 1) == []  # before its epoch opened (the control lane is late)
+    assert gate.arrive(first, [b"1"]) == [[b"1"]]
+    assert gate.arrive(second, [b"2"]) == [[b"2"]]  # not waiting for the lost one
 
 
 def test_a_key_whose_lane_was_pushed_out_comes_back_as_a_barrier() -> None:

@@ -246,9 +246,14 @@ async def _head_of_line(client: EchoClient, workload: Workload, window: Window) 
     latencies: list[float] = []
     clock = time.perf_counter
 
+    big_calls = 0
+
     async def bigs() -> None:
-        for _ in range(workload.big_calls):
+        nonlocal big_calls
+        until = clock() + workload.big_seconds
+        while big_calls < workload.big_calls or clock() < until:
             await client.echo(big)
+            big_calls += 1
         done.set()
 
     async def smalls() -> None:
@@ -261,13 +266,13 @@ async def _head_of_line(client: EchoClient, workload: Workload, window: Window) 
     async with asyncio.TaskGroup() as group:
         group.create_task(bigs())
         group.create_task(smalls())
-    figures = window.stop(len(latencies) + workload.big_calls)
-    big_rate = _rates(workload.big_calls, workload.big_size, figures["seconds"])["mb_per_s"]
+    figures = window.stop(len(latencies) + big_calls)
+    big_rate = _rates(big_calls, workload.big_size, figures["seconds"])["mb_per_s"]
     return {
         **figures,
         **latency_figures(latencies),
         "small_calls": len(latencies),
-        "big_calls": workload.big_calls,
+        "big_calls": big_calls,
         "big_mb_per_s": big_rate,
     }
 

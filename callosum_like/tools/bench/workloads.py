@@ -43,6 +43,9 @@ class Workload:
         in_flight: Calls kept in flight (``concurrent``).
         big_size: Bytes of the big bodies echoed alongside (``head_of_line``).
         big_calls: Big echoes made (``head_of_line``).
+        big_seconds: ``head_of_line``: go on making big echoes, one after the other, until
+            this many seconds have passed (so that a fast transport measures as many small
+            calls as a slow one); 0: just ``big_calls``.
         stream_size: Bytes streamed (``stream``).
         chunk_size: Bytes in each streamed chunk (``stream``).
         agents: Connecting peers around the bound one (fleet workloads; 0 for the others).
@@ -60,6 +63,7 @@ class Workload:
     in_flight: int = 1
     big_size: int = 0
     big_calls: int = 0
+    big_seconds: float = 0.0
     stream_size: int = 0
     chunk_size: int = MiB
     agents: int = 0

@@ -236,6 +236,61 @@ class NetBed:
                 script = plan.loss_ruleset(host, device, percent)
                 await run("ip", "netns", "exec", namespace, "nft", "-f", "-", stdin=script)
 
+    async def loss_counters(self, host: str) -> dict[str, list[int]]:
+        """``{direction: [packets seen, packets dropped]}`` by ``host``'s loss rules so far.
+
+        ``in`` is towards the host, ``out`` from it; a direction without loss is left out.
+        With segmentation offloads on, one "packet" may be a 64 KiB super-segment.
+
+        Raises:
+            ValueError: An unknown host.
+        """
+        where = {
+            "in": self.namespace(host),
+            "out": self.router,
+        }
+        self._router_end(host)
+        counters: dict[str, list[int]] = {}
+        for side, namespace in where.items():
+            try:
+                listing = await run("ip", "netns", "exec", namespace, "nft", "-j", "list",
+                                    "table", "netdev", plan.loss_table(host))  # fmt: skip
+            except NetBedError:
+                continue  # no loss in that direction
+            found = [
+                item["counter"]["packets"]
+                for rule in json.loads(listing)["nftables"]
+                if "rule" in rule
+                for item in rule["rule"]["expr"]
+                if "counter" in item
+            ]
+            if len(found) == 2:
+                counters[side] = found
+        return counters
+
+    async def offloads(self, host: str, enabled: bool) -> None:
+        """Turn segmentation offloads (TSO, GSO, GRO) on ``host``'s link on or off.
+
+        With them on (the kernel's default), TCP crosses a veth link in super-segments of up
+        to 64 KiB, and ``loss`` drops a whole one at a time: far fewer losses for TCP than
+        for the same percentage of single packets. Off, every packet is one wire-sized
+        segment and is dropped on its own. Needs ``ethtool``.
+
+        Raises:
+            ValueError: An unknown host.
+            NetBedError: ``ethtool`` is missing or refused.
+        """
+        if shutil.which("ethtool") is None:
+            raise NetBedError("offloads() needs ethtool (apt-get install ethtool)")
+        state = "on" if enabled else "off"
+        ends = [
+            (self.namespace(host), plan.HOST_INTERFACE),
+            (self.router, self._router_end(host)),
+        ]
+        for namespace, device in ends:
+            await run("ip", "netns", "exec", namespace, "ethtool", "-K", device,
+                      "tso", state, "gso", state, "gro", state)  # fmt: skip
+
     async def bandwidth(self, host: str, bits_per_second: int | None) -> None:
         """Cap ``host``'s link at ``bits_per_second`` in each direction (``None`` lifts it).
 

@@ -169,7 +169,7 @@ def loss_ruleset(host: str, device: str, percent: float) -> str:
     """An ``nft -f`` script that makes ``device`` drop ``percent`` % of what it receives.
 
     It replaces the table of an earlier call; at 0 % it only removes it. The drop rate is
-    set in steps of 0.01 %.
+    set in steps of 0.01 %. Two counters: every packet the rule sees, and those it drops.
     """
     table = loss_table(host)
     script = f"table netdev {table}\ndelete table netdev {table}\n"
@@ -178,7 +178,7 @@ def loss_ruleset(host: str, device: str, percent: float) -> str:
         script += (
             f"table netdev {table} {{\n"
             f'  chain lose {{ type filter hook ingress device "{device}" priority 0; '
-            f"policy accept; numgen random mod 10000 < {threshold} drop; }}\n"
+            f"policy accept; counter; numgen random mod 10000 < {threshold} counter drop; }}\n"
             "}\n"
         )
     return script
