@@ -240,6 +240,9 @@ async def test_a_server_that_hung_is_found_again_after_the_heartbeat_gave_up(
         server.kill()
 
 
+# The impostor is a TCP listener that hangs up: a server for the transports over TCP only
+# (over QUIC and NATS this test dialled TCP and proved nothing about them).
+@pytest.mark.transports(*PROXY_TRANSPORTS)
 @pytest.mark.asyncio
 async def test_a_first_handshake_that_breaks_is_tried_again_within_connect_timeout(
     transport_kind: str,
