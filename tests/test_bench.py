@@ -18,7 +18,7 @@ import pytest
 import callosum_like as cl
 from callosum_like.__main__ import main
 from callosum_like.tools import fleet
-from callosum_like.tools.bench import cli, fleet_step, measure, steps, systems, workloads
+from callosum_like.tools.bench import cli, fleet_step, measure, report, steps, systems, workloads
 from callosum_like.tools.supervisor import SOURCE_TREE, ChildProcess
 
 WORKLOAD_KEYS = ["W1", "W2", "W3-1MiB", "W3-16MiB", "W4", "W5"]
@@ -88,6 +88,23 @@ async def test_measure_gives_the_figures_of_each_workload(key: str) -> None:
         assert metrics["cpu_us_per_call"] >= 0
         assert metrics["peak_rss_mib"] >= 0
         assert metrics["client_idle_rss_mib"] > 0
+        if workload.kind != "stream":  # the client held bodies of its own
+            beyond = metrics["client_peak_beyond_bodies_mib"]
+            assert 0 <= beyond <= metrics["client_peak_rss_mib"]
+
+
+def test_a_target_in_every_run_is_judged_on_the_worst_run() -> None:
+    runs = [{"p99_us": 2000.0}, {"p99_us": 6000.0}, {"p99_us": 2500.0}]
+    summary = steps.Summary(system="like-tcp", workload="W4", runs=runs)
+    summary.median, summary.low, summary.high = runs[2], runs[0], runs[1]
+    every = [t for t in report.TARGETS if t.every_run and t.system == "like-tcp"]
+    median = [t for t in report.TARGETS if t.row == "W4 small-call p99" and t.system == "like-tcp"]
+    assert len(every) == len(median) == 1
+    summaries = {("like-tcp", "W4"): summary}
+    judged = report.judge(every[0], summaries)
+    assert (judged.value, judged.met) == (6000.0, False)
+    assert "in every run" in judged.goal
+    assert report.judge(median[0], summaries).met is True  # the median run is under 5 ms
 
 
 @pytest.mark.timeout(30)
@@ -174,7 +191,7 @@ def test_quick_bench_of_our_systems(tmp_path: Path) -> None:
     assert any(line.startswith("system") and "RSS/agent" in line for line in lines)
     assert sum(line.startswith("callosum_like zeromq ") for line in lines) == len(keys)
     assert sum(line.startswith("callosum_like tcp ") for line in lines) == len(keys)
-    assert "targets (issues 7 and 19)" in out
+    assert "targets (issues 7, 19, 22 and 24)" in out
     assert "chart skipped: no callosum figures" in out
     assert "16/16 like-tcp W7" in result.stderr  # the progress bar
     assert "Warning" not in result.stderr

@@ -339,7 +339,7 @@ def _report(
     text, markdown = tables(workloads, summaries)
     judged = [judge(t, summaries) for t in TARGETS if (t.system, t.workload) in summaries]
     if judged:
-        text += ["", "targets (issues 7 and 19)", *render_text(target_rows(judged), left=3)]
+        text += ["", "targets (issues 7, 19, 22 and 24)", *render_text(target_rows(judged), left=3)]
         markdown += ["", "#### Targets", "", *render_markdown(target_rows(judged), left=3)]
     print("\n".join(["", *text, ""]))
     output: Path = args.output

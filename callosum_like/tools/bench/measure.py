@@ -6,9 +6,12 @@ is a difference in the systems. Wall time is ``time.perf_counter``; CPU time of 
 comes from ``/proc/<pid>/stat`` (all threads, so ZeroMQ's I/O thread counts); resident memory
 from ``/proc/<pid>/status``: the idle ``VmRSS`` after connecting, then the peak ``VmHWM`` after
 the workload, with the peak reset in between through ``/proc/<pid>/clear_refs``
-(``ProcessProbe``). Off Linux the CPU and memory figures are left out. Bodies are random bytes
-(incompressible), so compression cannot flatter a system. MB/s counts 10**6 bytes of body per
-second: an echo's body twice (there and back), a stream's chunks once.
+(``ProcessProbe``). The client's bodies are allocated inside that window, so its peak above
+idle includes what it sends; ``client_peak_beyond_bodies_mib`` is its peak above the point
+where it holds them (the replies and what the library adds). Off Linux the CPU and memory
+figures are left out. Bodies are random bytes (incompressible), so compression cannot flatter
+a system. MB/s counts 10**6 bytes of body per second: an echo's body twice (there and back), a
+stream's chunks once.
 
 Only the benchmark's modules (and the peer scripts, for ``Payload``) import this module.
 """
@@ -116,6 +119,7 @@ class Window:
     def __init__(self, probes: dict[str, ProcessProbe]) -> None:
         self._probes = probes
         self._idle: dict[str, int | None] = {}
+        self._holding: int | None = None  # the client's RSS once it holds its bodies
         self._cpu: dict[str, float | None] = {}
         self._started = 0.0
 
@@ -124,6 +128,15 @@ class Window:
         for role, probe in self._probes.items():
             self._idle[role] = probe.rss()
             probe.reset_peak()
+
+    def holding(self) -> None:
+        """Note the client's RSS once it holds the bodies it will send.
+
+        The bodies are the application's, allocated inside the window; ``memory`` then also
+        reports the client's peak above this point: the replies and what the library added.
+        """
+        probe = self._probes.get("client")
+        self._holding = None if probe is None else probe.rss()
 
     def start(self) -> None:
         """Start the clock and note each process's CPU time: the timed part begins."""
@@ -150,6 +163,9 @@ class Window:
             if idle is not None and peak is not None:
                 metrics[f"{role}_idle_rss_mib"] = idle / MiB
                 metrics[f"{role}_peak_rss_mib"] = max(peak - idle, 0) / MiB
+        client_peak = self._probes["client"].peak_rss() if "client" in self._probes else None
+        if self._holding is not None and client_peak is not None:
+            metrics["client_peak_beyond_bodies_mib"] = max(client_peak - self._holding, 0) / MiB
         peaks = [v for k, v in metrics.items() if k.endswith("_peak_rss_mib")]
         if peaks:
             metrics["peak_rss_mib"] = max(peaks)
@@ -188,6 +204,7 @@ async def _warm_up(client: EchoClient, body: bytes, calls: int) -> None:
 
 async def _sequential(client: EchoClient, workload: Workload, window: Window) -> Metrics:
     body = os.urandom(workload.body_size)
+    window.holding()
     await _warm_up(client, body, workload.warmup)
     latencies: list[float] = []
     clock = time.perf_counter
@@ -206,6 +223,7 @@ async def _sequential(client: EchoClient, workload: Workload, window: Window) ->
 
 async def _concurrent(client: EchoClient, workload: Workload, window: Window) -> Metrics:
     body = os.urandom(workload.body_size)
+    window.holding()
     await _in_flight(client, body, workload.warmup, workload.in_flight)
     window.start()
     latencies = await _in_flight(client, body, workload.calls, workload.in_flight)
@@ -240,6 +258,7 @@ async def _in_flight(client: EchoClient, body: bytes, calls: int, width: int) ->
 
 async def _head_of_line(client: EchoClient, workload: Workload, window: Window) -> Metrics:
     small, big = os.urandom(workload.body_size), os.urandom(workload.big_size)
+    window.holding()
     await _warm_up(client, small, workload.warmup)
     await _warm_up(client, big, 1)
     done = asyncio.Event()
