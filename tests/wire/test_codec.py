@@ -946,3 +946,29 @@ def test_well_formed_routes_are_accepted(route: str) -> None:
         m.PeerDown(peer=route),
     ):
         assert decode(encode(msg), max_body_size=BIG) == msg
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        m.Call(id=1, method="m", origin="a//b"),
+        m.Call(id=1, method="m", target=""),
+        m.Call(id=1, method="m", timeout=-1.0),
+        m.Call(id=1, method="m", headers={"a": 1}),  # type: ignore[dict-item]
+    ],
+    ids=["origin", "target", "timeout", "headers"],
+)
+def test_the_values_of_a_chunked_head_are_checked_as_a_messages(call: m.Call) -> None:
+    with pytest.raises(ProtocolError):
+        decode(codec.encode_head(call, transfer=1), max_body_size=BIG)
+    with pytest.raises(ProtocolError):
+        decode(codec.encode(call), max_body_size=BIG)
+
+
+@given(msg=MESSAGES)
+def test_a_decoded_message_is_the_one_its_class_builds(msg: m.Message) -> None:
+    """The decoder fills a new instance's slots itself: every field, nothing else."""
+    decoded = decode(encode(msg), max_body_size=BIG)
+    assert type(decoded) is type(msg)
+    for field in dataclasses.fields(msg):  # type: ignore[arg-type]
+        assert getattr(decoded, field.name) == getattr(msg, field.name)
