@@ -67,7 +67,7 @@ from .inbound import (
 )
 from .interceptors import InterceptorChain, Refusal
 from .ordering import Ordering, ReplyReorder, SerialQueue
-from .request import Handler, Request
+from .request import Handler, Request, make_request
 from .stats import Counters, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox, UploadBody
 from .wire import messages as m
@@ -413,32 +413,26 @@ class Dispatcher:
             kind = "a stream: use Peer.stream()" if not call.stream else "not a stream"
             msg = f"method {call.method!r} is {kind}"
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
-        try:
-            body = self._body_of(inbound)
-        except ProtocolError as exc:
-            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
-        return Request(
-            method=call.method,
-            body=body,
-            peer_id=inbound.peer_id,
-            order_key=call.order_key,
-            headers=call.headers or {},
-        )
-
-    def _body_of(self, inbound: Inbound) -> Any:
         if inbound.upload is None:
-            call = inbound.call
-            body = unpack_body(call.body)
+            try:
+                body = unpack_body(call.body)
+            except ProtocolError as exc:
+                return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
             if len(call.body) >= RELEASE_BODY_SIZE:  # unpacked: let the packed copy go now
                 inbound.call = dataclasses.replace(call, body=m.EMPTY_BODY)
-            return body
+        else:
+            body = self._upload_body(inbound, inbound.upload)
+        return make_request(call.method, body, inbound.peer_id, call.order_key, call.headers or {})
+
+    def _upload_body(self, inbound: Inbound, upload: StreamInbox) -> UploadBody:
+        """The body of a call whose body the caller streams (``upload``)."""
         link = inbound.link
 
         async def send_credit(msg: m.Message) -> None:
             if not inbound.silent:
                 await self._send(link, msg)
 
-        return UploadBody(inbound.call.id, inbound.upload, send_credit, unpack_body)
+        return UploadBody(inbound.call.id, upload, send_credit, unpack_body)
 
     async def _run_handler(self, inbound: Inbound, request: Request) -> Any:
         """Run a stream handler, or any handler inside the peer's interceptors."""
