@@ -107,6 +107,7 @@ class _Packer(threading.local):
 
 
 _pack = _Packer()
+_unpackb = msgpack.unpackb
 
 _OptStr = (str, type(None))
 _OptNum = (float, int, type(None))
@@ -408,32 +409,40 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message | Chunke
         ProtocolError: Anything else is wrong: frame count, header, version, kind, field types,
             compression.
     """
-    if not 1 <= len(frames) <= 2:
-        raise ProtocolError(f"expected 1 or 2 frames, got {len(frames)}")
-    head = _decode_header(frames[0])
-    layout = _BY_KIND.get(head[1]) if len(head) > 1 and type(head[1]) is int else None
-    if layout is None:
-        raise ProtocolError(f"unknown message kind {head[1:2]!r}")
-    flags = head[2] if len(head) > 2 else None
-    if type(flags) is not int or flags & ~_KNOWN_FLAGS:
-        raise ProtocolError(f"bad flags {flags!r}")
+    count = len(frames)
+    if not 0 < count < 3:
+        raise ProtocolError(f"expected 1 or 2 frames, got {count}")
+    frame = frames[0]
+    if len(frame) > MAX_HEADER_SIZE:
+        raise ProtocolError(f"header of {len(frame)} bytes exceeds {MAX_HEADER_SIZE}")
+    try:
+        head = _unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable header: {exc!r}") from None
+    if type(head) is not list or len(head) < 3:
+        _refuse_header(head)
+    version, kind, flags = head[0], head[1], head[2]
+    layout = type(kind) is int and _BY_KIND.get(kind)
+    if (
+        not layout
+        or version != m.PROTOCOL_VERSION
+        or type(version) is not int
+        or type(flags) is not int
+        or flags & ~_KNOWN_FLAGS
+    ):
+        _refuse_header(head)
     if flags & FLAG_CHUNKED:
-        return _decode_chunked_head(layout, head, flags, len(frames))
+        return _decode_chunked_head(layout, head, flags, count)
     # One dict lookup of the header's types instead of a test per field, and the message
     # built from the header list as it is (no dict of its fields, no keyword arguments).
     checked = layout.signatures.get(tuple(map(type, head)))
-    if checked is None:
-        _refuse_fields(layout, head[3:])
-    elif checked:
-        _check_values(layout, head)
-    if layout.has_body != (len(frames) == 2):
-        raise ProtocolError(f"{layout.cls.__name__} with {len(frames)} frames")
+    if checked is not False or layout.has_body != (count == 2):  # wrong, or to check
+        _check_fields(layout, head, checked, count)
     if not layout.has_body:
         return layout.make(None, *head)
-    try:
-        body = _decode_body(frames[1], flags, max_body_size)
-    except OversizeBodyError as exc:
-        raise OversizeBodyError(layout.make(b"", *head), exc.size) from None
+    body = frames[1]
+    if flags or len(body) > max_body_size:  # compressed (the only flag left), or too large
+        body = _decode_body(layout, head, body, max_body_size)
     return layout.make(body, *head)
 
 
@@ -444,26 +453,37 @@ def _decode_chunked_head(layout: _Layout, head: list[Any], flags: int, count: in
     if type(transfer) is not int or type(size) is not int or size < 0:
         raise ProtocolError(f"bad chunked head: transfer {transfer!r}, size {size!r}")
     plain = [*head[:3], *fields]
-    checked = layout.signatures.get(tuple(map(type, plain)))
-    if checked is None:
-        _refuse_fields(layout, fields)
-    elif checked:
-        _check_values(layout, plain)
+    _check_fields(layout, plain, layout.signatures.get(tuple(map(type, plain))), 2)
     return ChunkedHead(layout.make(b"", *plain), transfer, size)
 
 
-def _decode_header(frame: Frame) -> list[Any]:
-    if len(frame) > MAX_HEADER_SIZE:
-        raise ProtocolError(f"header of {len(frame)} bytes exceeds {MAX_HEADER_SIZE}")
-    try:
-        head = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-    except Exception as exc:
-        raise ProtocolError(f"undecodable header: {exc!r}") from None
+def _refuse_header(head: Any) -> NoReturn:
+    """Name the first thing wrong with a header's array, its version, kind or flags."""
     if type(head) is not list or not head:
         raise ProtocolError("header is not a non-empty array")
     if head[0] != m.PROTOCOL_VERSION or type(head[0]) is not int:
         raise ProtocolError(f"unsupported protocol version {head[0]!r}")
-    return head
+    if len(head) < 2 or type(head[1]) is not int or head[1] not in _BY_KIND:
+        raise ProtocolError(f"unknown message kind {head[1:2]!r}")
+    flags = head[2] if len(head) > 2 else None
+    raise ProtocolError(f"bad flags {flags!r}")
+
+
+def _check_fields(layout: _Layout, head: list[Any], checked: bool | None, count: int) -> None:
+    """Check the fields of ``head``, whose types' entry in ``layout.signatures`` is ``checked``.
+
+    ``count`` is the number of frames of the message (a chunked head's counts as two).
+
+    Raises:
+        ProtocolError: A field has the wrong type (``checked`` is ``None``) or value, or
+            the message has the wrong number of frames.
+    """
+    if checked is None:
+        _refuse_fields(layout, head[3:])
+    if checked:
+        _check_values(layout, head)
+    if layout.has_body != (count == 2):
+        raise ProtocolError(f"{layout.cls.__name__} with {count} frames")
 
 
 def _refuse_fields(layout: _Layout, raw: list[Any]) -> NoReturn:
@@ -494,17 +514,23 @@ def _check_values(layout: _Layout, head: list[Any]) -> None:
         raise ProtocolError("headers must map str to str or bytes")
 
 
-def _decode_body(frame: Frame, flags: int, max_body_size: int) -> bytes:
+def _decode_body(layout: _Layout, head: list[Any], frame: Frame, max_body_size: int) -> bytes:
+    """The body of a message with header ``head``: decompressed, or refused as too large.
+
+    Raises:
+        OversizeBodyError: With the message, its body left empty.
+        ProtocolError: The compressed body is corrupt.
+    """
     if len(frame) > max_body_size:
-        raise OversizeBodyError(m.Ping(), len(frame))
-    if not flags & FLAG_COMPRESSED:
+        raise OversizeBodyError(layout.make(b"", *head), len(frame))
+    if not head[2] & FLAG_COMPRESSED:
         return frame  # type: ignore[return-value]  # a buffer the transport handed over: no copy
     try:
         size = cramjam.snappy.decompress_raw_len(frame)
     except Exception as exc:
         raise ProtocolError(f"bad compressed body: {exc!r}") from None
     if size > max_body_size:
-        raise OversizeBodyError(m.Ping(), size)
+        raise OversizeBodyError(layout.make(b"", *head), size)
     try:
         return bytes(cramjam.snappy.decompress_raw(frame))
     except Exception as exc:
