@@ -185,8 +185,13 @@ class Receiver:
         # is a resumable link's enveloped message (its first byte is no msgpack array).
         if self._forwarder is not None or _kind_of(event.frames) not in _TAKEN_CODES:
             return False
-        started = self._context.run(Started.start, self.received(event))
-        return True if started is None else started
+        # ``Started.start``, inline: most messages are handled without waiting.
+        handling = self.received(event)
+        try:
+            waiting = self._context.run(handling.send, None)
+        except StopIteration:
+            return True
+        return Started(handling, waiting)
 
     async def _other(self, event: TransportEvent) -> None:
         try:
