@@ -348,8 +348,8 @@ class Dispatcher:
             if type(request) is not Request:
                 reply: Reply = request  # type: ignore[assignment]
             else:
-                timeout = earliest(self._execute_timeout, call.timeout)
-                deadline = self._arm(inbound, timeout)
+                no_timeout = self._execute_timeout is None and call.timeout is None
+                deadline = None if no_timeout else self._arm(inbound)
                 try:
                     if self._interceptors is None and not call.stream:  # the common case
                         result = await inbound.registration.handler(request)
@@ -358,6 +358,7 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     if not inbound.expired or inbound.task.uncancel():  # type: ignore[union-attr]
                         raise  # cancelled for another reason too
+                    timeout = earliest(self._execute_timeout, call.timeout)
                     reply = m.Cancelled(id=call.id, reason=f"execute timeout of {timeout} s passed")
                 except Exception as exc:
                     reply = self._failed(inbound, exc)
@@ -382,8 +383,10 @@ class Dispatcher:
         if not self._closing:
             await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="cancelled"))
 
-    def _arm(self, inbound: Inbound, timeout: float | None) -> Deadline | None:
+    def _arm(self, inbound: Inbound) -> Deadline | None:
         """Start ``inbound``'s execute timeout, if it has one, in the current task."""
+        call = inbound.call
+        timeout = earliest(self._execute_timeout, call.timeout)
         if timeout is None:
             return None
         inbound.task = asyncio.current_task(self._loop)
@@ -477,7 +480,8 @@ class Dispatcher:
         try:
             if inbound.ordering is Ordering.UNORDERED:  # no reply to wait for, no key to pass
                 if not inbound.silent:
-                    self._account(inbound, reply)
+                    if type(reply) is not m.Result or inbound.started is not None:
+                        self._account(inbound, reply)
                     await self._send(inbound.link, reply)
                 return
             released = self._in_order(inbound, reply)
