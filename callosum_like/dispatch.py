@@ -358,8 +358,8 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     if not inbound.expired or inbound.task.uncancel():  # type: ignore[union-attr]
                         raise  # cancelled for another reason too
-                    timeout = earliest(self._execute_timeout, call.timeout)
-                    reply = m.Cancelled(id=call.id, reason=f"execute timeout of {timeout} s passed")
+                    seconds = earliest(self._execute_timeout, call.timeout)
+                    reply = m.Cancelled(id=call.id, reason=f"execute timeout of {seconds} s passed")
                 except Exception as exc:
                     reply = self._failed(inbound, exc)
                 else:
