@@ -44,20 +44,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import inspect
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import aiojobs
 
-from .deadlines import Deadlines
-from .errors import ErrorCode, ProtocolError, error_for_code
+from .deadlines import Deadline, Deadlines
+from .errors import ErrorCode, ProtocolError
 from .fairness import FairShares
+from .inbound import (
+    Inbound,
+    Registration,
+    Reply,
+    UnencodableItem,
+    earliest,
+    error_name,
+    expire,
+    is_stream_handler,
+    outcome_name,
+    reply_to,
+)
 from .interceptors import InterceptorChain, Refusal
 from .ordering import Ordering, ReplyReorder, SerialQueue
-from .request import Handler, Request
+from .request import Handler, Request, make_request
 from .stats import Counters, log_rpc, rpc_started
 from .streams import CreditWindow, StreamInbox, UploadBody
 from .wire import messages as m
@@ -74,48 +84,11 @@ handler_log = logging.getLogger("callosum_like.handlers")
 #: gives up on it (and logs it).
 CLOSE_TIMEOUT: Final = 5.0
 
-Reply = m.Result | m.Failure | m.Error | m.Cancelled | m.StreamEnd
-
 #: Packed bodies from this size on are dropped from a call as soon as they are unpacked,
 #: so that the packed and the unpacked body are not both held while the handler runs.
 RELEASE_BODY_SIZE: Final = 64 * 1024
 
 SendReply = Callable[[Hashable, m.Message], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """A registered handler and the ordering that overrides the peer's default, if any."""
-
-    handler: Handler
-    ordering: Ordering | None
-    stream: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Inbound:
-    """One call being served: from arrival to its reply."""
-
-    link: Hashable
-    call: m.Call
-    peer_id: str
-    registration: Registration
-    ordering: Ordering
-    ticket: int = -1
-    job: aiojobs.Job[None] | None = None
-    answered: bool = False
-    silent: bool = False  # its link is gone: do the bookkeeping, send nothing
-    credit: CreditWindow | None = None  # stream calls only
-    upload: StreamInbox | None = None  # calls with a streamed body only
-    started: float | None = None  # for the RPC log, when it is on
-    behind_key: bool = False  # SERIALIZED, queued behind the running request of its key
-    task: asyncio.Task[Any] | None = None  # while its handler runs: the task to cancel
-    expired: bool = False  # its execute timeout cancelled it
-
-    @property
-    def order_key(self) -> Hashable:
-        # Scoped per calling peer: the link, and behind a relay the caller's route on it.
-        return (self.link, self.call.origin, self.call.order_key)
 
 
 class Dispatcher:
@@ -147,12 +120,12 @@ class Dispatcher:
         self._interceptors = interceptors
         self._counters = counters or Counters()
         self._default_ordering = default_ordering
-        self._fair: FairShares[_Inbound] = FairShares(max_pending, max_concurrency)
+        self._fair: FairShares[Inbound] = FairShares(max_pending, max_concurrency)
         self._execute_timeout = execute_timeout
         self._handlers: dict[str, Registration] = {}
-        self._inflight: dict[tuple[Hashable, int], _Inbound] = {}
+        self._inflight: dict[tuple[Hashable, int], Inbound] = {}
         self._reorder: ReplyReorder[Reply] = ReplyReorder()
-        self._serial: SerialQueue[_Inbound] = SerialQueue()
+        self._serial: SerialQueue[Inbound] = SerialQueue()
         self._scheduler: aiojobs.Scheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # from ``start`` on
         self._deadlines = Deadlines()  # execute timeouts
@@ -227,7 +200,7 @@ class Dispatcher:
                 await self._stop(inbound, "link lost")
         await self._start_ready()
 
-    async def _stop(self, inbound: _Inbound, reason: str) -> None:
+    async def _stop(self, inbound: Inbound, reason: str) -> None:
         """Cancel a started request; answer it if its task was cancelled before it ran."""
         assert inbound.job is not None
         await inbound.job.close()
@@ -251,7 +224,7 @@ class Dispatcher:
         ordering = registration.ordering or self._default_ordering
         if call.order_key is None:
             ordering = Ordering.UNORDERED
-        inbound = _Inbound(link, call, peer_id, registration, ordering)
+        inbound = Inbound(link, call, peer_id, registration, ordering)
         if ordering is Ordering.UNORDERED and self._fair.admit_running(link, call.origin, inbound):
             self._hold(inbound)  # nothing waits for a slot: it starts now, its fair turn
             assert self._scheduler is not None
@@ -272,7 +245,7 @@ class Dispatcher:
             await self._push_out(admission.pushed_out)
         await self._start_ready()
 
-    def _hold(self, inbound: _Inbound) -> None:
+    def _hold(self, inbound: Inbound) -> None:
         """Enter an admitted request among those held (its streams, its log clock)."""
         call = inbound.call
         inbound.started = rpc_started()
@@ -288,12 +261,12 @@ class Dispatcher:
         """Answer ``call`` with an error at once, without running anything."""
         started = rpc_started()
         await self._send(link, m.Error(id=call.id, code=code, message=text))
-        kind = _error_name(code)
+        kind = error_name(code)
         self._counters.count_request_error(kind)
         if started is not None:
             log_rpc("served", call.method, peer_id, started, kind)
 
-    def _admit(self, inbound: _Inbound) -> None:
+    def _admit(self, inbound: Inbound) -> None:
         """Enter an admitted request in its ordering's books; ready it if it may start."""
         if inbound.ordering is Ordering.ORDERED:
             inbound.ticket = self._reorder.arrive(inbound.order_key)
@@ -312,7 +285,7 @@ class Dispatcher:
         while (inbound := self._fair.start_next()) is not None:
             inbound.job = await self._scheduler.spawn(self._run(inbound))
 
-    async def _push_out(self, inbound: _Inbound) -> None:
+    async def _push_out(self, inbound: Inbound) -> None:
         """Refuse a held request that never started, to make room for a fairer one."""
         self._unqueue(inbound)
         self._counters.requests_refused += 1
@@ -322,7 +295,7 @@ class Dispatcher:
             inbound, m.Error(id=inbound.call.id, code=ErrorCode.OVERLOADED, message=text)
         )
 
-    def _unqueue(self, inbound: _Inbound) -> None:
+    def _unqueue(self, inbound: Inbound) -> None:
         """Take a request that has not started out of the queues, so it never starts."""
         if inbound.job is None:
             self._fair.release(inbound)
@@ -363,105 +336,122 @@ class Dispatcher:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def _run(self, inbound: _Inbound) -> None:
+    async def _run(self, inbound: Inbound) -> None:
+        """The job of ``inbound``: run its handler, answer it, start what may start next.
+
+        One frame from the request to its answer: a 64-byte echo runs thousands of these a
+        second, and every coroutine awaited on the way costs a frame.
+        """
+        call = inbound.call
         try:
-            reply = await self._execute(inbound)
+            request = self._request(inbound)
+            if type(request) is not Request:
+                reply: Reply = request  # type: ignore[assignment]
+            else:
+                no_timeout = self._execute_timeout is None and call.timeout is None
+                deadline = None if no_timeout else self._arm(inbound)
+                try:
+                    if self._interceptors is None and not call.stream:  # the common case
+                        result = await inbound.registration.handler(request)
+                    else:
+                        result = await self._run_handler(inbound, request)
+                except asyncio.CancelledError:
+                    if not inbound.expired or inbound.task.uncancel():  # type: ignore[union-attr]
+                        raise  # cancelled for another reason too
+                    seconds = earliest(self._execute_timeout, call.timeout)
+                    reply = m.Cancelled(id=call.id, reason=f"execute timeout of {seconds} s passed")
+                except Exception as exc:
+                    reply = self._failed(inbound, exc)
+                else:
+                    reply = reply_to(call, result)
+                finally:
+                    inbound.task = None  # from here on, the deadline can cancel nothing
+                    if deadline is not None:
+                        self._deadlines.discard(deadline)
         except asyncio.CancelledError:
-            if not self._closing:  # whoever stopped it starts what may start next
-                await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="cancelled"))
+            await self._cancelled(inbound)
             raise
         await self._answer(inbound, reply)
         if self._fair.startable:  # its slot is free: the next in turn starts
             await self._start_ready()
 
-    async def _execute(self, inbound: _Inbound) -> Reply:
-        request = self._request(inbound)
-        if type(request) is not Request:
-            return request  # type: ignore[return-value]
-        call = inbound.call
-        timeout = _earliest(self._execute_timeout, call.timeout)
-        deadline = None
-        if timeout is not None:  # one shared timer, not a timeout context per call
-            inbound.task = asyncio.current_task(self._loop)
-            deadline = self._deadlines.add(timeout, _expire, inbound)
-        try:
-            if self._interceptors is None and not call.stream:  # the common case, direct
-                result = await inbound.registration.handler(request)
-            else:
-                result = await self._run_handler(inbound, request)
-        except Refusal as refusal:
-            error = refusal.error
-            return m.Error(id=call.id, code=error.code, message=error.message)
-        except asyncio.CancelledError:
-            if not inbound.expired or inbound.task.uncancel():  # type: ignore[union-attr]
-                raise  # cancelled for another reason too
-            return m.Cancelled(id=call.id, reason=f"execute timeout of {timeout} s passed")
-        except _UnencodableItem as exc:
-            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"stream item: {exc}")
-        except Exception as exc:
-            handler_log.error(
-                "handler of %r for %r raised %r (the caller gets RPCUserError)",
-                call.method,
-                inbound.peer_id,
-                exc,
-                exc_info=exc,
-            )
-            return m.Failure.from_exception(call.id, exc)
-        finally:
-            inbound.task = None  # from here on, the deadline can cancel nothing
-            if deadline is not None:
-                self._deadlines.discard(deadline)
-        return _reply(call, result)
+    async def _cancelled(self, inbound: Inbound) -> None:
+        """``inbound``'s job was cancelled: answer it (unless we are closing: ``aclose`` does).
 
-    def _request(self, inbound: _Inbound) -> Request | m.Error:
+        Whoever stopped it starts what may start next.
+        """
+        if not self._closing:
+            await self._answer(inbound, m.Cancelled(id=inbound.call.id, reason="cancelled"))
+
+    def _arm(self, inbound: Inbound) -> Deadline | None:
+        """Start ``inbound``'s execute timeout, if it has one, in the current task."""
+        call = inbound.call
+        timeout = earliest(self._execute_timeout, call.timeout)
+        if timeout is None:
+            return None
+        inbound.task = asyncio.current_task(self._loop)
+        # One shared timer, not a timeout context per call.
+        return self._deadlines.add(timeout, expire, inbound)
+
+    def _failed(self, inbound: Inbound, exc: Exception) -> Reply:
+        """The reply of a handler that raised ``exc`` (a failure is logged once)."""
+        call = inbound.call
+        if isinstance(exc, Refusal):  # an interceptor refused the request
+            return m.Error(id=call.id, code=exc.error.code, message=exc.error.message)
+        if isinstance(exc, UnencodableItem):
+            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"stream item: {exc}")
+        handler_log.error(
+            "handler of %r for %r raised %r (the caller gets RPCUserError)",
+            call.method,
+            inbound.peer_id,
+            exc,
+            exc_info=exc,
+        )
+        return m.Failure.from_exception(call.id, exc)
+
+    def _request(self, inbound: Inbound) -> Request | m.Error:
         """The handler's ``Request`` for ``inbound``, or the error that answers it instead."""
         call = inbound.call
         if call.stream != inbound.registration.stream:
             kind = "a stream: use Peer.stream()" if not call.stream else "not a stream"
             msg = f"method {call.method!r} is {kind}"
             return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=msg)
-        try:
-            body = self._body_of(inbound)
-        except ProtocolError as exc:
-            return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
-        return Request(
-            method=call.method,
-            body=body,
-            peer_id=inbound.peer_id,
-            order_key=call.order_key,
-            headers=call.headers or {},
-        )
-
-    def _body_of(self, inbound: _Inbound) -> Any:
         if inbound.upload is None:
-            call = inbound.call
-            body = unpack_body(call.body)
+            try:
+                body = unpack_body(call.body)
+            except ProtocolError as exc:
+                return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=str(exc))
             if len(call.body) >= RELEASE_BODY_SIZE:  # unpacked: let the packed copy go now
                 inbound.call = dataclasses.replace(call, body=m.EMPTY_BODY)
-            return body
+        else:
+            body = self._upload_body(inbound, inbound.upload)
+        return make_request(call.method, body, inbound.peer_id, call.order_key, call.headers or {})
+
+    def _upload_body(self, inbound: Inbound, upload: StreamInbox) -> UploadBody:
+        """The body of a call whose body the caller streams (``upload``)."""
         link = inbound.link
 
         async def send_credit(msg: m.Message) -> None:
             if not inbound.silent:
                 await self._send(link, msg)
 
-        return UploadBody(inbound.call.id, inbound.upload, send_credit, unpack_body)
+        return UploadBody(inbound.call.id, upload, send_credit, unpack_body)
 
-    async def _run_handler(self, inbound: _Inbound, request: Request) -> Any:
+    async def _run_handler(self, inbound: Inbound, request: Request) -> Any:
         """Run a stream handler, or any handler inside the peer's interceptors."""
         if self._interceptors is None:
             return await self._handle(inbound, request)
         handle = functools.partial(self._handle, inbound)
         return await self._interceptors.request(request, handle)
 
-    async def _handle(self, inbound: _Inbound, request: Request) -> Any:
+    async def _handle(self, inbound: Inbound, request: Request) -> Any:
         """Run the handler of ``inbound`` (the end of the interceptors' chain)."""
         if inbound.call.stream:
             await self._produce(inbound, request)
             return None
         return await inbound.registration.handler(request)
 
-    async def _produce(self, inbound: _Inbound, request: Request) -> None:
+    async def _produce(self, inbound: Inbound, request: Request) -> None:
         """Run a stream handler, sending each item as the consumer's credit allows."""
         assert inbound.credit is not None
         items: AsyncGenerator[Any, None] = inbound.registration.handler(request)  # type: ignore[assignment]
@@ -470,14 +460,14 @@ class Dispatcher:
                 try:
                     packed = pack_body(item)
                 except TypeError as exc:
-                    raise _UnencodableItem(str(exc)) from None
+                    raise UnencodableItem(str(exc)) from None
                 await inbound.credit.take()
                 if not inbound.silent:
                     await self._send(inbound.link, m.StreamItem(id=inbound.call.id, body=packed))
         finally:
             await items.aclose()
 
-    async def _answer(self, inbound: _Inbound, reply: Reply) -> None:
+    async def _answer(self, inbound: Inbound, reply: Reply) -> None:
         """Send ``reply`` in the order the request's ordering demands, and free its key.
 
         Its place and its execution slot are freed once the reply is out; the caller then
@@ -486,17 +476,25 @@ class Dispatcher:
         if inbound.answered:
             return
         inbound.answered = True
-        self._forget(inbound)
+        self._inflight.pop((inbound.link, inbound.call.id), None)
         try:
+            if inbound.ordering is Ordering.UNORDERED:  # no reply to wait for, no key to pass
+                if not inbound.silent:
+                    if type(reply) is not m.Result or inbound.started is not None:
+                        self._account(inbound, reply)
+                    await self._send(inbound.link, reply)
+                return
             released = self._in_order(inbound, reply)
             if not inbound.silent:
-                await self._deliver(inbound, reply, released)
+                self._account(inbound, reply)
+                for item in released:
+                    await self._send(inbound.link, item)
             if inbound.ordering is Ordering.SERIALIZED and not inbound.behind_key:
                 self._next_serial(inbound)  # it held its key: pass it on
         finally:
             self._fair.release(inbound)
 
-    def _in_order(self, inbound: _Inbound, reply: Reply) -> list[Reply]:
+    def _in_order(self, inbound: Inbound, reply: Reply) -> list[Reply]:
         """The replies that may go out now that ``inbound`` is answered with ``reply``."""
         if inbound.ordering is not Ordering.ORDERED:
             return [reply]
@@ -505,72 +503,20 @@ class Dispatcher:
         released = self._reorder.complete(inbound.order_key, inbound.ticket, reply if ran else None)
         return released if ran else [reply, *released]
 
-    async def _deliver(self, inbound: _Inbound, reply: Reply, released: list[Reply]) -> None:
-        """Count and log ``inbound``'s outcome, ``reply``; send the ``released`` replies."""
-        outcome = outcome_name(reply)
-        if outcome != "ok":
-            self._counters.count_request_error(outcome)
+    def _account(self, inbound: Inbound, reply: Reply) -> None:
+        """Count ``inbound``'s outcome, ``reply``, if it is an error; log it if the log is on."""
+        if type(reply) is not m.Result:
+            outcome = outcome_name(reply)
+            if outcome != "ok":
+                self._counters.count_request_error(outcome)
         if inbound.started is not None:
+            outcome = outcome_name(reply)
             log_rpc("served", inbound.call.method, inbound.peer_id, inbound.started, outcome)
-        for item in released:
-            await self._send(inbound.link, item)
 
-    def _next_serial(self, inbound: _Inbound) -> None:
+    def _next_serial(self, inbound: Inbound) -> None:
         if self._closing:
             return
         nxt = self._serial.finish(inbound.order_key)
         if nxt is not None:
             nxt.behind_key = False
             self._fair.ready(nxt)
-
-    def _forget(self, inbound: _Inbound) -> None:
-        self._inflight.pop((inbound.link, inbound.call.id), None)
-
-
-def _reply(call: m.Call, result: Any) -> Reply:
-    """The reply to ``call`` whose handler returned ``result`` (a stream's: its end)."""
-    if call.stream:
-        return m.StreamEnd(id=call.id)
-    try:
-        return m.Result(id=call.id, body=pack_body(result))
-    except TypeError as exc:
-        return m.Error(id=call.id, code=ErrorCode.INTERNAL, message=f"result: {exc}")
-
-
-def _error_name(code: int) -> str:
-    """The name of the error class a caller gets for the wire ``code``."""
-    return type(error_for_code(code, "")).__name__
-
-
-def outcome_name(reply: Reply) -> str:
-    """``"ok"`` or the name of the error class the caller gets for ``reply``."""
-    kind = type(reply)
-    if kind is m.Result or kind is m.StreamEnd:
-        return "ok"
-    if kind is m.Failure:
-        return "RPCUserError"
-    if kind is m.Cancelled:
-        return "RPCCancelledError"
-    return _error_name(reply.code)  # type: ignore[union-attr]
-
-
-class _UnencodableItem(Exception):
-    """A stream handler yielded something msgpack cannot carry."""
-
-
-def _expire(inbound: _Inbound) -> None:
-    """The execute timeout of ``inbound`` passed: cancel its handler if it still runs."""
-    if inbound.task is not None:
-        inbound.expired = True
-        inbound.task.cancel()
-
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    return a if b is None else min(a, b)
-
-
-def is_stream_handler(handler: Callable[..., object]) -> bool:
-    """Whether ``handler`` is an async generator function (a stream handler)."""
-    return inspect.isasyncgenfunction(handler)

@@ -189,14 +189,22 @@ class Link:
         """
         if self.session.state not in _REPLYING:
             return
-        if type(reply) is m.Result and len(reply.body) > (limit := self.body_limit()):
-            text = f"result of {len(reply.body)} bytes exceeds max_body_size {limit}"
-            reply = m.Error(id=reply.id, code=MessageTooLargeError.code, message=text)
-        with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
-            try:
-                await self.send(reply)
-            except TypeError:  # cannot happen for our own messages; keep the invariant visible
-                log.exception("could not encode %r", reply)
+        if type(reply) is m.Result:
+            size = len(reply.body)
+            if size > self._max_body_size or size > self.session.remote_max_body_size:
+                reply = self._too_large(reply)
+        try:
+            await self.send(reply)
+        except (PeerDisconnectedError, PeerClosedError):
+            pass
+        except TypeError:  # cannot happen for our own messages; keep the invariant visible
+            log.exception("could not encode %r", reply)
+
+    def _too_large(self, result: m.Result) -> m.Message:
+        """The error that answers the call of ``result``, whose body is over the limit."""
+        limit = self.body_limit()
+        text = f"result of {len(result.body)} bytes exceeds max_body_size {limit}"
+        return m.Error(id=result.id, code=MessageTooLargeError.code, message=text)
 
     def send_in_background(self, msg: m.Message) -> None:
         """Send ``msg`` quietly from a task of the Peer's, without waiting for it."""

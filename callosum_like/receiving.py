@@ -103,6 +103,11 @@ def _kind_of(frames: list[Frame]) -> int | None:
     return header[2] if len(header) > 2 and header[0] & 0xF0 == 0x90 else None
 
 
+def _caller(link: Link, msg: m.Call) -> str:
+    """The identity of who made ``msg``: the remote, or the caller behind it (a relay)."""
+    return link.identity if msg.origin is None else scoped(link.identity, msg.origin)
+
+
 log = logging.getLogger(__name__)
 
 
@@ -160,10 +165,13 @@ class Receiver:
             await self._remotes.end_all(f"this peer stopped receiving ({exc!r})")
 
     async def _handle_events(self, receive: Callable[[], Awaitable[TransportEvent]]) -> None:
-        handle = self._handle
+        received = self.received
         while True:
             event = await receive()
-            await handle(event)
+            if type(event) is Received:  # the common case
+                await received(event)
+            else:
+                await self._other(event)
             del event  # do not hold its frames (maybe a large body) until the next one
 
     def take(self, event: Received) -> Started | bool:
@@ -175,72 +183,103 @@ class Receiver:
         """
         # A relay's messages, and kinds that may need a task, are the loop's (module doc); so
         # is a resumable link's enveloped message (its first byte is no msgpack array).
-        if self._forwarder is not None or _kind_of(event.frames) not in _TAKEN_CODES:
+        header = event.frames[0] if event.frames else b""  # _kind_of, inline
+        kind = header[2] if len(header) > 2 and header[0] & 0xF0 == 0x90 else None
+        if self._forwarder is not None or kind not in _TAKEN_CODES:
             return False
-        started = self._context.run(Started.start, self._handle(event))
-        return True if started is None else started
-
-    async def _handle(self, event: TransportEvent) -> None:
-        """Handle one event; a bad one costs that event (dropped, logged, counted)."""
+        # ``Started.start``, inline: most messages are handled without waiting.
+        handling = self.received(event)
         try:
-            if type(event) is Received:  # the common case
-                await self.received(event)
-            else:
-                await self.other(event)
-        except ProtocolError as exc:
+            waiting = self._context.run(handling.send, None)
+        except StopIteration:
+            return True
+        return Started(handling, waiting)
+
+    async def _other(self, event: TransportEvent) -> None:
+        try:
+            await self.other(event)
+        except Exception as exc:
+            self._failed(event, exc)
+
+    def _failed(self, event: TransportEvent, exc: Exception) -> None:
+        """Handling ``event`` raised ``exc``: the event is dropped (logged, counted)."""
+        if isinstance(exc, ProtocolError):
             self._drop(f"protocol violation: {exc}")
-        except Exception:
-            log.exception("error while handling %r; the message is dropped", event)
+        else:
+            log.error("error while handling %r; the message is dropped", event, exc_info=exc)
             self._counters.dropped_messages += 1
 
     async def received(self, event: Received) -> None:
         """A message arrived: decode it, check it against its link, and handle it.
 
-        Raises:
-            ProtocolError: The message is garbage, or not allowed now (it is dropped).
+        A bad one costs that message: garbage, or a message not allowed now
+        (``ProtocolError``), is dropped, logged and counted, and so is one whose handling
+        fails.
         """
-        frames = event.frames
-        self._counters.bytes_in += sum(map(len, frames))
-        link = self._links.get(event.peer)
-        if link is None:
-            self._drop("message from an unknown remote")
-            return
+        try:
+            frames = event.frames
+            self._counters.bytes_in += sum(map(len, frames))
+            link = self._links.get(event.peer)
+            if link is None:
+                self._drop("message from an unknown remote")
+                return
+            if (
+                link.replay is not None
+                or link.session.state is not LinkState.OPEN
+                or frames[0] == _PING[0]
+            ):
+                frames = await self._screen(link, frames)
+                if not frames:
+                    return
+            try:
+                msg = decode(frames, max_body_size=self._max_body_size)
+            except OversizeBodyError as exc:
+                await self._refuse_oversize(link, exc)
+                return
+            if type(msg) is ChunkedHead:
+                link.session.receive(msg.message, self._clock())
+                self._remotes.heard(link)
+                await self._chunked_head(link, msg)
+                return
+            now = self._clock()
+            link.session.receive(msg, now)  # type: ignore[arg-type]
+            if self._bound:  # a connecting side's one link needs no order
+                self._remotes.heard(link)
+            if type(msg) not in TRANSFER_KINDS:
+                link.saw_other(now)
+            pending = self.HANDLERS[type(msg)](self, link, msg)
+            if pending is not None:
+                await pending
+        except Exception as exc:
+            self._failed(event, exc)
+
+    async def _screen(self, link: Link, frames: list[Frame]) -> list[Frame]:
+        """The frames to decode of a message that is not a plain one; ``[]`` once handled.
+
+        That is a message of a resumable link (without its envelope; ``[]`` for a
+        duplicate), a Ping, the one message of an idle
+        link, thousands a second on a bound peer with a large fleet (answered without
+        decoding or encoding anything), and one on a link that is not open.
+
+        Raises:
+            ProtocolError: As ``_unwrap``.
+        """
         if link.replay is not None:
-            frames = await self._unwrap(link, frames)
-            if not frames:
-                return  # received before
-        elif frames[0] == _PING[0] and len(frames) == 1 and link.session.is_open:
-            # The one message of an idle link, thousands a second on a bound peer with a
-            # large fleet: answered without decoding or encoding anything.
+            return await self._unwrap(link, frames)
+        if frames[0] == _PING[0] and len(frames) == 1 and link.session.is_open:
             link.session.receive(_PING_MESSAGE, self._clock())
             self._remotes.heard(link)
             await link.send_encoded(_PONG)
-            return
-        elif link.session.state is LinkState.CONNECTING and _left_over(frames):
+            return []
+        if link.session.state is LinkState.CONNECTING and _left_over(frames):
             # A ZeroMQ DEALER that reconnects first sends what it had queued for its old
             # connection (numbered messages of a suspended session, a ping), then its Hello:
             # expected after every blip, so counted but not warned about. Nothing is lost:
             # unacknowledged, they are sent again once the session resumes.
             self._counters.dropped_messages += 1
             log.debug("dropped a message queued before the remote's Hello")
-            return
-        try:
-            msg = decode(frames, max_body_size=self._max_body_size)
-        except OversizeBodyError as exc:
-            await self._refuse_oversize(link, exc)
-            return
-        if type(msg) is ChunkedHead:
-            link.session.receive(msg.message, self._clock())
-            self._remotes.heard(link)
-            await self._chunked_head(link, msg)
-            return
-        now = self._clock()
-        link.session.receive(msg, now)  # type: ignore[arg-type]
-        if self._bound:  # a connecting side's one link needs no order
-            self._remotes.heard(link)
-        if type(msg) not in TRANSFER_KINDS:
-            link.saw_other(now)
-        await self.HANDLERS[type(msg)](self, link, msg)
+            return []
+        return frames
 
     async def _unwrap(self, link: Link, frames: list[Frame]) -> list[Frame]:
         """A resumable link's message without its envelope; ``[]`` for a duplicate.
@@ -285,14 +324,18 @@ class Receiver:
 
     # -- calls and what belongs to them -----------------------------------------------------------
 
-    async def _call(self, link: Link, msg: m.Call) -> None:
+    # Handlers of the hot kinds are plain functions: they return what is left to wait for,
+    # if anything (a coroutine frame per message saved).
+
+    def _call(self, link: Link, msg: m.Call) -> Awaitable[None]:
         self._counters.calls_in += 1
-        if (msg.target is not None or self._forwarder is not None) and await self._forward(
-            link, msg
-        ):
-            return
-        peer_id = link.identity if msg.origin is None else scoped(link.identity, msg.origin)
-        await self._dispatcher.call(link, peer_id, msg)
+        if msg.target is not None or self._forwarder is not None:
+            return self._forward_or_call(link, msg)
+        return self._dispatcher.call(link, _caller(link, msg), msg)
+
+    async def _forward_or_call(self, link: Link, msg: m.Call) -> None:
+        if not await self._forward(link, msg):
+            await self._dispatcher.call(link, _caller(link, msg), msg)
 
     async def _forward(self, link: Link, msg: m.Call) -> bool:
         """Pass on a call for a peer behind us (or one we do not serve); True once handled."""
@@ -316,37 +359,41 @@ class Receiver:
             return
         self._dispatcher.credit(link, msg.id, msg.amount)
 
-    async def _upload(self, link: Link, msg: m.UploadItem | m.UploadEnd) -> None:
+    def _upload(self, link: Link, msg: m.UploadItem | m.UploadEnd) -> None:
         if self._dispatcher.upload(link, msg) is False:
             self._drop(f"upload item for call {msg.id} past its credit or its end")
 
     # -- replies to our calls ---------------------------------------------------------------------
 
-    async def _reply(self, link: Link, msg: m.Message) -> None:
+    def _reply(self, link: Link, msg: m.Message) -> Awaitable[object] | None:
         call_id: int = msg.id  # type: ignore[union-attr]
         if link.session.call_input(call_id, CallInput.REPLY) is None:
             self._drop(f"reply to unknown call {call_id}")
-            return
+            return None
         inbox = link.streams.get(call_id)
         if inbox is not None:
             inbox.put(msg)
-            return
+            return None
         future = link.pending.get(call_id)
         if future is not None:
             if not future.done():
                 future.set_result(msg)
-        elif self._forwarder is not None:
-            await self._forwarder.forward_reply(link, msg)
+            return None
+        return None if self._forwarder is None else self._forwarder.forward_reply(link, msg)
 
-    async def _stream_item(self, link: Link, msg: m.StreamItem) -> None:
+    def _stream_item(self, link: Link, msg: m.StreamItem) -> Awaitable[None] | None:
         inbox = link.streams.get(msg.id)
         if inbox is None:
-            if self._forwarder is None or not await self._forwarder.forward_reply(link, msg):
-                self._drop(f"stream item for unknown stream {msg.id}")
-        elif not inbox.put(msg):
+            return self._stray_item(link, msg)
+        if not inbox.put(msg):
             self._drop(f"stream {msg.id} sent past its credit")
+        return None
 
-    async def _upload_credit(self, link: Link, msg: m.UploadCredit) -> None:
+    async def _stray_item(self, link: Link, msg: m.StreamItem) -> None:
+        if self._forwarder is None or not await self._forwarder.forward_reply(link, msg):
+            self._drop(f"stream item for unknown stream {msg.id}")
+
+    def _upload_credit(self, link: Link, msg: m.UploadCredit) -> None:
         window = link.uploads.get(msg.id)
         if window is not None and msg.amount >= 1:  # else the upload ended meanwhile
             window.grant(msg.amount)
@@ -365,7 +412,7 @@ class Receiver:
     async def _ping(self, link: Link, msg: m.Ping) -> None:
         await link.send(m.Pong())
 
-    async def _pong(self, link: Link, msg: m.Pong) -> None:
+    def _pong(self, link: Link, msg: m.Pong) -> None:
         """Liveness was recorded by ``session.receive``; nothing else to do."""
 
     async def _ack(self, link: Link, msg: m.Ack) -> None:
@@ -394,8 +441,8 @@ class Receiver:
             raise
         if link.incoming.expects(msg.transfer):  # the last chunk needs no ack
             await link.send(m.ChunkAck(transfer=msg.transfer, amount=1))
-        if whole is not None:
-            await self.HANDLERS[type(whole)](self, link, whole)
+        if whole is not None and (pending := self.HANDLERS[type(whole)](self, link, whole)):
+            await pending
 
     async def _chunk_ack(self, link: Link, msg: m.ChunkAck) -> None:
         if not link.outgoing.ack(msg.transfer, msg.amount):
@@ -424,8 +471,9 @@ class Receiver:
                 error = m.Error(id=exc.message.id, code=code, message=text)
                 await self._forwarder.forward_reply(link, error)
 
-    #: The handler of each message class: every kind that settles a call is a reply.
-    HANDLERS: Final[dict[type, Callable[[Receiver, Link, Any], Awaitable[None]]]] = {
+    #: The handler of each message class: every kind that settles a call is a reply. A
+    #: handler returns what is left to wait for, or ``None``.
+    HANDLERS: Final[dict[type, Callable[[Receiver, Link, Any], Awaitable[object] | None]]] = {
         **dict.fromkeys(m.kinds_with(m.Trait.REPLY), _reply),
         m.Hello: _hello,
         m.Welcome: _welcome,

@@ -17,6 +17,7 @@ __all__ = [
     "Request",
     "Handler",
     "StreamHandler",
+    "make_request",
 ]
 
 #: A msgpack value: None, bool, int, float, str, bytes, list, dict (and tuples, sent as lists).
@@ -58,3 +59,30 @@ class StreamHandler(Protocol):
     def __call__(self, request: Request, /) -> AsyncIterator[Body]:
         """Answer ``request`` with the items it yields, in order."""
         ...
+
+
+_new = object.__new__
+# The slots' own setters: a frozen dataclass's ``__init__`` goes through
+# ``object.__setattr__`` for every field, which looks the field up on the class each time.
+_set_method = Request.__dict__["method"].__set__
+_set_body = Request.__dict__["body"].__set__
+_set_peer_id = Request.__dict__["peer_id"].__set__
+_set_order_key = Request.__dict__["order_key"].__set__
+_set_headers = Request.__dict__["headers"].__set__
+
+
+def make_request(
+    method: str, body: Body, peer_id: str, order_key: str | None, headers: Headers
+) -> Request:
+    """``Request(method=..., body=..., ...)``, every field given, at less than half the cost.
+
+    The serving side builds one per call; the ``Request`` is the same (frozen, equal and
+    hashing as one built the usual way).
+    """
+    request = _new(Request)
+    _set_method(request, method)
+    _set_body(request, body)
+    _set_peer_id(request, peer_id)
+    _set_order_key(request, order_key)
+    _set_headers(request, headers)
+    return request

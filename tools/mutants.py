@@ -270,7 +270,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         name="dispatch-execute-timeout-ignored",
         path="callosum_like/dispatch.py",
-        old="timeout = _earliest(self._execute_timeout, call.timeout)",
+        old="timeout = earliest(self._execute_timeout, call.timeout)",
         new="timeout = None",
         tests=("tests/test_peer_errors.py",),
         why="execute_timeout cancels a handler that runs too long",

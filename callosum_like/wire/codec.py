@@ -27,7 +27,7 @@ import itertools
 import operator
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeAlias, cast
+from typing import Any, Final, NoReturn, TypeAlias, cast
 
 import cramjam
 import msgpack
@@ -76,6 +76,10 @@ _KNOWN_FLAGS: Final = FLAG_COMPRESSED | FLAG_CHUNKED
 _DIRECT_BIN: Final = 1 << 16
 _MAX_BIN: Final = 2**32 - 1
 _BIN32: Final = b"\xc6"
+#: ``bytes`` bodies shorter than this are packed by ``pack_body`` itself (msgpack's bin 8,
+#: whose headers these are by length): half the cost of a call into msgpack.
+_SMALL_BIN: Final = 256
+_BIN8_HEADERS: Final = tuple(bytes((0xC4, size)) for size in range(_SMALL_BIN))
 #: Bytes in the header of a ``bin 32`` value (its type byte and its length).
 BIN_HEADER_SIZE: Final = 5
 
@@ -107,6 +111,7 @@ class _Packer(threading.local):
 
 
 _pack = _Packer()
+_unpackb = msgpack.unpackb
 
 _OptStr = (str, type(None))
 _OptNum = (float, int, type(None))
@@ -151,6 +156,10 @@ _OPTIONAL_TRAILING: Final = frozenset({"target", "origin", "token", "session", "
 _CLASSES: Final[tuple[type[m.Message], ...]] = m.MESSAGE_CLASSES
 
 
+#: The types of a header's first three elements (version, kind, flags) once checked.
+_PREFIX: Final = (int, int, int)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Layout:
     cls: type[m.Message]
@@ -159,8 +168,16 @@ class _Layout:
     has_body: bool
     required: int  # header fields before the optional trailing ones
     values: Callable[[m.Message], tuple[Any, ...]]  # the header fields of a message, in order
-    routes: tuple[str, ...]  # its fields that hold a route
-    checked: bool  # whether it has fields whose values are checked beyond their type
+    routes: tuple[int, ...]  # the places of its fields that hold a route, in the header
+    timeout: int | None  # the place of its ``timeout`` in the header, if it has one
+    headers: int | None  # the place of its ``headers`` in the header, if it has them
+    #: The types of every header it may have (version, kind and flags, then its fields,
+    #: with or without the optional trailing ones), each with whether the values must be
+    #: checked beyond their types (a route, a timeout, headers that are not ``None``).
+    signatures: dict[tuple[type, ...], bool]
+    #: ``make(body, *header)``: the message of a header whose signature is one of its own
+    #: (the body is ignored by kinds without one).
+    make: Callable[..., m.Message]
 
 
 def _layout(cls: type[m.Message]) -> _Layout:
@@ -177,23 +194,59 @@ def _layout(cls: type[m.Message]) -> _Layout:
     else:  # attrgetter would need a name, and return the value itself
         one = operator.attrgetter(*header) if header else None
         values = lambda msg: () if one is None else (one(msg),)  # noqa: E731
-    routes = tuple(n for n in header if n in _ROUTE_FIELDS)
-    checked = bool(routes) or "timeout" in header or "headers" in header
-    return _Layout(cls, header, types, "body" in names, required, values, routes, checked)
+    place = {name: 3 + i for i, name in enumerate(header)}
+    routes = tuple(place[n] for n in header if n in _ROUTE_FIELDS)
+    checked = [place[n] for n in header if n in _ROUTE_FIELDS or n in ("timeout", "headers")]
+    signatures = {
+        _PREFIX + signature: any(
+            signature[i - 3] is not type(None) for i in checked if i - 3 < len(signature)
+        )
+        for length in range(required, len(header) + 1)
+        for signature in itertools.product(*types[:length])
+    }
+    return _Layout(
+        cls,
+        header,
+        types,
+        "body" in names,
+        required,
+        values,
+        routes,
+        place.get("timeout"),
+        place.get("headers"),
+        signatures,
+        _maker(cls, header, required, "body" in names),
+    )
+
+
+def _maker(
+    cls: type[m.Message], header: tuple[str, ...], required: int, has_body: bool
+) -> Callable[..., m.Message]:
+    """``make(body, version, kind, flags, *fields)``: a message of ``cls``, in one call.
+
+    A message's ``__init__`` takes its fields by keyword; building its arguments as a dict
+    for every message decoded cost as much as the rest of the header's decoding. This
+    writes the fields straight into a new instance, as that ``__init__`` would (every
+    field is a plain slot; the optional trailing ones default to ``None``). Generated once
+    per class, like the ``__init__`` of a dataclass; the names are the class's own fields.
+    """
+    params = [f"_{name}" for name in header]
+    params[required:] = [f"{p}=None" for p in params[required:]]
+    stores = [f" msg.{name} = _{name}" for name in header]
+    if has_body:
+        stores.append(" msg.body = body")
+    source = (
+        f"def make({', '.join(['body', '_version', '_kind', '_flags', *params])}):\n"
+        " msg = new(cls)\n" + "\n".join(stores) + "\n return msg\n"
+    )
+    space: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    exec(source, space)  # our own field names only (see the doc)
+    make: Callable[..., m.Message] = space["make"]
+    return make
 
 
 _BY_KIND: Final[dict[int, _Layout]] = {int(c.KIND): _layout(c) for c in _CLASSES}
 _BY_CLASS: Final[dict[type, _Layout]] = {lay.cls: lay for lay in _BY_KIND.values()}
-#: Per class, every tuple of field types its header may carry (optional trailing fields
-#: left out or not).
-_SIGNATURES: Final[dict[type, frozenset[tuple[type, ...]]]] = {
-    lay.cls: frozenset(
-        signature
-        for length in range(lay.required, len(lay.fields) + 1)
-        for signature in itertools.product(*lay.types[:length])
-    )
-    for lay in _BY_KIND.values()
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -235,8 +288,12 @@ def pack_body(value: Any) -> m.PackedBody:
     Raises:
         TypeError: ``value`` holds something msgpack cannot represent.
     """
-    if type(value) is bytes and _DIRECT_BIN <= len(value) <= _MAX_BIN:
-        return m.LargeBody((_BIN32 + len(value).to_bytes(4, "big"), value))
+    if type(value) is bytes:
+        size = len(value)
+        if size < _SMALL_BIN:  # what msgpack writes, without a call into it
+            return _BIN8_HEADERS[size] + value
+        if _DIRECT_BIN <= size <= _MAX_BIN:
+            return m.LargeBody((_BIN32 + size.to_bytes(4, "big"), value))
     try:
         return _pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -360,28 +417,41 @@ def decode(frames: Sequence[Frame], *, max_body_size: int) -> m.Message | Chunke
         ProtocolError: Anything else is wrong: frame count, header, version, kind, field types,
             compression.
     """
-    if not 1 <= len(frames) <= 2:
-        raise ProtocolError(f"expected 1 or 2 frames, got {len(frames)}")
-    head = _decode_header(frames[0])
-    layout = _BY_KIND.get(head[1]) if len(head) > 1 and type(head[1]) is int else None
-    if layout is None:
-        raise ProtocolError(f"unknown message kind {head[1:2]!r}")
-    flags = head[2] if len(head) > 2 else None
-    if type(flags) is not int or flags & ~_KNOWN_FLAGS:
-        raise ProtocolError(f"bad flags {flags!r}")
-    if flags & FLAG_CHUNKED:
-        return _decode_chunked_head(layout, head, flags, len(frames))
-    values = _check_fields(layout, head[3:])
-    if layout.has_body != (len(frames) == 2):
-        raise ProtocolError(f"{layout.cls.__name__} with {len(frames)} frames")
-    if not layout.has_body:
-        return layout.cls(**values)
-    values["body"] = b""
+    count = len(frames)
+    if not 0 < count < 3:
+        raise ProtocolError(f"expected 1 or 2 frames, got {count}")
+    frame = frames[0]
+    if len(frame) > MAX_HEADER_SIZE:
+        raise ProtocolError(f"header of {len(frame)} bytes exceeds {MAX_HEADER_SIZE}")
     try:
-        values["body"] = _decode_body(frames[1], flags, max_body_size)
-    except OversizeBodyError as exc:
-        raise OversizeBodyError(layout.cls(**values), exc.size) from None
-    return layout.cls(**values)
+        head = _unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable header: {exc!r}") from None
+    if type(head) is not list or len(head) < 3:
+        _refuse_header(head)
+    version, kind, flags = head[0], head[1], head[2]
+    layout = type(kind) is int and _BY_KIND.get(kind)
+    if (
+        not layout
+        or version != m.PROTOCOL_VERSION
+        or type(version) is not int
+        or type(flags) is not int
+        or flags & ~_KNOWN_FLAGS
+    ):
+        _refuse_header(head)
+    if flags & FLAG_CHUNKED:
+        return _decode_chunked_head(layout, head, flags, count)
+    # One dict lookup of the header's types instead of a test per field, and the message
+    # built from the header list as it is (no dict of its fields, no keyword arguments).
+    checked = layout.signatures.get(tuple(map(type, head)))
+    if checked is not False or layout.has_body != (count == 2):  # wrong, or to check
+        _check_fields(layout, head, checked, count)
+    if not layout.has_body:
+        return layout.make(None, *head)
+    body = frames[1]
+    if flags or len(body) > max_body_size:  # compressed (the only flag left), or too large
+        body = _decode_body(layout, head, body, max_body_size)
+    return layout.make(body, *head)
 
 
 def _decode_chunked_head(layout: _Layout, head: list[Any], flags: int, count: int) -> ChunkedHead:
@@ -390,63 +460,85 @@ def _decode_chunked_head(layout: _Layout, head: list[Any], flags: int, count: in
     *fields, transfer, size = head[3:] or [None]
     if type(transfer) is not int or type(size) is not int or size < 0:
         raise ProtocolError(f"bad chunked head: transfer {transfer!r}, size {size!r}")
-    values = _check_fields(layout, fields)
-    values["body"] = b""
-    return ChunkedHead(layout.cls(**values), transfer, size)
+    plain = [*head[:3], *fields]
+    _check_fields(layout, plain, layout.signatures.get(tuple(map(type, plain))), 2)
+    return ChunkedHead(layout.make(b"", *plain), transfer, size)
 
 
-def _decode_header(frame: Frame) -> list[Any]:
-    if len(frame) > MAX_HEADER_SIZE:
-        raise ProtocolError(f"header of {len(frame)} bytes exceeds {MAX_HEADER_SIZE}")
-    try:
-        head = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-    except Exception as exc:
-        raise ProtocolError(f"undecodable header: {exc!r}") from None
+def _refuse_header(head: Any) -> NoReturn:
+    """Name the first thing wrong with a header's array, its version, kind or flags."""
     if type(head) is not list or not head:
         raise ProtocolError("header is not a non-empty array")
     if head[0] != m.PROTOCOL_VERSION or type(head[0]) is not int:
         raise ProtocolError(f"unsupported protocol version {head[0]!r}")
-    return head
+    if len(head) < 2 or type(head[1]) is not int or head[1] not in _BY_KIND:
+        raise ProtocolError(f"unknown message kind {head[1:2]!r}")
+    flags = head[2] if len(head) > 2 else None
+    raise ProtocolError(f"bad flags {flags!r}")
 
 
-def _check_fields(layout: _Layout, raw: list[Any]) -> dict[str, Any]:
-    # One set lookup of the fields' types instead of a test per field (2.3 -> 1.7 us for a
-    # Call); the loop below only runs to name what is wrong.
-    if tuple(map(type, raw)) not in _SIGNATURES[layout.cls]:
-        if not layout.required <= len(raw) <= len(layout.fields):
-            raise ProtocolError(f"{layout.cls.__name__} needs {len(layout.fields)} fields")
-        for name, value, types in zip(layout.fields, raw, layout.types, strict=False):
-            if type(value) not in types:
-                raise ProtocolError(f"{layout.cls.__name__}.{name} has type {type(value).__name__}")
-    values = dict(zip(layout.fields, raw, strict=False))
-    if not layout.checked:
-        return values
-    for name in layout.routes:
-        route = values.get(name)
+def _check_fields(layout: _Layout, head: list[Any], checked: bool | None, count: int) -> None:
+    """Check the fields of ``head``, whose types' entry in ``layout.signatures`` is ``checked``.
+
+    ``count`` is the number of frames of the message (a chunked head's counts as two).
+
+    Raises:
+        ProtocolError: A field has the wrong type (``checked`` is ``None``) or value, or
+            the message has the wrong number of frames.
+    """
+    if checked is None:
+        _refuse_fields(layout, head[3:])
+    if checked:
+        _check_values(layout, head)
+    if layout.has_body != (count == 2):
+        raise ProtocolError(f"{layout.cls.__name__} with {count} frames")
+
+
+def _refuse_fields(layout: _Layout, raw: list[Any]) -> NoReturn:
+    """Name what is wrong with the fields ``raw`` of a header whose types do not fit."""
+    if not layout.required <= len(raw) <= len(layout.fields):
+        raise ProtocolError(f"{layout.cls.__name__} needs {len(layout.fields)} fields")
+    for name, value, types in zip(layout.fields, raw, layout.types, strict=False):
+        if type(value) not in types:
+            raise ProtocolError(f"{layout.cls.__name__}.{name} has type {type(value).__name__}")
+    raise ProtocolError(f"{layout.cls.__name__}: bad fields")  # not reached: the types fit
+
+
+def _check_values(layout: _Layout, head: list[Any]) -> None:
+    """Check what the types of a header's fields do not tell (routes, timeout, headers)."""
+    size = len(head)
+    for place in layout.routes:
+        route = head[place] if place < size else None
         if route is not None and not m.is_route(route):
+            name = layout.fields[place - 3]
             raise ProtocolError(f"{layout.cls.__name__}.{name} is not a route: {route[:80]!r}")
-    timeout = values.get("timeout")
+    timeout = head[layout.timeout] if layout.timeout is not None else None
     if timeout is not None and not timeout >= 0:  # ``not >=`` also refuses NaN
         raise ProtocolError(f"timeout must be non-negative seconds, got {timeout!r}")
-    headers = values.get("headers")
+    headers = head[layout.headers] if layout.headers is not None else None
     if headers is not None and not all(
         type(k) is str and type(v) in (str, bytes) for k, v in headers.items()
     ):
         raise ProtocolError("headers must map str to str or bytes")
-    return values
 
 
-def _decode_body(frame: Frame, flags: int, max_body_size: int) -> bytes:
+def _decode_body(layout: _Layout, head: list[Any], frame: Frame, max_body_size: int) -> bytes:
+    """The body of a message with header ``head``: decompressed, or refused as too large.
+
+    Raises:
+        OversizeBodyError: With the message, its body left empty.
+        ProtocolError: The compressed body is corrupt.
+    """
     if len(frame) > max_body_size:
-        raise OversizeBodyError(m.Ping(), len(frame))
-    if not flags & FLAG_COMPRESSED:
+        raise OversizeBodyError(layout.make(b"", *head), len(frame))
+    if not head[2] & FLAG_COMPRESSED:
         return frame  # type: ignore[return-value]  # a buffer the transport handed over: no copy
     try:
         size = cramjam.snappy.decompress_raw_len(frame)
     except Exception as exc:
         raise ProtocolError(f"bad compressed body: {exc!r}") from None
     if size > max_body_size:
-        raise OversizeBodyError(m.Ping(), size)
+        raise OversizeBodyError(layout.make(b"", *head), size)
     try:
         return bytes(cramjam.snappy.decompress_raw(frame))
     except Exception as exc:
