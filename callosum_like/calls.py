@@ -281,17 +281,11 @@ class Caller:
     async def call(
         self, link: Link, msg: m.Call, upload: AsyncIterable[Body] | None = None
     ) -> Body:
-        """Send ``msg`` (and its streamed body) and return its outcome (see ``Peer.invoke``)."""
-        reply = await self._await_reply(link, msg, upload)
-        try:
-            return outcome(reply)
-        except Exception as exc:
-            self._counters.count_error(type(exc).__name__)
-            raise
+        """Send ``msg`` (and its streamed body) and return its outcome (see ``Peer.invoke``).
 
-    async def _await_reply(
-        self, link: Link, msg: m.Call, upload: AsyncIterable[Body] | None
-    ) -> m.Message:
+        One coroutine from the send to the outcome: the send itself is ``Link.post``, which
+        needs no coroutine for a call that goes whole and at once (the common case).
+        """
         future: asyncio.Future[m.Message] = self._loop.create_future()
         link.pending[msg.id] = future
         self._counters.calls_out += 1
@@ -303,7 +297,17 @@ class Caller:
                 # The timeout covers sending too: a chunked body may take a while to go out.
                 expiry = _Expiry(future, asyncio.current_task(self._loop))
                 deadline = self.deadlines.add(timeout, _expire, expiry)
-            return await self._send_and_wait(link, msg, future, upload)
+            try:
+                sending = link.post(msg)
+                if sending is not None:
+                    await sending
+            except BaseException as exc:
+                await self._unsent(link, msg, future, exc)
+                raise
+            if upload is None:
+                reply = await future
+            else:
+                reply = await self._upload_and_wait(link, msg.id, future, upload)
         except asyncio.CancelledError:
             link.abandon(msg.id)
             if expiry is None or not expiry.fired or expiry.task.uncancel():  # type: ignore[union-attr]
@@ -317,24 +321,27 @@ class Caller:
             link.pending.pop(msg.id, None)
             if started is not None:
                 log_rpc("invoked", msg.method, link.identity, started, _call_outcome(future))
+        try:
+            return outcome(reply)
+        except Exception as exc:
+            self._counters.count_error(type(exc).__name__)
+            raise
 
-    async def _send_and_wait(
+    async def _unsent(
         self,
         link: Link,
         msg: m.Call,
         future: asyncio.Future[m.Message],
-        upload: AsyncIterable[Body] | None,
-    ) -> m.Message:
+        error: BaseException,
+    ) -> None:
+        """The send of ``msg`` failed with ``error``: the call never left whole, forget it."""
         try:
-            await self.send_call(link, msg)
-        except BaseException:
-            link.session.call_input(msg.id, CallInput.REPLY)  # it never left whole: forget it
+            if isinstance(error, PeerDisconnectedError):
+                await self._gone(link, msg, error)
+        finally:
+            link.session.call_input(msg.id, CallInput.REPLY)
             if future.done() and not future.cancelled():
                 future.exception()  # the link failed it too; the send's error is the one raised
-            raise
-        if upload is None:
-            return await future
-        return await self._upload_and_wait(link, msg.id, future, upload)
 
     async def send_call(self, link: Link, msg: m.Call) -> None:
         """Send a call; if its link turns out to be gone, end the link at once.
@@ -345,14 +352,20 @@ class Caller:
         of failing again and again without ever yielding to the event loop.
         """
         try:
-            await link.send(msg)
+            sending = link.post(msg)
+            if sending is not None:
+                await sending
         except PeerDisconnectedError as exc:
-            # The caller (invoke or stream) raises this error: count it, as for any error.
-            waiting = link.pending.pop(msg.id, None) or link.streams.pop(msg.id, None)
-            if waiting is not None:
-                self._counters.count_error(type(exc).__name__)
-            await self._link_gone(link, exc)
+            await self._gone(link, msg, exc)
             raise
+
+    async def _gone(self, link: Link, msg: m.Call, error: PeerDisconnectedError) -> None:
+        """The send of ``msg`` found its link gone: count the caller's error, end the link."""
+        # The caller (invoke or stream) raises this error: count it, as for any error.
+        waiting = link.pending.pop(msg.id, None) or link.streams.pop(msg.id, None)
+        if waiting is not None:
+            self._counters.count_error(type(error).__name__)
+        await self._link_gone(link, error)
 
     async def _upload_and_wait(
         self,
@@ -516,7 +529,7 @@ def outcome(reply: m.Message) -> Body:
 
 
 def _call_outcome(future: asyncio.Future[m.Message]) -> str:
-    """For the RPC log, from ``_await_reply``'s ``finally``: how the call ended."""
+    """For the RPC log, from ``call``'s ``finally``: how the call ended."""
     if future.done() and not future.cancelled():
         error = future.exception()
         if error is not None:
@@ -525,7 +538,7 @@ def _call_outcome(future: asyncio.Future[m.Message]) -> str:
         if type(reply) is m.Error:
             return type(error_for_code(reply.code, "")).__name__
         return _REPLY_OUTCOMES.get(type(reply), "RPCInternalError")
-    error = sys.exc_info()[1]  # the exception leaving _await_reply: timeout, cancellation
+    error = sys.exc_info()[1]  # the exception leaving ``call``: timeout, cancellation
     return "ok" if error is None else type(error).__name__
 
 

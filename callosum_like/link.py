@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Final, cast
 
 from .errors import MessageTooLargeError, PeerClosedError, PeerDisconnectedError
@@ -176,6 +176,28 @@ class Link:
         self._counters.bytes_out += sum(map(len, frames))
         await self._connection.send(frames, to=self.key)
 
+    def post(self, msg: m.Message) -> Awaitable[None] | None:
+        """``send``, without a coroutine for a message that goes whole and at once.
+
+        The hot path of calls and replies: a message that is not chunked, on a link that
+        neither numbers its messages (``replay``) nor sends a chunked call (whose order key
+        a call might have to wait for), is encoded and queued on the connection here, and
+        ``None`` returned; for anything else, or when the connection must wait, what is
+        left of the send is returned, for the caller to await before it sends anything else.
+
+        Raises:
+            The errors of ``send``, either at once or from the returned awaitable.
+        """
+        if (
+            self.replay is not None
+            or self.bulk_keys
+            or (type(msg) in _BODY_KINDS and len(msg.body) > self._chunk_size)  # type: ignore[union-attr]
+        ):
+            return self.send(msg)
+        frames = encode(msg, compress=self._compress)
+        self._counters.bytes_out += sum(map(len, frames))
+        return self._connection.post(frames, to=self.key)
+
     async def send_quietly(self, msg: m.Message) -> None:
         """``send``, for messages whose loss with the link is expected (pings, cancels)."""
         with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
@@ -194,7 +216,9 @@ class Link:
             reply = m.Error(id=reply.id, code=MessageTooLargeError.code, message=text)
         with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
             try:
-                await self.send(reply)
+                sending = self.post(reply)
+                if sending is not None:
+                    await sending
             except TypeError:  # cannot happen for our own messages; keep the invariant visible
                 log.exception("could not encode %r", reply)
 
