@@ -216,13 +216,13 @@ class StreamProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             raise PeerDisconnectedError(f"the {self._owner.kind} connection is closed")
-        batch = self._batch
-        batch.add(frames)
+        queued = self._batch.add(frames)
         if not self._holding:  # the first message of this loop iteration leaves at once
             self._holding = True
             self._loop.call_soon(self._release)
             self._flush()
-        if len(batch) <= WRITE_HIGH_WATER and not self._write_paused:
+            queued = 0
+        if queued <= WRITE_HIGH_WATER and not self._write_paused:
             return False
         self._flush()
         if self.limits is not None:

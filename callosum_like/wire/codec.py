@@ -182,6 +182,9 @@ def _layout(cls: type[m.Message]) -> _Layout:
     return _Layout(cls, header, types, "body" in names, required, values, routes, checked)
 
 
+_VERSION: Final = m.PROTOCOL_VERSION
+_CALL: Final = int(m.MessageKind.CALL)
+_RESULT: Final = int(m.MessageKind.RESULT)
 _BY_KIND: Final[dict[int, _Layout]] = {int(c.KIND): _layout(c) for c in _CLASSES}
 _BY_CLASS: Final[dict[type, _Layout]] = {lay.cls: lay for lay in _BY_KIND.values()}
 #: Per class, every tuple of field types its header may carry (optional trailing fields
@@ -295,8 +298,27 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[Frame]:
     Returns:
         ``[header]`` or ``[header, body]``.
     """
-    layout = _BY_CLASS[type(msg)]
-    header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), 0, *layout.values(msg)]
+    cls = type(msg)
+    # The two kinds of every RPC, written out for a plain body: the general path below
+    # gives the same bytes (tests/wire/test_codec.py checks both against the layout).
+    if cls is m.Result:
+        result = cast(m.Result, msg)
+        plain = result.body
+        if type(plain) is bytes and (not compress or len(plain) < COMPRESS_THRESHOLD):
+            return [_pack([_VERSION, _RESULT, 0, result.id]), plain]
+    elif cls is m.Call:
+        call = cast(m.Call, msg)
+        plain = call.body
+        if (
+            type(plain) is bytes
+            and (not compress or len(plain) < COMPRESS_THRESHOLD)
+            and call.target is None
+            and call.origin is None
+        ):
+            fields = (call.id, call.method, call.order_key, call.headers, call.timeout)
+            return [_pack([_VERSION, _CALL, 0, *fields, call.stream, call.upload]), plain]
+    layout = _BY_CLASS[cls]
+    header = [m.PROTOCOL_VERSION, int(msg.KIND), 0, *layout.values(msg)]
     while len(header) > 3 + layout.required and header[-1] is None:
         header.pop()  # optional trailing fields left at None are not sent
     if not layout.has_body:

@@ -46,6 +46,8 @@ _COUNT = struct.Struct("!H")
 _LENGTH = struct.Struct("!I")
 #: A message's frame count and the length of its first frame, read or written at once.
 _HEAD = struct.Struct("!HI")
+#: The prefixes of a message of two frames: its count and two lengths.
+_TWO_FRAMES: Final = _COUNT.size + 2 * _LENGTH.size
 #: The largest length a u32 prefix can state: frames must be under 4 GiB.
 _MAX_LENGTH: Final = 2**32 - 1
 #: A frame at least this large that arrives in pieces is kept as those pieces (whole chunks
@@ -95,8 +97,8 @@ class FrameEncoder:
         """Bytes queued."""
         return self._size
 
-    def add(self, frames: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Queue one message.
+    def add(self, frames: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Queue one message; return the bytes queued now (``len(self)``, without a call).
 
         Raises:
             ValueError: No frames, more than ``MAX_FRAMES``, or a frame of 4 GiB or more.
@@ -112,8 +114,8 @@ class FrameEncoder:
                 small += head
                 small += _LENGTH.pack(body_size)
                 small += body
-                self._size += _COUNT.size + 2 * _LENGTH.size + head_size + body_size
-                return
+                self._size += _TWO_FRAMES + head_size + body_size
+                return self._size
         small += _COUNT.pack(len(frames))
         size = _COUNT.size
         for frame in frames:
@@ -128,6 +130,7 @@ class FrameEncoder:
                 self._small = small = bytearray()
             size += _LENGTH.size + length
         self._size += size
+        return self._size
 
     def data_to_send(self) -> list[bytes | bytearray | memoryview]:
         """Everything queued, in order, for ``writelines`` (often one buffer); then empty."""
