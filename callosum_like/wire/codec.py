@@ -93,16 +93,19 @@ class _Packer(threading.local):
     """
 
     def __init__(self) -> None:
-        self._renew()
+        self.renew()
 
-    def _renew(self) -> None:
-        self._pack = msgpack.Packer(buf_size=PACKER_BUFFER).pack
+    def renew(self) -> None:
+        """Start again with a buffer of ``PACKER_BUFFER`` bytes (let a grown one go)."""
+        #: The ``Packer``'s own ``pack``, for a caller that checks the size itself (or
+        #: packs only small values): ``pack`` without this object's frame.
+        self.pack: Callable[[Any], bytes] = msgpack.Packer(buf_size=PACKER_BUFFER).pack
 
     def __call__(self, value: Any) -> bytes:
         """``msgpack.packb(value)``; raises what it raises."""
-        packed: bytes = self._pack(value)
+        packed = self.pack(value)
         if len(packed) > PACKER_BUFFER:
-            self._renew()  # let the grown buffer go
+            self.renew()  # let the grown buffer go
         return packed
 
 
@@ -241,9 +244,12 @@ def pack_body(value: Any) -> m.PackedBody:
     if type(value) is bytes and _DIRECT_BIN <= len(value) <= _MAX_BIN:
         return m.LargeBody((_BIN32 + len(value).to_bytes(4, "big"), value))
     try:
-        return _pack(value)
+        packed = _pack.pack(value)  # ``_pack(value)``, inline: the hot path
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"body is not msgpack-serializable: {exc}") from None
+    if len(packed) > PACKER_BUFFER:
+        _pack.renew()  # let the grown buffer go
+    return packed
 
 
 def bin_value_size(prefix: Frame) -> int | None:
@@ -305,7 +311,7 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[Frame]:
         result = cast(m.Result, msg)
         plain = result.body
         if type(plain) is bytes and (not compress or len(plain) < COMPRESS_THRESHOLD):
-            return [_pack([_VERSION, _RESULT, 0, result.id]), plain]
+            return [_pack.pack([_VERSION, _RESULT, 0, result.id]), plain]  # a few bytes
     elif cls is m.Call:
         call = cast(m.Call, msg)
         plain = call.body
