@@ -316,7 +316,8 @@ def _parse(data: bytes, pos: int, limit: int, out: list[list[Buffer]]) -> int:
     """Append every complete message of ``data[pos:]`` to ``out``; return where the rest starts.
 
     Each frame is a slice of ``data`` (a copy). The hot path of both transports: the count
-    and the first length are read at once, and each frame's end is checked once.
+    and the first length are read at once, each frame's end is checked once, and a message
+    of two frames (a header and a body) whose bytes are all here is read without a loop.
 
     Raises:
         ProtocolError: A frame count out of range, or a frame over ``limit`` bytes.
@@ -325,24 +326,46 @@ def _parse(data: bytes, pos: int, limit: int, out: list[list[Buffer]]) -> int:
     unpack_head, unpack_length = _HEAD.unpack_from, _LENGTH.unpack_from
     while end - pos >= _HEAD.size:
         count, length = unpack_head(data, pos)
-        if not 1 <= count <= MAX_FRAMES:
-            raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
+        at = pos + _HEAD.size + length
+        if count == 2 and length <= limit and end - at >= _LENGTH.size:
+            (size,) = unpack_length(data, at)
+            stop = at + _LENGTH.size + size
+            if size <= limit and stop <= end:
+                out.append([data[at - length : at], data[stop - size : stop]])
+                pos = stop
+                continue
+        stop = _parse_one(data, pos, limit, out)
+        if stop < 0:
+            return pos
+        pos = stop
+    return pos
+
+
+def _parse_one(data: bytes, pos: int, limit: int, out: list[list[Buffer]]) -> int:
+    """``_parse`` for one message of any frame count; ``-1`` when it is not all there yet.
+
+    Raises:
+        ProtocolError: A frame count out of range, or a frame over ``limit`` bytes.
+    """
+    end = len(data)
+    count, length = _HEAD.unpack_from(data, pos)
+    if not 1 <= count <= MAX_FRAMES:
+        raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
+    if length > limit:
+        raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
+    at = pos + _HEAD.size + length
+    if at > end:
+        return -1
+    frames: list[Buffer] = [data[at - length : at]]
+    for _ in range(1, count):
+        if end - at < _LENGTH.size:
+            return -1
+        (length,) = _LENGTH.unpack_from(data, at)
         if length > limit:
             raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
-        at = pos + _HEAD.size + length
+        at += _LENGTH.size + length
         if at > end:
-            return pos
-        frames: list[Buffer] = [data[at - length : at]]
-        for _ in range(1, count):
-            if end - at < _LENGTH.size:
-                return pos
-            (length,) = unpack_length(data, at)
-            if length > limit:
-                raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
-            at += _LENGTH.size + length
-            if at > end:
-                return pos
-            frames.append(data[at - length : at])
-        out.append(frames)
-        pos = at
-    return pos
+            return -1
+        frames.append(data[at - length : at])
+    out.append(frames)
+    return at
