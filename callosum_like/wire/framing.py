@@ -353,7 +353,7 @@ def _parse_one(data: bytes, pos: int, limit: int, out: list[list[Buffer]]) -> in
         raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
     if length > limit:
         raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
-    at = pos + _HEAD.size + length
+    at: int = pos + _HEAD.size + length
     if at > end:
         return -1
     frames: list[Buffer] = [data[at - length : at]]
