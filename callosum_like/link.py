@@ -209,18 +209,30 @@ class Link:
         The caller refuses a body over its ``max_body_size``, and its transport drops the
         whole link for a frame over it: answering the error instead costs only the call.
         """
+        sending = self.post_reply(reply)
+        if sending is not None:
+            await sending
+
+    def post_reply(self, reply: m.Message) -> Awaitable[None] | None:
+        """``send_reply``, without a coroutine when the reply goes at once (``post``).
+
+        Returns:
+            ``None`` once the reply is queued (or dropped: the link is not open, or gone);
+            else what is left of its send, to await before anything else is sent.
+        """
         if self.session.state not in _REPLYING:
-            return
+            return None
         if type(reply) is m.Result and len(reply.body) > (limit := self.body_limit()):
             text = f"result of {len(reply.body)} bytes exceeds max_body_size {limit}"
             reply = m.Error(id=reply.id, code=MessageTooLargeError.code, message=text)
-        with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
-            try:
-                sending = self.post(reply)
-                if sending is not None:
-                    await sending
-            except TypeError:  # cannot happen for our own messages; keep the invariant visible
-                log.exception("could not encode %r", reply)
+        try:
+            sending = self.post(reply)
+        except (PeerDisconnectedError, PeerClosedError):
+            return None
+        except TypeError:  # cannot happen for our own messages; keep the invariant visible
+            log.exception("could not encode %r", reply)
+            return None
+        return None if sending is None else _quietly(sending, reply)
 
     def send_in_background(self, msg: m.Message) -> None:
         """Send ``msg`` quietly from a task of the Peer's, without waiting for it."""
@@ -329,6 +341,15 @@ class Link:
                 future.set_exception(error)
                 self._counters.count_error(type(error).__name__)
         self.outgoing.fail(error)
+
+
+async def _quietly(sending: Awaitable[None], reply: m.Message) -> None:
+    """Finish the send of ``reply``; its loss with the link is expected (``post_reply``)."""
+    with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
+        try:
+            await sending
+        except TypeError:  # cannot happen for our own messages; keep the invariant visible
+            log.exception("could not encode %r", reply)
 
 
 def _slices(body: m.PackedBody, size: Callable[[], int]) -> Iterator[bytes | memoryview]:
