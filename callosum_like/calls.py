@@ -30,7 +30,7 @@ import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
-from .deadlines import Deadlines
+from .deadlines import Deadline, Deadlines
 from .errors import (
     MessageTooLargeError,
     PeerDisconnectedError,
@@ -317,24 +317,23 @@ class Caller:
         timeout = msg.timeout
         expiry = deadline = None
         try:
-            if timeout is not None:
-                # The timeout covers sending too: a chunked body may take a while to go out.
-                expiry = _Expiry(future, asyncio.current_task(self._loop))
-                deadline = self.deadlines.add(timeout, _expire, expiry)
             try:
                 sending = link.post(msg)
-                if sending is not None:
-                    await sending
+                if sending is not None or upload is not None:
+                    expiry, deadline = self._arm(future, timeout)
+                    if sending is not None:
+                        await sending
+                elif timeout is not None:  # sent whole (the common case): ``_arm``, inline
+                    deadline = self.deadlines.add(timeout, _time_out, future)
             except BaseException as exc:
                 await self._unsent(link, msg, future, exc)
                 raise
-            if upload is None:
-                reply = await future
-            else:
-                reply = await self._upload_and_wait(link, msg.id, future, upload)
+            reply = await (
+                future if upload is None else self._upload_and_wait(link, msg.id, future, upload)
+            )
         except asyncio.CancelledError:
             link.abandon(msg.id)
-            if expiry is None or not expiry.fired or expiry.task.uncancel():  # type: ignore[union-attr]
+            if not self._timed_out(future, expiry, deadline is not None):
                 self._counters.count_error("CancelledError")
                 raise  # cancelled, not (only) timed out
             self._counters.count_error(RPCTimeoutError.__name__)
@@ -350,6 +349,37 @@ class Caller:
         except Exception as exc:
             self._counters.count_error(type(exc).__name__)
             raise
+
+    def _arm(
+        self, future: asyncio.Future[m.Message], timeout: float | None
+    ) -> tuple[_Expiry | None, Deadline | None]:
+        """Start the timeout of a call still being sent, whose ``future`` waits for the reply.
+
+        The timeout covers the rest of the send too (a chunked body may take a while to go
+        out): it cancels this task, wherever it waits (``expiry``). A call sent whole at
+        once (the common case) only waits for the reply: its timeout (armed in ``call``)
+        cancels just that future, with no task to look up and no cancellation to undo.
+        """
+        if timeout is None:
+            return None, None
+        expiry = _Expiry(future, asyncio.current_task(self._loop))
+        return expiry, self.deadlines.add(timeout, _expire, expiry)
+
+    def _timed_out(
+        self, future: asyncio.Future[m.Message], expiry: _Expiry | None, armed: bool
+    ) -> bool:
+        """Whether a ``CancelledError`` leaving ``call`` is its timeout's, and only that.
+
+        The timeout cancelled either the task (``expiry``: it undoes that cancellation) or,
+        for a call sent whole at once, only the future; a cancellation of the task itself
+        (also cancelling the future it waits for) is the caller's.
+        """
+        if expiry is not None:
+            return expiry.fired and not expiry.task.uncancel()  # type: ignore[union-attr]
+        if not armed or not future.cancelled():
+            return False
+        task = asyncio.current_task(self._loop)
+        return task is None or not task.cancelling()
 
     async def _unsent(
         self,
@@ -534,6 +564,11 @@ def _expire(expiry: _Expiry) -> None:
     if not expiry.future.done() and expiry.task is not None:
         expiry.fired = True
         expiry.task.cancel()
+
+
+def _time_out(future: asyncio.Future[m.Message]) -> None:
+    """The timeout of a call sent whole passed: stop its wait, unless the reply is there."""
+    future.cancel()  # nothing, once done
 
 
 def outcome(reply: m.Message) -> Body:
