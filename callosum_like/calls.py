@@ -26,7 +26,6 @@ Only ``peer`` uses this module.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
@@ -34,16 +33,13 @@ from .deadlines import Deadline, Deadlines
 from .errors import (
     MessageTooLargeError,
     PeerDisconnectedError,
-    ProtocolError,
-    RPCCancelledError,
     RPCInternalError,
     RPCTimeoutError,
-    RPCUserError,
     UnknownPeerError,
-    error_for_code,
 )
 from .link import Link
 from .options import check_call_args, check_timeout
+from .replies import call_outcome, outcome
 from .request import Body, Headers
 from .session import CallInput
 from .stats import Counters, log_rpc, rpc_started
@@ -51,7 +47,7 @@ from .streams import CreditWindow, StreamInbox
 from .wire import messages as m
 from .wire.codec import pack_body, unpack_body
 
-__all__ = ["Caller", "outcome", "UPLOAD_WINDOW"]
+__all__ = ["Caller", "UPLOAD_WINDOW"]
 
 #: Items of a streamed body that may run ahead of the handler reading them.
 UPLOAD_WINDOW: Final = m.STREAM_WINDOW
@@ -343,7 +339,7 @@ class Caller:
                 self.deadlines.discard(deadline)
             link.pending.pop(msg.id, None)
             if started is not None:
-                log_rpc("invoked", msg.method, link.identity, started, _call_outcome(future))
+                log_rpc("invoked", msg.method, link.identity, started, call_outcome(future))
         try:
             return outcome(reply)
         except Exception as exc:
@@ -569,41 +565,3 @@ def _expire(expiry: _Expiry) -> None:
 def _time_out(future: asyncio.Future[m.Message]) -> None:
     """The timeout of a call sent whole passed: stop its wait, unless the reply is there."""
     future.cancel()  # nothing, once done
-
-
-def outcome(reply: m.Message) -> Body:
-    """Turn a reply message into the value ``invoke`` returns or the error it raises."""
-    if type(reply) is m.Result:
-        try:
-            return unpack_body(reply.body)
-        except ProtocolError as exc:
-            raise RPCInternalError(f"undecodable result: {exc}") from None
-    if type(reply) is m.Failure:
-        raise RPCUserError(reply.name, reply.repr, reply.traceback)
-    if type(reply) is m.Error:
-        raise error_for_code(reply.code, reply.message)
-    if type(reply) is m.Cancelled:
-        raise RPCCancelledError(reply.reason or "the remote cancelled the call")
-    raise AssertionError(f"not a reply: {reply!r}")
-
-
-def _call_outcome(future: asyncio.Future[m.Message]) -> str:
-    """For the RPC log, from ``call``'s ``finally``: how the call ended."""
-    if future.done() and not future.cancelled():
-        error = future.exception()
-        if error is not None:
-            return type(error).__name__
-        reply = future.result()
-        if type(reply) is m.Error:
-            return type(error_for_code(reply.code, "")).__name__
-        return _REPLY_OUTCOMES.get(type(reply), "RPCInternalError")
-    error = sys.exc_info()[1]  # the exception leaving ``call``: timeout, cancellation
-    return "ok" if error is None else type(error).__name__
-
-
-#: What the caller of ``invoke`` gets for each kind of reply; errors by their code.
-_REPLY_OUTCOMES: Final[dict[type, str]] = {
-    m.Result: "ok",
-    m.Failure: "RPCUserError",
-    m.Cancelled: "RPCCancelledError",
-}
