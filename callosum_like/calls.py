@@ -26,24 +26,20 @@ Only ``peer`` uses this module.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
-from .deadlines import Deadlines
+from .deadlines import Deadline, Deadlines
 from .errors import (
     MessageTooLargeError,
     PeerDisconnectedError,
-    ProtocolError,
-    RPCCancelledError,
     RPCInternalError,
     RPCTimeoutError,
-    RPCUserError,
     UnknownPeerError,
-    error_for_code,
 )
 from .link import Link
 from .options import check_call_args, check_timeout
+from .replies import call_outcome, outcome
 from .request import Body, Headers
 from .session import CallInput
 from .stats import Counters, log_rpc, rpc_started
@@ -51,11 +47,13 @@ from .streams import CreditWindow, StreamInbox
 from .wire import messages as m
 from .wire.codec import pack_body, unpack_body
 
-__all__ = ["Caller", "outcome", "UPLOAD_WINDOW"]
+__all__ = ["Caller", "UPLOAD_WINDOW"]
 
 #: Items of a streamed body that may run ahead of the handler reading them.
 UPLOAD_WINDOW: Final = m.STREAM_WINDOW
 
+#: Body types that are certainly not streamed (``AsyncIterable``): ``invoke``'s fast path.
+_PLAIN_BODIES: Final = frozenset({bytes, str, int, float, bool, type(None), list, dict, tuple})
 #: Ends a link whose send found it gone: ``(link, the send's error)``.
 LinkGone = Callable[[Link, PeerDisconnectedError], Awaitable[None]]
 #: Finds the link that reaches ``to`` and the target to send with.
@@ -108,6 +106,28 @@ class Caller:
         Raises:
             The errors of ``prepare``.
         """
+        if (
+            timeout is None
+            and headers is None
+            and type(method) is str
+            and method
+            and (order_key is None or type(order_key) is str)
+            and type(body) in _PLAIN_BODIES
+        ):  # ``prepare``, written out for the common call: its checks hold by the types
+            link, target = route(to)
+            packed = pack_body(body)
+            link.check_size(len(packed))
+            call_id = link.session.start_call()
+            timeout = self._invoke_timeout
+            msg = m.Call(
+                id=call_id,
+                method=method,
+                body=packed,
+                order_key=order_key,
+                timeout=timeout,
+                target=target,
+            )
+            return self.call(link, msg)
         upload = body if isinstance(body, AsyncIterable) else None
         link, msg = self.prepare(
             route,
@@ -281,17 +301,11 @@ class Caller:
     async def call(
         self, link: Link, msg: m.Call, upload: AsyncIterable[Body] | None = None
     ) -> Body:
-        """Send ``msg`` (and its streamed body) and return its outcome (see ``Peer.invoke``)."""
-        reply = await self._await_reply(link, msg, upload)
-        try:
-            return outcome(reply)
-        except Exception as exc:
-            self._counters.count_error(type(exc).__name__)
-            raise
+        """Send ``msg`` (and its streamed body) and return its outcome (see ``Peer.invoke``).
 
-    async def _await_reply(
-        self, link: Link, msg: m.Call, upload: AsyncIterable[Body] | None
-    ) -> m.Message:
+        One coroutine from the send to the outcome: the send itself is ``Link.post``, which
+        needs no coroutine for a call that goes whole and at once (the common case).
+        """
         future: asyncio.Future[m.Message] = self._loop.create_future()
         link.pending[msg.id] = future
         self._counters.calls_out += 1
@@ -299,14 +313,23 @@ class Caller:
         timeout = msg.timeout
         expiry = deadline = None
         try:
-            if timeout is not None:
-                # The timeout covers sending too: a chunked body may take a while to go out.
-                expiry = _Expiry(future, asyncio.current_task(self._loop))
-                deadline = self.deadlines.add(timeout, _expire, expiry)
-            return await self._send_and_wait(link, msg, future, upload)
+            try:
+                sending = link.post(msg)
+                if sending is not None or upload is not None:
+                    expiry, deadline = self._arm(future, timeout)
+                    if sending is not None:
+                        await sending
+                elif timeout is not None:  # sent whole (the common case): ``_arm``, inline
+                    deadline = self.deadlines.add(timeout, _time_out, future)
+            except BaseException as exc:
+                await self._unsent(link, msg, future, exc)
+                raise
+            reply = await (
+                future if upload is None else self._upload_and_wait(link, msg.id, future, upload)
+            )
         except asyncio.CancelledError:
             link.abandon(msg.id)
-            if expiry is None or not expiry.fired or expiry.task.uncancel():  # type: ignore[union-attr]
+            if not self._timed_out(future, expiry, deadline is not None):
                 self._counters.count_error("CancelledError")
                 raise  # cancelled, not (only) timed out
             self._counters.count_error(RPCTimeoutError.__name__)
@@ -316,25 +339,59 @@ class Caller:
                 self.deadlines.discard(deadline)
             link.pending.pop(msg.id, None)
             if started is not None:
-                log_rpc("invoked", msg.method, link.identity, started, _call_outcome(future))
+                log_rpc("invoked", msg.method, link.identity, started, call_outcome(future))
+        try:
+            return outcome(reply)
+        except Exception as exc:
+            self._counters.count_error(type(exc).__name__)
+            raise
 
-    async def _send_and_wait(
+    def _arm(
+        self, future: asyncio.Future[m.Message], timeout: float | None
+    ) -> tuple[_Expiry | None, Deadline | None]:
+        """Start the timeout of a call still being sent, whose ``future`` waits for the reply.
+
+        The timeout covers the rest of the send too (a chunked body may take a while to go
+        out): it cancels this task, wherever it waits (``expiry``). A call sent whole at
+        once (the common case) only waits for the reply: its timeout (armed in ``call``)
+        cancels just that future, with no task to look up and no cancellation to undo.
+        """
+        if timeout is None:
+            return None, None
+        expiry = _Expiry(future, asyncio.current_task(self._loop))
+        return expiry, self.deadlines.add(timeout, _expire, expiry)
+
+    def _timed_out(
+        self, future: asyncio.Future[m.Message], expiry: _Expiry | None, armed: bool
+    ) -> bool:
+        """Whether a ``CancelledError`` leaving ``call`` is its timeout's, and only that.
+
+        The timeout cancelled either the task (``expiry``: it undoes that cancellation) or,
+        for a call sent whole at once, only the future; a cancellation of the task itself
+        (also cancelling the future it waits for) is the caller's.
+        """
+        if expiry is not None:
+            return expiry.fired and not expiry.task.uncancel()  # type: ignore[union-attr]
+        if not armed or not future.cancelled():
+            return False
+        task = asyncio.current_task(self._loop)
+        return task is None or not task.cancelling()
+
+    async def _unsent(
         self,
         link: Link,
         msg: m.Call,
         future: asyncio.Future[m.Message],
-        upload: AsyncIterable[Body] | None,
-    ) -> m.Message:
+        error: BaseException,
+    ) -> None:
+        """The send of ``msg`` failed with ``error``: the call never left whole, forget it."""
         try:
-            await self.send_call(link, msg)
-        except BaseException:
-            link.session.call_input(msg.id, CallInput.REPLY)  # it never left whole: forget it
+            if isinstance(error, PeerDisconnectedError):
+                await self._gone(link, msg, error)
+        finally:
+            link.session.call_input(msg.id, CallInput.REPLY)
             if future.done() and not future.cancelled():
                 future.exception()  # the link failed it too; the send's error is the one raised
-            raise
-        if upload is None:
-            return await future
-        return await self._upload_and_wait(link, msg.id, future, upload)
 
     async def send_call(self, link: Link, msg: m.Call) -> None:
         """Send a call; if its link turns out to be gone, end the link at once.
@@ -345,14 +402,20 @@ class Caller:
         of failing again and again without ever yielding to the event loop.
         """
         try:
-            await link.send(msg)
+            sending = link.post(msg)
+            if sending is not None:
+                await sending
         except PeerDisconnectedError as exc:
-            # The caller (invoke or stream) raises this error: count it, as for any error.
-            waiting = link.pending.pop(msg.id, None) or link.streams.pop(msg.id, None)
-            if waiting is not None:
-                self._counters.count_error(type(exc).__name__)
-            await self._link_gone(link, exc)
+            await self._gone(link, msg, exc)
             raise
+
+    async def _gone(self, link: Link, msg: m.Call, error: PeerDisconnectedError) -> None:
+        """The send of ``msg`` found its link gone: count the caller's error, end the link."""
+        # The caller (invoke or stream) raises this error: count it, as for any error.
+        waiting = link.pending.pop(msg.id, None) or link.streams.pop(msg.id, None)
+        if waiting is not None:
+            self._counters.count_error(type(error).__name__)
+        await self._link_gone(link, error)
 
     async def _upload_and_wait(
         self,
@@ -499,39 +562,6 @@ def _expire(expiry: _Expiry) -> None:
         expiry.task.cancel()
 
 
-def outcome(reply: m.Message) -> Body:
-    """Turn a reply message into the value ``invoke`` returns or the error it raises."""
-    if type(reply) is m.Result:
-        try:
-            return unpack_body(reply.body)
-        except ProtocolError as exc:
-            raise RPCInternalError(f"undecodable result: {exc}") from None
-    if type(reply) is m.Failure:
-        raise RPCUserError(reply.name, reply.repr, reply.traceback)
-    if type(reply) is m.Error:
-        raise error_for_code(reply.code, reply.message)
-    if type(reply) is m.Cancelled:
-        raise RPCCancelledError(reply.reason or "the remote cancelled the call")
-    raise AssertionError(f"not a reply: {reply!r}")
-
-
-def _call_outcome(future: asyncio.Future[m.Message]) -> str:
-    """For the RPC log, from ``_await_reply``'s ``finally``: how the call ended."""
-    if future.done() and not future.cancelled():
-        error = future.exception()
-        if error is not None:
-            return type(error).__name__
-        reply = future.result()
-        if type(reply) is m.Error:
-            return type(error_for_code(reply.code, "")).__name__
-        return _REPLY_OUTCOMES.get(type(reply), "RPCInternalError")
-    error = sys.exc_info()[1]  # the exception leaving _await_reply: timeout, cancellation
-    return "ok" if error is None else type(error).__name__
-
-
-#: What the caller of ``invoke`` gets for each kind of reply; errors by their code.
-_REPLY_OUTCOMES: Final[dict[type, str]] = {
-    m.Result: "ok",
-    m.Failure: "RPCUserError",
-    m.Cancelled: "RPCCancelledError",
-}
+def _time_out(future: asyncio.Future[m.Message]) -> None:
+    """The timeout of a call sent whole passed: stop its wait, unless the reply is there."""
+    future.cancel()  # nothing, once done

@@ -88,14 +88,15 @@ CLOSE_TIMEOUT: Final = 5.0
 #: so that the packed and the unpacked body are not both held while the handler runs.
 RELEASE_BODY_SIZE: Final = 64 * 1024
 
-SendReply = Callable[[Hashable, m.Message], Awaitable[None]]
+SendReply = Callable[[Hashable, m.Message], Awaitable[None] | None]
 
 
 class Dispatcher:
     """Runs handlers for one Peer.
 
     Args:
-        send: Sends a reply to a link; must not raise for a link that is gone.
+        send: Sends a reply to a link; must not raise for a link that is gone. Returns None
+            once the reply is queued, else what is left of its sending, to await.
         default_ordering: The Peer's ordering for methods registered without one.
         max_concurrency: Handlers running at once.
         max_pending: Requests held at once (running plus waiting) before each caller is held
@@ -218,7 +219,7 @@ class Dispatcher:
         if (link, call.id) in self._inflight:
             raise ProtocolError(f"call id {call.id} is already in flight")
         if self._closing:
-            await self._send(link, m.Cancelled(id=call.id, reason="peer closing"))
+            await self._send_whole(link, m.Cancelled(id=call.id, reason="peer closing"))
             self._counters.count_request_error("RPCCancelledError")
             return
         ordering = registration.ordering or self._default_ordering
@@ -260,7 +261,7 @@ class Dispatcher:
     ) -> None:
         """Answer ``call`` with an error at once, without running anything."""
         started = rpc_started()
-        await self._send(link, m.Error(id=call.id, code=code, message=text))
+        await self._send_whole(link, m.Error(id=call.id, code=code, message=text))
         kind = error_name(code)
         self._counters.count_request_error(kind)
         if started is not None:
@@ -375,6 +376,12 @@ class Dispatcher:
         if self._fair.startable:  # its slot is free: the next in turn starts
             await self._start_ready()
 
+    async def _send_whole(self, link: Hashable, msg: m.Message) -> None:
+        """Send ``msg`` to ``link`` (``send`` may return what is left of it to await)."""
+        sending = self._send(link, msg)
+        if sending is not None:
+            await sending
+
     async def _cancelled(self, inbound: Inbound) -> None:
         """``inbound``'s job was cancelled: answer it (unless we are closing: ``aclose`` does).
 
@@ -433,7 +440,7 @@ class Dispatcher:
 
         async def send_credit(msg: m.Message) -> None:
             if not inbound.silent:
-                await self._send(link, msg)
+                await self._send_whole(link, msg)
 
         return UploadBody(inbound.call.id, upload, send_credit, unpack_body)
 
@@ -463,7 +470,9 @@ class Dispatcher:
                     raise UnencodableItem(str(exc)) from None
                 await inbound.credit.take()
                 if not inbound.silent:
-                    await self._send(inbound.link, m.StreamItem(id=inbound.call.id, body=packed))
+                    await self._send_whole(
+                        inbound.link, m.StreamItem(id=inbound.call.id, body=packed)
+                    )
         finally:
             await items.aclose()
 
@@ -482,13 +491,15 @@ class Dispatcher:
                 if not inbound.silent:
                     if type(reply) is not m.Result or inbound.started is not None:
                         self._account(inbound, reply)
-                    await self._send(inbound.link, reply)
+                    sending = self._send(inbound.link, reply)
+                    if sending is not None:  # queued at once, the common case, when None
+                        await sending
                 return
             released = self._in_order(inbound, reply)
             if not inbound.silent:
                 self._account(inbound, reply)
                 for item in released:
-                    await self._send(inbound.link, item)
+                    await self._send_whole(inbound.link, item)
             if inbound.ordering is Ordering.SERIALIZED and not inbound.behind_key:
                 self._next_serial(inbound)  # it held its key: pass it on
         finally:

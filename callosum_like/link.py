@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Final, cast
 
 from .errors import MessageTooLargeError, PeerClosedError, PeerDisconnectedError
@@ -176,6 +176,28 @@ class Link:
         self._counters.bytes_out += sum(map(len, frames))
         await self._connection.send(frames, to=self.key)
 
+    def post(self, msg: m.Message) -> Awaitable[None] | None:
+        """``send``, without a coroutine for a message that goes whole and at once.
+
+        The hot path of calls and replies: a message that is not chunked, on a link that
+        neither numbers its messages (``replay``) nor sends a chunked call (whose order key
+        a call might have to wait for), is encoded and queued on the connection here, and
+        ``None`` returned; for anything else, or when the connection must wait, what is
+        left of the send is returned, for the caller to await before it sends anything else.
+
+        Raises:
+            The errors of ``send``, either at once or from the returned awaitable.
+        """
+        if (
+            self.replay is not None
+            or self.bulk_keys
+            or (type(msg) in _BODY_KINDS and len(msg.body) > self._chunk_size)  # type: ignore[union-attr]
+        ):
+            return self.send(msg)
+        frames = encode(msg, compress=self._compress)
+        self._counters.bytes_out += sum(map(len, frames))
+        return self._connection.post(frames, to=self.key)
+
     async def send_quietly(self, msg: m.Message) -> None:
         """``send``, for messages whose loss with the link is expected (pings, cancels)."""
         with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
@@ -187,18 +209,31 @@ class Link:
         The caller refuses a body over its ``max_body_size``, and its transport drops the
         whole link for a frame over it: answering the error instead costs only the call.
         """
+        sending = self.post_reply(reply)
+        if sending is not None:
+            await sending
+
+    def post_reply(self, reply: m.Message) -> Awaitable[None] | None:
+        """``send_reply``, without a coroutine when the reply goes at once (``post``).
+
+        Returns:
+            ``None`` once the reply is queued (or dropped: the link is not open, or gone);
+            else what is left of its send, to await before anything else is sent.
+        """
         if self.session.state not in _REPLYING:
-            return
+            return None
         if type(reply) is m.Result:
             size = len(reply.body)
             if size > self._max_body_size or size > self.session.remote_max_body_size:
                 reply = self._too_large(reply)
         try:
-            await self.send(reply)
+            sending = self.post(reply)
         except (PeerDisconnectedError, PeerClosedError):
-            pass
+            return None
         except TypeError:  # cannot happen for our own messages; keep the invariant visible
             log.exception("could not encode %r", reply)
+            return None
+        return None if sending is None else _quietly(sending, reply)
 
     def _too_large(self, result: m.Result) -> m.Message:
         """The error that answers the call of ``result``, whose body is over the limit."""
@@ -313,6 +348,15 @@ class Link:
                 future.set_exception(error)
                 self._counters.count_error(type(error).__name__)
         self.outgoing.fail(error)
+
+
+async def _quietly(sending: Awaitable[None], reply: m.Message) -> None:
+    """Finish the send of ``reply``; its loss with the link is expected (``post_reply``)."""
+    with contextlib.suppress(PeerDisconnectedError, PeerClosedError):
+        try:
+            await sending
+        except TypeError:  # cannot happen for our own messages; keep the invariant visible
+            log.exception("could not encode %r", reply)
 
 
 def _slices(body: m.PackedBody, size: Callable[[], int]) -> Iterator[bytes | memoryview]:

@@ -35,9 +35,7 @@ import logging
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
     Coroutine,
-    Hashable,
     Iterable,
 )
 from types import TracebackType
@@ -69,7 +67,6 @@ from .request import Body, Handler, Headers, StreamHandler
 from .session import LinkInput, LinkState
 from .stats import Counters, DropLog, Gauges, PeerStatistics
 from .transfers import DEFAULT_CHUNK_SIZE
-from .wire import messages as m
 from .wire.codec import MAX_HEADER_SIZE
 
 if TYPE_CHECKING:
@@ -187,7 +184,7 @@ class Peer:
         )
         self._drop_log = DropLog(log)
         self._dispatcher = Dispatcher(
-            send=self._send_reply,
+            send=Link.post_reply,  # type: ignore[arg-type]  # its links are its keys
             default_ordering=options.ordering,
             max_concurrency=options.max_concurrency,
             max_pending=options.max_pending,
@@ -592,10 +589,6 @@ class Peer:
     def _drop(self, reason: str) -> None:
         self._counters.dropped_messages += 1
         self._drop_log.dropped(reason)
-
-    def _send_reply(self, link: Hashable, reply: m.Message) -> Awaitable[None]:
-        # Not a coroutine of its own: the dispatcher awaits the link's.
-        return link.send_reply(reply)  # type: ignore[attr-defined, no-any-return]  # its key
 
     async def _link_gone(self, link: Link, error: PeerDisconnectedError) -> None:
         if link.session.state in _LIVE_LINK:  # not ended meanwhile

@@ -370,14 +370,14 @@ class Receiver:
         if link.session.call_input(call_id, CallInput.REPLY) is None:
             self._drop(f"reply to unknown call {call_id}")
             return None
-        inbox = link.streams.get(call_id)
-        if inbox is not None:
-            inbox.put(msg)
-            return None
-        future = link.pending.get(call_id)
+        future = link.pending.get(call_id)  # an invoke's, the common case (ids are unique)
         if future is not None:
             if not future.done():
                 future.set_result(msg)
+            return None
+        inbox = link.streams.get(call_id)
+        if inbox is not None:
+            inbox.put(msg)
             return None
         return None if self._forwarder is None else self._forwarder.forward_reply(link, msg)
 

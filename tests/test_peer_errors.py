@@ -96,7 +96,40 @@ async def test_timeout_raises_and_cancels_the_remote_handler(
     assert isinstance(info.value, cl.RPCError)
     await within(blocker.cancelled)
     assert client.statistics().calls_in_flight == 0
+    assert client.statistics().errors == {"RPCTimeoutError": 1}
     assert server.statistics().dropped_messages == 0
+
+
+@pytest.mark.parametrize("how", ["cancel", "scope"])
+async def test_cancelling_a_call_under_a_timeout_is_no_timeout(
+    make_pair: PairFactory, how: str
+) -> None:
+    """A call sent whole has its timeout cancel only its wait: a cancellation of the caller
+    (directly, or by an ``asyncio.timeout`` scope) stays the caller's, not ``RPCTimeoutError``.
+    """
+    server, client = await make_pair(client={"invoke_timeout": 30})
+    blocker = Blocker()
+    server.handle_function("block", blocker)
+
+    async def call() -> object:
+        if how == "cancel":
+            return await client.invoke("block")
+        async with asyncio.timeout(0.2):
+            return await client.invoke("block")
+
+    task = asyncio.create_task(call())
+    await within(blocker.started)
+    if how == "cancel":
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:
+        with pytest.raises(TimeoutError) as info:
+            await task
+        assert not isinstance(info.value, cl.RPCError)  # the scope's, not the call's
+    await within(blocker.cancelled)
+    assert client.statistics().errors == {"CancelledError": 1}
+    assert client.statistics().calls_in_flight == 0
 
 
 async def test_caller_cancellation_cancels_the_remote_handler(make_pair: PairFactory) -> None:

@@ -9,7 +9,8 @@ keys to identities.
 
 A connection has four verbs:
 
-* ``send(frames, to=key)`` — queue one message for one remote;
+* ``send(frames, to=key)`` — queue one message for one remote (``post`` does the same
+  without a coroutine when nothing needs to wait: the Peer's hot path);
 * ``receive()`` — the next ``TransportEvent``: a message (``Received``), or a notification
   that a remote appeared (``Connected``), went away (``Disconnected``), or refused our
   credentials (``AuthFailed``);
@@ -51,7 +52,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ..addresses import Address
@@ -174,6 +175,21 @@ class Connection(abc.ABC):
 
         Cancellation: the message is either queued whole or not at all.
         """
+
+    def post(self, frames: Sequence[Frame], *, to: bytes | None = None) -> Awaitable[None] | None:
+        """``send``, without a coroutine when the message can be queued at once.
+
+        The hot path of a Peer: a small message is queued from the caller's own frame and
+        ``None`` returned; only when the transport must wait (its buffer is full) is what
+        is left of the send returned, for the caller to await before anything else. The
+        default returns ``send(frames, to=to)`` itself.
+
+        Raises:
+            The errors of ``send``, either at once or from the returned awaitable.
+
+        Cancellation: as for ``send``, of the returned awaitable.
+        """
+        return self.send(frames, to=to)
 
     @abc.abstractmethod
     async def receive(self) -> TransportEvent:

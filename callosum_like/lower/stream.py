@@ -133,9 +133,10 @@ class StreamProtocol(asyncio.Protocol):
             self._owner.drop_log.dropped(f"{self._reason} (the connection is closed)")
             self.close()
             return
-        key = self.key
+        key, offer = self.key, self._events.offer  # ``offer``, inline: the hot path
         for frames in messages:
-            self.offer(Received(key, frames))
+            if not offer(Received(key, frames)) and not self._queue_full:
+                self._pause_for_queue()
 
     def eof_received(self) -> None:
         """Let the transport close."""
@@ -190,9 +191,12 @@ class StreamProtocol(asyncio.Protocol):
     def offer(self, event: Connected | Received) -> None:
         """Queue ``event``; pause reading while the endpoint's queue is full."""
         if not self._events.offer(event) and not self._queue_full:
-            self._queue_full = True
-            self._set_reading()
-            self._events.when_space(self._queue_has_room)
+            self._pause_for_queue()
+
+    def _pause_for_queue(self) -> None:
+        self._queue_full = True
+        self._set_reading()
+        self._events.when_space(self._queue_has_room)
 
     def _queue_has_room(self) -> None:
         self._queue_full = False
@@ -216,13 +220,13 @@ class StreamProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             raise PeerDisconnectedError(f"the {self._owner.kind} connection is closed")
-        batch = self._batch
-        batch.add(frames)
+        queued = self._batch.add(frames)
         if not self._holding:  # the first message of this loop iteration leaves at once
             self._holding = True
             self._loop.call_soon(self._release)
             self._flush()
-        if len(batch) <= WRITE_HIGH_WATER and not self._write_paused:
+            queued = 0
+        if queued <= WRITE_HIGH_WATER and not self._write_paused:
             return False
         self._flush()
         if self.limits is not None:

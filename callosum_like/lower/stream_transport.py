@@ -164,13 +164,18 @@ class StreamConnection(Connection):
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
         """See ``Connection.send``."""
+        waiting = self.post(frames, to=to)
+        if waiting is not None:
+            await waiting
+
+    def post(self, frames: Sequence[Frame], *, to: bytes | None = None) -> Awaitable[None] | None:
+        """See ``Connection.post``: a coroutine only when the socket pushes back."""
         if self._closed:
             raise PeerClosedError("connection closed")
         stream = self._streams.get(to if self.bound else CONNECTED_KEY)  # type: ignore[arg-type]
         if stream is None:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
-        if stream.queue(frames):  # no coroutine per message unless the socket pushes back
-            await stream.drain()
+        return stream.drain() if stream.queue(frames) else None
 
     async def disconnect(self, peer: bytes) -> None:
         """See ``Connection.disconnect``."""

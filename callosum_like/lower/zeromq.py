@@ -64,7 +64,7 @@ import contextlib
 import errno
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import zmq
@@ -232,12 +232,22 @@ class _ZeroMQConnection(Connection):
         """See ``Connection.receive``."""
         return await self._events.get()
 
-    async def _send_multipart(self, frames: Sequence[Frame], route: bytes | None = None) -> None:
+    def _post_multipart(
+        self, frames: Sequence[Frame], route: bytes | None = None
+    ) -> Awaitable[None] | None:
+        """Queue one message; a coroutine only when the socket has no room (it must wait)."""
         if self._closed:
             raise PeerClosedError("connection closed")
         try:
-            if self._driver.send_nowait(frames, route):  # a coroutine only when it must wait
-                await self._driver.wait_room()
+            if self._driver.send_nowait(frames, route):
+                return self._wait_room()
+        except zmq.ZMQError as exc:
+            self._raise_send_error(exc)
+        return None
+
+    async def _wait_room(self) -> None:
+        try:
+            await self._driver.wait_room()
         except zmq.ZMQError as exc:
             self._raise_send_error(exc)
 
@@ -301,9 +311,17 @@ class _Router(_ZeroMQConnection):
         """See ``Connection.send``. Never waits: a remote that cannot take more is dropped."""
         if self._closed:
             raise PeerClosedError("connection closed")
+        waiting = self.post(frames, to=to)
+        if waiting is not None:
+            await waiting
+
+    def post(self, frames: Sequence[Frame], *, to: bytes | None = None) -> Awaitable[None] | None:
+        """See ``Connection.post``; never waits (a remote that cannot take more is dropped)."""
+        if self._closed:
+            raise PeerClosedError("connection closed")
         if to is None or to not in self._known:
             raise PeerDisconnectedError(f"no connected remote with key {to!r}")
-        await self._send_multipart(frames, to)
+        return self._post_multipart(frames, to)
 
     def _blocked_hook(self) -> Callable[[bytes], None] | None:
         return self._drop_slow
@@ -389,7 +407,13 @@ class _Dealer(_ZeroMQConnection):
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
         """See ``Connection.send``."""
-        await self._send_multipart(frames)
+        waiting = self._post_multipart(frames)
+        if waiting is not None:
+            await waiting
+
+    def post(self, frames: Sequence[Frame], *, to: bytes | None = None) -> Awaitable[None] | None:
+        """See ``Connection.post``."""
+        return self._post_multipart(frames)
 
     async def disconnect(self, peer: bytes) -> None:
         """Drop the current connection and make a new one (``Connected`` once it is up).

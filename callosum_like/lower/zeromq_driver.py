@@ -99,6 +99,8 @@ _POLLOUT: Final = int(zmq.POLLOUT)
 _EVENTS: Final = int(zmq.EVENTS)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE: Final = int(zmq.SNDMORE) | _NOBLOCK
+#: What framing adds to a message of two frames (its count and two lengths).
+_TWO_FRAMES: Final = framed_size((b"", b""))
 
 
 def _copy(frames: Sequence[Frame]) -> bool:
@@ -332,7 +334,8 @@ class SocketDriver:
                 self._schedule()  # ends the batching, and the send may have eaten the FD's edge
                 return False
         self._enqueue(frames, route)
-        self._schedule()
+        if not self._scheduled:
+            self._schedule()
         return len(self._outbox) >= SEND_QUEUE_SIZE
 
     async def wait_room(self) -> None:
@@ -355,7 +358,10 @@ class SocketDriver:
 
     def _enqueue(self, frames: Sequence[Frame], route: bytes | None) -> None:
         batch = self._batches.get(route)
-        size = framed_size(frames)
+        if len(frames) == 2:  # a header and a body: ``framed_size``, inline
+            size = _TWO_FRAMES + len(frames[0]) + len(frames[1])
+        else:
+            size = framed_size(frames)
         if size > SMALL_MESSAGE_SIZE or len(frames) > MAX_FRAMES:
             if batch is not None:
                 self._seal(route)

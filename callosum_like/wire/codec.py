@@ -97,16 +97,19 @@ class _Packer(threading.local):
     """
 
     def __init__(self) -> None:
-        self._renew()
+        self.renew()
 
-    def _renew(self) -> None:
-        self._pack = msgpack.Packer(buf_size=PACKER_BUFFER).pack
+    def renew(self) -> None:
+        """Start again with a buffer of ``PACKER_BUFFER`` bytes (let a grown one go)."""
+        #: The ``Packer``'s own ``pack``, for a caller that checks the size itself (or
+        #: packs only small values): ``pack`` without this object's frame.
+        self.pack: Callable[[Any], bytes] = msgpack.Packer(buf_size=PACKER_BUFFER).pack
 
     def __call__(self, value: Any) -> bytes:
         """``msgpack.packb(value)``; raises what it raises."""
-        packed: bytes = self._pack(value)
+        packed = self.pack(value)
         if len(packed) > PACKER_BUFFER:
-            self._renew()  # let the grown buffer go
+            self.renew()  # let the grown buffer go
         return packed
 
 
@@ -245,6 +248,9 @@ def _maker(
     return make
 
 
+_VERSION: Final = m.PROTOCOL_VERSION
+_CALL: Final = int(m.MessageKind.CALL)
+_RESULT: Final = int(m.MessageKind.RESULT)
 _BY_KIND: Final[dict[int, _Layout]] = {int(c.KIND): _layout(c) for c in _CLASSES}
 _BY_CLASS: Final[dict[type, _Layout]] = {lay.cls: lay for lay in _BY_KIND.values()}
 
@@ -295,9 +301,12 @@ def pack_body(value: Any) -> m.PackedBody:
         if _DIRECT_BIN <= size <= _MAX_BIN:
             return m.LargeBody((_BIN32 + size.to_bytes(4, "big"), value))
     try:
-        return _pack(value)
+        packed = _pack.pack(value)  # ``_pack(value)``, inline: the hot path
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"body is not msgpack-serializable: {exc}") from None
+    if len(packed) > PACKER_BUFFER:
+        _pack.renew()  # let the grown buffer go
+    return packed
 
 
 def bin_value_size(prefix: Frame) -> int | None:
@@ -352,8 +361,27 @@ def encode(msg: m.Message, *, compress: bool = False) -> list[Frame]:
     Returns:
         ``[header]`` or ``[header, body]``.
     """
-    layout = _BY_CLASS[type(msg)]
-    header: list[Any] = [m.PROTOCOL_VERSION, int(msg.KIND), 0, *layout.values(msg)]
+    cls = type(msg)
+    # The two kinds of every RPC, written out for a plain body: the general path below
+    # gives the same bytes (tests/wire/test_codec.py checks both against the layout).
+    if cls is m.Result:
+        result = cast(m.Result, msg)
+        plain = result.body
+        if type(plain) is bytes and (not compress or len(plain) < COMPRESS_THRESHOLD):
+            return [_pack.pack([_VERSION, _RESULT, 0, result.id]), plain]  # a few bytes
+    elif cls is m.Call:
+        call = cast(m.Call, msg)
+        plain = call.body
+        if (
+            type(plain) is bytes
+            and (not compress or len(plain) < COMPRESS_THRESHOLD)
+            and call.target is None
+            and call.origin is None
+        ):
+            fields = (call.id, call.method, call.order_key, call.headers, call.timeout)
+            return [_pack([_VERSION, _CALL, 0, *fields, call.stream, call.upload]), plain]
+    layout = _BY_CLASS[cls]
+    header = [m.PROTOCOL_VERSION, int(msg.KIND), 0, *layout.values(msg)]
     while len(header) > 3 + layout.required and header[-1] is None:
         header.pop()  # optional trailing fields left at None are not sent
     if not layout.has_body:

@@ -46,6 +46,8 @@ _COUNT = struct.Struct("!H")
 _LENGTH = struct.Struct("!I")
 #: A message's frame count and the length of its first frame, read or written at once.
 _HEAD = struct.Struct("!HI")
+#: The prefixes of a message of two frames: its count and two lengths.
+_TWO_FRAMES: Final = _COUNT.size + 2 * _LENGTH.size
 #: The largest length a u32 prefix can state: frames must be under 4 GiB.
 _MAX_LENGTH: Final = 2**32 - 1
 #: A frame at least this large that arrives in pieces is kept as those pieces (whole chunks
@@ -95,8 +97,8 @@ class FrameEncoder:
         """Bytes queued."""
         return self._size
 
-    def add(self, frames: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Queue one message.
+    def add(self, frames: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Queue one message; return the bytes queued now (``len(self)``, without a call).
 
         Raises:
             ValueError: No frames, more than ``MAX_FRAMES``, or a frame of 4 GiB or more.
@@ -112,8 +114,8 @@ class FrameEncoder:
                 small += head
                 small += _LENGTH.pack(body_size)
                 small += body
-                self._size += _COUNT.size + 2 * _LENGTH.size + head_size + body_size
-                return
+                self._size += _TWO_FRAMES + head_size + body_size
+                return self._size
         small += _COUNT.pack(len(frames))
         size = _COUNT.size
         for frame in frames:
@@ -128,6 +130,7 @@ class FrameEncoder:
                 self._small = small = bytearray()
             size += _LENGTH.size + length
         self._size += size
+        return self._size
 
     def data_to_send(self) -> list[bytes | bytearray | memoryview]:
         """Everything queued, in order, for ``writelines`` (often one buffer); then empty."""
@@ -313,7 +316,8 @@ def _parse(data: bytes, pos: int, limit: int, out: list[list[Buffer]]) -> int:
     """Append every complete message of ``data[pos:]`` to ``out``; return where the rest starts.
 
     Each frame is a slice of ``data`` (a copy). The hot path of both transports: the count
-    and the first length are read at once, and each frame's end is checked once.
+    and the first length are read at once, each frame's end is checked once, and a message
+    of two frames (a header and a body) whose bytes are all here is read without a loop.
 
     Raises:
         ProtocolError: A frame count out of range, or a frame over ``limit`` bytes.
@@ -322,24 +326,46 @@ def _parse(data: bytes, pos: int, limit: int, out: list[list[Buffer]]) -> int:
     unpack_head, unpack_length = _HEAD.unpack_from, _LENGTH.unpack_from
     while end - pos >= _HEAD.size:
         count, length = unpack_head(data, pos)
-        if not 1 <= count <= MAX_FRAMES:
-            raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
+        at = pos + _HEAD.size + length
+        if count == 2 and length <= limit and end - at >= _LENGTH.size:
+            (size,) = unpack_length(data, at)
+            stop = at + _LENGTH.size + size
+            if size <= limit and stop <= end:
+                out.append([data[at - length : at], data[stop - size : stop]])
+                pos = stop
+                continue
+        stop = _parse_one(data, pos, limit, out)
+        if stop < 0:
+            return pos
+        pos = stop
+    return pos
+
+
+def _parse_one(data: bytes, pos: int, limit: int, out: list[list[Buffer]]) -> int:
+    """``_parse`` for one message of any frame count; ``-1`` when it is not all there yet.
+
+    Raises:
+        ProtocolError: A frame count out of range, or a frame over ``limit`` bytes.
+    """
+    end = len(data)
+    count, length = _HEAD.unpack_from(data, pos)
+    if not 1 <= count <= MAX_FRAMES:
+        raise ProtocolError(f"frame count {count} not in 1..{MAX_FRAMES}")
+    if length > limit:
+        raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
+    at: int = pos + _HEAD.size + length
+    if at > end:
+        return -1
+    frames: list[Buffer] = [data[at - length : at]]
+    for _ in range(1, count):
+        if end - at < _LENGTH.size:
+            return -1
+        (length,) = _LENGTH.unpack_from(data, at)
         if length > limit:
             raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
-        at = pos + _HEAD.size + length
+        at += _LENGTH.size + length
         if at > end:
-            return pos
-        frames: list[Buffer] = [data[at - length : at]]
-        for _ in range(1, count):
-            if end - at < _LENGTH.size:
-                return pos
-            (length,) = unpack_length(data, at)
-            if length > limit:
-                raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
-            at += _LENGTH.size + length
-            if at > end:
-                return pos
-            frames.append(data[at - length : at])
-        out.append(frames)
-        pos = at
-    return pos
+            return -1
+        frames.append(data[at - length : at])
+    out.append(frames)
+    return at

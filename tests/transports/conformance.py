@@ -46,6 +46,13 @@ async def next_event(conn: Connection, kind: type | None = None) -> Any:
                 return event
 
 
+async def post(conn: Connection, frames: list[bytes], *, to: bytes | None = None) -> None:
+    """``conn.post``, and what is left of the send, if anything."""
+    waiting = conn.post(frames, to=to)
+    if waiting is not None:
+        await waiting
+
+
 async def nothing_arrives(conn: Connection, within: float = 0.3) -> bool:
     try:
         async with asyncio.timeout(within):
@@ -186,8 +193,9 @@ class TransportConformance:
             await self.hello(server, client)
 
             async def flood() -> None:
-                for i in range(count):
-                    await client.send([i.to_bytes(4, "big"), body])
+                for i in range(count):  # by ``post``, half of them: its waits hold too
+                    frames = [i.to_bytes(4, "big"), body]
+                    await (client.send(frames) if i % 2 else post(client, frames))
 
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(flood())
@@ -347,6 +355,29 @@ class TransportConformance:
             await self.send_in_one_iteration(functools.partial(server.send, to=key), sent)
             assert [(await next_event(client, Received)).frames for _ in sent] == sent
             assert await nothing_arrives(server, within=0.1)
+
+    async def test_posted_messages_arrive_as_sent_ones_do(self) -> None:
+        """``post`` is ``send`` without a coroutine where it can be: the same messages arrive."""
+        sent = self.mixed_messages(400)
+        async with self.pair() as (server, [client]):
+            key = await self.hello(server, client)
+            assert isinstance(await next_event(client), Connected)
+            await self.send_in_one_iteration(functools.partial(post, client), sent)
+            assert [(await next_event(server, Received)).frames for _ in sent] == sent
+            await self.send_in_one_iteration(functools.partial(post, server, to=key), sent)
+            assert [(await next_event(client, Received)).frames for _ in sent] == sent
+
+    async def test_post_raises_what_send_raises(self) -> None:
+        async with self.pair() as (server, [client]):
+            key = await self.hello(server, client)
+            with pytest.raises(PeerDisconnectedError):
+                await post(server, [b"x"], to=b"nobody")
+            await server.disconnect(key)
+            with pytest.raises(PeerDisconnectedError):
+                await post(server, [b"x"], to=key)
+            await client.aclose()
+            with pytest.raises(PeerClosedError):
+                await post(client, [b"x"])
 
     async def test_iterations_of_many_messages_to_many_remotes_keep_each_order(self) -> None:
         async with self.pair(clients=3) as (server, clients):

@@ -16,7 +16,8 @@ import zmq
 from callosum_like.addresses import ZeroMQAddress
 from callosum_like.lower.base import CONNECTED_KEY, Connected, Connection, Received, Transport
 from callosum_like.lower.zeromq import PIPELINE_BATCH, ZeroMQTransport, shared_context
-from callosum_like.wire.framing import pack_batch, split_batch
+from callosum_like.lower.zeromq_driver import BATCH_SIZE
+from callosum_like.wire.framing import framed_size, pack_batch, split_batch
 
 from ..conftest import free_port
 from .conformance import (
@@ -132,6 +133,28 @@ async def test_small_messages_of_one_iteration_leave_in_few_zeromq_messages() ->
             assert batch[1] == b""
             got += split_batch(batch[2])
         assert got == [[b"h", bytes([i])] for i in range(1, 1 + 3 * PIPELINE_BATCH + 5)]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("frames", [1, 2, 3])
+async def test_a_batch_holds_at_most_batch_size_framed_bytes(frames: int) -> None:
+    """Each message's framed size counts (the two-frame message's is computed inline).
+
+    Each message is one byte over a quarter of a batch: three fit in one, not four.
+    """
+    body = b"b" * (BATCH_SIZE // 4 - framed_size([b"h"] * (frames - 1) + [b""]))
+    sent = [[b"h"] * (frames - 1) + [body + bytes([i])] for i in range(10)]
+    async with to_a_raw_router() as (client, raw):
+        for message in sent:
+            await client.send(message)
+        got = [(await receive_raw(raw))[1:]]  # the first left at once, on its own
+        while len(got) < len(sent):
+            batch = await receive_raw(raw)
+            assert batch[1] == b""
+            assert len(batch[2]) <= BATCH_SIZE
+            got += split_batch(batch[2])
+        assert got == sent
 
 
 @pytest.mark.timeout(30)

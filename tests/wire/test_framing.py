@@ -149,6 +149,16 @@ def test_oversize_later_frame_is_refused_before_its_bytes(length: int) -> None:
         decoder.feed(struct.pack("!I", length))
 
 
+@pytest.mark.parametrize("count", [2, 3])
+def test_oversize_later_frame_in_the_same_chunk_is_refused(count: int) -> None:
+    """Two frames are parsed by a path of their own (the common message): it checks too."""
+    decoder = FrameDecoder(MAX_FRAME)
+    good = wire([[b"ok"]])
+    bad = wire([[b"abc", b"x" * (MAX_FRAME + 1), *[b"y"] * (count - 2)]])
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.feed(good + bad)
+
+
 @pytest.mark.parametrize("count", [0, MAX_FRAMES + 1, 0xFFFF])
 def test_bad_frame_count_is_refused_from_the_count_alone(count: int) -> None:
     decoder = FrameDecoder(MAX_FRAME)
