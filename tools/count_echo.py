@@ -47,11 +47,13 @@ async def _echoes(peer: Peer, calls: int, in_flight: int) -> None:
             group.create_task(caller(calls // in_flight))
 
 
-async def _main(transport: str, in_flight: int, calls: int, profile: str | None) -> None:
+async def _main(
+    transport: str, in_flight: int, calls: int, profile: str | None, timeout: float | None
+) -> None:
     async with Peer(bind=bind_address(transport), identity="server") as server:
         server.handle_function("echo", _echo)
         address = connect_address(transport, str(server.address))
-        async with Peer(connect=address, identity="client") as client:
+        async with Peer(connect=address, identity="client", invoke_timeout=timeout) as client:
             await _echoes(client, WARM_UP, in_flight)
             profiler = cProfile.Profile()
             wall, cpu = time.perf_counter(), time.process_time()
@@ -77,8 +79,15 @@ def main() -> None:
     parser.add_argument("calls", type=int)
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the calls here")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="the client's invoke_timeout (the bench sets 120; default none)",
+    )
     args = parser.parse_args()
-    run_loop(_main(args.transport, args.in_flight, args.calls, args.profile), args.loop)
+    echoes = _main(args.transport, args.in_flight, args.calls, args.profile, args.timeout)
+    run_loop(echoes, args.loop)
 
 
 if __name__ == "__main__":
