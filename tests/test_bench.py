@@ -19,7 +19,7 @@ import callosum_like as cl
 from callosum_like.__main__ import main
 from callosum_like.tools import fleet
 from callosum_like.tools.bench import cli, fleet_step, measure, report, steps, systems, workloads
-from callosum_like.tools.supervisor import SOURCE_TREE, ChildProcess
+from callosum_like.tools.supervisor import SOURCE_TREE, ChildProcess, child_environment
 
 WORKLOAD_KEYS = ["W1", "W2", "W3-1MiB", "W3-16MiB", "W4", "W5"]
 #: The fleet workloads of ``--quick``: 20 agents in 2 processes.
@@ -378,6 +378,27 @@ def test_baseline_runs_a_second_tree_beside_ours(tmp_path: Path) -> None:
         key="base-tcp", label="x", requires="asyncio", dists=(), root=str(empty)
     )
     assert "no callosum_like package" in (missing.missing() or "")
+
+
+@pytest.mark.timeout(30)
+def test_a_baseline_child_imports_its_tree_even_run_from_ours(tmp_path: Path) -> None:
+    # ``python -m`` puts the working directory first on ``sys.path``: a baseline child
+    # started from our source tree imported our package, and a --baseline run compared
+    # this tree with itself.
+    package = tmp_path / "callosum_like"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text("print(__file__)\n")
+    seen = subprocess.run(
+        [sys.executable, "-m", "callosum_like"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=SOURCE_TREE,
+        env=child_environment(str(tmp_path)),
+        check=True,
+    )
+    assert Path(seen.stdout.strip()).parent == package
 
 
 # --- the fleet workloads (W6, W7) -------------------------------------------------------------

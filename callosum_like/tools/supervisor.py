@@ -39,6 +39,7 @@ __all__ = [
     "ChildProcess",
     "subcommand",
     "python_path",
+    "child_environment",
     "pinned",
 ]
 
@@ -66,6 +67,16 @@ def python_path(root: str | None = None) -> str:
     """
     tree = root or str(SOURCE_TREE)
     return os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))
+
+
+def child_environment(root: str | None = None) -> dict[str, str]:
+    """This process's environment, for a child that must import the package under ``root``.
+
+    ``python -m`` puts the working directory first on ``sys.path``, before ``PYTHONPATH``:
+    run from a source tree, a child would import that tree whatever ``PYTHONPATH`` says (a
+    ``--baseline`` run would measure this tree twice). ``PYTHONSAFEPATH`` leaves it out.
+    """
+    return {**os.environ, "PYTHONPATH": python_path(root), "PYTHONSAFEPATH": "1"}
 
 
 @contextlib.contextmanager

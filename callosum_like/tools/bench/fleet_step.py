@@ -22,13 +22,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from typing import Final
 
 from ..child import TRANSPORTS
 from ..fleet import agents_argv, fd_shortfall
-from ..supervisor import ChildProcess, python_path, subcommand
+from ..supervisor import ChildProcess, child_environment, subcommand
 from .steps import Outcome, Pinning, parse_result
 from .systems import System
 from .workloads import Workload
@@ -68,7 +67,7 @@ async def run_fleet_step(
     shortfall = fd_shortfall(system.transport, max(counts), workload.agents)
     if shortfall is not None:
         return Outcome(error=shortfall)
-    env = {**os.environ, "PYTHONPATH": python_path(system.root)}
+    env = child_environment(system.root)
     argv = subcommand("bench-hub", "--transport", system.transport, "--loop", loop)
     argv += ["--workload", json.dumps(dataclasses.asdict(workload))]
     cpu = None if pin is None else pin.server

@@ -21,7 +21,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..supervisor import ChildProcess, python_path
+from ..supervisor import ChildProcess, child_environment
 from .measure import Metrics
 from .systems import System
 from .workloads import Workload
@@ -112,7 +112,7 @@ async def _client_step(
 
 def _child(label: str, argv: Sequence[str], root: str | None, cpu: int | None) -> ChildProcess:
     """A step's process: output kept for errors only, importing ``callosum_like`` from ``root``."""
-    env = {**os.environ, "PYTHONPATH": python_path(root)}
+    env = child_environment(root)
     return ChildProcess(label, argv, relay=False, env=env, cpu=cpu)
 
 
