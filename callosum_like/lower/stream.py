@@ -11,10 +11,13 @@ to half. A framing violation (an oversized frame, a bad count) closes that conne
 
 Writes: the first message of a loop iteration is written at once; the rest of the
 iteration's messages go out together in one ``write`` at its end (one ``writelines`` when
-large frames are among them, which are not copied). A sender waits for ``drain`` only once
-that batch, or the transport's write buffer, is past ``WRITE_HIGH_WATER`` (the buffer's
-high-water mark), and then until the buffer is under a quarter of it; small messages cost no
-extra await.
+large frames are among them, which are not copied), or, for a batch of small messages
+only, as soon as it holds ``FLUSH_SIZE`` bytes: the remote starts on the first replies
+while we build the rest, instead of the two sides taking turns (64 echoes in flight: 56k
+calls/s against 40k when a whole iteration's batch waited for its end; see
+docs/performance.md). A sender waits for ``drain`` only once that batch, or the
+transport's write buffer, is past ``WRITE_HIGH_WATER`` (the buffer's high-water mark), and
+then until the buffer is under a quarter of it; small messages cost no extra await.
 
 Slow consumers (bound side): one remote that does not read what we send must neither stall
 the others nor grow our memory. So on a bound endpoint a sender never waits for one remote;
@@ -46,7 +49,7 @@ from .base import Connected, Frame, Received
 if TYPE_CHECKING:
     from .stream_transport import StreamConnection
 
-__all__ = ["StreamProtocol", "Limits", "WRITE_HIGH_WATER", "COPY_LIMIT"]
+__all__ = ["StreamProtocol", "Limits", "WRITE_HIGH_WATER", "COPY_LIMIT", "FLUSH_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,11 @@ WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
 #: Frames from this size on are written without a copy; smaller ones are copied into the
 #: batch's one buffer, which costs less than one more item for ``writelines``.
 COPY_LIMIT: Final = 16 * 1024
+#: Bytes of small messages batched that are written at once rather than at the end of the
+#: loop iteration (module doc); a batch past ``COPY_LIMIT`` waits for the end as before.
+#: Measured with 64-byte echoes, 64 in flight: 1-2 KiB pay most; 4 KiB and more, or every
+#: message on its own, pay far less.
+FLUSH_SIZE: Final = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +235,8 @@ class StreamProtocol(asyncio.Protocol):
             self._flush()
             queued = 0
         if queued <= WRITE_HIGH_WATER and not self._write_paused:
+            if FLUSH_SIZE <= queued < COPY_LIMIT:
+                self._flush()
             return False
         self._flush()
         if self.limits is not None:

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any
 
 import pytest
 
 from callosum_like.addresses import TCPAddress
 from callosum_like.errors import PeerDisconnectedError
-from callosum_like.lower.base import Connection, Transport
+from callosum_like.lower.base import Connected, Connection, Transport
+from callosum_like.lower.stream import FLUSH_SIZE
 from callosum_like.lower.tcp import TCPTransport
 
 from .conformance import ReconnectingTransportConformance
@@ -49,4 +52,30 @@ async def test_a_sender_waiting_for_room_fails_when_the_connection_ends() -> Non
                 await sender
     finally:
         await client.aclose()
+        await server.aclose()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_small_messages_of_one_iteration_leave_in_batches_before_its_end() -> None:
+    """The remote gets a long run of small messages while the sender is still building it."""
+    transport = TCPTransport(reconnect=False)
+    server = await transport.bind(TCPAddress("127.0.0.1", 0), max_frame_size=2**20)
+    host, port = server.local_address.rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        event = await asyncio.wait_for(server.receive(), 5)
+        assert isinstance(event, Connected)
+        message = [b"h" * 20, b"b" * 64]
+        for _ in range(200):  # one loop iteration: nothing here lets the loop run
+            assert server.post(message, to=event.peer) is None
+        raw.settimeout(0.5)
+        arrived = b""
+        with contextlib.suppress(TimeoutError):
+            while len(arrived) < 4 * FLUSH_SIZE:
+                arrived += raw.recv(65536)
+        # Before, only the iteration's first message had left (the rest waited for its end).
+        assert len(arrived) >= 4 * FLUSH_SIZE
+    finally:
+        raw.close()
         await server.aclose()
