@@ -183,17 +183,10 @@ class Receiver:
         """
         # A relay's messages, and kinds that may need a task, are the loop's (module doc); so
         # is a resumable link's enveloped message (its first byte is no msgpack array).
-        header = event.frames[0] if event.frames else b""  # _kind_of, inline
-        kind = header[2] if len(header) > 2 and header[0] & 0xF0 == 0x90 else None
-        if self._forwarder is not None or kind not in _TAKEN_CODES:
+        if self._forwarder is not None or _kind_of(event.frames) not in _TAKEN_CODES:
             return False
-        # ``Started.start``, inline: most messages are handled without waiting.
-        handling = self.received(event)
-        try:
-            waiting = self._context.run(handling.send, None)
-        except StopIteration:
-            return True
-        return Started(handling, waiting)
+        started = self._context.run(Started.start, self.received(event))
+        return True if started is None else started
 
     async def _other(self, event: TransportEvent) -> None:
         try:

@@ -309,8 +309,6 @@ class _Router(_ZeroMQConnection):
 
     async def send(self, frames: Sequence[Frame], *, to: bytes | None = None) -> None:
         """See ``Connection.send``. Never waits: a remote that cannot take more is dropped."""
-        if self._closed:
-            raise PeerClosedError("connection closed")
         waiting = self.post(frames, to=to)
         if waiting is not None:
             await waiting
